@@ -1,0 +1,471 @@
+//! Tasks: the type-erased task object, its completion protocol and the public handles.
+//!
+//! A task is one allocation holding a [`Header`] (identity, state, dependency counter, waiters),
+//! the body (until it runs) and the result slot. The scheduler moves it around as a [`JobRef`]
+//! (`Arc<dyn Job>`); users hold it as a [`DTask<T>`], which sees the same allocation through the
+//! typed [`TaskCell<T>`] view. Dropping the last handle frees the result.
+
+pub(crate) mod state;
+pub(crate) mod wait_list;
+
+mod dtask;
+mod group;
+mod spawn;
+
+pub use dtask::{fetch_all, wait_all, DTask, TaskFuture};
+pub use group::sync;
+pub(crate) use group::{current_group, with_group, Group};
+pub use spawn::ArgInfo;
+pub(crate) use spawn::{spawn_raw, Site};
+pub use spawn::{spawn, spawn_with, try_spawn, try_spawn_with};
+
+use crate::error::{BoxError, ErrorKind, TaskError};
+use crate::id::TaskId;
+use crate::options::{Options, TaskInfo};
+use crate::sched::Placement;
+use crate::stats;
+use state::TaskState;
+use std::any::TypeId;
+use std::cell::{Cell, UnsafeCell};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Waker;
+use wait_list::{Drain, WaitList};
+
+/// A task as the scheduler sees it.
+pub(crate) type JobRef = Arc<dyn Job>;
+
+/// Processor-table index meaning "not run anywhere yet".
+pub(crate) const NO_PROC: u32 = u32::MAX;
+
+/// Someone waiting for a task to complete.
+pub(crate) enum Waiter {
+    /// A task that takes this one's result as input.
+    Task(JobRef),
+    /// A thread blocked in `wait`/`fetch`.
+    Thread(std::thread::Thread),
+    /// An async caller.
+    Waker(Arc<WakerSlot>),
+    /// A group or graph that aborts when this task fails.
+    Abort(Arc<Group>),
+}
+
+/// The waker of an async caller; re-polls replace it.
+#[derive(Default)]
+pub(crate) struct WakerSlot(Mutex<Option<Waker>>);
+
+impl WakerSlot {
+    pub(crate) fn set(&self, waker: &Waker) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    fn wake(&self) {
+        let waker = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// The part of a task every party shares.
+pub(crate) struct Header {
+    pub(crate) id: TaskId,
+    pub(crate) state: TaskState,
+    /// Inputs still missing, plus one while the spawner is still registering.
+    pub(crate) pending: AtomicU32,
+    pub(crate) waiters: WaitList<Waiter>,
+    /// Processor-table index of the processor that ran the task (or holds the chunk).
+    pub(crate) ran_on: AtomicU32,
+    pub(crate) registry: u32,
+    pub(crate) placement: Placement,
+    pub(crate) priority: i32,
+    pub(crate) static_name: Option<&'static str>,
+    pub(crate) meta: Option<Arc<Options>>,
+}
+
+impl Header {
+    pub(crate) fn name(&self) -> Option<Arc<str>> {
+        match self.meta.as_ref().and_then(|m| m.name.clone()) {
+            Some(n) => Some(n),
+            None => self.static_name.map(Arc::from),
+        }
+    }
+
+    pub(crate) fn name_str(&self) -> Option<&str> {
+        self.meta
+            .as_ref()
+            .and_then(|m| m.name.as_deref())
+            .or(self.static_name)
+    }
+}
+
+/// The scheduler's view of a task.
+pub(crate) trait Job: Send + Sync + 'static {
+    fn header(&self) -> &Header;
+
+    /// Runs the body and completes the task. The caller claimed the task (QUEUED -> RUNNING)
+    /// and passes the `JobRef` it runs it through.
+    fn run(&self, me: &JobRef);
+
+    /// Completes the task with `err` unless it is already completing; on success returns the
+    /// waiters to notify.
+    fn abort(&self, err: TaskError) -> Option<Drain<Waiter>>;
+
+    /// The error of a completed, failed task.
+    fn error(&self) -> Option<TaskError>;
+
+    /// Identity of the body's code, the key of run-time estimates.
+    fn signature(&self) -> TypeId;
+}
+
+/// The typed view of a task: its result.
+pub(crate) trait TaskCell<T>: Job {
+    /// The result, once the task is done.
+    fn result(&self) -> Option<&Result<T, TaskError>>;
+    /// Moves the result out (only through a unique handle).
+    fn take_result(&mut self) -> Option<Result<T, TaskError>>;
+}
+
+/// A task with result type `T` and body type `F`.
+pub(crate) struct TaskInner<T, F> {
+    header: Header,
+    body: UnsafeCell<Option<F>>,
+    result: UnsafeCell<Option<Result<T, TaskError>>>,
+}
+
+// SAFETY: the body is touched only by the single party that claimed it through the state
+// machine; the result is written once before DONE is published (release) and read only after
+// DONE is observed (acquire). Shared reads of the result need `T: Sync`.
+unsafe impl<T: Send + Sync, F: Send> Send for TaskInner<T, F> {}
+unsafe impl<T: Send + Sync, F: Send> Sync for TaskInner<T, F> {}
+
+impl<T, F> TaskInner<T, F> {
+    pub(crate) fn new(header: Header, body: Option<F>, result: Option<Result<T, TaskError>>) -> Self {
+        if matches!(result, Some(Ok(_))) {
+            stats::result_stored();
+        }
+        TaskInner {
+            header,
+            body: UnsafeCell::new(body),
+            result: UnsafeCell::new(result),
+        }
+    }
+}
+
+impl<T, F> Drop for TaskInner<T, F> {
+    fn drop(&mut self) {
+        if matches!(self.result.get_mut(), Some(Ok(_))) {
+            stats::result_freed();
+        }
+    }
+}
+
+thread_local! {
+    /// The task running on this thread (valid while its body runs).
+    static CURRENT_TASK: Cell<Option<*const JobRef>> = const { Cell::new(None) };
+    /// Counts task runs, to sample run times of pool tasks.
+    static SAMPLE_TICK: Cell<u32> = const { Cell::new(0) };
+}
+
+/// How often the run time of a task with no placement choice is measured.
+const SAMPLE_EVERY: u32 = 64;
+
+/// The task whose body is running on this thread.
+pub(crate) fn with_current_task<R>(f: impl FnOnce(Option<&JobRef>) -> R) -> R {
+    CURRENT_TASK.with(|c| match c.get() {
+        // SAFETY: the pointer is set only while the referenced JobRef is alive on the stack of
+        // the frame that runs the body, and cleared before that frame returns.
+        Some(p) => f(Some(unsafe { &*p })),
+        None => f(None),
+    })
+}
+
+/// Restores the thread's task context when a body finishes (or unwinds).
+struct BodyScope {
+    prev_task: Option<*const JobRef>,
+    prev_options: Option<Option<Arc<Options>>>,
+    prev_group: Option<Option<Arc<Group>>>,
+}
+
+impl BodyScope {
+    fn enter(me: &JobRef, meta: Option<&Arc<Options>>) -> BodyScope {
+        let prev_task = CURRENT_TASK.with(|c| c.replace(Some(me as *const JobRef)));
+        let prev_options = if meta.is_some() || crate::options::has_current() {
+            Some(crate::options::replace_current(meta.cloned()))
+        } else {
+            None
+        };
+        let prev_group = group::take_current();
+        BodyScope {
+            prev_task,
+            prev_options,
+            prev_group,
+        }
+    }
+}
+
+impl Drop for BodyScope {
+    fn drop(&mut self) {
+        CURRENT_TASK.with(|c| c.set(self.prev_task));
+        if let Some(opts) = self.prev_options.take() {
+            crate::options::replace_current(opts);
+        }
+        if let Some(g) = self.prev_group.take() {
+            group::restore_current(g);
+        }
+    }
+}
+
+impl<T, F> TaskInner<T, F>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    /// Writes the result and publishes it. The caller moved the state to COMPLETING.
+    fn store(&self, result: Result<T, TaskError>) -> Drain<Waiter> {
+        if result.is_ok() {
+            stats::result_stored();
+        }
+        // SAFETY: only the party that moved the task to COMPLETING writes the result, and no
+        // one reads it before DONE is published below.
+        unsafe { *self.result.get() = Some(result) };
+        self.header.state.publish();
+        self.header.waiters.close()
+    }
+
+    fn outcome_error(&self) -> Option<TaskError> {
+        // SAFETY: called after `store`, by the party that stored the result.
+        match unsafe { &*self.result.get() } {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn try_restore(&self) -> Option<Result<T, TaskError>> {
+        let meta = self.header.meta.as_ref()?;
+        let restore = meta.restore.as_ref()?;
+        let info = TaskInfo {
+            id: self.header.id,
+            name: self.header.name_str(),
+        };
+        match catch_unwind(AssertUnwindSafe(|| restore(&info, TypeId::of::<T>()))) {
+            Ok(Some(value)) => match value.downcast::<T>() {
+                Ok(v) => Some(Ok(*v)),
+                Err(_) => None,
+            },
+            Ok(None) => None,
+            Err(_) => {
+                log::warn!(
+                    "the restore hook of {} panicked; running the task instead",
+                    self.header.id
+                );
+                None
+            }
+        }
+    }
+
+    fn checkpoint(&self, value: &T) {
+        let Some(save) = self.header.meta.as_ref().and_then(|m| m.checkpoint.as_ref()) else {
+            return;
+        };
+        let info = TaskInfo {
+            id: self.header.id,
+            name: self.header.name_str(),
+        };
+        match catch_unwind(AssertUnwindSafe(|| save(&info, value))) {
+            Ok(Some(Err(e))) => {
+                log::warn!("checkpoint of {} failed: {e}", self.header.id)
+            }
+            Ok(_) => {}
+            Err(_) => log::warn!("the checkpoint hook of {} panicked", self.header.id),
+        }
+    }
+}
+
+impl<T, F> Job for TaskInner<T, F>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn run(&self, me: &JobRef) {
+        // SAFETY: the caller won QUEUED -> RUNNING, which makes it the only party that may
+        // take the body.
+        let body = unsafe { (*self.body.get()).take() };
+        let Some(body) = body else { return };
+        let header = &self.header;
+
+        if let Some(restored) = self.try_restore() {
+            drop(body);
+            finish(self, restored);
+            return;
+        }
+
+        let measure = header.placement.is_choice()
+            || SAMPLE_TICK.with(|t| {
+                let n = t.get().wrapping_add(1);
+                t.set(n);
+                n % SAMPLE_EVERY == 0
+            });
+        let started = measure.then(std::time::Instant::now);
+        let outcome = {
+            let _scope = BodyScope::enter(me, header.meta.as_ref());
+            catch_unwind(AssertUnwindSafe(body))
+        };
+        if let Some(started) = started {
+            crate::sched::record_run_time(header, self.signature(), started.elapsed());
+        }
+        let result = match outcome {
+            Ok(Ok(v)) => {
+                self.checkpoint(&v);
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(TaskError::failed(header.id, header.name(), e)),
+            Err(payload) => Err(TaskError::panicked(header.id, header.name(), payload)),
+        };
+        finish(self, result);
+    }
+
+    fn abort(&self, err: TaskError) -> Option<Drain<Waiter>> {
+        let prev = self.header.state.abort()?;
+        if prev != state::RUNNING {
+            // SAFETY: the task never started, and winning the abort makes us the only party
+            // that can touch the body.
+            drop(unsafe { (*self.body.get()).take() });
+        }
+        Some(self.store(Err(err)))
+    }
+
+    fn error(&self) -> Option<TaskError> {
+        match self.result() {
+            Some(Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    fn signature(&self) -> TypeId {
+        TypeId::of::<F>()
+    }
+}
+
+/// Completes a task whose body ran (or was restored) and notifies its waiters.
+fn finish<T, F>(task: &TaskInner<T, F>, result: Result<T, TaskError>)
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    if !task.header.state.finish_run() {
+        // Cancelled while running: the cancellation already completed the task.
+        return;
+    }
+    let waiters = task.store(result);
+    let err = task.outcome_error();
+    notify(waiters, err.as_ref());
+}
+
+impl<T, F> TaskCell<T> for TaskInner<T, F>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    fn result(&self) -> Option<&Result<T, TaskError>> {
+        if !self.header.state.is_done() {
+            return None;
+        }
+        // SAFETY: DONE was observed with acquire ordering; the result is never written again.
+        unsafe { (*self.result.get()).as_ref() }
+    }
+
+    fn take_result(&mut self) -> Option<Result<T, TaskError>> {
+        if !self.header.state.is_done() {
+            return None;
+        }
+        let taken = self.result.get_mut().take();
+        if matches!(taken, Some(Ok(_))) {
+            stats::result_freed();
+        }
+        taken
+    }
+}
+
+/// Tells every waiter that a task completed (`err` is its error, if it failed).
+pub(crate) fn notify(waiters: Drain<Waiter>, err: Option<&TaskError>) {
+    let mut failed: Vec<(JobRef, TaskError)> = Vec::new();
+    notify_into(waiters, err, &mut failed);
+    cascade(failed);
+}
+
+fn notify_into(
+    waiters: Drain<Waiter>,
+    err: Option<&TaskError>,
+    failed: &mut Vec<(JobRef, TaskError)>,
+) {
+    for waiter in waiters {
+        match waiter {
+            Waiter::Task(dep) => match err {
+                None => input_ready(dep),
+                Some(e) => failed.push((dep, e.clone())),
+            },
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Waker(slot) => slot.wake(),
+            Waiter::Abort(group) => {
+                if let Some(e) = err {
+                    group.abort(e);
+                }
+            }
+        }
+    }
+}
+
+/// Fails every task in `failed` (and their dependents, transitively) without recursion, so a
+/// failure at the head of a long chain cannot overflow the stack.
+fn cascade(mut failed: Vec<(JobRef, TaskError)>) {
+    while let Some((dep, cause)) = failed.pop() {
+        let h = dep.header();
+        let err = TaskError::upstream(h.id, h.name(), &cause);
+        if let Some(waiters) = dep.abort(err.clone()) {
+            notify_into(waiters, Some(&err), &mut failed);
+        }
+    }
+}
+
+/// One input of `dep` became available.
+pub(crate) fn input_ready(dep: JobRef) {
+    if dep.header().pending.fetch_sub(1, Ordering::AcqRel) == 1 && dep.header().state.make_ready()
+    {
+        crate::sched::schedule(dep);
+    }
+}
+
+/// Completes `job` with an error of the given kind (if it is not complete yet).
+pub(crate) fn fail_job(job: &JobRef, kind: ErrorKind, msg: String) -> bool {
+    let h = job.header();
+    let err = TaskError::with_message(h.id, h.name(), kind, msg);
+    abort_with(job, err)
+}
+
+/// Completes `job` with `err` (if it is not complete yet) and notifies its waiters.
+pub(crate) fn abort_with(job: &JobRef, err: TaskError) -> bool {
+    match job.abort(err.clone()) {
+        Some(waiters) => {
+            notify(waiters, Some(&err));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Cancels `job`: a queued or waiting task never runs; a running one is reported cancelled at
+/// once (its body sees [`is_cancelled`](crate::is_cancelled) and its result is discarded).
+pub(crate) fn cancel_job(job: &JobRef) -> bool {
+    let h = job.header();
+    abort_with(job, TaskError::cancelled(h.id, h.name()))
+}

@@ -1,0 +1,220 @@
+//! Spawning: options resolution, placement, dependency registration.
+
+use super::state::{TaskState, WAITING};
+use super::wait_list::WaitList;
+use super::{abort_with, current_group, fail_job, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC};
+use crate::error::{BoxError, ErrorKind, TaskError};
+use crate::id::TaskId;
+use crate::options::{self, Options};
+use crate::processor::{ArgType, TaskSignature};
+use crate::sched::Registry;
+use crate::scope::Scope;
+use std::any::TypeId;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// What the spawner knows about one argument of a task.
+#[doc(hidden)]
+pub struct ArgInfo {
+    pub(crate) dep: Option<JobRef>,
+    pub(crate) scope: Option<Scope>,
+    pub(crate) ty: ArgType,
+}
+
+impl ArgInfo {
+    pub(crate) fn value(ty: ArgType) -> Self {
+        ArgInfo {
+            dep: None,
+            scope: None,
+            ty,
+        }
+    }
+}
+
+/// The call being spawned.
+pub(crate) struct Site<'a> {
+    /// The function's name at the call site (`spawn!`), if known.
+    pub(crate) name: Option<&'static str>,
+    /// Identity of the function, for per-function default options.
+    pub(crate) function: TypeId,
+    pub(crate) args: &'a [ArgInfo],
+}
+
+impl Site<'static> {
+    pub(crate) fn closure<F: 'static>() -> Self {
+        Site {
+            name: None,
+            function: TypeId::of::<F>(),
+            args: &[],
+        }
+    }
+}
+
+/// Options in force for a new task: spawn-site, then `with_options`, then function defaults.
+fn resolve_options(explicit: Option<Options>, function: TypeId) -> Option<Arc<Options>> {
+    let inherited = options::current();
+    let defaults = options::defaults_for(function);
+    match (explicit, inherited, defaults) {
+        (None, None, None) => None,
+        (None, Some(i), None) => Some(i),
+        (None, None, Some(d)) => Some(d),
+        (e, i, d) => {
+            let mut o = e.unwrap_or_default();
+            if let Some(i) = &i {
+                o = o.or(i);
+            }
+            if let Some(d) = &d {
+                o = o.or(d);
+            }
+            Some(Arc::new(o))
+        }
+    }
+}
+
+/// Spawns a task in the current context.
+pub(crate) fn spawn_raw<T, F>(site: &Site<'_>, explicit: Option<Options>, body: F) -> DTask<T>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    crate::context::with_spawn_registry(|reg| spawn_in(reg, site, explicit, body))
+}
+
+fn spawn_in<T, F>(reg: &Arc<Registry>, site: &Site<'_>, explicit: Option<Options>, body: F) -> DTask<T>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    let meta = resolve_options(explicit, site.function);
+
+    let mut scope: Option<Scope> = meta.as_ref().and_then(|m| m.execution_scope());
+    for a in site.args {
+        if let Some(s) = &a.scope {
+            if !s.is_any() {
+                scope = Some(scope.unwrap_or_else(Scope::default).constrain(s));
+            }
+        }
+    }
+    let placement = if scope.is_none() && !reg.has_custom_default() {
+        Ok(crate::sched::Placement::Pool)
+    } else {
+        let types: Vec<ArgType> = site.args.iter().map(|a| a.ty).collect();
+        let sig = TaskSignature {
+            name: site
+                .name
+                .or_else(|| meta.as_ref().and_then(|m| m.name.as_deref())),
+            function: site.function,
+            args: &types,
+        };
+        reg.place(scope.as_ref(), &sig)
+    };
+    let (placement, unschedulable) = match placement {
+        Ok(p) => (p, None),
+        Err(msg) => (crate::sched::Placement::Pool, Some(msg)),
+    };
+
+    let ndeps = site.args.iter().filter(|a| a.dep.is_some()).count() as u32;
+    let allow_errors = meta.as_ref().and_then(|m| m.allow_errors);
+    let header = Header {
+        id: TaskId::next(),
+        state: TaskState::new(WAITING),
+        pending: AtomicU32::new(ndeps + 1),
+        waiters: WaitList::new(),
+        ran_on: std::sync::atomic::AtomicU32::new(NO_PROC),
+        registry: reg.id,
+        placement,
+        priority: meta.as_ref().and_then(|m| m.priority).unwrap_or(0),
+        static_name: site.name,
+        meta,
+    };
+    let task = Arc::new(TaskInner::<T, F>::new(header, Some(body), None));
+    let job: JobRef = task.clone();
+    let handle = DTask { cell: task };
+
+    if let Some(group) = current_group() {
+        if group.abort_on_any || allow_errors == Some(false) {
+            let _ = job.header().waiters.push(Waiter::Abort(group.clone()));
+        }
+        group.add(&job);
+    }
+    if let Some(msg) = unschedulable {
+        fail_job(&job, ErrorKind::Scheduling, msg);
+        return handle;
+    }
+
+    let mut arrived = 1u32;
+    let mut failed: Option<TaskError> = None;
+    for a in site.args {
+        let Some(dep) = &a.dep else { continue };
+        let dh = dep.header();
+        if dh.state.is_done() || dh.waiters.push(Waiter::Task(job.clone())).is_err() {
+            arrived += 1;
+            if failed.is_none() {
+                failed = dep.error();
+            }
+        }
+    }
+    if let Some(cause) = failed {
+        let h = job.header();
+        abort_with(&job, TaskError::upstream(h.id, h.name(), &cause));
+        return handle;
+    }
+    let h = job.header();
+    if h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready() {
+        reg.submit_new(job);
+    }
+    handle
+}
+
+/// Spawns `f` as a task and returns its handle (the reference's `Dagger.spawn`).
+///
+/// The task runs on a compute thread of the current context (see
+/// [`Context::enter`](crate::Context::enter)); a panic inside it becomes a
+/// [`TaskError`](crate::TaskError) returned by `fetch`.
+///
+/// ```
+/// let t = dagger_core::spawn(|| (1..=10).sum::<u32>());
+/// assert_eq!(t.fetch().unwrap(), 55);
+/// ```
+pub fn spawn<T, F>(f: F) -> DTask<T>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    spawn_raw(&Site::closure::<F>(), None, move || Ok(f()))
+}
+
+/// Like [`spawn`], with options for this task.
+pub fn spawn_with<T, F>(opts: Options, f: F) -> DTask<T>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    spawn_raw(&Site::closure::<F>(), Some(opts), move || Ok(f()))
+}
+
+/// Spawns a fallible task: an `Err` from `f` fails the task, and the tasks that depend on it
+/// fail without running.
+///
+/// ```
+/// let t = dagger_core::try_spawn(|| "42".parse::<u8>());
+/// assert_eq!(t.fetch().unwrap(), 42);
+/// ```
+pub fn try_spawn<T, E, F>(f: F) -> DTask<T>
+where
+    T: Send + Sync + 'static,
+    E: Into<BoxError>,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    spawn_raw(&Site::closure::<F>(), None, move || f().map_err(Into::into))
+}
+
+/// Like [`try_spawn`], with options for this task.
+pub fn try_spawn_with<T, E, F>(opts: Options, f: F) -> DTask<T>
+where
+    T: Send + Sync + 'static,
+    E: Into<BoxError>,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+{
+    spawn_raw(&Site::closure::<F>(), Some(opts), move || f().map_err(Into::into))
+}

@@ -1,0 +1,112 @@
+//! # dagger
+//!
+//! A runtime for parallel task graphs: a program spawns tasks, dagger runs them on the threads
+//! of this process, keeps each result where it was made until a task or a caller needs it, and
+//! frees it as soon as nobody holds it.
+//!
+//! ```
+//! use dagger::prelude::*;
+//!
+//! fn load(part: u32) -> Vec<f64> {
+//!     (0..100).map(|i| (part * 100 + i) as f64).collect()
+//! }
+//! fn mean(xs: &[f64]) -> f64 {
+//!     xs.iter().sum::<f64>() / xs.len() as f64
+//! }
+//!
+//! let parts: Vec<_> = (0..8).map(|p| spawn!(load(p))).collect();
+//! let means: Vec<_> = parts.iter().map(|p| spawn!(mean(p))).collect();
+//! let total: f64 = fetch_all(&means).unwrap().iter().sum();
+//! assert_eq!(total / 8.0, 399.5);
+//! ```
+//!
+//! ## The pieces
+//!
+//! * **Eager tasks**: [`spawn!`] (or [`spawn()`] for closures) returns a [`DTask`] at once;
+//!   [`DTask::fetch`] waits for the value. Tasks can spawn and wait for other tasks, to any
+//!   depth. [`sync`] waits for a block of tasks; `task.await` works in async code.
+//! * **Lazy graphs**: [`delayed!`] builds a [`Thunk`] without running anything; [`compute`] or
+//!   [`collect`] runs the whole graph, each shared node once.
+//! * **Errors**: an `Err` (with `spawn!(f(x)?)`) or a panic in a task becomes a [`TaskError`]
+//!   naming the task; tasks that depend on it fail without running.
+//! * **Scopes and processors**: [`Scope`] says where a task may run (a worker, a thread, a
+//!   processor type); custom [`Processor`]s plug in.
+//! * **Options**: [`Options`] per task, [`with_options`] for a whole block (nested tasks
+//!   included), [`set_default_options`] per function.
+//!
+//! ## Passing arguments with `spawn!` and `delayed!`
+//!
+//! `spawn!(f(a, b))` spawns the call `f(a, b)`. Each argument is classified at the call site:
+//!
+//! | argument | `f` receives | dependency? |
+//! |---|---|---|
+//! | `DTask<T>` / `Chunk<T>` | `T` (moved out when this is the last handle, else cloned) | yes |
+//! | `&DTask<T>` / `&Chunk<T>` | `&T`, borrowed from the stored result | yes |
+//! | `Thunk<T>` / `&Thunk<T>` (in `delayed!`) | `T` / `&T` | yes |
+//! | anything else | the value itself | no |
+//!
+//! A task runs when all its dependencies have finished; a chunk argument also narrows where
+//! it may run to the chunk's scope. (Classification needs the argument's type at the call
+//! site; inside generic code, where it is a type parameter, the value is passed as is.)
+//!
+//! Suffix the call with `?` when `f` returns a `Result` whose error should fail the task:
+//! `spawn!(parse(line)?)` is a `DTask<T>`, not a `DTask<Result<T, E>>`. Options follow a `;`:
+//! `spawn!(f(x); name = "load", priority = 2, scope = Scope::worker(0))`, each key being an
+//! [`Options`] method (`options = opts` starts from an existing `Options`).
+//!
+//! ```
+//! use dagger::prelude::*;
+//! fn parse(s: &str) -> Result<i64, std::num::ParseIntError> { s.parse() }
+//! fn double(x: i64) -> i64 { 2 * x }
+//!
+//! let ok = spawn!(parse("21")?; name = "parse ok");
+//! assert_eq!(spawn!(double(ok)).fetch().unwrap(), 42);
+//!
+//! let bad = spawn!(parse("x")?);
+//! let err = spawn!(double(bad)).fetch().unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::DependencyFailed);
+//! assert!(err.root().downcast_ref::<std::num::ParseIntError>().is_some());
+//! ```
+#![deny(missing_docs)]
+
+pub use dagger_core::*;
+
+/// Spawns a function call as a task and returns its [`DTask`].
+///
+/// See [the crate documentation](crate#passing-arguments-with-spawn-and-delayed) for how
+/// arguments are passed, the `?` suffix and options.
+///
+/// ```
+/// use dagger::prelude::*;
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+/// let x = spawn!(add(1, 2));
+/// let y = spawn!(add(x, 10); name = "add ten", priority = 1);
+/// assert_eq!(y.fetch().unwrap(), 13);
+/// ```
+pub use dagger_macros::spawn;
+
+/// Builds a lazy task ([`Thunk`]) from a function call without running it.
+///
+/// Arguments that are thunks become graph edges; plain values are cloned each time the graph
+/// runs. Run the graph with [`compute`] or [`collect`].
+///
+/// ```
+/// use dagger::prelude::*;
+/// fn inc(x: i32) -> i32 { x + 1 }
+/// fn add(a: i32, b: i32) -> i32 { a + b }
+/// let a = delayed!(inc(1));
+/// let b = delayed!(add(&a, &a)); // `a` runs once
+/// assert_eq!(collect(&b).unwrap(), 4);
+/// ```
+pub use dagger_macros::delayed;
+
+#[doc(hidden)]
+pub use dagger_core::__private;
+
+/// The names most programs need: `use dagger::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        collect, compute, delayed, fetch_all, spawn, sync, with_options, Chunk, Context, DTask,
+        ErrorKind, Options, Scope, TaskError, Thunk,
+    };
+}
