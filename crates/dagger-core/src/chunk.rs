@@ -85,6 +85,7 @@ impl<T: Send + Sync + 'static> Chunk<T> {
             priority: 0,
             static_name: None,
             meta,
+            inherited: None,
         };
         let cell: Arc<TaskInner<T, NoBody<T>>> =
             Arc::new(TaskInner::new(header, None, Some(Ok(value))));

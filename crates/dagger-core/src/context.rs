@@ -6,7 +6,7 @@ use crate::processor::Processor;
 use crate::sched::{with_current_registry, Exec, Registry, RegistryConfig};
 use crate::scope::Scope;
 use crate::task::{with_current_task, JobRef};
-use std::cell::RefCell;
+use crate::tls::{peek, CTX};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -156,10 +156,6 @@ impl ContextBuilder {
 
 static GLOBAL: OnceLock<Result<Context>> = OnceLock::new();
 
-thread_local! {
-    static ENTERED: RefCell<Option<Context>> = const { RefCell::new(None) };
-}
-
 impl Context {
     /// A builder with the default settings.
     pub fn builder() -> ContextBuilder {
@@ -199,9 +195,7 @@ impl Context {
         if let Some(inner) = with_current_registry(|r| r.and_then(|reg| reg.context.get()?.upgrade())) {
             return Context { inner };
         }
-        ENTERED
-            .with(|e| e.borrow().clone())
-            .unwrap_or_else(|| Context::global().clone())
+        CTX.with(|c| peek(&c.entered)).unwrap_or_else(|| Context::global().clone())
     }
 
     /// Runs `f` with this context as the target of every spawn on this thread.
@@ -209,10 +203,10 @@ impl Context {
         struct Restore(Option<Context>);
         impl Drop for Restore {
             fn drop(&mut self) {
-                ENTERED.with(|e| *e.borrow_mut() = self.0.take());
+                CTX.with(|c| c.entered.set(self.0.take()));
             }
         }
-        let prev = ENTERED.with(|e| e.borrow_mut().replace(self.clone()));
+        let prev = CTX.with(|c| c.entered.replace(Some(self.clone())));
         let _restore = Restore(prev);
         f()
     }
@@ -314,7 +308,7 @@ pub(crate) fn with_spawn_registry<R>(f: impl FnOnce(&Arc<Registry>) -> R) -> R {
         return r;
     }
     let f = f.take().unwrap();
-    let entered = ENTERED.with(|e| e.borrow().as_ref().map(|c| c.inner.registry.clone()));
+    let entered = CTX.with(|c| peek(&c.entered)).map(|c| c.inner.registry.clone());
     match entered {
         Some(reg) => f(&reg),
         None => f(&Context::global().inner.registry),

@@ -25,6 +25,7 @@ mod stats;
 mod sync;
 mod task;
 mod thunk;
+mod tls;
 
 #[doc(hidden)]
 #[path = "private.rs"]

@@ -9,7 +9,7 @@ use crate::error::BoxError;
 use crate::id::TaskId;
 use crate::scope::Scope;
 use std::any::{Any, TypeId};
-use std::cell::RefCell;
+use crate::tls::{peek, CTX};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,31 +290,27 @@ impl fmt::Debug for Options {
     }
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Arc<Options>>> = const { RefCell::new(None) };
-}
-
 /// The options in force on this thread: inside a task, the task's own options; inside a
 /// [`with_options`] block, that block's.
 pub(crate) fn current() -> Option<Arc<Options>> {
-    CURRENT.with(|c| c.borrow().clone())
+    CTX.with(|c| peek(&c.options))
 }
 
-/// Replaces the options in force on this thread, returning the previous ones.
-pub(crate) fn replace_current(opts: Option<Arc<Options>>) -> Option<Arc<Options>> {
-    CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), opts))
-}
 
-struct Restore(Option<Arc<Options>>);
+struct Restore(Option<Arc<Options>>, Option<Arc<Options>>);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        replace_current(self.0.take());
+        CTX.with(|c| {
+            c.options.set(self.0.take());
+            c.view.set(self.1.take());
+        });
     }
 }
 
 /// Runs `f` with `opts` applied to every task spawned inside it, including tasks spawned from
-/// inside those tasks, at any depth. Blocks nest; inner settings win.
+/// inside those tasks, at any depth. Blocks nest; inner settings win; options given at a spawn
+/// site win over blocks.
 ///
 /// ```
 /// use dagger_core::{with_options, get_options, spawn, Options};
@@ -324,18 +320,32 @@ impl Drop for Restore {
 /// assert_eq!(t.fetch().unwrap(), Some(5));
 /// ```
 pub fn with_options<R>(opts: Options, f: impl FnOnce() -> R) -> R {
-    let merged = match current() {
-        Some(outer) => opts.or(&outer),
-        None => opts,
-    };
-    let _restore = Restore(replace_current(Some(Arc::new(merged))));
+    let (prev_options, prev_view) = CTX.with(|c| {
+        let options = peek(&c.options);
+        let view = peek(&c.view).or_else(|| options.clone());
+        let new_options = match &options {
+            Some(outer) => opts.clone().or(outer),
+            None => opts.clone(),
+        };
+        let new_view = match &view {
+            Some(outer) => opts.or(outer),
+            None => opts,
+        };
+        (
+            c.options.replace(Some(Arc::new(new_options))),
+            c.view.replace(Some(Arc::new(new_view))),
+        )
+    });
+    let _restore = Restore(prev_options, prev_view);
     f()
 }
 
-/// The options in force here: inside a task, the options the task runs with; inside a
-/// [`with_options`] block, that block's; elsewhere, no options.
+/// The options in force here: inside a task, the options it runs with; inside a
+/// [`with_options`] block, the block's on top of those; elsewhere, no options.
 pub fn get_options() -> Options {
-    current().map(|o| (*o).clone()).unwrap_or_default()
+    CTX.with(|c| peek(&c.view).or_else(|| peek(&c.options)))
+        .map(|o| (*o).clone())
+        .unwrap_or_default()
 }
 
 static HAS_DEFAULTS: AtomicBool = AtomicBool::new(false);
@@ -381,9 +391,4 @@ pub(crate) fn defaults_for(func: TypeId) -> Option<Arc<Options>> {
         .unwrap_or_else(|e| e.into_inner())
         .get(&func)
         .cloned()
-}
-
-/// Whether options are in force on this thread.
-pub(crate) fn has_current() -> bool {
-    CURRENT.with(|c| c.borrow().is_some())
 }

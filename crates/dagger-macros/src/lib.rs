@@ -4,7 +4,8 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::{Expr, Ident, Token};
@@ -112,12 +113,25 @@ impl CallSpec {
         quote!(::core::option::Option::Some(#base #(#calls)*))
     }
 
-    fn result(&self, call: TokenStream2) -> TokenStream2 {
-        if self.fallible {
+    /// The body of the task: fetch every input, then call. Each input is bound with the span
+    /// of its argument, so a type mismatch points at the argument that causes it.
+    fn body(&self, func: &Ident, args: &[Ident]) -> TokenStream2 {
+        let inputs: Vec<Ident> = self
+            .args
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format_ident!("__dagger_x{}", i, span = e.span()))
+            .collect();
+        let fetches = self.args.iter().zip(args).zip(&inputs).map(|((e, a), x)| {
+            quote_spanned!(e.span()=> let #x = ::dagger::__private::Arg::get(&mut #a)?;)
+        });
+        let call = quote!(#func(#(#inputs),*));
+        let result = if self.fallible {
             quote!(::dagger::__private::fallible(#call))
         } else {
             quote!(::dagger::__private::infallible(#call))
-        }
+        };
+        quote!({ #(#fetches)* #result })
     }
 }
 
@@ -139,7 +153,7 @@ pub fn spawn(input: TokenStream) -> TokenStream {
     let tags = idents("t", n);
     let args = idents("a", n);
     let opts = spec.options();
-    let call = spec.result(quote!(__dagger_f(#(::dagger::__private::Arg::get(&mut #args)?),*)));
+    let call = spec.body(&format_ident!("__dagger_f"), &args);
     quote!({
         #[allow(unused_imports)]
         use ::dagger::__private::{ViaDep as _, ViaValue as _};
@@ -154,7 +168,7 @@ pub fn spawn(input: TokenStream) -> TokenStream {
             ::dagger::__private::fn_id(&__dagger_f),
             #opts,
             &__dagger_infos,
-            move || -> ::core::result::Result<_, ::dagger::BoxError> { #call },
+            move || -> ::core::result::Result<_, ::dagger::BoxError> #call,
         )
     })
     .into()
@@ -175,7 +189,7 @@ pub fn delayed(input: TokenStream) -> TokenStream {
     let args = idents("a", n);
     let idx: Vec<usize> = (0..n).collect();
     let opts = spec.options();
-    let call = spec.result(quote!(__dagger_g(#(::dagger::__private::Arg::get(&mut #args)?),*)));
+    let call = spec.body(&format_ident!("__dagger_g"), &args);
     quote!({
         #[allow(unused_imports)]
         use ::dagger::__private::{ViaDep as _, ViaValue as _};
@@ -198,7 +212,7 @@ pub fn delayed(input: TokenStream) -> TokenStream {
                     __dagger_fid,
                     ::core::clone::Clone::clone(&__dagger_opts),
                     &__dagger_infos,
-                    move || -> ::core::result::Result<_, ::dagger::BoxError> { #call },
+                    move || -> ::core::result::Result<_, ::dagger::BoxError> #call,
                 )
             },
         )

@@ -2,9 +2,9 @@
 //!
 //! The model: each (function, processor kind) pair keeps an exponentially weighted moving
 //! average of measured run times in nanoseconds (weight 1/4 for the newest sample; the first
-//! sample sets the average). A pair that was never measured borrows the smallest estimate of
-//! the same function on another kind (an optimistic prior, so an untried processor gets tried);
-//! a function never measured at all costs 0. An explicit `time_util` option replaces all of it.
+//! sample sets the average). A pair that was never measured is estimated at 0: optimistic, so
+//! an untried processor gets tried once and measured. An explicit `time_util` option replaces
+//! all of it.
 //!
 //! Tasks whose placement involves a choice are measured every time they run; tasks that run on
 //! the shared thread pool are sampled (one run in 64 per thread) to keep the fast path cheap.
@@ -66,15 +66,12 @@ impl Estimates {
     pub(crate) fn estimate(&self, sig: TypeId, kinds: &[ProcessorKind]) -> Vec<u64> {
         let shard = self.shard(sig).lock().unwrap_or_else(|e| e.into_inner());
         let per_kind = shard.get(&sig);
-        let prior = per_kind
-            .and_then(|v| v.iter().map(|(_, e)| e.ns).reduce(f64::min))
-            .unwrap_or(0.0);
         kinds
             .iter()
             .map(|k| {
                 per_kind
                     .and_then(|v| v.iter().find(|(kk, _)| kk == k))
-                    .map_or(prior, |(_, e)| e.ns) as u64
+                    .map_or(0.0, |(_, e)| e.ns) as u64
             })
             .collect()
     }
@@ -103,8 +100,8 @@ mod tests {
         e.record(sig, ProcessorKind::THREAD, 1000);
         e.record(sig, ProcessorKind::THREAD, 2000);
         assert_eq!(e.get(sig, ProcessorKind::THREAD), Some((1250, 2)));
-        // an unmeasured kind borrows the best known estimate
-        assert_eq!(e.estimate(sig, &[ProcessorKind::THREAD, other]), vec![1250, 1250]);
+        // an unmeasured kind is optimistic, so it gets tried
+        assert_eq!(e.estimate(sig, &[ProcessorKind::THREAD, other]), vec![1250, 0]);
         e.record(sig, other, 10);
         assert_eq!(e.estimate(sig, &[ProcessorKind::THREAD, other]), vec![1250, 10]);
     }

@@ -9,7 +9,8 @@
 
 use super::{Registry, Spare};
 use crate::processor::ExecTask;
-use crate::task::{state, Header, JobRef, Waiter, NO_PROC};
+use crate::task::{state, Header, JobRef, Waiter};
+use crate::tls::CTX;
 use crossbeam_deque::{Steal, Worker};
 use std::cell::Cell;
 use std::hint::spin_loop;
@@ -29,27 +30,20 @@ const WAIT_SPINS: u32 = 256;
 fn spin_rounds() -> u32 { static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("DS").ok().and_then(|v| v.parse().ok()).unwrap_or(SPIN_ROUNDS)) }
 fn hot_rounds() -> u32 { static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("DH").ok().and_then(|v| v.parse().ok()).unwrap_or(HOT_ROUNDS)) }
 
-thread_local! {
-    static WORKER: Cell<*const WorkerThread> = const { Cell::new(ptr::null()) };
-    /// Processor-table index of the processor running on this thread.
-    static PROC: Cell<u32> = const { Cell::new(NO_PROC) };
-    /// Registry of a task run on a thread that is not one of its compute threads.
-    static FOREIGN_REGISTRY: Cell<*const Arc<Registry>> = const { Cell::new(ptr::null()) };
-}
-
 /// The processor-table index of the processor running on this thread (`NO_PROC` outside).
 pub(crate) fn current_proc() -> u32 {
-    PROC.with(|p| p.get())
+    CTX.with(|c| c.proc.get())
 }
 
 /// The registry of the processor task or compute thread running on this thread.
 pub(crate) fn with_current_registry<R>(f: impl FnOnce(Option<&Arc<Registry>>) -> R) -> R {
-    let foreign = FOREIGN_REGISTRY.with(|r| r.get());
+    let (foreign, worker) = CTX.with(|c| (c.foreign.get(), c.worker.get()));
     if !foreign.is_null() {
         // SAFETY: set only while `run_on_processor` holds the Arc it points to.
         return f(Some(unsafe { &*foreign }));
     }
-    WorkerThread::with_current(|w| f(w.map(|w| &w.registry)))
+    // SAFETY: set for the lifetime of the compute thread's main frame, which owns it.
+    f((!worker.is_null()).then(|| unsafe { &(*worker).registry }))
 }
 
 pub(crate) struct WorkerThread {
@@ -65,12 +59,10 @@ pub(crate) struct WorkerThread {
 
 impl WorkerThread {
     pub(crate) fn with_current<R>(f: impl FnOnce(Option<&WorkerThread>) -> R) -> R {
-        WORKER.with(|w| {
-            let p = w.get();
-            // SAFETY: the pointer is set for the lifetime of the thread's `main` frame, which
-            // owns the WorkerThread, and cleared before it returns.
-            f((!p.is_null()).then(|| unsafe { &*p }))
-        })
+        let p = CTX.with(|c| c.worker.get());
+        // SAFETY: the pointer is set for the lifetime of the thread's `main` frame, which owns
+        // the WorkerThread, and cleared before it returns.
+        f((!p.is_null()).then(|| unsafe { &*p }))
     }
 
     /// Starts a compute thread serving `slot`.
@@ -110,15 +102,17 @@ impl WorkerThread {
     }
 
     fn main(self) {
-        WORKER.with(|w| w.set(&self));
-        PROC.with(|p| p.set(self.slot.get() as u32));
+        CTX.with(|c| {
+            c.worker.set(&self);
+            c.proc.set(self.slot.get() as u32);
+        });
         loop {
             self.serve();
             if self.registry.terminating() || !self.wait_assignment() {
                 break;
             }
         }
-        WORKER.with(|w| w.set(ptr::null()));
+        CTX.with(|c| c.worker.set(ptr::null()));
         if self.registry.live_threads.fetch_sub(1, Ordering::AcqRel) == 1
             && self.registry.terminating()
         {
@@ -442,7 +436,7 @@ impl WorkerThread {
             let a = self.assignment.swap(0, Ordering::AcqRel);
             if a != 0 {
                 self.slot.set(a - 1);
-                PROC.with(|p| p.set((a - 1) as u32));
+                CTX.with(|c| c.proc.set((a - 1) as u32));
                 return true;
             }
             if reg.terminating() {
@@ -474,12 +468,18 @@ pub(crate) fn run_on_processor(registry: &Arc<Registry>, proc_index: u32, job: &
     struct Restore(u32, *const Arc<Registry>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            PROC.with(|p| p.set(self.0));
-            FOREIGN_REGISTRY.with(|r| r.set(self.1));
+            CTX.with(|c| {
+                c.proc.set(self.0);
+                c.foreign.set(self.1);
+            });
         }
     }
-    let prev_proc = PROC.with(|p| p.replace(proc_index));
-    let prev_reg = FOREIGN_REGISTRY.with(|r| r.replace(registry as *const Arc<Registry>));
+    let (prev_proc, prev_reg) = CTX.with(|c| {
+        (
+            c.proc.replace(proc_index),
+            c.foreign.replace(registry as *const Arc<Registry>),
+        )
+    });
     let _restore = Restore(prev_proc, prev_reg);
     job.run(job);
 }

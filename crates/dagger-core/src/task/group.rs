@@ -2,7 +2,7 @@
 
 use super::{cancel_job, JobRef};
 use crate::error::TaskError;
-use std::cell::RefCell;
+use crate::tls::{peek, CTX};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Tasks spawned inside one `sync` block or one graph run.
@@ -77,29 +77,12 @@ impl Group {
     }
 }
 
-thread_local! {
-    static CURRENT: RefCell<Option<Arc<Group>>> = const { RefCell::new(None) };
-}
-
 pub(crate) fn current_group() -> Option<Arc<Group>> {
-    CURRENT.with(|c| c.borrow().clone())
+    CTX.with(|c| peek(&c.group))
 }
 
-/// Clears the group for a task body (tasks spawned inside a task do not join the group of the
-/// code that spawned that task); `None` when there was none to clear.
-pub(crate) fn take_current() -> Option<Option<Arc<Group>>> {
-    CURRENT.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.is_none() {
-            None
-        } else {
-            Some(c.take())
-        }
-    })
-}
-
-pub(crate) fn restore_current(g: Option<Arc<Group>>) {
-    CURRENT.with(|c| *c.borrow_mut() = g);
+fn restore_current(g: Option<Arc<Group>>) {
+    CTX.with(|c| c.group.set(g));
 }
 
 struct Restore(Option<Arc<Group>>);
@@ -112,7 +95,7 @@ impl Drop for Restore {
 
 /// Runs `f` with `group` collecting the tasks spawned on this thread.
 pub(crate) fn with_group<R>(group: &Arc<Group>, f: impl FnOnce() -> R) -> R {
-    let prev = CURRENT.with(|c| c.replace(Some(group.clone())));
+    let prev = CTX.with(|c| c.group.replace(Some(group.clone())));
     let _restore = Restore(prev);
     f()
 }

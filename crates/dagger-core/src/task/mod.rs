@@ -26,7 +26,8 @@ use crate::sched::Placement;
 use crate::stats;
 use state::TaskState;
 use std::any::TypeId;
-use std::cell::{Cell, UnsafeCell};
+use crate::tls::CTX;
+use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,7 +86,10 @@ pub(crate) struct Header {
     pub(crate) placement: Placement,
     pub(crate) priority: i32,
     pub(crate) static_name: Option<&'static str>,
+    /// The options the task runs with.
     pub(crate) meta: Option<Arc<Options>>,
+    /// The `with_options` options in force where it was spawned; its body passes them on.
+    pub(crate) inherited: Option<Arc<Options>>,
 }
 
 impl Header {
@@ -145,6 +149,7 @@ unsafe impl<T: Send + Sync, F: Send> Send for TaskInner<T, F> {}
 unsafe impl<T: Send + Sync, F: Send> Sync for TaskInner<T, F> {}
 
 impl<T, F> TaskInner<T, F> {
+    #[inline(always)]
     pub(crate) fn new(header: Header, body: Option<F>, result: Option<Result<T, TaskError>>) -> Self {
         if matches!(result, Some(Ok(_))) {
             stats::result_stored();
@@ -165,59 +170,60 @@ impl<T, F> Drop for TaskInner<T, F> {
     }
 }
 
-thread_local! {
-    /// The task running on this thread (valid while its body runs).
-    static CURRENT_TASK: Cell<Option<*const JobRef>> = const { Cell::new(None) };
-    /// Counts task runs, to sample run times of pool tasks.
-    static SAMPLE_TICK: Cell<u32> = const { Cell::new(0) };
-}
-
 /// How often the run time of a task with no placement choice is measured.
 const SAMPLE_EVERY: u32 = 64;
 
 /// The task whose body is running on this thread.
 pub(crate) fn with_current_task<R>(f: impl FnOnce(Option<&JobRef>) -> R) -> R {
-    CURRENT_TASK.with(|c| match c.get() {
-        // SAFETY: the pointer is set only while the referenced JobRef is alive on the stack of
-        // the frame that runs the body, and cleared before that frame returns.
-        Some(p) => f(Some(unsafe { &*p })),
-        None => f(None),
-    })
+    let p = CTX.with(|c| c.task.get());
+    // SAFETY: the pointer is set only while the referenced JobRef is alive on the stack of
+    // the frame that runs the body, and reset before that frame returns.
+    f((!p.is_null()).then(|| unsafe { &*p }))
 }
 
-/// Restores the thread's task context when a body finishes (or unwinds).
+/// The thread's task context while a body runs; restores the previous one on drop (also
+/// when the body unwinds).
 struct BodyScope {
-    prev_task: Option<*const JobRef>,
-    prev_options: Option<Option<Arc<Options>>>,
-    prev_group: Option<Option<Arc<Group>>>,
+    prev_task: *const JobRef,
+    prev_options: Option<(Option<Arc<Options>>, Option<Arc<Options>>)>,
+    prev_group: Option<Arc<Group>>,
 }
 
 impl BodyScope {
-    fn enter(me: &JobRef, meta: Option<&Arc<Options>>) -> BodyScope {
-        let prev_task = CURRENT_TASK.with(|c| c.replace(Some(me as *const JobRef)));
-        let prev_options = if meta.is_some() || crate::options::has_current() {
-            Some(crate::options::replace_current(meta.cloned()))
-        } else {
-            None
-        };
-        let prev_group = group::take_current();
-        BodyScope {
-            prev_task,
-            prev_options,
-            prev_group,
-        }
+    fn enter(me: &JobRef, header: &Header) -> BodyScope {
+        CTX.with(|c| {
+            let prev_task = c.task.replace(me as *const JobRef);
+            let outer_options = c.options.take();
+            let outer_view = c.view.take();
+            let prev_options = if header.meta.is_some() || outer_options.is_some() || outer_view.is_some() {
+                c.options.set(header.inherited.clone());
+                c.view.set(header.meta.clone());
+                Some((outer_options, outer_view))
+            } else {
+                None
+            };
+            BodyScope {
+                prev_task,
+                prev_options,
+                // Tasks spawned by the body do not join the group of whoever spawned it.
+                prev_group: c.group.take(),
+            }
+        })
     }
 }
 
 impl Drop for BodyScope {
     fn drop(&mut self) {
-        CURRENT_TASK.with(|c| c.set(self.prev_task));
-        if let Some(opts) = self.prev_options.take() {
-            crate::options::replace_current(opts);
-        }
-        if let Some(g) = self.prev_group.take() {
-            group::restore_current(g);
-        }
+        CTX.with(|c| {
+            c.task.set(self.prev_task);
+            if let Some((options, view)) = self.prev_options.take() {
+                c.options.set(options);
+                c.view.set(view);
+            }
+            if let Some(g) = self.prev_group.take() {
+                c.group.set(Some(g));
+            }
+        });
     }
 }
 
@@ -310,14 +316,14 @@ where
         }
 
         let measure = header.placement.is_choice()
-            || SAMPLE_TICK.with(|t| {
-                let n = t.get().wrapping_add(1);
-                t.set(n);
+            || CTX.with(|c| {
+                let n = c.sample.get().wrapping_add(1);
+                c.sample.set(n);
                 n % SAMPLE_EVERY == 0
             });
         let started = measure.then(std::time::Instant::now);
         let outcome = {
-            let _scope = BodyScope::enter(me, header.meta.as_ref());
+            let _scope = BodyScope::enter(me, header);
             catch_unwind(AssertUnwindSafe(body))
         };
         if let Some(started) = started {

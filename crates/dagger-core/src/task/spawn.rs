@@ -1,6 +1,6 @@
 //! Spawning: options resolution, placement, dependency registration.
 
-use super::state::{TaskState, WAITING};
+use super::state::{TaskState, QUEUED, WAITING};
 use super::wait_list::WaitList;
 use super::{abort_with, current_group, fail_job, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC};
 use crate::error::{BoxError, ErrorKind, TaskError};
@@ -51,12 +51,18 @@ impl Site<'static> {
 }
 
 /// Options in force for a new task: spawn-site, then `with_options`, then function defaults.
-fn resolve_options(explicit: Option<Options>, function: TypeId) -> Option<Arc<Options>> {
+#[inline]
+/// Returns the task's effective options and the `with_options` options it inherits (which
+/// its own body passes on to the tasks it spawns).
+fn resolve_options(
+    explicit: Option<Options>,
+    function: TypeId,
+) -> (Option<Arc<Options>>, Option<Arc<Options>>) {
     let inherited = options::current();
     let defaults = options::defaults_for(function);
-    match (explicit, inherited, defaults) {
+    let meta = match (explicit, &inherited, defaults) {
         (None, None, None) => None,
-        (None, Some(i), None) => Some(i),
+        (None, Some(i), None) => Some(i.clone()),
         (None, None, Some(d)) => Some(d),
         (e, i, d) => {
             let mut o = e.unwrap_or_default();
@@ -68,7 +74,8 @@ fn resolve_options(explicit: Option<Options>, function: TypeId) -> Option<Arc<Op
             }
             Some(Arc::new(o))
         }
-    }
+    };
+    (meta, inherited)
 }
 
 /// Spawns a task in the current context.
@@ -77,16 +84,21 @@ where
     T: Send + Sync + 'static,
     F: FnOnce() -> Result<T, BoxError> + Send + 'static,
 {
-    crate::context::with_spawn_registry(|reg| spawn_in(reg, site, explicit, body))
+    let (meta, inherited) = resolve_options(explicit, site.function);
+    crate::context::with_spawn_registry(|reg| spawn_in(reg, site, meta, inherited, body))
 }
 
-fn spawn_in<T, F>(reg: &Arc<Registry>, site: &Site<'_>, explicit: Option<Options>, body: F) -> DTask<T>
+fn spawn_in<T, F>(
+    reg: &Arc<Registry>,
+    site: &Site<'_>,
+    meta: Option<Arc<Options>>,
+    inherited: Option<Arc<Options>>,
+    body: F,
+) -> DTask<T>
 where
     T: Send + Sync + 'static,
     F: FnOnce() -> Result<T, BoxError> + Send + 'static,
 {
-    let meta = resolve_options(explicit, site.function);
-
     let mut scope: Option<Scope> = meta.as_ref().and_then(|m| m.execution_scope());
     for a in site.args {
         if let Some(s) = &a.scope {
@@ -115,23 +127,35 @@ where
 
     let ndeps = site.args.iter().filter(|a| a.dep.is_some()).count() as u32;
     let allow_errors = meta.as_ref().and_then(|m| m.allow_errors);
-    let header = Header {
-        id: TaskId::next(),
-        state: TaskState::new(WAITING),
-        pending: AtomicU32::new(ndeps + 1),
-        waiters: WaitList::new(),
-        ran_on: std::sync::atomic::AtomicU32::new(NO_PROC),
-        registry: reg.id,
-        placement,
-        priority: meta.as_ref().and_then(|m| m.priority).unwrap_or(0),
-        static_name: site.name,
-        meta,
-    };
-    let task = Arc::new(TaskInner::<T, F>::new(header, Some(body), None));
+    let group = current_group();
+    // A task with no inputs, no group and a processor is runnable as soon as it exists.
+    let ready_now = ndeps == 0 && group.is_none() && unschedulable.is_none();
+    let task = Arc::new(TaskInner::<T, F>::new(
+        Header {
+            id: TaskId::next(),
+            state: TaskState::new(if ready_now { QUEUED } else { WAITING }),
+            pending: AtomicU32::new(if ready_now { 0 } else { ndeps + 1 }),
+            waiters: WaitList::new(),
+            ran_on: AtomicU32::new(NO_PROC),
+            registry: reg.id,
+            placement,
+            priority: meta.as_ref().and_then(|m| m.priority).unwrap_or(0),
+            static_name: site.name,
+            meta,
+            inherited,
+        },
+        Some(body),
+        None,
+    ));
+    if ready_now {
+        let handle = DTask { cell: task.clone() };
+        reg.submit_new(task);
+        return handle;
+    }
     let job: JobRef = task.clone();
     let handle = DTask { cell: task };
 
-    if let Some(group) = current_group() {
+    if let Some(group) = group {
         if group.abort_on_any || allow_errors == Some(false) {
             let _ = job.header().waiters.push(Waiter::Abort(group.clone()));
         }

@@ -116,6 +116,9 @@ impl<T> Drop for Drain<T> {
 
 impl<T> Drop for WaitList<T> {
     fn drop(&mut self) {
-        drop(self.close());
+        let head = *self.head.get_mut();
+        if head != closed() && !head.is_null() {
+            drop(self.close());
+        }
     }
 }
