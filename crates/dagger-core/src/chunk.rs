@@ -65,11 +65,13 @@ impl<T: Send + Sync + 'static> Chunk<T> {
     fn make(value: T, scope: Option<Scope>) -> Self {
         let (registry, proc) = crate::context::with_spawn_registry(|reg| {
             let here = crate::sched::current_proc();
-            let same = crate::sched::with_current_registry(|r| r.is_some_and(|r| Arc::ptr_eq(r, reg)));
+            let same =
+                crate::sched::with_current_registry(|r| r.is_some_and(|r| Arc::ptr_eq(r, reg)));
             let proc = if same && here != NO_PROC {
                 here
             } else {
-                reg.proc_index(ProcessorId::os(reg.worker)).unwrap_or(NO_PROC)
+                reg.proc_index(ProcessorId::os(reg.worker))
+                    .unwrap_or(NO_PROC)
             };
             (reg.id, proc)
         });

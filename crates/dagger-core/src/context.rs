@@ -81,7 +81,8 @@ impl ContextBuilder {
     /// Adds a custom processor to this process. Several instances of one type get indices
     /// 0, 1, ... in the order they are added.
     pub fn processor<P: Processor>(mut self, p: P) -> Self {
-        self.processors.push((ProcessorKind::of::<P>(), Arc::new(p)));
+        self.processors
+            .push((ProcessorKind::of::<P>(), Arc::new(p)));
         self
     }
 
@@ -192,10 +193,13 @@ impl Context {
     /// The context tasks spawned here go to: the context of the running task, else the
     /// innermost [`enter`](Context::enter)ed one, else the global context.
     pub fn current() -> Context {
-        if let Some(inner) = with_current_registry(|r| r.and_then(|reg| reg.context.get()?.upgrade())) {
+        if let Some(inner) =
+            with_current_registry(|r| r.and_then(|reg| reg.context.get()?.upgrade()))
+        {
             return Context { inner };
         }
-        CTX.with(|c| peek(&c.entered)).unwrap_or_else(|| Context::global().clone())
+        CTX.with(|c| peek(&c.entered))
+            .unwrap_or_else(|| Context::global().clone())
     }
 
     /// Runs `f` with this context as the target of every spawn on this thread.
@@ -243,7 +247,8 @@ impl Context {
     /// The processor object with id `id`.
     pub fn processor(&self, id: ProcessorId) -> Option<Arc<dyn Processor>> {
         let reg = &self.inner.registry;
-        reg.proc_index(id).map(|i| reg.procs[i as usize].obj.clone())
+        reg.proc_index(id)
+            .map(|i| reg.procs[i as usize].obj.clone())
     }
 
     /// The parent of processor `id`: the OS process for threads and custom processors (unless
@@ -308,7 +313,9 @@ pub(crate) fn with_spawn_registry<R>(f: impl FnOnce(&Arc<Registry>) -> R) -> R {
         return r;
     }
     let f = f.take().unwrap();
-    let entered = CTX.with(|c| peek(&c.entered)).map(|c| c.inner.registry.clone());
+    let entered = CTX
+        .with(|c| peek(&c.entered))
+        .map(|c| c.inner.registry.clone());
     match entered {
         Some(reg) => f(&reg),
         None => f(&Context::global().inner.registry),
@@ -355,7 +362,9 @@ pub fn current_task_id() -> Option<TaskId> {
 /// Inside a task: whether it was cancelled. A long-running body should check this now and
 /// then and return early; its result is discarded anyway.
 pub fn is_cancelled() -> bool {
-    with_current_task(|t| t.is_some_and(|j| j.header().state.load() >= crate::task::state::COMPLETING))
+    with_current_task(|t| {
+        t.is_some_and(|j| j.header().state.load() >= crate::task::state::COMPLETING)
+    })
 }
 
 /// A handle a task body can pass to other code (or threads) to check for its cancellation.

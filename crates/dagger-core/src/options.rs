@@ -8,8 +8,8 @@
 use crate::error::BoxError;
 use crate::id::TaskId;
 use crate::scope::Scope;
-use std::any::{Any, TypeId};
 use crate::tls::{peek, CTX};
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +25,9 @@ pub struct TaskInfo<'a> {
     pub name: Option<&'a str>,
 }
 
-pub(crate) type CheckpointFn =
-    Arc<dyn Fn(&TaskInfo<'_>, &(dyn Any + Send + Sync)) -> Option<Result<(), BoxError>> + Send + Sync>;
+pub(crate) type CheckpointFn = Arc<
+    dyn Fn(&TaskInfo<'_>, &(dyn Any + Send + Sync)) -> Option<Result<(), BoxError>> + Send + Sync,
+>;
 pub(crate) type RestoreFn =
     Arc<dyn Fn(&TaskInfo<'_>, TypeId) -> Option<Box<dyn Any + Send>> + Send + Sync>;
 
@@ -295,7 +296,6 @@ impl fmt::Debug for Options {
 pub(crate) fn current() -> Option<Arc<Options>> {
     CTX.with(|c| peek(&c.options))
 }
-
 
 struct Restore(Option<Arc<Options>>, Option<Arc<Options>>);
 

@@ -12,8 +12,8 @@ use crate::error::BoxError;
 use crate::options::Options;
 use crate::processor::ArgType;
 use crate::task::{spawn_raw, DTask, Header, Site, TaskCell};
-pub use crate::thunk::{ErasedTask, ThunkNode};
 use crate::thunk::Thunk;
+pub use crate::thunk::{ErasedTask, ThunkNode};
 use std::any::{Any, TypeId};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -46,7 +46,11 @@ where
 }
 
 /// Builds a thunk from a macro-built call.
-pub fn delayed<T, S>(name: &'static str, inputs: Vec<Option<Arc<ThunkNode>>>, spawner: S) -> Thunk<T>
+pub fn delayed<T, S>(
+    name: &'static str,
+    inputs: Vec<Option<Arc<ThunkNode>>>,
+    spawner: S,
+) -> Thunk<T>
 where
     T: Send + Sync + 'static,
     S: Fn(&[Option<&ErasedTask>]) -> DTask<T> + Send + Sync + 'static,
@@ -177,7 +181,9 @@ impl<X: Send + 'static> Arg for Value<X> {
     }
 
     fn get(&mut self) -> Result<X, BoxError> {
-        self.0.take().ok_or_else(|| "argument already consumed".into())
+        self.0
+            .take()
+            .ok_or_else(|| "argument already consumed".into())
     }
 }
 
@@ -255,7 +261,10 @@ impl OwnedTaskTag {
         Owned { cell: Some(t.cell) }
     }
     /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(self, t: DTask<T>) -> (Option<Arc<ThunkNode>>, CellCapture<T, true>) {
+    pub fn capture<T: Send + Sync + 'static>(
+        self,
+        t: DTask<T>,
+    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, true>) {
         (None, CellCapture(t.cell))
     }
 }
@@ -269,7 +278,10 @@ impl BorrowedTaskTag {
         }
     }
     /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(self, t: &DTask<T>) -> (Option<Arc<ThunkNode>>, CellCapture<T, false>) {
+    pub fn capture<T: Send + Sync + 'static>(
+        self,
+        t: &DTask<T>,
+    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, false>) {
         (None, CellCapture(t.cell.clone()))
     }
 }
@@ -280,7 +292,10 @@ impl OwnedChunkTag {
         Owned { cell: Some(c.cell) }
     }
     /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(self, c: Chunk<T>) -> (Option<Arc<ThunkNode>>, CellCapture<T, true>) {
+    pub fn capture<T: Send + Sync + 'static>(
+        self,
+        c: Chunk<T>,
+    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, true>) {
         (None, CellCapture(c.cell))
     }
 }
@@ -294,21 +309,30 @@ impl BorrowedChunkTag {
         }
     }
     /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(self, c: &Chunk<T>) -> (Option<Arc<ThunkNode>>, CellCapture<T, false>) {
+    pub fn capture<T: Send + Sync + 'static>(
+        self,
+        c: &Chunk<T>,
+    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, false>) {
         (None, CellCapture(c.cell.clone()))
     }
 }
 
 impl OwnedThunkTag {
     /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(self, t: Thunk<T>) -> (Option<Arc<ThunkNode>>, ThunkCapture<T, true>) {
+    pub fn capture<T: Send + Sync + 'static>(
+        self,
+        t: Thunk<T>,
+    ) -> (Option<Arc<ThunkNode>>, ThunkCapture<T, true>) {
         (Some(t.node), ThunkCapture(PhantomData))
     }
 }
 
 impl BorrowedThunkTag {
     /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(self, t: &Thunk<T>) -> (Option<Arc<ThunkNode>>, ThunkCapture<T, false>) {
+    pub fn capture<T: Send + Sync + 'static>(
+        self,
+        t: &Thunk<T>,
+    ) -> (Option<Arc<ThunkNode>>, ThunkCapture<T, false>) {
         (Some(t.node.clone()), ThunkCapture(PhantomData))
     }
 }

@@ -174,7 +174,11 @@ pub struct ExecTask {
 impl ExecTask {
     /// The task's id.
     pub fn task_id(&self) -> TaskId {
-        self.job.as_ref().expect("unrun ExecTask holds its job").header().id
+        self.job
+            .as_ref()
+            .expect("unrun ExecTask holds its job")
+            .header()
+            .id
     }
 
     /// The task's name, if it has one.
@@ -198,7 +202,10 @@ impl ExecTask {
 impl Drop for ExecTask {
     fn drop(&mut self) {
         if let Some(job) = self.job.take() {
-            let msg = format!("processor {} dropped the task without running it", self.proc_id);
+            let msg = format!(
+                "processor {} dropped the task without running it",
+                self.proc_id
+            );
             crate::task::fail_job(&job, crate::error::ErrorKind::Runtime, msg);
         }
     }

@@ -154,10 +154,9 @@ impl Scope {
         // Drop filters contained in another one, keeping the first of equal ones.
         let mut i = 0;
         while i < filters.len() {
-            let redundant = filters
-                .iter()
-                .enumerate()
-                .any(|(j, g)| j != i && filters[i].is_subset(g) && (!g.is_subset(&filters[i]) || j < i));
+            let redundant = filters.iter().enumerate().any(|(j, g)| {
+                j != i && filters[i].is_subset(g) && (!g.is_subset(&filters[i]) || j < i)
+            });
             if redundant {
                 filters.remove(i);
             } else {
@@ -307,9 +306,7 @@ impl Scope {
         match (&self.repr, &other.repr) {
             (Repr::Invalid(_), _) => true,
             (_, Repr::Invalid(_)) => false,
-            (Repr::Union(a), Repr::Union(b)) => {
-                a.iter().all(|f| b.iter().any(|g| f.is_subset(g)))
-            }
+            (Repr::Union(a), Repr::Union(b)) => a.iter().all(|f| b.iter().any(|g| f.is_subset(g))),
         }
     }
 
@@ -358,7 +355,14 @@ impl fmt::Display for Scope {
                     if i > 0 {
                         f.write_str(" ∪ ")?;
                     }
-                    if filters.len() > 1 && (filter.default_only as u8 + filter.node.is_some() as u8 + filter.worker.is_some() as u8 + filter.kind.is_some() as u8) > 1 && filter.exact().is_none() {
+                    if filters.len() > 1
+                        && (filter.default_only as u8
+                            + filter.node.is_some() as u8
+                            + filter.worker.is_some() as u8
+                            + filter.kind.is_some() as u8)
+                            > 1
+                        && filter.exact().is_none()
+                    {
                         write!(f, "({filter})")?;
                     } else {
                         write!(f, "{filter}")?;

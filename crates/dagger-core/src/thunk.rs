@@ -81,7 +81,13 @@ impl<T> fmt::Debug for Thunk<T> {
             .field("name", &self.node.name)
             .field(
                 "inputs",
-                &self.node.inputs.iter().flatten().map(|n| n.id).collect::<Vec<_>>(),
+                &self
+                    .node
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .map(|n| n.id)
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -163,7 +169,10 @@ fn spawn_graph(root: &Arc<ThunkNode>) -> ErasedTask {
 impl Context {
     /// Runs the graph of `thunk` in this context and returns the root's result as a chunk
     /// (the reference's `compute`).
-    pub fn compute<T: Send + Sync + 'static>(&self, thunk: &Thunk<T>) -> Result<Chunk<T>, TaskError> {
+    pub fn compute<T: Send + Sync + 'static>(
+        &self,
+        thunk: &Thunk<T>,
+    ) -> Result<Chunk<T>, TaskError> {
         self.compute_with(thunk, Options::new())
     }
 
@@ -224,7 +233,10 @@ impl Context {
     }
 
     /// Runs the graph of `thunk` and returns the root's value (the reference's `collect`).
-    pub fn collect<T: Clone + Send + Sync + 'static>(&self, thunk: &Thunk<T>) -> Result<T, TaskError> {
+    pub fn collect<T: Clone + Send + Sync + 'static>(
+        &self,
+        thunk: &Thunk<T>,
+    ) -> Result<T, TaskError> {
         self.compute(thunk)?.fetch()
     }
 }

@@ -5,9 +5,9 @@
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
 use syn::{Expr, Ident, Token};
 
 /// Most arguments one call may take.
@@ -42,23 +42,22 @@ impl Parse for CallSpec {
             Expr::Try(t) => (*t.expr, true),
             other => (other, false),
         };
-        let (func, args) = match call {
-            Expr::Call(c) => (*c.func, c.args.into_iter().collect::<Vec<_>>()),
-            Expr::MethodCall(m) => {
-                return Err(syn::Error::new_spanned(
+        let (func, args) =
+            match call {
+                Expr::Call(c) => (*c.func, c.args.into_iter().collect::<Vec<_>>()),
+                Expr::MethodCall(m) => return Err(syn::Error::new_spanned(
                     m,
                     "expected a function call like `f(a, b)`; for a method call, spawn a closure: \
                      `dagger::spawn(move || x.method(..))`",
-                ))
-            }
-            other => {
-                return Err(syn::Error::new_spanned(
-                    other,
-                    "expected a function call like `f(a, b)` (optionally followed by `?` and \
+                )),
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "expected a function call like `f(a, b)` (optionally followed by `?` and \
                      `; name = \"..\"` options)",
-                ))
-            }
-        };
+                    ))
+                }
+            };
         if args.len() > MAX_ARGS {
             return Err(syn::Error::new_spanned(
                 &args[MAX_ARGS],
@@ -68,8 +67,7 @@ impl Parse for CallSpec {
         let mut options = Vec::new();
         if input.peek(Token![;]) {
             input.parse::<Token![;]>()?;
-            let pairs: Punctuated<OptionPair, Token![,]> =
-                Punctuated::parse_terminated(input)?;
+            let pairs: Punctuated<OptionPair, Token![,]> = Punctuated::parse_terminated(input)?;
             options = pairs.into_iter().collect();
         } else if !input.is_empty() {
             return Err(input.error("expected `;` followed by options like `name = \"load\"`"));
@@ -123,7 +121,10 @@ impl CallSpec {
             .map(|(i, e)| format_ident!("__dagger_x{}", i, span = e.span()))
             .collect();
         let fetches = self.args.iter().zip(args).zip(&inputs).map(|((e, a), x)| {
-            quote_spanned!(e.span()=> let #x = ::dagger::__private::Arg::get(&mut #a)?;)
+            quote_spanned!(e.span()=>
+                #[allow(clippy::let_unit_value)]
+                let #x = ::dagger::__private::Arg::get(&mut #a)?;
+            )
         });
         let call = quote!(#func(#(#inputs),*));
         let result = if self.fallible {
@@ -158,7 +159,7 @@ pub fn spawn(input: TokenStream) -> TokenStream {
         #[allow(unused_imports)]
         use ::dagger::__private::{ViaDep as _, ViaValue as _};
         let __dagger_f = #func;
-        #( let #vals = #exprs; )*
+        #( #[allow(clippy::let_unit_value)] let #vals = #exprs; )*
         #( let #tags = (&&::dagger::__private::Probe(&#vals)).__dagger_tag(); )*
         #( #[allow(unused_mut)] let mut #args = #tags.wrap(#vals); )*
         let __dagger_infos: [::dagger::__private::ArgInfo; #n] =
@@ -196,7 +197,7 @@ pub fn delayed(input: TokenStream) -> TokenStream {
         let __dagger_f = #func;
         let __dagger_fid = ::dagger::__private::fn_id(&__dagger_f);
         let __dagger_opts: ::core::option::Option<::dagger::Options> = #opts;
-        #( let #vals = #exprs; )*
+        #( #[allow(clippy::let_unit_value)] let #vals = #exprs; )*
         #( let #tags = (&&::dagger::__private::Probe(&#vals)).__dagger_tag(); )*
         #( let (#inputs, #caps) = #tags.capture(#vals); )*
         ::dagger::__private::delayed(

@@ -93,9 +93,9 @@ pub use dagger_macros::spawn;
 /// ```
 /// use dagger::prelude::*;
 /// fn inc(x: i32) -> i32 { x + 1 }
-/// fn add(a: i32, b: i32) -> i32 { a + b }
+/// fn add(a: &i32, b: &i32) -> i32 { a + b }
 /// let a = delayed!(inc(1));
-/// let b = delayed!(add(&a, &a)); // `a` runs once
+/// let b = delayed!(add(&a, &a)); // `a` runs once; `add` borrows its result twice
 /// assert_eq!(collect(&b).unwrap(), 4);
 /// ```
 pub use dagger_macros::delayed;
@@ -110,3 +110,7 @@ pub mod prelude {
         ErrorKind, Options, Scope, TaskError, Thunk,
     };
 }
+
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -2,8 +2,7 @@
 
 use dagger::prelude::*;
 use dagger::{
-    cancel_token, current_task_id, fetch_all, is_cancelled, spawn as spawn_fn, try_spawn,
-    wait_all,
+    cancel_token, current_task_id, fetch_all, is_cancelled, spawn as spawn_fn, try_spawn, wait_all,
 };
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -33,17 +32,20 @@ fn spawn_macro_with_plain_values_and_task_arguments() {
 
 #[test]
 fn borrowed_task_arguments_are_not_copied() {
-    fn len(v: &Vec<u8>) -> usize {
+    fn len(v: &[u8]) -> usize {
         v.len()
     }
-    fn addr(v: &Vec<u8>) -> usize {
+    fn addr(v: &[u8]) -> usize {
         v.as_ptr() as usize
     }
     let data = spawn_fn(|| vec![7u8; 1 << 20]);
     let n = spawn!(len(&data));
     let a = spawn!(addr(&data));
     assert_eq!(n.fetch().unwrap(), 1 << 20);
-    assert_eq!(a.fetch().unwrap(), data.fetch_ref().unwrap().as_ptr() as usize);
+    assert_eq!(
+        a.fetch().unwrap(),
+        data.fetch_ref().unwrap().as_ptr() as usize
+    );
 }
 
 #[test]
@@ -60,7 +62,7 @@ fn owned_argument_is_moved_when_it_is_the_last_handle() {
             vec![1u8; 4096]
         });
         // Peek at the address through a task that runs first and borrows the value.
-        fn peek(v: &Vec<u8>) -> usize {
+        fn peek(v: &[u8]) -> usize {
             v.as_ptr() as usize
         }
         let before = spawn!(peek(&data));
@@ -296,7 +298,11 @@ fn tasks_are_futures() {
 
 #[test]
 fn tasks_spawned_inside_tasks_inherit_the_context() {
-    let ctx = Context::builder().threads(3).thread_name("inherit").build().unwrap();
+    let ctx = Context::builder()
+        .threads(3)
+        .thread_name("inherit")
+        .build()
+        .unwrap();
     let names = ctx.enter(|| {
         spawn_fn(|| {
             let inner = spawn_fn(|| std::thread::current().name().unwrap().to_string());

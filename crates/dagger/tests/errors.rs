@@ -50,11 +50,16 @@ fn an_err_names_the_task_and_keeps_the_original_error() {
 
 #[test]
 fn a_panic_becomes_a_task_error() {
-    let t = spawn_with(Options::new().name("explode"), || -> u32 { panic!("kaboom {}", 7) });
+    let t = spawn_with(Options::new().name("explode"), || -> u32 {
+        panic!("kaboom {}", 7)
+    });
     let err = t.fetch().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Panicked);
     assert_eq!(err.panic_message(), Some("kaboom 7"));
-    assert!(err.to_string().contains("`explode` panicked: kaboom 7"), "{err}");
+    assert!(
+        err.to_string().contains("`explode` panicked: kaboom 7"),
+        "{err}"
+    );
 
     #[derive(Clone, Debug, PartialEq)]
     struct Custom(i32);
@@ -81,7 +86,10 @@ fn dependents_fail_without_running_and_name_the_root() {
     assert_eq!(err.root().kind(), ErrorKind::Failed);
     assert_eq!(err.downcast_ref::<BadInput>(), Some(&BadInput(5)));
     assert!(err.to_string().contains("did not run: its input"), "{err}");
-    assert!(err.to_string().contains("`check` failed: bad input 5"), "{err}");
+    assert!(
+        err.to_string().contains("`check` failed: bad input 5"),
+        "{err}"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 0, "dependents never ran");
 }
 
@@ -138,7 +146,10 @@ fn an_impossible_scope_is_a_scheduling_error_not_a_hang() {
 
     // the dependents of an unschedulable task fail too
     let dep = spawn!(inc(t));
-    assert_eq!(dep.fetch().unwrap_err().root().kind(), ErrorKind::Scheduling);
+    assert_eq!(
+        dep.fetch().unwrap_err().root().kind(),
+        ErrorKind::Scheduling
+    );
 }
 
 #[test]

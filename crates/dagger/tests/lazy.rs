@@ -14,7 +14,7 @@ fn add(a: i64, b: i64) -> i64 {
 fn neg(x: i64) -> i64 {
     -x
 }
-fn sum(xs: &Vec<i64>) -> i64 {
+fn sum(xs: &[i64]) -> i64 {
     xs.iter().sum()
 }
 
@@ -136,13 +136,14 @@ fn graph_options_apply_to_every_task_and_hooks_see_the_result() {
     let s = saved.clone();
     let names = |x: i64| (x, dagger::get_options().get_priority());
     let t = delayed!(names(1));
-    let opts = Options::new()
-        .priority(3)
-        .name("graph")
-        .checkpoint(move |info, v: &(i64, Option<i32>)| {
-            *s.lock().unwrap() = Some((info.name.unwrap().to_string(), v.0));
-            Ok(())
-        });
+    let opts =
+        Options::new()
+            .priority(3)
+            .name("graph")
+            .checkpoint(move |info, v: &(i64, Option<i32>)| {
+                *s.lock().unwrap() = Some((info.name.unwrap().to_string(), v.0));
+                Ok(())
+            });
     let out = compute_with(&t, opts).unwrap().fetch().unwrap();
     assert_eq!(out, (1, Some(3)));
     assert_eq!(*saved.lock().unwrap(), Some(("graph".to_string(), 1)));
@@ -165,7 +166,11 @@ fn graph_options_apply_to_every_task_and_hooks_see_the_result() {
 
 #[test]
 fn thunks_can_be_computed_in_a_chosen_context() {
-    let ctx = Context::builder().threads(2).thread_name("lazyctx").build().unwrap();
+    let ctx = Context::builder()
+        .threads(2)
+        .thread_name("lazyctx")
+        .build()
+        .unwrap();
     let where_ = |_: i64| std::thread::current().name().unwrap_or("").to_string();
     let t = delayed!(where_(0));
     assert!(ctx.collect(&t).unwrap().starts_with("lazyctx-"));

@@ -22,7 +22,9 @@ fn spawn_site_options_are_visible_inside_the_task() {
     let t = spawn!(prio(); priority = 4, name = "p");
     assert_eq!(t.fetch().unwrap(), Some(4));
     assert_eq!(t.name().as_deref(), Some("p"));
-    let base = Options::new().priority(1).time_util(Duration::from_millis(3));
+    let base = Options::new()
+        .priority(1)
+        .time_util(Duration::from_millis(3));
     let t = spawn!(prio(); options = base, priority = 2);
     assert_eq!(t.fetch().unwrap(), Some(2));
 }
@@ -73,7 +75,11 @@ fn inner_blocks_and_spawn_sites_win() {
     let v = with_options(Options::new().priority(1).name("a"), || {
         with_options(Options::new().priority(2), || {
             let opts = get_options();
-            (opts.get_priority(), opts.get_name().map(str::to_string), spawn!(prio(); priority = 3).fetch().unwrap())
+            (
+                opts.get_priority(),
+                opts.get_name().map(str::to_string),
+                spawn!(prio(); priority = 3).fetch().unwrap(),
+            )
         })
     });
     assert_eq!(v, (Some(2), Some("a".to_string()), Some(3)));
@@ -92,10 +98,16 @@ fn per_function_defaults_fill_unset_options() {
     set_default_options(generic::<u8>, Options::new().priority(6));
     assert_eq!(spawn!(defaulted()).fetch().unwrap(), Some(5));
     assert_eq!(spawn!(generic(1u8)).fetch().unwrap(), Some(6));
-    assert_eq!(spawn!(generic(1u16)).fetch().unwrap(), None, "defaults are per instance");
+    assert_eq!(
+        spawn!(generic(1u16)).fetch().unwrap(),
+        None,
+        "defaults are per instance"
+    );
     // blocks and spawn sites override defaults
     assert_eq!(spawn!(defaulted(); priority = 1).fetch().unwrap(), Some(1));
-    let v = with_options(Options::new().priority(2), || spawn!(defaulted()).fetch().unwrap());
+    let v = with_options(Options::new().priority(2), || {
+        spawn!(defaulted()).fetch().unwrap()
+    });
     assert_eq!(v, Some(2));
     clear_default_options(defaulted);
     assert_eq!(spawn!(defaulted()).fetch().unwrap(), None);
@@ -135,16 +147,21 @@ fn per_task_checkpoint_and_restore() {
     let store: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let runs = Arc::new(AtomicUsize::new(0));
     let s = store.clone();
-    let save = Options::new().name("square").checkpoint(move |info, v: &u64| {
-        s.lock().unwrap().push((info.name.unwrap().to_string(), *v));
-        Ok(())
-    });
+    let save = Options::new()
+        .name("square")
+        .checkpoint(move |info, v: &u64| {
+            s.lock().unwrap().push((info.name.unwrap().to_string(), *v));
+            Ok(())
+        });
     let r = runs.clone();
     let square = move |x: u64| {
         r.fetch_add(1, Ordering::SeqCst);
         x * x
     };
-    assert_eq!(spawn!(square.clone()(12); options = save).fetch().unwrap(), 144);
+    assert_eq!(
+        spawn!(square.clone()(12); options = save).fetch().unwrap(),
+        144
+    );
     assert_eq!(*store.lock().unwrap(), vec![("square".to_string(), 144)]);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 
@@ -156,15 +173,28 @@ fn per_task_checkpoint_and_restore() {
             .find(|(k, _)| Some(k.as_str()) == info.name)
             .map(|(_, v)| *v)
     });
-    assert_eq!(spawn!(square.clone()(12); options = load.clone()).fetch().unwrap(), 144);
+    assert_eq!(
+        spawn!(square.clone()(12); options = load.clone())
+            .fetch()
+            .unwrap(),
+        144
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1, "restored, not run");
     // a restore hook that panics is ignored and the task runs
     let broken = Options::new().restore(|_| -> Option<u64> { panic!("restore broke") });
-    assert_eq!(spawn!(square.clone()(3); options = broken).fetch().unwrap(), 9);
+    assert_eq!(
+        spawn!(square.clone()(3); options = broken).fetch().unwrap(),
+        9
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     // a failing checkpoint does not fail the task
     let failing = Options::new().checkpoint(|_, _: &u64| Err("disk full".into()));
-    assert_eq!(spawn!(square.clone()(2); options = failing).fetch().unwrap(), 4);
+    assert_eq!(
+        spawn!(square.clone()(2); options = failing)
+            .fetch()
+            .unwrap(),
+        4
+    );
 }
 
 #[test]
@@ -178,6 +208,8 @@ fn hints_are_recorded() {
     assert_eq!(opts.get_alloc_util(), Some(1 << 20));
     assert_eq!(opts.get_occupancy(), Some(1.0), "clamped");
     assert_eq!(opts.get_allow_errors(), Some(true));
-    let seen = spawn_with(opts, || get_options().get_alloc_util()).fetch().unwrap();
+    let seen = spawn_with(opts, || get_options().get_alloc_util())
+        .fetch()
+        .unwrap();
     assert_eq!(seen, Some(1 << 20));
 }

@@ -2,8 +2,8 @@
 
 use dagger::prelude::*;
 use dagger::{
-    all_processors, compatible_processors, current_processor, num_processors, spawn_with,
-    ExecTask, ProcessorId, ProcessorKind, Processor, TaskSignature, ThreadProc, WorkerId,
+    all_processors, compatible_processors, current_processor, num_processors, spawn_with, ExecTask,
+    Processor, ProcessorId, ProcessorKind, TaskSignature, ThreadProc, WorkerId,
 };
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,10 +120,17 @@ impl Processor for Picky {
 
 #[test]
 fn compatibility_sees_the_function_and_argument_types() {
-    let ctx = Context::builder().threads(1).processor(Picky).build().unwrap();
+    let ctx = Context::builder()
+        .threads(1)
+        .processor(Picky)
+        .build()
+        .unwrap();
     ctx.enter(|| {
         let picky = Scope::processor_type::<Picky>();
-        assert_eq!(spawn!(accepted(1); scope = picky.clone()).fetch().unwrap(), 1);
+        assert_eq!(
+            spawn!(accepted(1); scope = picky.clone()).fetch().unwrap(),
+            1
+        );
         let err = spawn!(refused(1); scope = picky).fetch().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Scheduling);
         assert!(err.to_string().contains("cannot run refused"), "{err}");
@@ -134,7 +141,10 @@ fn compatibility_sees_the_function_and_argument_types() {
                 spawn!(f(1)).fetch().unwrap().1
             })
             .collect();
-        assert!(seen.iter().all(|k| *k == ProcessorKind::THREAD), "closures are refused");
+        assert!(
+            seen.iter().all(|k| *k == ProcessorKind::THREAD),
+            "closures are refused"
+        );
     });
 }
 
@@ -164,11 +174,18 @@ impl Processor for OwnThread {
 
 #[test]
 fn a_processor_may_run_tasks_on_its_own_thread() {
-    let ctx = Context::builder().threads(1).processor(OwnThread::new()).build().unwrap();
+    let ctx = Context::builder()
+        .threads(1)
+        .processor(OwnThread::new())
+        .build()
+        .unwrap();
     ctx.enter(|| {
         let name = || {
             let inner = dagger::spawn(|| 20);
-            (std::thread::current().name().unwrap().to_string(), inner.fetch().unwrap() + 1)
+            (
+                std::thread::current().name().unwrap().to_string(),
+                inner.fetch().unwrap() + 1,
+            )
         };
         let t = spawn!(name(); scope = Scope::processor_type::<OwnThread>());
         let (thread, v) = t.fetch().unwrap();
@@ -186,12 +203,20 @@ impl Processor for Dropper {
 
 #[test]
 fn a_task_a_processor_drops_fails_with_a_clear_error() {
-    let ctx = Context::builder().threads(1).processor(Dropper).build().unwrap();
+    let ctx = Context::builder()
+        .threads(1)
+        .processor(Dropper)
+        .build()
+        .unwrap();
     ctx.enter(|| {
         let t = spawn!(whereami(); scope = Scope::processor_type::<Dropper>());
         let err = t.fetch().unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Runtime);
-        assert!(err.to_string().contains("dropped the task without running it"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("dropped the task without running it"),
+            "{err}"
+        );
     });
 }
 
@@ -225,23 +250,33 @@ fn move_hooks_convert_inputs_between_processors() {
     let moved_out = Arc::new(AtomicUsize::new(0));
     let ctx = Context::builder()
         .threads(1)
-        .processor(Doubler { moved_out: moved_out.clone() })
+        .processor(Doubler {
+            moved_out: moved_out.clone(),
+        })
         .build()
         .unwrap();
     ctx.enter(|| {
         fn make() -> Vec<i32> {
             vec![1, 2, 3]
         }
-        fn total(v: &Vec<i32>) -> i32 {
+        fn total(v: &[i32]) -> i32 {
             v.iter().sum()
         }
         let on_thread = spawn!(make());
         let on_doubler = spawn!(total(&on_thread); scope = Scope::processor_type::<Doubler>());
-        assert_eq!(on_doubler.fetch().unwrap(), 12, "inputs moved onto the processor are doubled");
+        assert_eq!(
+            on_doubler.fetch().unwrap(),
+            12,
+            "inputs moved onto the processor are doubled"
+        );
         let made_there = spawn!(make(); scope = Scope::processor_type::<Doubler>());
         let back = spawn!(total(&made_there));
         assert_eq!(back.fetch().unwrap(), 6);
-        assert_eq!(moved_out.load(Ordering::SeqCst), 1, "values leaving it pass its move_to");
+        assert_eq!(
+            moved_out.load(Ordering::SeqCst),
+            1,
+            "values leaving it pass its move_to"
+        );
     });
 }
 
@@ -263,7 +298,11 @@ fn work() -> ProcessorKind {
 
 #[test]
 fn learned_run_times_steer_placement() {
-    let ctx = Context::builder().threads(1).processor(Accelerator).build().unwrap();
+    let ctx = Context::builder()
+        .threads(1)
+        .processor(Accelerator)
+        .build()
+        .unwrap();
     ctx.enter(|| {
         // Both kinds are in scope. One after the other (so no queue builds up): once each kind
         // has been measured, the cheap one wins every time.
@@ -272,8 +311,14 @@ fn learned_run_times_steer_placement() {
             seen.push(spawn!(work(); scope = Scope::any()).fetch().unwrap());
         }
         let accel = ProcessorKind::of::<Accelerator>();
-        assert!(seen[..4].contains(&accel), "the accelerator was tried: {seen:?}");
-        assert!(seen[4..].iter().all(|k| *k == accel), "then always chosen: {seen:?}");
+        assert!(
+            seen[..4].contains(&accel),
+            "the accelerator was tried: {seen:?}"
+        );
+        assert!(
+            seen[4..].iter().all(|k| *k == accel),
+            "then always chosen: {seen:?}"
+        );
     });
 }
 

@@ -28,9 +28,14 @@ fn algebra() {
     assert_eq!(Scope::worker(0).constrain(&t(0, 2)), t(0, 2));
     let invalid = Scope::worker(0).constrain(&Scope::worker(1));
     assert!(invalid.is_invalid());
-    assert!(invalid.to_string().contains("no processor is in both `worker 0` and `worker 1`"));
+    assert!(invalid
+        .to_string()
+        .contains("no processor is in both `worker 0` and `worker 1`"));
     assert!(t(0, 1).constrain(&t(0, 2)).is_invalid());
-    assert!(invalid.is_subset(&t(0, 1)), "the empty scope is a subset of everything");
+    assert!(
+        invalid.is_subset(&t(0, 1)),
+        "the empty scope is a subset of everything"
+    );
     // union and intersection distribute
     let u = t(0, 0).union(&t(1, 0));
     assert_eq!(u.constrain(&Scope::worker(1)), t(1, 0));
@@ -39,18 +44,36 @@ fn algebra() {
     let threads = Scope::processor_type::<dagger::ThreadProc>();
     assert_eq!(threads.constrain(&t(0, 3)), t(0, 3));
     struct Gpu;
-    assert!(Scope::processor_type::<Gpu>().constrain(&t(0, 3)).is_invalid());
+    assert!(Scope::processor_type::<Gpu>()
+        .constrain(&t(0, 3))
+        .is_invalid());
     // node scopes
-    assert!(Scope::node(NodeId(0)).constrain(&Scope::node(NodeId(1))).is_invalid());
-    assert!(!Scope::node(NodeId(0)).constrain(&Scope::worker(2)).is_invalid());
+    assert!(Scope::node(NodeId(0))
+        .constrain(&Scope::node(NodeId(1)))
+        .is_invalid());
+    assert!(!Scope::node(NodeId(0))
+        .constrain(&Scope::worker(2))
+        .is_invalid());
     // empty unions are errors
-    assert!(matches!(Scope::union_of(Vec::new()), Err(ScopeError::EmptyUnion { .. })));
-    assert!(matches!(Scope::worker(0).threads([]), Err(ScopeError::EmptyUnion { .. })));
+    assert!(matches!(
+        Scope::union_of(Vec::new()),
+        Err(ScopeError::EmptyUnion { .. })
+    ));
+    assert!(matches!(
+        Scope::worker(0).threads([]),
+        Err(ScopeError::EmptyUnion { .. })
+    ));
     // display
-    assert_eq!(Scope::worker(2).thread(1).to_string(), "ThreadProc(worker 2, 1)");
+    assert_eq!(
+        Scope::worker(2).thread(1).to_string(),
+        "ThreadProc(worker 2, 1)"
+    );
     assert_eq!(Scope::any().to_string(), "any");
     assert_eq!(Scope::default().to_string(), "default");
-    assert_eq!(Scope::processor_type::<Gpu>().to_string(), "processor type Gpu");
+    assert_eq!(
+        Scope::processor_type::<Gpu>().to_string(),
+        "processor type Gpu"
+    );
 }
 
 #[test]
@@ -98,14 +121,25 @@ fn low_precedence(_: &ScopeSpec) -> Result<Scope, ScopeError> {
 fn custom_keys_with_precedence() {
     register_scope_key("fpga", 1, fpga_scope);
     register_scope_key("zone", -1, low_precedence);
-    let s = Scope::spec().key("fpga", vec![0u32, 1]).worker(0).build().unwrap();
+    let s = Scope::spec()
+        .key("fpga", vec![0u32, 1])
+        .worker(0)
+        .build()
+        .unwrap();
     let kind = ProcessorKind::of::<Fpga>();
-    let p0 = ProcessorId { worker: WorkerId(0), kind, index: 0 };
+    let p0 = ProcessorId {
+        worker: WorkerId(0),
+        kind,
+        index: 0,
+    };
     assert!(Scope::exact(p0).is_subset(&s));
     // "worker" (precedence 0) beats "zone" (-1)
     let s = Scope::spec().worker(3).key("zone", "eu").build().unwrap();
     assert_eq!(s, Scope::worker(3));
-    let err = Scope::spec().key("fpga", Vec::<u32>::new()).build().unwrap_err();
+    let err = Scope::spec()
+        .key("fpga", Vec::<u32>::new())
+        .build()
+        .unwrap_err();
     assert!(matches!(err, ScopeError::EmptyUnion { .. }));
 }
 

@@ -12,7 +12,7 @@
 use crate::id::ProcessorKind;
 use std::any::TypeId;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 #[derive(Clone, Copy, Debug)]
@@ -39,9 +39,7 @@ impl Estimates {
     }
 
     fn shard(&self, sig: TypeId) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        sig.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(sig) as usize) % SHARDS]
     }
 
     pub(crate) fn record(&self, sig: TypeId, kind: ProcessorKind, ns: u64) {
@@ -101,8 +99,14 @@ mod tests {
         e.record(sig, ProcessorKind::THREAD, 2000);
         assert_eq!(e.get(sig, ProcessorKind::THREAD), Some((1250, 2)));
         // an unmeasured kind is optimistic, so it gets tried
-        assert_eq!(e.estimate(sig, &[ProcessorKind::THREAD, other]), vec![1250, 0]);
+        assert_eq!(
+            e.estimate(sig, &[ProcessorKind::THREAD, other]),
+            vec![1250, 0]
+        );
         e.record(sig, other, 10);
-        assert_eq!(e.estimate(sig, &[ProcessorKind::THREAD, other]), vec![1250, 10]);
+        assert_eq!(
+            e.estimate(sig, &[ProcessorKind::THREAD, other]),
+            vec![1250, 10]
+        );
     }
 }

@@ -615,11 +615,7 @@ impl Registry {
 
     fn activate_spare(self: &Arc<Self>, slot: usize) {
         self.slots[slot].active.fetch_add(1, Ordering::AcqRel);
-        let spare = self
-            .spares
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let spare = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(spare) = spare {
             spare.assignment.store(slot + 1, Ordering::Release);
             spare.thread.unpark();

@@ -27,8 +27,24 @@ const HOT_ROUNDS: u32 = 8;
 /// Checks of a task's state before a waiting thread parks.
 const WAIT_SPINS: u32 = 256;
 
-fn spin_rounds() -> u32 { static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("DS").ok().and_then(|v| v.parse().ok()).unwrap_or(SPIN_ROUNDS)) }
-fn hot_rounds() -> u32 { static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new(); *V.get_or_init(|| std::env::var("DH").ok().and_then(|v| v.parse().ok()).unwrap_or(HOT_ROUNDS)) }
+fn spin_rounds() -> u32 {
+    static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("DS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(SPIN_ROUNDS)
+    })
+}
+fn hot_rounds() -> u32 {
+    static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("DH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(HOT_ROUNDS)
+    })
+}
 
 /// The processor-table index of the processor running on this thread (`NO_PROC` outside).
 pub(crate) fn current_proc() -> u32 {
@@ -235,7 +251,10 @@ impl WorkerThread {
 
     fn steal_peers(&self) -> Option<JobRef> {
         let reg = &*self.registry;
-        let n = reg.thread_count.load(Ordering::Acquire).min(reg.stealers.len());
+        let n = reg
+            .thread_count
+            .load(Ordering::Acquire)
+            .min(reg.stealers.len());
         if n <= 1 {
             return None;
         }

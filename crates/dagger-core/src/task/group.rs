@@ -37,11 +37,7 @@ impl Group {
         if self.aborted.set(err.clone()).is_err() {
             return;
         }
-        let tasks: Vec<JobRef> = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let tasks: Vec<JobRef> = self.tasks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for t in &tasks {
             cancel_job(t);
         }

@@ -16,17 +16,17 @@ pub use dtask::{fetch_all, wait_all, DTask, TaskFuture};
 pub use group::sync;
 pub(crate) use group::{current_group, with_group, Group};
 pub use spawn::ArgInfo;
-pub(crate) use spawn::{spawn_raw, Site};
 pub use spawn::{spawn, spawn_with, try_spawn, try_spawn_with};
+pub(crate) use spawn::{spawn_raw, Site};
 
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::{Options, TaskInfo};
 use crate::sched::Placement;
 use crate::stats;
+use crate::tls::CTX;
 use state::TaskState;
 use std::any::TypeId;
-use crate::tls::CTX;
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -150,7 +150,11 @@ unsafe impl<T: Send + Sync, F: Send> Sync for TaskInner<T, F> {}
 
 impl<T, F> TaskInner<T, F> {
     #[inline(always)]
-    pub(crate) fn new(header: Header, body: Option<F>, result: Option<Result<T, TaskError>>) -> Self {
+    pub(crate) fn new(
+        header: Header,
+        body: Option<F>,
+        result: Option<Result<T, TaskError>>,
+    ) -> Self {
         if matches!(result, Some(Ok(_))) {
             stats::result_stored();
         }
@@ -183,9 +187,12 @@ pub(crate) fn with_current_task<R>(f: impl FnOnce(Option<&JobRef>) -> R) -> R {
 
 /// The thread's task context while a body runs; restores the previous one on drop (also
 /// when the body unwinds).
+/// The options cells of a thread (`options`, `view`) as a pair.
+type OptionCells = (Option<Arc<Options>>, Option<Arc<Options>>);
+
 struct BodyScope {
     prev_task: *const JobRef,
-    prev_options: Option<(Option<Arc<Options>>, Option<Arc<Options>>)>,
+    prev_options: Option<OptionCells>,
     prev_group: Option<Arc<Group>>,
 }
 
@@ -195,13 +202,14 @@ impl BodyScope {
             let prev_task = c.task.replace(me as *const JobRef);
             let outer_options = c.options.take();
             let outer_view = c.view.take();
-            let prev_options = if header.meta.is_some() || outer_options.is_some() || outer_view.is_some() {
-                c.options.set(header.inherited.clone());
-                c.view.set(header.meta.clone());
-                Some((outer_options, outer_view))
-            } else {
-                None
-            };
+            let prev_options =
+                if header.meta.is_some() || outer_options.is_some() || outer_view.is_some() {
+                    c.options.set(header.inherited.clone());
+                    c.view.set(header.meta.clone());
+                    Some((outer_options, outer_view))
+                } else {
+                    None
+                };
             BodyScope {
                 prev_task,
                 prev_options,
@@ -276,7 +284,12 @@ where
     }
 
     fn checkpoint(&self, value: &T) {
-        let Some(save) = self.header.meta.as_ref().and_then(|m| m.checkpoint.as_ref()) else {
+        let Some(save) = self
+            .header
+            .meta
+            .as_ref()
+            .and_then(|m| m.checkpoint.as_ref())
+        else {
             return;
         };
         let info = TaskInfo {
@@ -445,8 +458,7 @@ fn cascade(mut failed: Vec<(JobRef, TaskError)>) {
 
 /// One input of `dep` became available.
 pub(crate) fn input_ready(dep: JobRef) {
-    if dep.header().pending.fetch_sub(1, Ordering::AcqRel) == 1 && dep.header().state.make_ready()
-    {
+    if dep.header().pending.fetch_sub(1, Ordering::AcqRel) == 1 && dep.header().state.make_ready() {
         crate::sched::schedule(dep);
     }
 }

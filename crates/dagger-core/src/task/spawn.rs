@@ -2,7 +2,9 @@
 
 use super::state::{TaskState, QUEUED, WAITING};
 use super::wait_list::WaitList;
-use super::{abort_with, current_group, fail_job, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC};
+use super::{
+    abort_with, current_group, fail_job, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC,
+};
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::{self, Options};
@@ -240,5 +242,7 @@ where
     E: Into<BoxError>,
     F: FnOnce() -> Result<T, E> + Send + 'static,
 {
-    spawn_raw(&Site::closure::<F>(), Some(opts), move || f().map_err(Into::into))
+    spawn_raw(&Site::closure::<F>(), Some(opts), move || {
+        f().map_err(Into::into)
+    })
 }

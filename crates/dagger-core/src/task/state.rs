@@ -63,12 +63,10 @@ impl TaskState {
             if current >= COMPLETING {
                 return None;
             }
-            match self.0.compare_exchange(
-                current,
-                COMPLETING,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .0
+                .compare_exchange(current, COMPLETING, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Some(current),
                 Err(actual) => current = actual,
             }

@@ -45,10 +45,7 @@ impl<T> WaitList<T> {
         if head == closed() {
             return Err(value);
         }
-        let node = Box::into_raw(Box::new(Node {
-            value,
-            next: head,
-        }));
+        let node = Box::into_raw(Box::new(Node { value, next: head }));
         loop {
             match self
                 .head
@@ -116,7 +113,8 @@ impl<T> Drop for Drain<T> {
 
 impl<T> Drop for WaitList<T> {
     fn drop(&mut self) {
-        let head = *self.head.get_mut();
+        // Completed tasks (the common case) have nothing left to free: skip the swap.
+        let head = self.head.load(Ordering::Acquire);
         if head != closed() && !head.is_null() {
             drop(self.close());
         }
