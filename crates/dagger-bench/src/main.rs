@@ -1,69 +1,75 @@
-use std::hint::black_box;
-use std::time::Instant;
+//! dagger's benchmark binary.
+//!
+//! ```text
+//! cargo run --release -p dagger-bench -- <scenario> [--threads N] [--runs R] [--n N]
+//! cargo run --release -p dagger-bench -- taskbench [Task Bench flags]
+//! ```
+//!
+//! Scenarios: `independent`, `chain`, `tree`, `fib`, `memory`, `scale`, `idle`, `all`.
+//! Every scenario prints one JSON object per line with at least `scenario`, `system`, `tasks`,
+//! `seconds`, `us_per_task` and `workers` (0: one process). Timed scenarios run `--runs`
+//! times (default 7) after one warm-up, alternating dagger and its baseline, and report the
+//! median; `runs` lists every measurement.
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
-        .get(2)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    match args.get(1).map(|s| s.as_str()) {
-        Some("rayon") => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap();
-            for _ in 0..5 {
-                let t = Instant::now();
-                pool.scope(|s| {
-                    for i in 0..n {
-                        s.spawn(move |_| {
-                            black_box(i);
-                        });
-                    }
-                });
-                println!(
-                    "rayon {:.1} ns/task",
-                    t.elapsed().as_nanos() as f64 / n as f64
-                );
-            }
+mod json;
+mod scenarios;
+mod sys;
+mod taskbench;
+
+use std::process::ExitCode;
+
+/// Settings shared by every scenario.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub threads: usize,
+    pub runs: usize,
+    pub n: Option<usize>,
+}
+
+fn usage() -> &'static str {
+    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg]"
+}
+
+fn parse(args: &[String]) -> Result<Config, String> {
+    let mut cfg = Config {
+        threads: 2,
+        runs: 7,
+        n: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Result<usize, String> {
+            it.next()
+                .ok_or_else(|| format!("{name} needs a value"))?
+                .parse::<usize>()
+                .map_err(|_| format!("{name} needs a positive number"))
+        };
+        match a.as_str() {
+            "--threads" => cfg.threads = value("--threads")?.max(1),
+            "--runs" => cfg.runs = value("--runs")?.max(1),
+            "--n" => cfg.n = Some(value("--n")?.max(1)),
+            other => return Err(format!("unknown argument {other:?}")),
         }
-        Some("nested") => {
-            for _ in 0..5 {
-                let t = Instant::now();
-                dagger::spawn(move || {
-                    let tasks: Vec<_> = (0..n)
-                        .map(|i| dagger::spawn(move || black_box(i)))
-                        .collect();
-                    let mut s = 0;
-                    for t in &tasks {
-                        s += t.fetch().unwrap();
-                    }
-                    black_box(s);
-                })
-                .wait();
-                println!(
-                    "nested {:.1} ns/task",
-                    t.elapsed().as_nanos() as f64 / n as f64
-                );
-            }
-        }
-        _ => {
-            for _ in 0..5 {
-                let t = Instant::now();
-                let tasks: Vec<_> = (0..n)
-                    .map(|i| dagger::spawn(move || black_box(i)))
-                    .collect();
-                let mut s = 0;
-                for t in &tasks {
-                    s += t.fetch().unwrap();
-                }
-                black_box(s);
-                println!(
-                    "dagger {:.1} ns/task",
-                    t.elapsed().as_nanos() as f64 / n as f64
-                );
-            }
+    }
+    Ok(cfg)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(scenario) = args.first() else {
+        eprintln!("{}", usage());
+        return ExitCode::from(2);
+    };
+    let result = if scenario == "taskbench" {
+        taskbench::main(&args[1..])
+    } else {
+        parse(&args[1..]).and_then(|cfg| scenarios::run(scenario, &cfg))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dagger-bench: {e}\n{}", usage());
+            ExitCode::from(2)
         }
     }
 }

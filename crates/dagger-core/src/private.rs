@@ -2,23 +2,30 @@
 //!
 //! The macros classify each argument at compile time with "autoref specialisation": the probe
 //! `(&&Probe(&value)).__dagger_tag()` resolves to [`ViaDep`] when the value is a `DTask`,
-//! `Chunk` or `Thunk` (or a reference to one), and to [`ViaValue`] otherwise. The tag then
-//! wraps the value into an argument that knows its dependency, its scope and how to hand the
-//! function its input: `DTask<T>`/`Chunk<T>` by value give the function a `T` (moved when this
-//! is the last handle, cloned otherwise); `&DTask<T>`/`&Chunk<T>` give it a `&T`.
+//! `Chunk` or `Thunk`, a reference to one, or a `Vec`/slice of them, and to [`ViaValue`]
+//! otherwise. The tag then wraps the value into an argument that knows its dependencies, its
+//! scope and how to hand the function its input:
+//!
+//! | argument | the function gets |
+//! |---|---|
+//! | `DTask<T>`, `Chunk<T>`, `Thunk<T>` | `T` (moved out when this is the last handle, else cloned) |
+//! | `&DTask<T>`, `&Chunk<T>`, `&Thunk<T>` | `&T` |
+//! | `Vec<DTask<T>>` (or of chunks, thunks) | `Vec<T>` |
+//! | `&Vec<DTask<T>>`, `&[DTask<T>]` (or of chunks, thunks) | `Vec<&T>` |
+//! | anything else | the value |
 
 use crate::chunk::Chunk;
 use crate::error::BoxError;
 use crate::options::Options;
 use crate::processor::ArgType;
-use crate::task::{spawn_raw, DTask, Header, Site, TaskCell};
+use crate::scope::Scope;
+use crate::task::{spawn_raw, ArgDeps, DTask, Header, JobRef, Site, TaskCell};
 use crate::thunk::Thunk;
-pub use crate::thunk::{ErasedTask, ThunkNode};
 use std::any::{Any, TypeId};
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 pub use crate::task::ArgInfo;
+pub use crate::thunk::{ErasedTask, ThunkNode};
 
 /// The identity of a function item or closure, for per-function default options.
 pub fn fn_id<F: 'static>(_f: &F) -> TypeId {
@@ -46,14 +53,10 @@ where
 }
 
 /// Builds a thunk from a macro-built call.
-pub fn delayed<T, S>(
-    name: &'static str,
-    inputs: Vec<Option<Arc<ThunkNode>>>,
-    spawner: S,
-) -> Thunk<T>
+pub fn delayed<T, S>(name: &'static str, inputs: Vec<Vec<Arc<ThunkNode>>>, spawner: S) -> Thunk<T>
 where
     T: Send + Sync + 'static,
-    S: Fn(&[Option<&ErasedTask>]) -> DTask<T> + Send + Sync + 'static,
+    S: Fn(&[Vec<&ErasedTask>]) -> DTask<T> + Send + Sync + 'static,
 {
     Thunk::from_parts(Some(name), inputs, spawner)
 }
@@ -74,14 +77,23 @@ pub trait Arg: Send + 'static {
     type Out<'a>
     where
         Self: 'a;
-    /// Dependency, scope and type of the argument.
+    /// Dependencies, scope and type of the argument.
     fn info(&self) -> ArgInfo;
     /// Produces the function's input (once).
     fn get(&mut self) -> Result<Self::Out<'_>, BoxError>;
 }
 
-fn scope_of(h: &Header) -> Option<crate::scope::Scope> {
+type Cell<T> = Arc<dyn TaskCell<T>>;
+
+fn scope_of(h: &Header) -> Option<Scope> {
     h.meta.as_ref().and_then(|m| m.result_scope.clone())
+}
+
+fn scope_of_all<T: Send + Sync + 'static>(cells: &[Cell<T>]) -> Option<Scope> {
+    cells
+        .iter()
+        .filter_map(|c| scope_of(c.header()))
+        .reduce(|a, b| a.constrain(&b))
 }
 
 fn converted<T: Send + Sync + 'static>(h: &Header, value: &T) -> Result<Option<T>, BoxError> {
@@ -101,7 +113,7 @@ fn converted<T: Send + Sync + 'static>(h: &Header, value: &T) -> Result<Option<T
     }
 }
 
-fn value_of<T: Send + Sync + 'static>(cell: &Arc<dyn TaskCell<T>>) -> Result<&T, BoxError> {
+fn value_of<T: Send + Sync + 'static>(cell: &Cell<T>) -> Result<&T, BoxError> {
     match cell.result() {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(Box::new(e.clone())),
@@ -109,9 +121,24 @@ fn value_of<T: Send + Sync + 'static>(cell: &Arc<dyn TaskCell<T>>) -> Result<&T,
     }
 }
 
-/// `DTask<T>` or `Chunk<T>` passed by value: the function gets a `T`.
+/// The value of `cell` for a consumer that takes it by value: moved out when `cell` is the
+/// last handle, otherwise cloned (after the processors' move hooks, if any apply).
+fn take_value<T: Clone + Send + Sync + 'static>(mut cell: Cell<T>) -> Result<T, BoxError> {
+    let value = value_of(&cell)?;
+    if let Some(v) = converted(cell.header(), value)? {
+        return Ok(v);
+    }
+    if let Some(unique) = Arc::get_mut(&mut cell) {
+        if let Some(Ok(v)) = unique.take_result() {
+            return Ok(v);
+        }
+    }
+    Ok(value_of(&cell)?.clone())
+}
+
+/// `DTask<T>` / `Chunk<T>` / `Thunk<T>` by value: the function gets a `T`.
 pub struct Owned<T> {
-    cell: Option<Arc<dyn TaskCell<T>>>,
+    cell: Option<Cell<T>>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Arg for Owned<T> {
@@ -120,30 +147,20 @@ impl<T: Clone + Send + Sync + 'static> Arg for Owned<T> {
     fn info(&self) -> ArgInfo {
         let cell = self.cell.as_ref().expect("info is read before get");
         ArgInfo {
-            dep: Some(cell.clone() as crate::task::JobRef),
+            deps: ArgDeps::One(cell.clone() as JobRef),
             scope: scope_of(cell.header()),
             ty: ArgType::of::<T>(),
         }
     }
 
     fn get(&mut self) -> Result<T, BoxError> {
-        let mut cell = self.cell.take().ok_or("argument already consumed")?;
-        let value = value_of(&cell)?;
-        if let Some(v) = converted(cell.header(), value)? {
-            return Ok(v);
-        }
-        if let Some(unique) = Arc::get_mut(&mut cell) {
-            if let Some(Ok(v)) = unique.take_result() {
-                return Ok(v);
-            }
-        }
-        Ok(value_of(&cell)?.clone())
+        take_value(self.cell.take().ok_or("argument already consumed")?)
     }
 }
 
-/// `&DTask<T>` or `&Chunk<T>`: the function borrows the stored `T`.
+/// `&DTask<T>` / `&Chunk<T>` / `&Thunk<T>`: the function borrows the stored `T`.
 pub struct Borrowed<T> {
-    cell: Arc<dyn TaskCell<T>>,
+    cell: Cell<T>,
     converted: Option<T>,
 }
 
@@ -152,7 +169,7 @@ impl<T: Send + Sync + 'static> Arg for Borrowed<T> {
 
     fn info(&self) -> ArgInfo {
         ArgInfo {
-            dep: Some(self.cell.clone() as crate::task::JobRef),
+            deps: ArgDeps::One(self.cell.clone() as JobRef),
             scope: scope_of(self.cell.header()),
             ty: ArgType::of::<&T>(),
         }
@@ -168,6 +185,68 @@ impl<T: Send + Sync + 'static> Arg for Borrowed<T> {
             None => value_of(&self.cell),
         }
     }
+}
+
+/// A `Vec` of tasks, chunks or thunks by value: the function gets a `Vec<T>`.
+pub struct OwnedMany<T> {
+    cells: Vec<Cell<T>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Arg for OwnedMany<T> {
+    type Out<'a> = Vec<T>;
+
+    fn info(&self) -> ArgInfo {
+        ArgInfo {
+            deps: ArgDeps::Many(self.cells.iter().map(|c| c.clone() as JobRef).collect()),
+            scope: scope_of_all(&self.cells),
+            ty: ArgType::of::<Vec<T>>(),
+        }
+    }
+
+    fn get(&mut self) -> Result<Vec<T>, BoxError> {
+        std::mem::take(&mut self.cells)
+            .into_iter()
+            .map(take_value)
+            .collect()
+    }
+}
+
+/// A slice of tasks, chunks or thunks: the function gets a `Vec<&T>`.
+pub struct BorrowedMany<T> {
+    cells: Vec<Cell<T>>,
+    converted: Vec<Option<T>>,
+}
+
+impl<T: Send + Sync + 'static> Arg for BorrowedMany<T> {
+    type Out<'a> = Vec<&'a T>;
+
+    fn info(&self) -> ArgInfo {
+        ArgInfo {
+            deps: ArgDeps::Many(self.cells.iter().map(|c| c.clone() as JobRef).collect()),
+            scope: scope_of_all(&self.cells),
+            ty: ArgType::of::<Vec<&T>>(),
+        }
+    }
+
+    fn get(&mut self) -> Result<Vec<&T>, BoxError> {
+        let mut converted = Vec::with_capacity(self.cells.len());
+        for cell in &self.cells {
+            converted.push(converted_value(cell)?);
+        }
+        self.converted = converted;
+        self.cells
+            .iter()
+            .zip(&self.converted)
+            .map(|(cell, conv)| match conv {
+                Some(v) => Ok(v),
+                None => value_of(cell),
+            })
+            .collect()
+    }
+}
+
+fn converted_value<T: Send + Sync + 'static>(cell: &Cell<T>) -> Result<Option<T>, BoxError> {
+    converted(cell.header(), value_of(cell)?)
 }
 
 /// A plain value: moved into the call.
@@ -190,7 +269,7 @@ impl<X: Send + 'static> Arg for Value<X> {
 /// Wraps an argument probe; see the module docs.
 pub struct Probe<'a, X>(pub &'a X);
 
-/// Argument classes that are dependencies (tasks, chunks, thunks).
+/// Argument classes that are dependencies (tasks, chunks, thunks and collections of them).
 pub trait ViaDep {
     /// The class of the argument.
     type Tag;
@@ -210,139 +289,237 @@ impl<X> ViaValue for Probe<'_, X> {
     }
 }
 
-macro_rules! dep_tags {
-    ($($ty:ident, $tag:ident;)*) => {$(
-        /// Argument class tag.
-        pub struct $tag;
-        impl<T> ViaDep for &Probe<'_, $ty<T>> {
+/// Argument class: one handle by value.
+pub struct OwnedTag;
+/// Argument class: one handle by reference.
+pub struct BorrowedTag;
+/// Argument class: a `Vec` of handles by value.
+pub struct OwnedManyTag;
+/// Argument class: a `Vec` or slice of handles by reference.
+pub struct BorrowedManyTag;
+/// Argument class: a plain value.
+pub struct ValueTag;
+
+macro_rules! classify {
+    ($($probe:ty => $tag:ident;)*) => {$(
+        impl<T> ViaDep for &Probe<'_, $probe> {
             type Tag = $tag;
-            fn __dagger_tag(&self) -> $tag { $tag }
+            fn __dagger_tag(&self) -> $tag {
+                $tag
+            }
         }
     )*};
-}
-macro_rules! ref_tags {
-    ($($ty:ident, $tag:ident;)*) => {$(
-        /// Argument class tag.
-        pub struct $tag;
-        impl<T> ViaDep for &Probe<'_, &$ty<T>> {
-            type Tag = $tag;
-            fn __dagger_tag(&self) -> $tag { $tag }
-        }
-    )*};
-}
-dep_tags! {
-    DTask, OwnedTaskTag;
-    Chunk, OwnedChunkTag;
-    Thunk, OwnedThunkTag;
-}
-ref_tags! {
-    DTask, BorrowedTaskTag;
-    Chunk, BorrowedChunkTag;
-    Thunk, BorrowedThunkTag;
 }
 
-/// Argument class tag of plain values.
-pub struct ValueTag;
+classify! {
+    DTask<T> => OwnedTag;
+    Chunk<T> => OwnedTag;
+    Thunk<T> => OwnedTag;
+    &DTask<T> => BorrowedTag;
+    &Chunk<T> => BorrowedTag;
+    &Thunk<T> => BorrowedTag;
+    Vec<DTask<T>> => OwnedManyTag;
+    Vec<Chunk<T>> => OwnedManyTag;
+    Vec<Thunk<T>> => OwnedManyTag;
+    &Vec<DTask<T>> => BorrowedManyTag;
+    &Vec<Chunk<T>> => BorrowedManyTag;
+    &Vec<Thunk<T>> => BorrowedManyTag;
+    &[DTask<T>] => BorrowedManyTag;
+    &[Chunk<T>] => BorrowedManyTag;
+    &[Thunk<T>] => BorrowedManyTag;
+}
+
+/// The storage behind a task or chunk handle (opaque).
+pub struct CellRef<T>(Cell<T>);
+
+/// Where a captured handle's value comes from (opaque).
+pub struct SourceRef<T>(Option<Arc<ThunkNode>>, Source<T>);
+
+/// A handle `delayed!` can depend on: a task, a chunk, or a thunk (which stands for the task
+/// it becomes when the graph runs).
+pub trait Handle: Send + Sync + 'static {
+    /// The value type.
+    type Value: Send + Sync + 'static;
+    /// Where the value comes from.
+    fn source(&self) -> SourceRef<Self::Value>;
+}
+
+/// A handle `spawn!` can depend on: a task or a chunk. (A thunk must be computed first.)
+pub trait SpawnHandle: Handle {
+    /// The task cell.
+    fn cell(&self) -> CellRef<Self::Value>;
+}
+
+impl<T: Send + Sync + 'static> Handle for DTask<T> {
+    type Value = T;
+    fn source(&self) -> SourceRef<T> {
+        SourceRef(None, Source::Cell(self.cell.clone()))
+    }
+}
+
+impl<T: Send + Sync + 'static> SpawnHandle for DTask<T> {
+    fn cell(&self) -> CellRef<T> {
+        CellRef(self.cell.clone())
+    }
+}
+
+impl<T: Send + Sync + 'static> Handle for Chunk<T> {
+    type Value = T;
+    fn source(&self) -> SourceRef<T> {
+        SourceRef(None, Source::Cell(self.cell.clone()))
+    }
+}
+
+impl<T: Send + Sync + 'static> SpawnHandle for Chunk<T> {
+    fn cell(&self) -> CellRef<T> {
+        CellRef(self.cell.clone())
+    }
+}
+
+impl<T: Send + Sync + 'static> Handle for Thunk<T> {
+    type Value = T;
+    fn source(&self) -> SourceRef<T> {
+        SourceRef(Some(self.node.clone()), Source::Input)
+    }
+}
+
+fn spawn_cell<H: SpawnHandle>(h: &H) -> Cell<H::Value> {
+    h.cell().0
+}
+
+impl OwnedTag {
+    /// For `spawn!`.
+    pub fn wrap<H: SpawnHandle>(self, h: H) -> Owned<H::Value> {
+        Owned {
+            cell: Some(spawn_cell(&h)),
+        }
+    }
+    /// For `delayed!`.
+    pub fn capture<H: Handle>(self, h: H) -> (Vec<Arc<ThunkNode>>, HandleCapture<H::Value, true>) {
+        capture_one(&h)
+    }
+}
+
+impl BorrowedTag {
+    /// For `spawn!`.
+    pub fn wrap<H: SpawnHandle>(self, h: &H) -> Borrowed<H::Value> {
+        Borrowed {
+            cell: spawn_cell(h),
+            converted: None,
+        }
+    }
+    /// For `delayed!`.
+    pub fn capture<H: Handle>(
+        self,
+        h: &H,
+    ) -> (Vec<Arc<ThunkNode>>, HandleCapture<H::Value, false>) {
+        capture_one(h)
+    }
+}
+
+impl OwnedManyTag {
+    /// For `spawn!`.
+    pub fn wrap<H: SpawnHandle>(self, hs: Vec<H>) -> OwnedMany<H::Value> {
+        OwnedMany {
+            cells: hs.iter().map(spawn_cell).collect(),
+        }
+    }
+    /// For `delayed!`.
+    pub fn capture<H: Handle>(
+        self,
+        hs: Vec<H>,
+    ) -> (Vec<Arc<ThunkNode>>, HandlesCapture<H::Value, true>) {
+        capture_many(&hs)
+    }
+}
+
+impl BorrowedManyTag {
+    /// For `spawn!`.
+    pub fn wrap<H: SpawnHandle>(self, hs: &[H]) -> BorrowedMany<H::Value> {
+        BorrowedMany {
+            cells: hs.iter().map(spawn_cell).collect(),
+            converted: Vec::new(),
+        }
+    }
+    /// For `delayed!`.
+    pub fn capture<H: Handle>(
+        self,
+        hs: &[H],
+    ) -> (Vec<Arc<ThunkNode>>, HandlesCapture<H::Value, false>) {
+        capture_many(hs)
+    }
+}
 
 impl ValueTag {
     /// For `spawn!`.
     pub fn wrap<X>(self, x: X) -> Value<X> {
         Value(Some(x))
     }
-    /// For `delayed!`: the value is cloned for every run of the graph.
-    pub fn capture<X>(self, x: X) -> (Option<Arc<ThunkNode>>, ValueCapture<X>) {
-        (None, ValueCapture(x))
+    /// For `delayed!`: the value is cloned each time the graph runs.
+    pub fn capture<X>(self, x: X) -> (Vec<Arc<ThunkNode>>, ValueCapture<X>) {
+        (Vec::new(), ValueCapture(x))
     }
 }
 
-impl OwnedTaskTag {
-    /// For `spawn!`.
-    pub fn wrap<T: Send + Sync + 'static>(self, t: DTask<T>) -> Owned<T> {
-        Owned { cell: Some(t.cell) }
-    }
-    /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(
-        self,
-        t: DTask<T>,
-    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, true>) {
-        (None, CellCapture(t.cell))
-    }
+/// Where the value of a captured handle comes from when the graph runs.
+enum Source<T> {
+    /// A task or chunk that exists already.
+    Cell(Cell<T>),
+    /// The task of a graph input (the next one in the argument's input list).
+    Input,
 }
 
-impl BorrowedTaskTag {
-    /// For `spawn!`.
-    pub fn wrap<T: Send + Sync + 'static>(self, t: &DTask<T>) -> Borrowed<T> {
-        Borrowed {
-            cell: t.cell.clone(),
-            converted: None,
-        }
-    }
-    /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(
-        self,
-        t: &DTask<T>,
-    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, false>) {
-        (None, CellCapture(t.cell.clone()))
-    }
+fn source_of<H: Handle>(h: &H) -> (Option<Arc<ThunkNode>>, Source<H::Value>) {
+    let SourceRef(node, source) = h.source();
+    (node, source)
 }
 
-impl OwnedChunkTag {
-    /// For `spawn!`.
-    pub fn wrap<T: Send + Sync + 'static>(self, c: Chunk<T>) -> Owned<T> {
-        Owned { cell: Some(c.cell) }
-    }
-    /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(
-        self,
-        c: Chunk<T>,
-    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, true>) {
-        (None, CellCapture(c.cell))
-    }
+fn capture_one<H: Handle, const OWNED: bool>(
+    h: &H,
+) -> (Vec<Arc<ThunkNode>>, HandleCapture<H::Value, OWNED>) {
+    let (node, source) = source_of(h);
+    (node.into_iter().collect(), HandleCapture(source))
 }
 
-impl BorrowedChunkTag {
-    /// For `spawn!`.
-    pub fn wrap<T: Send + Sync + 'static>(self, c: &Chunk<T>) -> Borrowed<T> {
-        Borrowed {
-            cell: c.cell.clone(),
-            converted: None,
-        }
+fn capture_many<H: Handle, const OWNED: bool>(
+    hs: &[H],
+) -> (Vec<Arc<ThunkNode>>, HandlesCapture<H::Value, OWNED>) {
+    let mut nodes = Vec::new();
+    let mut sources = Vec::with_capacity(hs.len());
+    for h in hs {
+        let (node, source) = source_of(h);
+        nodes.extend(node);
+        sources.push(source);
     }
-    /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(
-        self,
-        c: &Chunk<T>,
-    ) -> (Option<Arc<ThunkNode>>, CellCapture<T, false>) {
-        (None, CellCapture(c.cell.clone()))
-    }
+    (nodes, HandlesCapture(sources))
 }
 
-impl OwnedThunkTag {
-    /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(
-        self,
-        t: Thunk<T>,
-    ) -> (Option<Arc<ThunkNode>>, ThunkCapture<T, true>) {
-        (Some(t.node), ThunkCapture(PhantomData))
-    }
-}
-
-impl BorrowedThunkTag {
-    /// For `delayed!`.
-    pub fn capture<T: Send + Sync + 'static>(
-        self,
-        t: &Thunk<T>,
-    ) -> (Option<Arc<ThunkNode>>, ThunkCapture<T, false>) {
-        (Some(t.node.clone()), ThunkCapture(PhantomData))
-    }
+fn resolve<T: Send + Sync + 'static>(
+    sources: &[Source<T>],
+    inputs: &[&ErasedTask],
+) -> Vec<Cell<T>> {
+    let mut inputs = inputs.iter();
+    sources
+        .iter()
+        .map(|s| match s {
+            Source::Cell(c) => c.clone(),
+            Source::Input => {
+                let t: DTask<T> = inputs
+                    .next()
+                    .expect("every thunk argument has an input task")
+                    .task();
+                t.cell
+            }
+        })
+        .collect()
 }
 
 /// An argument of a `delayed!` call, turned into a spawn argument each time the graph runs.
 pub trait Capture: Send + Sync + 'static {
     /// The spawn argument.
     type Arg: Arg;
-    /// Builds the argument; `input` is the task of this argument's thunk, if it is one.
-    fn instantiate(&self, input: Option<&ErasedTask>) -> Self::Arg;
+    /// Builds the argument from the tasks of this argument's graph inputs.
+    fn instantiate(&self, inputs: &[&ErasedTask]) -> Self::Arg;
 }
 
 /// A plain value of a `delayed!` call.
@@ -350,51 +527,53 @@ pub struct ValueCapture<X>(X);
 
 impl<X: Clone + Send + Sync + 'static> Capture for ValueCapture<X> {
     type Arg = Value<X>;
-    fn instantiate(&self, _input: Option<&ErasedTask>) -> Value<X> {
+    fn instantiate(&self, _inputs: &[&ErasedTask]) -> Value<X> {
         Value(Some(self.0.clone()))
     }
 }
 
-/// A task or chunk of a `delayed!` call (`OWNED`: passed by value).
-pub struct CellCapture<T, const OWNED: bool>(Arc<dyn TaskCell<T>>);
+/// One handle of a `delayed!` call (`OWNED`: passed by value).
+pub struct HandleCapture<T, const OWNED: bool>(Source<T>);
 
-impl<T: Clone + Send + Sync + 'static> Capture for CellCapture<T, true> {
+impl<T: Clone + Send + Sync + 'static> Capture for HandleCapture<T, true> {
     type Arg = Owned<T>;
-    fn instantiate(&self, _input: Option<&ErasedTask>) -> Owned<T> {
+    fn instantiate(&self, inputs: &[&ErasedTask]) -> Owned<T> {
         Owned {
-            cell: Some(self.0.clone()),
+            cell: resolve(std::slice::from_ref(&self.0), inputs).pop(),
         }
     }
 }
 
-impl<T: Send + Sync + 'static> Capture for CellCapture<T, false> {
+impl<T: Send + Sync + 'static> Capture for HandleCapture<T, false> {
     type Arg = Borrowed<T>;
-    fn instantiate(&self, _input: Option<&ErasedTask>) -> Borrowed<T> {
+    fn instantiate(&self, inputs: &[&ErasedTask]) -> Borrowed<T> {
         Borrowed {
-            cell: self.0.clone(),
+            cell: resolve(std::slice::from_ref(&self.0), inputs)
+                .pop()
+                .expect("one handle"),
             converted: None,
         }
     }
 }
 
-/// A thunk argument of a `delayed!` call (`OWNED`: passed by value).
-pub struct ThunkCapture<T, const OWNED: bool>(PhantomData<fn() -> T>);
+/// Several handles of a `delayed!` call (`OWNED`: passed by value).
+pub struct HandlesCapture<T, const OWNED: bool>(Vec<Source<T>>);
 
-impl<T: Clone + Send + Sync + 'static> Capture for ThunkCapture<T, true> {
-    type Arg = Owned<T>;
-    fn instantiate(&self, input: Option<&ErasedTask>) -> Owned<T> {
-        let t: DTask<T> = input.expect("a thunk argument has an input task").task();
-        Owned { cell: Some(t.cell) }
+impl<T: Clone + Send + Sync + 'static> Capture for HandlesCapture<T, true> {
+    type Arg = OwnedMany<T>;
+    fn instantiate(&self, inputs: &[&ErasedTask]) -> OwnedMany<T> {
+        OwnedMany {
+            cells: resolve(&self.0, inputs),
+        }
     }
 }
 
-impl<T: Send + Sync + 'static> Capture for ThunkCapture<T, false> {
-    type Arg = Borrowed<T>;
-    fn instantiate(&self, input: Option<&ErasedTask>) -> Borrowed<T> {
-        let t: DTask<T> = input.expect("a thunk argument has an input task").task();
-        Borrowed {
-            cell: t.cell,
-            converted: None,
+impl<T: Send + Sync + 'static> Capture for HandlesCapture<T, false> {
+    type Arg = BorrowedMany<T>;
+    fn instantiate(&self, inputs: &[&ErasedTask]) -> BorrowedMany<T> {
+        BorrowedMany {
+            cells: resolve(&self.0, inputs),
+            converted: Vec::new(),
         }
     }
 }

@@ -31,15 +31,16 @@ impl ErasedTask {
     }
 }
 
-pub(crate) type Spawner = Box<dyn Fn(&[Option<&ErasedTask>]) -> ErasedTask + Send + Sync>;
+/// Spawns a node's task, given the tasks of its graph inputs (grouped by argument).
+pub(crate) type Spawner = Box<dyn Fn(&[Vec<&ErasedTask>]) -> ErasedTask + Send + Sync>;
 
 /// A node of a lazy graph (see [`Thunk`]).
 #[doc(hidden)]
 pub struct ThunkNode {
     pub(crate) id: u64,
     pub(crate) name: Option<&'static str>,
-    /// Graph inputs, by argument position.
-    pub(crate) inputs: Vec<Option<Arc<ThunkNode>>>,
+    /// Graph inputs, grouped by argument position.
+    pub(crate) inputs: Vec<Vec<Arc<ThunkNode>>>,
     pub(crate) spawner: Spawner,
 }
 
@@ -96,8 +97,8 @@ impl<T> fmt::Debug for Thunk<T> {
 impl<T: Send + Sync + 'static> Thunk<T> {
     pub(crate) fn from_parts(
         name: Option<&'static str>,
-        inputs: Vec<Option<Arc<ThunkNode>>>,
-        spawner: impl Fn(&[Option<&ErasedTask>]) -> DTask<T> + Send + Sync + 'static,
+        inputs: Vec<Vec<Arc<ThunkNode>>>,
+        spawner: impl Fn(&[Vec<&ErasedTask>]) -> DTask<T> + Send + Sync + 'static,
     ) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Thunk {
@@ -152,10 +153,10 @@ fn spawn_graph(root: &Arc<ThunkNode>) -> ErasedTask {
             }
             continue;
         }
-        let inputs: Vec<Option<&ErasedTask>> = node
+        let inputs: Vec<Vec<&ErasedTask>> = node
             .inputs
             .iter()
-            .map(|i| i.as_ref().map(|n| &memo[&Arc::as_ptr(n)]))
+            .map(|arg| arg.iter().map(|n| &memo[&Arc::as_ptr(n)]).collect())
             .collect();
         let task = (node.spawner)(&inputs);
         drop(inputs);

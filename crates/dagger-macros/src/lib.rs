@@ -203,8 +203,8 @@ pub fn delayed(input: TokenStream) -> TokenStream {
         ::dagger::__private::delayed(
             #name,
             ::std::vec![#(#inputs),*],
-            move |__dagger_inputs: &[::core::option::Option<&::dagger::__private::ErasedTask>]| {
-                #( #[allow(unused_mut)] let mut #args = ::dagger::__private::Capture::instantiate(&#caps, __dagger_inputs[#idx]); )*
+            move |__dagger_inputs: &[::std::vec::Vec<&::dagger::__private::ErasedTask>]| {
+                #( #[allow(unused_mut)] let mut #args = ::dagger::__private::Capture::instantiate(&#caps, &__dagger_inputs[#idx]); )*
                 let __dagger_infos: [::dagger::__private::ArgInfo; #n] =
                     [#(::dagger::__private::Arg::info(&#args)),*];
                 let __dagger_g = ::core::clone::Clone::clone(&__dagger_f);

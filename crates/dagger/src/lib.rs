@@ -43,11 +43,15 @@
 //! | `DTask<T>` / `Chunk<T>` | `T` (moved out when this is the last handle, else cloned) | yes |
 //! | `&DTask<T>` / `&Chunk<T>` | `&T`, borrowed from the stored result | yes |
 //! | `Thunk<T>` / `&Thunk<T>` (in `delayed!`) | `T` / `&T` | yes |
+//! | `Vec<DTask<T>>` (or of chunks, thunks) | `Vec<T>` | yes, each |
+//! | `&Vec<DTask<T>>` / `&[DTask<T>]` (or of chunks, thunks) | `Vec<&T>` | yes, each |
 //! | anything else | the value itself | no |
 //!
 //! A task runs when all its dependencies have finished; a chunk argument also narrows where
 //! it may run to the chunk's scope. (Classification needs the argument's type at the call
 //! site; inside generic code, where it is a type parameter, the value is passed as is.)
+//! Reference arguments are the way to share one result among many consumers without copies;
+//! a function taking `&[f64]` accepts `&DTask<Vec<f64>>` through deref coercion.
 //!
 //! Suffix the call with `?` when `f` returns a `Result` whose error should fail the task:
 //! `spawn!(parse(line)?)` is a `DTask<T>`, not a `DTask<Result<T, E>>`. Options follow a `;`:

@@ -337,3 +337,34 @@ fn public_types_are_send_and_sync() {
     check::<dagger::ProcessorId>();
     check::<dagger::Error>();
 }
+
+#[test]
+fn collections_of_tasks_are_dependencies() {
+    fn total(xs: Vec<&u64>) -> u64 {
+        xs.into_iter().sum()
+    }
+    fn joined(xs: Vec<String>) -> String {
+        xs.concat()
+    }
+    let parts: Vec<DTask<u64>> = (1..=100u64).map(|i| spawn!(add(i, 0))).collect();
+    // borrowed: `&Vec<DTask<T>>` or `&[DTask<T>]` gives `Vec<&T>`
+    assert_eq!(spawn!(total(&parts)).fetch().unwrap(), 5050);
+    assert_eq!(spawn!(total(&parts[..10])).fetch().unwrap(), 55);
+    // owned: `Vec<DTask<T>>` gives `Vec<T>`
+    let words: Vec<DTask<String>> = ["a", "b", "c"]
+        .iter()
+        .map(|w| {
+            let w = w.to_string();
+            spawn_fn(move || w)
+        })
+        .collect();
+    assert_eq!(spawn!(joined(words)).fetch().unwrap(), "abc");
+    // an empty collection is fine
+    assert_eq!(spawn!(total(&Vec::<DTask<u64>>::new())).fetch().unwrap(), 0);
+    // one failing member fails the consumer without running it
+    let mut mixed = parts.clone();
+    mixed.push(dagger::try_spawn(|| Err::<u64, _>("bad member")));
+    let err = spawn!(total(&mixed)).fetch().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DependencyFailed);
+    assert_eq!(err.message(), "bad member");
+}

@@ -175,3 +175,30 @@ fn thunks_can_be_computed_in_a_chosen_context() {
     let t = delayed!(where_(0));
     assert!(ctx.collect(&t).unwrap().starts_with("lazyctx-"));
 }
+
+#[test]
+fn collections_of_thunks_are_graph_inputs() {
+    fn total(xs: Vec<&i64>) -> i64 {
+        xs.into_iter().sum()
+    }
+    fn owned_total(xs: Vec<i64>) -> i64 {
+        xs.into_iter().sum()
+    }
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let counted = move |x: i64| {
+        r.fetch_add(1, Ordering::SeqCst);
+        x
+    };
+    let leaves: Vec<Thunk<i64>> = (1..=10).map(|i| delayed!(counted.clone()(i))).collect();
+    let a = delayed!(total(&leaves));
+    let b = delayed!(owned_total(leaves.clone()));
+    let c = delayed!(add(a, b));
+    assert_eq!(collect(&c).unwrap(), 110);
+    assert_eq!(runs.load(Ordering::SeqCst), 10, "shared leaves ran once");
+    // chunks and tasks mix with thunks in a graph
+    let chunks: Vec<Chunk<i64>> = (0..3).map(tochunk).collect();
+    assert_eq!(collect(&delayed!(total(&chunks))).unwrap(), 3);
+    let tasks: Vec<DTask<i64>> = (0..4).map(|i| spawn!(add(i, i))).collect();
+    assert_eq!(collect(&delayed!(owned_total(tasks))).unwrap(), 12);
+}

@@ -15,10 +15,27 @@ use std::any::TypeId;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+/// The tasks one argument depends on.
+pub(crate) enum ArgDeps {
+    None,
+    One(JobRef),
+    Many(Vec<JobRef>),
+}
+
+impl ArgDeps {
+    fn as_slice(&self) -> &[JobRef] {
+        match self {
+            ArgDeps::None => &[],
+            ArgDeps::One(j) => std::slice::from_ref(j),
+            ArgDeps::Many(v) => v,
+        }
+    }
+}
+
 /// What the spawner knows about one argument of a task.
 #[doc(hidden)]
 pub struct ArgInfo {
-    pub(crate) dep: Option<JobRef>,
+    pub(crate) deps: ArgDeps,
     pub(crate) scope: Option<Scope>,
     pub(crate) ty: ArgType,
 }
@@ -26,7 +43,7 @@ pub struct ArgInfo {
 impl ArgInfo {
     pub(crate) fn value(ty: ArgType) -> Self {
         ArgInfo {
-            dep: None,
+            deps: ArgDeps::None,
             scope: None,
             ty,
         }
@@ -127,7 +144,11 @@ where
         Err(msg) => (crate::sched::Placement::Pool, Some(msg)),
     };
 
-    let ndeps = site.args.iter().filter(|a| a.dep.is_some()).count() as u32;
+    let ndeps = site
+        .args
+        .iter()
+        .map(|a| a.deps.as_slice().len())
+        .sum::<usize>() as u32;
     let allow_errors = meta.as_ref().and_then(|m| m.allow_errors);
     let group = current_group();
     // A task with no inputs, no group and a processor is runnable as soon as it exists.
@@ -170,8 +191,7 @@ where
 
     let mut arrived = 1u32;
     let mut failed: Option<TaskError> = None;
-    for a in site.args {
-        let Some(dep) = &a.dep else { continue };
+    for dep in site.args.iter().flat_map(|a| a.deps.as_slice()) {
         let dh = dep.header();
         if dh.state.is_done() || dh.waiters.push(Waiter::Task(job.clone())).is_err() {
             arrived += 1;
