@@ -8,7 +8,9 @@ pub struct Line(Vec<(String, String)>);
 
 impl Line {
     pub fn new(scenario: &str, system: &str) -> Self {
-        Line::default().str("scenario", scenario).str("system", system)
+        Line::default()
+            .str("scenario", scenario)
+            .str("system", system)
     }
 
     pub fn str(mut self, key: &str, v: &str) -> Self {
@@ -42,7 +44,8 @@ impl Line {
 
     pub fn nums(mut self, key: &str, vs: &[f64]) -> Self {
         let inner: Vec<String> = vs.iter().map(|v| format!("{v:.6e}")).collect();
-        self.0.push((key.to_string(), format!("[{}]", inner.join(","))));
+        self.0
+            .push((key.to_string(), format!("[{}]", inner.join(","))));
         self
     }
 

@@ -313,12 +313,20 @@ pub(crate) fn with_spawn_registry<R>(f: impl FnOnce(&Arc<Registry>) -> R) -> R {
         return r;
     }
     let f = f.take().unwrap();
-    let entered = CTX
-        .with(|c| peek(&c.entered))
-        .map(|c| c.inner.registry.clone());
-    match entered {
-        Some(reg) => f(&reg),
-        None => f(&Context::global().inner.registry),
+    let entered: *const Arc<Registry> = CTX.with(|c| {
+        let ctx = c.entered.take();
+        let p = ctx
+            .as_ref()
+            .map_or(std::ptr::null(), |ctx| &ctx.inner.registry as *const _);
+        c.entered.set(ctx);
+        p
+    });
+    if entered.is_null() {
+        f(&Context::global().inner.registry)
+    } else {
+        // SAFETY: the entered context lives (in this thread's cell, or in the guard of a nested
+        // `enter`) until the `enter` call that installed it returns, which is after this call.
+        f(unsafe { &*entered })
     }
 }
 

@@ -357,3 +357,64 @@ impl From<ScopeError> for Error {
 
 /// `Result` with the crate-wide [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> TaskId {
+        TaskId::next()
+    }
+
+    #[test]
+    fn messages_name_the_task_and_the_root() {
+        let root_id = id();
+        let root = TaskError::failed(root_id, Some("load".into()), "disk gone".into());
+        assert_eq!(
+            root.to_string(),
+            format!("{root_id} `load` failed: disk gone")
+        );
+        let dep_id = id();
+        let dep = TaskError::upstream(dep_id, None, &root);
+        let dep2 = TaskError::upstream(id(), Some("sum".into()), &dep);
+        assert_eq!(
+            dep2.root().task_id(),
+            root_id,
+            "the root is the first failure"
+        );
+        assert_eq!(dep2.message(), "disk gone");
+        assert_eq!(
+            dep.to_string(),
+            format!("{dep_id} did not run: its input {root_id} `load` failed: disk gone")
+        );
+        let c = TaskError::cancelled(id(), None);
+        assert!(c.is_cancelled());
+        assert!(c.to_string().ends_with("was cancelled"));
+        assert_eq!(TaskError::upstream(id(), None, &c).message(), "cancelled");
+        let s = TaskError::with_message(id(), None, ErrorKind::Scheduling, "no".into());
+        assert!(s.to_string().ends_with("cannot be scheduled: no"));
+        let p = TaskError::panicked(id(), None, Box::new("boom"));
+        assert_eq!(p.panic_message(), Some("boom"));
+        let p = TaskError::panicked(id(), None, Box::new(3u8));
+        assert_eq!(p.panic_message(), Some("panic with a non-string payload"));
+        assert_eq!(p.panic_payload::<u8>(), Some(3));
+    }
+
+    #[test]
+    fn scope_errors_explain_themselves() {
+        let e = ScopeError::UnknownKey {
+            key: "gpu".into(),
+            known: vec!["thread".into(), "worker".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "unknown scope key `gpu`; known keys are: thread, worker"
+        );
+        let e = ScopeError::EmptyUnion {
+            key: "threads".into(),
+        };
+        assert!(e.to_string().contains("empty list"));
+        let e: Error = e.into();
+        assert!(matches!(e, Error::Scope(_)));
+    }
+}

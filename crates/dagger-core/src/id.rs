@@ -215,3 +215,35 @@ impl fmt::Display for ProcessorId {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn task_ids_are_unique_across_threads() {
+        let handles: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..5000).map(|_| TaskId::next()).collect::<Vec<_>>()))
+            .collect();
+        let mut all = HashSet::new();
+        for h in handles {
+            for id in h.join().unwrap() {
+                assert!(all.insert(id));
+            }
+        }
+        assert_eq!(all.len(), 20_000);
+    }
+
+    #[test]
+    fn kinds_are_interned_by_type() {
+        struct A;
+        struct B<T>(T);
+        let a = ProcessorKind::of::<A>();
+        assert_eq!(a, ProcessorKind::of::<A>());
+        assert_ne!(a, ProcessorKind::of::<B<u8>>());
+        assert_eq!(ProcessorKind::of::<B<u8>>().name(), "B");
+        assert_eq!(ProcessorKind::of::<crate::OsProc>(), ProcessorKind::OS);
+        assert_eq!(ProcessorId::os(WorkerId(3)).to_string(), "OsProc(worker 3)");
+    }
+}

@@ -392,3 +392,61 @@ pub(crate) fn defaults_for(func: TypeId) -> Option<Arc<Options>> {
         .get(&func)
         .cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn or_fills_only_unset_fields() {
+        let a = Options::new().priority(1).name("a");
+        let b = Options::new()
+            .priority(2)
+            .scope(Scope::worker(1))
+            .allow_errors(false);
+        let m = a.or(&b);
+        assert_eq!(m.get_priority(), Some(1));
+        assert_eq!(m.get_name(), Some("a"));
+        assert_eq!(m.get_scope(), Some(&Scope::worker(1)));
+        assert_eq!(m.get_allow_errors(), Some(false));
+        assert!(Options::new().is_empty());
+        assert!(!m.is_empty());
+    }
+
+    #[test]
+    fn execution_scope_combines_compute_and_result() {
+        assert_eq!(Options::new().execution_scope(), None);
+        let o = Options::new()
+            .scope(Scope::worker(0))
+            .compute_scope(Scope::worker(1));
+        assert_eq!(o.execution_scope(), Some(Scope::worker(1)));
+        let o = Options::new().result_scope(Scope::worker(2));
+        assert_eq!(
+            o.execution_scope(),
+            Some(Scope::default().constrain(&Scope::worker(2)))
+        );
+        let o = Options::new()
+            .scope(Scope::worker(1))
+            .result_scope(Scope::worker(2));
+        assert!(o.execution_scope().unwrap().is_invalid());
+    }
+
+    #[test]
+    fn occupancy_is_clamped() {
+        assert_eq!(Options::new().occupancy(-1.0).get_occupancy(), Some(0.0));
+        assert_eq!(
+            Options::new().occupancy(f64::NAN).get_occupancy(),
+            Some(1.0)
+        );
+        assert_eq!(Options::new().occupancy(0.25).get_occupancy(), Some(0.25));
+    }
+
+    #[test]
+    fn debug_lists_set_fields_only() {
+        let o = Options::new().priority(3).checkpoint(|_, _: &u8| Ok(()));
+        assert_eq!(
+            format!("{o:?}"),
+            "Options { priority: 3, checkpoint: \"<hook>\" }"
+        );
+    }
+}

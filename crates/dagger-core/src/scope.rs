@@ -654,3 +654,55 @@ impl Scope {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(worker: u32, thread: u32, default_enabled: bool) -> ProcessorInfo {
+        ProcessorInfo {
+            id: ProcessorId::thread(WorkerId(worker), thread),
+            node: NodeId(0),
+            default_enabled,
+        }
+    }
+
+    #[test]
+    fn membership() {
+        let p = info(1, 2, true);
+        let hidden = info(1, 3, false);
+        assert!(Scope::any().contains(&p) && Scope::any().contains(&hidden));
+        assert!(Scope::default().contains(&p) && !Scope::default().contains(&hidden));
+        assert!(Scope::worker(1).contains(&p) && !Scope::worker(0).contains(&p));
+        assert!(Scope::worker(1).thread(2).contains(&p));
+        assert!(!Scope::worker(1).thread(3).contains(&p));
+        assert!(Scope::node(NodeId(0)).contains(&p) && !Scope::node(NodeId(1)).contains(&p));
+        assert!(!Scope::any().constrain(&Scope::worker(9)).contains(&p));
+    }
+
+    #[test]
+    fn unions_drop_redundant_members() {
+        let u = Scope::worker(1).union(&Scope::worker(1).thread(0));
+        assert_eq!(u, Scope::worker(1));
+        let u = Scope::any().union(&Scope::worker(3));
+        assert!(u.is_any());
+        let two = Scope::worker(1).union(&Scope::worker(2));
+        assert_eq!(two.to_string(), "worker 1 ∪ worker 2");
+    }
+
+    #[test]
+    fn intersection_is_exact_on_filters() {
+        let a = Scope::worker(1).union(&Scope::worker(2));
+        let b = Scope::worker(2).union(&Scope::worker(3));
+        assert_eq!(a.constrain(&b), Scope::worker(2));
+        assert!(a.constrain(&Scope::worker(4)).is_invalid());
+        // default ∩ exact keeps both constraints
+        let d = Scope::default().constrain(&Scope::worker(1).thread(0));
+        assert!(d.contains(&info(1, 0, true)) && !d.contains(&info(1, 0, false)));
+        assert!(d.is_subset(&Scope::default()));
+        // invalid scopes stay invalid
+        let bad = Scope::worker(1).constrain(&Scope::worker(2));
+        assert!(bad.constrain(&Scope::any()).is_invalid());
+        assert_eq!(bad.union(&Scope::worker(5)), Scope::worker(5));
+    }
+}

@@ -27,25 +27,6 @@ const HOT_ROUNDS: u32 = 8;
 /// Checks of a task's state before a waiting thread parks.
 const WAIT_SPINS: u32 = 256;
 
-fn spin_rounds() -> u32 {
-    static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("DS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(SPIN_ROUNDS)
-    })
-}
-fn hot_rounds() -> u32 {
-    static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("DH")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(HOT_ROUNDS)
-    })
-}
-
 /// The processor-table index of the processor running on this thread (`NO_PROC` outside).
 pub(crate) fn current_proc() -> u32 {
     CTX.with(|c| c.proc.get())
@@ -170,8 +151,8 @@ impl WorkerThread {
                 spinning = true;
             }
             idle += 1;
-            if idle < spin_rounds() {
-                if idle < hot_rounds() {
+            if idle < SPIN_ROUNDS {
+                if idle < HOT_ROUNDS {
                     for _ in 0..64 {
                         spin_loop();
                     }

@@ -488,3 +488,42 @@ pub(crate) fn cancel_job(job: &JobRef) -> bool {
     let h = job.header();
     abort_with(job, TaskError::cancelled(h.id, h.name()))
 }
+
+#[cfg(test)]
+mod wait_list_tests {
+    // Kept out of wait_list.rs, which tests/loom.rs compiles against loom.
+    use super::wait_list::WaitList;
+    use std::sync::Arc;
+
+    #[test]
+    fn close_hands_over_in_arrival_order_once() {
+        let list = WaitList::new();
+        for i in 0..5 {
+            list.push(i).unwrap();
+        }
+        assert_eq!(list.close().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(list.close().count(), 0);
+        assert_eq!(list.push(9), Err(9));
+    }
+
+    #[test]
+    fn dropping_frees_what_was_never_handed_over() {
+        let item = Arc::new(());
+        {
+            let list = WaitList::new();
+            list.push(item.clone()).unwrap();
+            list.push(item.clone()).unwrap();
+            assert_eq!(Arc::strong_count(&item), 3);
+        }
+        assert_eq!(Arc::strong_count(&item), 1);
+        // a partly consumed drain frees the rest
+        let list = WaitList::new();
+        list.push(item.clone()).unwrap();
+        list.push(item.clone()).unwrap();
+        let mut drain = list.close();
+        drop(drain.next());
+        drop(drain);
+        assert_eq!(Arc::strong_count(&item), 1);
+        assert!(WaitList::<u8>::new_closed().push(1).is_err());
+    }
+}
