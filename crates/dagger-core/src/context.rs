@@ -202,6 +202,15 @@ impl Context {
             .unwrap_or_else(|| Context::global().clone())
     }
 
+    pub(crate) fn registry_ref(&self) -> &Arc<Registry> {
+        &self.inner.registry
+    }
+
+    /// The global context's registry.
+    pub(crate) fn global_registry() -> &'static Arc<Registry> {
+        &Context::global().inner.registry
+    }
+
     /// Runs `f` with this context as the target of every spawn on this thread.
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         struct Restore(Option<Context>);

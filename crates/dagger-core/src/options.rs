@@ -291,12 +291,6 @@ impl fmt::Debug for Options {
     }
 }
 
-/// The options in force on this thread: inside a task, the task's own options; inside a
-/// [`with_options`] block, that block's.
-pub(crate) fn current() -> Option<Arc<Options>> {
-    CTX.with(|c| peek(&c.options))
-}
-
 struct Restore(Option<Arc<Options>>, Option<Arc<Options>>);
 
 impl Drop for Restore {

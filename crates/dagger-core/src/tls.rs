@@ -45,6 +45,45 @@ thread_local! {
     };
 }
 
+/// What spawning needs from the thread, read in one thread-local access.
+pub(crate) struct SpawnEnv {
+    /// `with_options` options to pass on.
+    pub(crate) options: Option<Arc<Options>>,
+    /// The `sync` block or graph run to join.
+    pub(crate) group: Option<Arc<Group>>,
+    /// The registry to spawn into (null: the global context's).
+    pub(crate) registry: *const Arc<Registry>,
+    /// The compute thread running here, if any.
+    pub(crate) worker: *const WorkerThread,
+}
+
+/// Snapshot of the spawning thread's state.
+pub(crate) fn spawn_env() -> SpawnEnv {
+    CTX.with(|c| {
+        let worker = c.worker.get();
+        let foreign = c.foreign.get();
+        let registry = if !foreign.is_null() {
+            foreign
+        } else if !worker.is_null() {
+            // SAFETY: the worker pointer is valid while its thread's main loop runs.
+            unsafe { &(*worker).registry as *const Arc<Registry> }
+        } else {
+            let ctx = c.entered.take();
+            let p = ctx.as_ref().map_or(ptr::null(), |ctx| {
+                ctx.registry_ref() as *const Arc<Registry>
+            });
+            c.entered.set(ctx);
+            p
+        };
+        SpawnEnv {
+            options: peek(&c.options),
+            group: peek(&c.group),
+            registry,
+            worker,
+        }
+    })
+}
+
 /// Reads a `Cell<Option<Arc<T>>>` without taking it.
 pub(crate) fn peek<T: Clone>(cell: &Cell<Option<T>>) -> Option<T> {
     let v = cell.take();

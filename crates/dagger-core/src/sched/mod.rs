@@ -557,14 +557,6 @@ impl Registry {
         }
     }
 
-    /// Queues a newly spawned task that is ready at once.
-    pub(crate) fn submit_new(self: &Arc<Self>, job: JobRef) {
-        WorkerThread::with_current(|w| match w {
-            Some(w) if std::ptr::eq(&*w.registry, &**self) => w.push_new(job),
-            _ => self.inject(job),
-        })
-    }
-
     /// The highest-priority task among this slot's pinned queue, the custom processors and
     /// the priority queue, if its priority is at least `min`.
     pub(crate) fn take_queued(&self, slot: usize, min: i32) -> Option<(JobRef, Option<usize>)> {

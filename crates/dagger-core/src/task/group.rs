@@ -2,7 +2,7 @@
 
 use super::{cancel_job, JobRef};
 use crate::error::TaskError;
-use crate::tls::{peek, CTX};
+use crate::tls::CTX;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Tasks spawned inside one `sync` block or one graph run.
@@ -71,10 +71,6 @@ impl Group {
             (None, None) => Ok(()),
         }
     }
-}
-
-pub(crate) fn current_group() -> Option<Arc<Group>> {
-    CTX.with(|c| peek(&c.group))
 }
 
 fn restore_current(g: Option<Arc<Group>>) {

@@ -14,7 +14,7 @@ mod spawn;
 
 pub use dtask::{fetch_all, wait_all, DTask, TaskFuture};
 pub use group::sync;
-pub(crate) use group::{current_group, with_group, Group};
+pub(crate) use group::{with_group, Group};
 pub(crate) use spawn::ArgDeps;
 pub use spawn::ArgInfo;
 pub use spawn::{spawn, spawn_with, try_spawn, try_spawn_with};

@@ -2,15 +2,14 @@
 
 use super::state::{TaskState, QUEUED, WAITING};
 use super::wait_list::WaitList;
-use super::{
-    abort_with, current_group, fail_job, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC,
-};
+use super::{abort_with, fail_job, DTask, Group, Header, JobRef, TaskInner, Waiter, NO_PROC};
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::{self, Options};
 use crate::processor::{ArgType, TaskSignature};
-use crate::sched::Registry;
+use crate::sched::{Registry, WorkerThread};
 use crate::scope::Scope;
+use crate::tls::spawn_env;
 use std::any::TypeId;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -75,9 +74,9 @@ impl Site<'static> {
 /// its own body passes on to the tasks it spawns).
 fn resolve_options(
     explicit: Option<Options>,
+    inherited: Option<Arc<Options>>,
     function: TypeId,
 ) -> (Option<Arc<Options>>, Option<Arc<Options>>) {
-    let inherited = options::current();
     let defaults = options::defaults_for(function);
     let meta = match (explicit, &inherited, defaults) {
         (None, None, None) => None,
@@ -98,17 +97,32 @@ fn resolve_options(
 }
 
 /// Spawns a task in the current context.
+#[inline(always)]
 pub(crate) fn spawn_raw<T, F>(site: &Site<'_>, explicit: Option<Options>, body: F) -> DTask<T>
 where
     T: Send + Sync + 'static,
     F: FnOnce() -> Result<T, BoxError> + Send + 'static,
 {
-    let (meta, inherited) = resolve_options(explicit, site.function);
-    crate::context::with_spawn_registry(|reg| spawn_in(reg, site, meta, inherited, body))
+    let env = spawn_env();
+    let (meta, inherited) = resolve_options(explicit, env.options, site.function);
+    let reg: &Arc<Registry> = if env.registry.is_null() {
+        crate::context::Context::global_registry()
+    } else {
+        // SAFETY: `spawn_env` returns a registry kept alive for the duration of this call (by
+        // the compute thread, the processor task or the entered context running here).
+        unsafe { &*env.registry }
+    };
+    // SAFETY: as above, the compute thread outlives this call.
+    let worker = (!env.worker.is_null())
+        .then(|| unsafe { &*env.worker })
+        .filter(|w| Arc::ptr_eq(&w.registry, reg));
+    spawn_in(reg, worker, env.group, site, meta, inherited, body)
 }
 
 fn spawn_in<T, F>(
     reg: &Arc<Registry>,
+    worker: Option<&WorkerThread>,
+    group: Option<Arc<Group>>,
     site: &Site<'_>,
     meta: Option<Arc<Options>>,
     inherited: Option<Arc<Options>>,
@@ -150,7 +164,6 @@ where
         .map(|a| a.deps.as_slice().len())
         .sum::<usize>() as u32;
     let allow_errors = meta.as_ref().and_then(|m| m.allow_errors);
-    let group = current_group();
     // A task with no inputs, no group and a processor is runnable as soon as it exists.
     let ready_now = ndeps == 0 && group.is_none() && unschedulable.is_none();
     let task = Arc::new(TaskInner::<T, F>::new(
@@ -172,7 +185,10 @@ where
     ));
     if ready_now {
         let handle = DTask { cell: task.clone() };
-        reg.submit_new(task);
+        match worker {
+            Some(w) => w.push_new(task),
+            None => reg.inject(task),
+        }
         return handle;
     }
     let job: JobRef = task.clone();
@@ -207,7 +223,10 @@ where
     }
     let h = job.header();
     if h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready() {
-        reg.submit_new(job);
+        match worker {
+            Some(w) => w.push_new(job),
+            None => reg.inject(job),
+        }
     }
     handle
 }
