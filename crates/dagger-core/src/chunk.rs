@@ -5,7 +5,7 @@ use crate::id::{ProcessorId, TaskId, WorkerId};
 use crate::options::Options;
 use crate::scope::Scope;
 use crate::task::state::{TaskState, DONE};
-use crate::task::wait_list::WaitList;
+use crate::task::wait_list::{Slot, WaitList};
 use crate::task::{DTask, Header, TaskCell, TaskInner, NO_PROC};
 use std::fmt;
 use std::sync::atomic::AtomicU32;
@@ -81,6 +81,7 @@ impl<T: Send + Sync + 'static> Chunk<T> {
             state: TaskState::new(DONE),
             pending: AtomicU32::new(0),
             waiters: WaitList::new_closed(),
+            edge: Slot::new(),
             ran_on: AtomicU32::new(proc),
             registry,
             placement: crate::sched::Placement::Pool,

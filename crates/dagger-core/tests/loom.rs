@@ -59,6 +59,36 @@ fn wait_list_push_races_close() {
     });
 }
 
+/// A waiter pushed through an embedded slot races the close like a boxed one: the value is
+/// handed over exactly once, or given back.
+#[test]
+fn wait_list_slot_push_races_close() {
+    model(|| {
+        let list = Arc::new(wait_list::WaitList::new());
+        let slot = Arc::new(wait_list::Slot::new());
+        let (l1, s1) = (list.clone(), slot.clone());
+        let pusher = thread::spawn(move || {
+            // SAFETY: the slot is used once and outlives the list (both live to the end).
+            match unsafe { l1.push_in(&s1, Arc::new(7u32)) } {
+                Ok(()) => None,
+                Err(v) => Some(v),
+            }
+        });
+        let boxed = list.push(Arc::new(8u32)).is_ok();
+        let taken: Vec<Arc<u32>> = list.close().collect();
+        let refused = pusher.join().unwrap();
+        let mut seen: Vec<u32> = taken.iter().map(|v| **v).collect();
+        if let Some(v) = &refused {
+            seen.push(**v);
+        }
+        if boxed {
+            assert!(seen.contains(&8));
+        }
+        assert_eq!(seen.iter().filter(|v| **v == 7).count(), 1);
+        drop(slot);
+    });
+}
+
 /// Of the runner and a canceller racing for a queued task, exactly one completes it, and a
 /// result written before DONE is published is seen by whoever observes DONE.
 #[test]

@@ -33,7 +33,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
-use wait_list::{Drain, WaitList};
+use wait_list::{Drain, Slot, WaitList};
 
 /// A task as the scheduler sees it.
 pub(crate) type JobRef = Arc<dyn Job>;
@@ -81,6 +81,8 @@ pub(crate) struct Header {
     /// Inputs still missing, plus one while the spawner is still registering.
     pub(crate) pending: AtomicU32,
     pub(crate) waiters: WaitList<Waiter>,
+    /// Where this task registers with its first unfinished input, without allocating.
+    pub(crate) edge: Slot<Waiter>,
     /// Processor-table index of the processor that ran the task (or holds the chunk).
     pub(crate) ran_on: AtomicU32,
     pub(crate) registry: u32,
@@ -504,6 +506,32 @@ mod wait_list_tests {
         assert_eq!(list.close().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
         assert_eq!(list.close().count(), 0);
         assert_eq!(list.push(9), Err(9));
+    }
+
+    #[test]
+    fn embedded_slots_hand_over_without_owning_memory() {
+        use super::wait_list::Slot;
+        let list = WaitList::new();
+        let slot = Slot::new();
+        let item = Arc::new(5);
+        list.push(item.clone()).unwrap();
+        // SAFETY: `slot` outlives the list's use of it (both live to the end of the test).
+        unsafe { list.push_in(&slot, item.clone()) }.unwrap();
+        list.push(item.clone()).unwrap();
+        assert_eq!(Arc::strong_count(&item), 4);
+        assert_eq!(list.close().count(), 3);
+        assert_eq!(Arc::strong_count(&item), 1);
+        // refused once closed, and the value comes back
+        let slot2 = Slot::new();
+        let back = unsafe { list.push_in(&slot2, item.clone()) }.unwrap_err();
+        assert!(Arc::ptr_eq(&back, &item));
+        drop(back);
+        // values still in a dropped list are released
+        let list = WaitList::new();
+        let slot3 = Slot::new();
+        unsafe { list.push_in(&slot3, item.clone()) }.unwrap();
+        drop(list);
+        assert_eq!(Arc::strong_count(&item), 1);
     }
 
     #[test]

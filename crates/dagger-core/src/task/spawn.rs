@@ -1,7 +1,7 @@
 //! Spawning: options resolution, placement, dependency registration.
 
 use super::state::{TaskState, QUEUED, WAITING};
-use super::wait_list::WaitList;
+use super::wait_list::{Slot, WaitList};
 use super::{abort_with, fail_job, DTask, Group, Header, JobRef, TaskInner, Waiter, NO_PROC};
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
@@ -172,6 +172,7 @@ where
             state: TaskState::new(if ready_now { QUEUED } else { WAITING }),
             pending: AtomicU32::new(if ready_now { 0 } else { ndeps + 1 }),
             waiters: WaitList::new(),
+            edge: Slot::new(),
             ran_on: AtomicU32::new(NO_PROC),
             registry: reg.id,
             placement,
@@ -207,9 +208,22 @@ where
 
     let mut arrived = 1u32;
     let mut failed: Option<TaskError> = None;
+    let mut edge_used = false;
     for dep in site.args.iter().flat_map(|a| a.deps.as_slice()) {
         let dh = dep.header();
-        if dh.state.is_done() || dh.waiters.push(Waiter::Task(job.clone())).is_err() {
+        let registered = !dh.state.is_done() && {
+            let waiter = Waiter::Task(job.clone());
+            if edge_used {
+                dh.waiters.push(waiter).is_ok()
+            } else {
+                // SAFETY: the slot is this task's own, used once; the waiter holds a reference
+                // to this task, which keeps the slot alive until the input takes it out.
+                let pushed = unsafe { dh.waiters.push_in(&job.header().edge, waiter) }.is_ok();
+                edge_used |= pushed;
+                pushed
+            }
+        };
+        if !registered {
             arrived += 1;
             if failed.is_none() {
                 failed = dep.error();
