@@ -69,10 +69,7 @@ fn wait_list_slot_push_races_close() {
         let (l1, s1) = (list.clone(), slot.clone());
         let pusher = thread::spawn(move || {
             // SAFETY: the slot is used once and outlives the list (both live to the end).
-            match unsafe { l1.push_in(&s1, Arc::new(7u32)) } {
-                Ok(()) => None,
-                Err(v) => Some(v),
-            }
+            unsafe { l1.push_in(&s1, Arc::new(7u32)) }.err()
         });
         let boxed = list.push(Arc::new(8u32)).is_ok();
         let taken: Vec<Arc<u32>> = list.close().collect();
