@@ -311,46 +311,45 @@ fn memory(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Spawns `n` trivial tasks and fetches them, with at most `window` in flight.
+fn independent_in_waves(n: usize, window: usize) -> Duration {
+    let t = Instant::now();
+    let mut sum = 0usize;
+    let mut tasks: Vec<DTask<usize>> = Vec::with_capacity(window.min(n));
+    for start in (0..n).step_by(window) {
+        let end = (start + window).min(n);
+        tasks.extend((start..end).map(|i| dagger::spawn(move || black_box(i))));
+        for task in tasks.drain(..) {
+            sum = sum.wrapping_add(task.fetch().unwrap());
+        }
+    }
+    black_box(sum);
+    t.elapsed()
+}
+
 fn scale(cfg: &Config) -> Result<(), String> {
     let ctx = context(cfg)?;
-    let mut per_task = Vec::new();
     let sizes = [10_000usize, 100_000, 1_000_000, 10_000_000];
-    for n in sizes {
-        let runs = measure(
-            if n >= 10_000_000 {
+    // "all": every task spawned before any is fetched (all handles alive at the peak);
+    // "waves": the same numbers of tasks with at most 10^4 in flight.
+    for (mode, window) in [("all-in-flight", usize::MAX), ("waves-of-10k", 10_000)] {
+        let mut per_task = Vec::new();
+        for n in sizes {
+            let runs = if n >= 10_000_000 {
                 cfg.runs.min(3)
             } else {
                 cfg.runs
-            },
-            || {
-                ctx.enter(|| {
-                    let t = Instant::now();
-                    let tasks: Vec<DTask<usize>> = (0..n)
-                        .map(|i| dagger::spawn(move || black_box(i)))
-                        .collect();
-                    let mut sum = 0usize;
-                    for task in &tasks {
-                        sum = sum.wrapping_add(task.fetch().unwrap());
-                    }
-                    black_box(sum);
-                    let e = t.elapsed();
-                    drop(tasks);
-                    e
-                })
-            },
-        );
-        let (line, secs) = timed("scale", "dagger", n, cfg, &runs);
-        per_task.push(secs / n as f64);
-        if n == sizes[sizes.len() - 1] {
-            against(
-                line,
-                "ratio_to_10k",
-                per_task[per_task.len() - 1] / per_task[0],
-                1.5,
-            )
-            .print();
-        } else {
-            line.print();
+            };
+            let runs = measure(runs, || ctx.enter(|| independent_in_waves(n, window)));
+            let (line, secs) = timed("scale", "dagger", n, cfg, &runs);
+            per_task.push(secs / n as f64);
+            let line = line.str("mode", mode);
+            if n == sizes[sizes.len() - 1] {
+                let r = per_task[per_task.len() - 1] / per_task[0];
+                against(line, "ratio_to_10k", r, 1.5).print();
+            } else {
+                line.print();
+            }
         }
     }
     Ok(())
