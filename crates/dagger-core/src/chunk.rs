@@ -6,7 +6,7 @@ use crate::options::Options;
 use crate::scope::Scope;
 use crate::task::state::{TaskState, DONE};
 use crate::task::wait_list::{Slot, WaitList};
-use crate::task::{DTask, Header, TaskCell, TaskInner, NO_PROC};
+use crate::task::{DTask, Header, Outcome, TaskCell, TaskInner, NO_PROC};
 use std::fmt;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -91,7 +91,7 @@ impl<T: Send + Sync + 'static> Chunk<T> {
             inherited: None,
         };
         let cell: Arc<TaskInner<T, NoBody<T>>> =
-            Arc::new(TaskInner::new(header, None, Some(Ok(value))));
+            Arc::new(TaskInner::new(header, None, Some(Outcome::Value(value))));
         Chunk { cell }
     }
 
@@ -109,11 +109,7 @@ impl<T: Send + Sync + 'static> Chunk<T> {
 
     /// Borrows the value.
     pub fn fetch_ref(&self) -> Result<&T, TaskError> {
-        match self.cell.result() {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(e.clone()),
-            None => unreachable!("a chunk always holds a value"),
-        }
+        self.cell.value().expect("a chunk always holds a value")
     }
 
     /// The scope tasks reading this chunk must run in.

@@ -42,6 +42,7 @@ pub struct Context {
 /// Builds a [`Context`].
 pub struct ContextBuilder {
     threads: Option<usize>,
+    worker: WorkerId,
     processors: Vec<(ProcessorKind, Arc<dyn Processor>)>,
     stack_size: usize,
     max_blocked_threads: usize,
@@ -99,6 +100,14 @@ impl ContextBuilder {
         self
     }
 
+    /// The id of this process in a cluster (0, the default, is the head). Set by the
+    /// cluster layer for worker processes.
+    #[doc(hidden)]
+    pub fn worker_id(mut self, id: WorkerId) -> Self {
+        self.worker = id;
+        self
+    }
+
     /// Name prefix of the compute threads (default `dagger`).
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.thread_name = prefix.into();
@@ -124,7 +133,7 @@ impl ContextBuilder {
         }
         let registry = Registry::start(RegistryConfig {
             threads,
-            worker: WorkerId(0),
+            worker: self.worker,
             node: NodeId(0),
             customs: self.processors,
             stack_size: self.stack_size,
@@ -162,6 +171,7 @@ impl Context {
     pub fn builder() -> ContextBuilder {
         ContextBuilder {
             threads: None,
+            worker: WorkerId(0),
             processors: Vec::new(),
             stack_size: 8 << 20,
             max_blocked_threads: 512,

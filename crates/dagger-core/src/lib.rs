@@ -19,6 +19,8 @@ mod error;
 mod id;
 mod options;
 mod processor;
+#[doc(hidden)]
+pub mod remote;
 mod sched;
 mod scope;
 mod stats;

@@ -18,13 +18,40 @@ use crate::chunk::Chunk;
 use crate::error::BoxError;
 use crate::options::Options;
 use crate::processor::ArgType;
+use crate::remote::wire::{WireArg, WireCall};
 use crate::scope::Scope;
-use crate::task::{spawn_raw, ArgDeps, DTask, Header, JobRef, Site, TaskCell};
+use crate::task::{spawn_raw, ArgDeps, DTask, Header, JobRef, Site, TaskBody, TaskCell};
 use crate::thunk::Thunk;
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
+pub use crate::remote::functions::{Args, Codec, Param, Stored, TaskFn, TASK_FNS};
 pub use crate::task::ArgInfo;
+pub use linkme;
+
+/// Stores the `Ok` value of a registered fallible function, or turns its `Err` into the
+/// task's error.
+pub fn store_fallible<T, E>(r: Result<T, E>) -> Result<Stored, BoxError>
+where
+    T: serde::Serialize + Send + Sync + 'static,
+    E: Into<BoxError>,
+{
+    r.map(Stored::new).map_err(Into::into)
+}
+
+/// Checks that a registered function got as many arguments as it has parameters.
+pub fn check_arity(args: &Args<'_>, n: usize) -> Result<(), BoxError> {
+    if args.len() == n {
+        Ok(())
+    } else {
+        Err(format!(
+            "task function {} takes {n} arguments but was called with {}",
+            args.fn_name(),
+            args.len()
+        )
+        .into())
+    }
+}
 pub use crate::thunk::{ErasedTask, ThunkNode};
 
 /// The identity of a function item or closure, for per-function default options.
@@ -32,24 +59,132 @@ pub fn fn_id<F: 'static>(_f: &F) -> TypeId {
     TypeId::of::<F>()
 }
 
-/// Spawns a macro-built call.
-pub fn spawn_call<T, F>(
+/// Spawns a macro-built call of a function on the arguments `args`.
+pub fn spawn_call<T, A, F>(
     name: &'static str,
     function: TypeId,
+    fallible: bool,
     opts: Option<Options>,
-    args: &[ArgInfo],
-    body: F,
+    args: A,
+    f: F,
 ) -> DTask<T>
 where
     T: Send + Sync + 'static,
-    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+    A: ArgList,
+    F: FnOnce(A) -> Result<T, BoxError> + Send + 'static,
 {
-    let site = Site {
-        name: Some(name),
-        function,
-        args,
-    };
-    spawn_raw(&site, opts, body)
+    args.with_infos(|infos, args| {
+        let site = Site {
+            name: Some(name),
+            function,
+            args: infos,
+        };
+        let call = Call {
+            args,
+            f,
+            function,
+            fallible,
+            remote: None,
+        };
+        spawn_raw(&site, opts, call)
+    })
+}
+
+/// A call of a function on arguments, kept apart so it can also be encoded for another
+/// process.
+pub struct Call<A, F> {
+    args: A,
+    f: F,
+    function: TypeId,
+    fallible: bool,
+    remote: Option<(u32, &'static TaskFn)>,
+}
+
+impl<T, A, F> TaskBody<T> for Call<A, F>
+where
+    A: ArgList,
+    F: FnOnce(A) -> Result<T, BoxError> + Send + 'static,
+{
+    fn run(self) -> Result<T, BoxError> {
+        (self.f)(self.args)
+    }
+
+    fn remote(&self) -> Option<(u32, &'static TaskFn)> {
+        self.remote
+    }
+
+    fn bind_remote(&mut self) -> Option<(u32, &'static TaskFn)> {
+        let fallible = self.fallible;
+        self.remote = crate::remote::functions::table()
+            .lookup(self.function)
+            .filter(|(_, entry)| entry.fallible == fallible && self.args.compatible(entry.params));
+        self.remote
+    }
+
+    fn encode(&self) -> Result<WireCall, BoxError> {
+        let (func, entry) = self
+            .remote
+            .ok_or("this task runs only in the process that spawned it")?;
+        Ok(WireCall {
+            func,
+            args: self.args.encode(entry.params)?,
+            thread: None,
+            options: Default::default(),
+        })
+    }
+}
+
+/// The arguments of a call: a tuple of [`Arg`]s.
+pub trait ArgList: Sized + Send + 'static {
+    /// Hands the arguments' dependency information to `f`, then the arguments themselves.
+    fn with_infos<R>(self, f: impl FnOnce(&[ArgInfo], Self) -> R) -> R;
+    /// Whether every argument can be encoded as the matching parameter of a registered
+    /// function.
+    fn compatible(&self, params: &[Param]) -> bool;
+    /// Encodes every argument.
+    fn encode(&self, params: &[Param]) -> Result<Vec<WireArg>, BoxError>;
+}
+
+macro_rules! arg_lists {
+    ($( ($($a:ident $i:tt),*) )*) => {$(
+        impl<$($a: Arg),*> ArgList for ($($a,)*) {
+            fn with_infos<R>(self, f: impl FnOnce(&[ArgInfo], Self) -> R) -> R {
+                let infos = [$(self.$i.info()),*];
+                f(&infos, self)
+            }
+
+            #[allow(unused_variables)]
+            fn compatible(&self, params: &[Param]) -> bool {
+                let n = 0usize $(+ { let _ = $i; 1 })*;
+                params.len() == n $(&& self.$i.compatible(&params[$i]))*
+            }
+
+            #[allow(unused_variables)]
+            fn encode(&self, params: &[Param]) -> Result<Vec<WireArg>, BoxError> {
+                Ok(vec![$(self.$i.encode(&params[$i])?),*])
+            }
+        }
+    )*};
+}
+
+arg_lists! {
+    ()
+    (A0 0)
+    (A0 0, A1 1)
+    (A0 0, A1 1, A2 2)
+    (A0 0, A1 1, A2 2, A3 3)
+    (A0 0, A1 1, A2 2, A3 3, A4 4)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10, A11 11)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10, A11 11, A12 12)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10, A11 11, A12 12, A13 13)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10, A11 11, A12 12, A13 13, A14 14)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10, A11 11, A12 12, A13 13, A14 14, A15 15)
 }
 
 /// Builds a thunk from a macro-built call.
@@ -81,6 +216,10 @@ pub trait Arg: Send + 'static {
     fn info(&self) -> ArgInfo;
     /// Produces the function's input (once).
     fn get(&mut self) -> Result<Self::Out<'_>, BoxError>;
+    /// Whether the argument can be sent as parameter `p` of a registered function.
+    fn compatible(&self, p: &Param) -> bool;
+    /// Encodes the argument as parameter `p` for another process.
+    fn encode(&self, p: &Param) -> Result<WireArg, BoxError>;
 }
 
 type Cell<T> = Arc<dyn TaskCell<T>>;
@@ -114,9 +253,9 @@ fn converted<T: Send + Sync + 'static>(h: &Header, value: &T) -> Result<Option<T
 }
 
 fn value_of<T: Send + Sync + 'static>(cell: &Cell<T>) -> Result<&T, BoxError> {
-    match cell.result() {
+    match cell.value() {
         Some(Ok(v)) => Ok(v),
-        Some(Err(e)) => Err(Box::new(e.clone())),
+        Some(Err(e)) => Err(Box::new(e)),
         None => Err("an input task has not finished".into()),
     }
 }
@@ -129,7 +268,7 @@ fn take_value<T: Clone + Send + Sync + 'static>(mut cell: Cell<T>) -> Result<T, 
         return Ok(v);
     }
     if let Some(unique) = Arc::get_mut(&mut cell) {
-        if let Some(Ok(v)) = unique.take_result() {
+        if let Some(Ok(v)) = unique.take_value() {
             return Ok(v);
         }
     }
@@ -155,6 +294,17 @@ impl<T: Clone + Send + Sync + 'static> Arg for Owned<T> {
 
     fn get(&mut self) -> Result<T, BoxError> {
         take_value(self.cell.take().ok_or("argument already consumed")?)
+    }
+
+    fn compatible(&self, p: &Param) -> bool {
+        p.codec.is(TypeId::of::<T>())
+    }
+
+    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
+        encode_cell(
+            self.cell.as_ref().ok_or("argument already consumed")?,
+            &p.codec,
+        )
     }
 }
 
@@ -185,6 +335,14 @@ impl<T: Send + Sync + 'static> Arg for Borrowed<T> {
             None => value_of(&self.cell),
         }
     }
+
+    fn compatible(&self, p: &Param) -> bool {
+        p.codec.is(TypeId::of::<T>())
+    }
+
+    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
+        encode_cell(&self.cell, &p.codec)
+    }
 }
 
 /// A `Vec` of tasks, chunks or thunks by value: the function gets a `Vec<T>`.
@@ -208,6 +366,14 @@ impl<T: Clone + Send + Sync + 'static> Arg for OwnedMany<T> {
             .into_iter()
             .map(take_value)
             .collect()
+    }
+
+    fn compatible(&self, p: &Param) -> bool {
+        p.elem.is_some_and(|e| e.is(TypeId::of::<T>()))
+    }
+
+    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
+        encode_cells(&self.cells, p)
     }
 }
 
@@ -243,6 +409,42 @@ impl<T: Send + Sync + 'static> Arg for BorrowedMany<T> {
             })
             .collect()
     }
+
+    fn compatible(&self, p: &Param) -> bool {
+        p.elem.is_some_and(|e| e.is(TypeId::of::<T>()))
+    }
+
+    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
+        encode_cells(&self.cells, p)
+    }
+}
+
+/// The wire form of a task's or chunk's value.
+fn encode_cell<T: Send + Sync + 'static>(
+    cell: &Cell<T>,
+    codec: &Codec,
+) -> Result<WireArg, BoxError> {
+    if let Some(loc) = cell.location() {
+        // It lives in a worker: the receiver fetches it from there (or has it already).
+        return Ok(WireArg::Ref(loc));
+    }
+    let v = value_of(cell)?;
+    Ok(WireArg::Value((codec.encode)(v as &dyn Any)?))
+}
+
+fn encode_cells<T: Send + Sync + 'static>(
+    cells: &[Cell<T>],
+    p: &Param,
+) -> Result<WireArg, BoxError> {
+    let elem = p
+        .elem
+        .as_ref()
+        .ok_or("the parameter does not take a collection")?;
+    cells
+        .iter()
+        .map(|c| encode_cell(c, elem))
+        .collect::<Result<Vec<_>, _>>()
+        .map(WireArg::Many)
 }
 
 fn converted_value<T: Send + Sync + 'static>(cell: &Cell<T>) -> Result<Option<T>, BoxError> {
@@ -264,6 +466,30 @@ impl<X: Send + 'static> Arg for Value<X> {
             .take()
             .ok_or_else(|| "argument already consumed".into())
     }
+
+    fn compatible(&self, p: &Param) -> bool {
+        p.codec.is(TypeId::of::<X>()) || str_for_string::<X>(p)
+    }
+
+    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
+        let v = self.0.as_ref().ok_or("argument already consumed")?;
+        if str_for_string::<X>(p) {
+            // A `&str` argument for a `&str` parameter travels as the `String` it decodes to
+            // (serde encodes both the same way).
+            let s: &&'static str = (v as &dyn Any)
+                .downcast_ref()
+                .ok_or("argument is not a string")?;
+            return postcard::to_allocvec(*s)
+                .map(WireArg::Value)
+                .map_err(|e| e.to_string().into());
+        }
+        Ok(WireArg::Value((p.codec.encode)(v as &dyn Any)?))
+    }
+}
+
+/// Whether `X` is `&'static str` and `p` takes a `String` (a `&str` parameter).
+fn str_for_string<X: 'static>(p: &Param) -> bool {
+    TypeId::of::<X>() == TypeId::of::<&'static str>() && p.codec.is(TypeId::of::<String>())
 }
 
 /// Wraps an argument probe; see the module docs.

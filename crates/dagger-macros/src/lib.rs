@@ -11,7 +11,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, Ident, Token};
 
 /// Most arguments one call may take.
-const MAX_ARGS: usize = 32;
+const MAX_ARGS: usize = 16;
 
 struct OptionPair {
     key: Ident,
@@ -154,6 +154,7 @@ pub fn spawn(input: TokenStream) -> TokenStream {
     let tags = idents("t", n);
     let args = idents("a", n);
     let opts = spec.options();
+    let fallible = spec.fallible;
     let call = spec.body(&format_ident!("__dagger_f"), &args);
     quote!({
         #[allow(unused_imports)]
@@ -161,15 +162,14 @@ pub fn spawn(input: TokenStream) -> TokenStream {
         let __dagger_f = #func;
         #( #[allow(clippy::let_unit_value)] let #vals = #exprs; )*
         #( let #tags = (&&::dagger::__private::Probe(&#vals)).__dagger_tag(); )*
-        #( #[allow(unused_mut)] let mut #args = #tags.wrap(#vals); )*
-        let __dagger_infos: [::dagger::__private::ArgInfo; #n] =
-            [#(::dagger::__private::Arg::info(&#args)),*];
+        #( let #args = #tags.wrap(#vals); )*
         ::dagger::__private::spawn_call(
             #name,
             ::dagger::__private::fn_id(&__dagger_f),
+            #fallible,
             #opts,
-            &__dagger_infos,
-            move || -> ::core::result::Result<_, ::dagger::BoxError> #call,
+            (#(#args,)*),
+            move |(#(mut #args,)*)| -> ::core::result::Result<_, ::dagger::BoxError> #call,
         )
     })
     .into()
@@ -190,6 +190,7 @@ pub fn delayed(input: TokenStream) -> TokenStream {
     let args = idents("a", n);
     let idx: Vec<usize> = (0..n).collect();
     let opts = spec.options();
+    let fallible = spec.fallible;
     let call = spec.body(&format_ident!("__dagger_g"), &args);
     quote!({
         #[allow(unused_imports)]
@@ -204,19 +205,345 @@ pub fn delayed(input: TokenStream) -> TokenStream {
             #name,
             ::std::vec![#(#inputs),*],
             move |__dagger_inputs: &[::std::vec::Vec<&::dagger::__private::ErasedTask>]| {
-                #( #[allow(unused_mut)] let mut #args = ::dagger::__private::Capture::instantiate(&#caps, &__dagger_inputs[#idx]); )*
-                let __dagger_infos: [::dagger::__private::ArgInfo; #n] =
-                    [#(::dagger::__private::Arg::info(&#args)),*];
+                #( let #args = ::dagger::__private::Capture::instantiate(&#caps, &__dagger_inputs[#idx]); )*
                 let __dagger_g = ::core::clone::Clone::clone(&__dagger_f);
                 ::dagger::__private::spawn_call(
                     #name,
                     __dagger_fid,
+                    #fallible,
                     ::core::clone::Clone::clone(&__dagger_opts),
-                    &__dagger_infos,
-                    move || -> ::core::result::Result<_, ::dagger::BoxError> #call,
+                    (#(#args,)*),
+                    move |(#(mut #args,)*)| -> ::core::result::Result<_, ::dagger::BoxError> #call,
                 )
             },
         )
     })
     .into()
+}
+
+/// One `instance(T = u32, ..)` of a generic task function.
+struct Instance(Vec<(Ident, syn::Type)>);
+
+impl Parse for Instance {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let kw: Ident = input.parse()?;
+        if kw != "instance" {
+            return Err(syn::Error::new_spanned(
+                kw,
+                "expected `instance(T = Type, ..)`; #[dagger::task] takes only instance lists",
+            ));
+        }
+        let content;
+        syn::parenthesized!(content in input);
+        let mut pairs = Vec::new();
+        while !content.is_empty() {
+            let name: Ident = content.parse()?;
+            content.parse::<Token![=]>()?;
+            let ty: syn::Type = content.parse()?;
+            pairs.push((name, ty));
+            if content.is_empty() {
+                break;
+            }
+            content.parse::<Token![,]>()?;
+        }
+        Ok(Instance(pairs))
+    }
+}
+
+/// Replaces generic type parameters by concrete types.
+struct Substitute<'a>(&'a [(Ident, syn::Type)]);
+
+impl syn::visit_mut::VisitMut for Substitute<'_> {
+    fn visit_type_mut(&mut self, ty: &mut syn::Type) {
+        if let syn::Type::Path(p) = ty {
+            if p.qself.is_none() && p.path.segments.len() == 1 {
+                let seg = &p.path.segments[0];
+                if seg.arguments.is_empty() {
+                    if let Some((_, concrete)) = self.0.iter().find(|(n, _)| *n == seg.ident) {
+                        *ty = concrete.clone();
+                        return;
+                    }
+                }
+            }
+        }
+        syn::visit_mut::visit_type_mut(self, ty);
+    }
+}
+
+/// How a task function takes one parameter.
+enum ParamShape {
+    /// `T`: the argument is cloned out of the stored value.
+    Owned(syn::Type),
+    /// `&T` (with `&[T]` stored as `Vec<T>`, `&str` as `String`).
+    Borrowed(syn::Type),
+    /// `Vec<T>`: one `Vec<T>` value, or a collection of `T` values.
+    OwnedVec(syn::Type),
+    /// `Vec<&T>`: a collection of `T` values, borrowed.
+    BorrowedVec(syn::Type),
+}
+
+fn vec_elem(ty: &syn::Type) -> Option<&syn::Type> {
+    let syn::Type::Path(p) = ty else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "Vec" {
+        return None;
+    }
+    match &seg.arguments {
+        syn::PathArguments::AngleBracketed(a) if a.args.len() == 1 => match &a.args[0] {
+            syn::GenericArgument::Type(t) => Some(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn param_shape(ty: &syn::Type) -> syn::Result<ParamShape> {
+    match ty {
+        syn::Type::Reference(r) => {
+            if r.mutability.is_some() {
+                return Err(syn::Error::new_spanned(
+                    ty,
+                    "task functions cannot take `&mut` parameters (every task sees its inputs \
+                     read-only; use a data-dependency region to mutate data)",
+                ));
+            }
+            let inner = &*r.elem;
+            Ok(ParamShape::Borrowed(match inner {
+                syn::Type::Slice(s) => {
+                    let elem = &s.elem;
+                    syn::parse_quote!(::std::vec::Vec<#elem>)
+                }
+                syn::Type::Path(p) if p.path.is_ident("str") => {
+                    syn::parse_quote!(::std::string::String)
+                }
+                other => other.clone(),
+            }))
+        }
+        syn::Type::ImplTrait(_) => Err(syn::Error::new_spanned(
+            ty,
+            "task functions need concrete parameter types, not `impl Trait`",
+        )),
+        other => match vec_elem(other) {
+            Some(syn::Type::Reference(r)) => {
+                if r.mutability.is_some() {
+                    return Err(syn::Error::new_spanned(
+                        ty,
+                        "`Vec<&mut T>` cannot be a task parameter",
+                    ));
+                }
+                Ok(ParamShape::BorrowedVec((*r.elem).clone()))
+            }
+            Some(elem) => Ok(ParamShape::OwnedVec(elem.clone())),
+            None => Ok(ParamShape::Owned(other.clone())),
+        },
+    }
+}
+
+/// `Result<T, E>` (or a one-argument `...::Result<T>` alias): the `T`.
+fn result_ok_type(ty: &syn::Type) -> Option<syn::Type> {
+    let syn::Type::Path(p) = ty else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "Result" {
+        return None;
+    }
+    match &seg.arguments {
+        syn::PathArguments::AngleBracketed(a) => match a.args.first()? {
+            syn::GenericArgument::Type(t) => Some(t.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn task_entry(func: &syn::ItemFn, subst: &[(Ident, syn::Type)]) -> syn::Result<TokenStream2> {
+    use syn::visit_mut::VisitMut;
+    let ident = &func.sig.ident;
+    let mut params = Vec::new();
+    for input in &func.sig.inputs {
+        match input {
+            syn::FnArg::Receiver(r) => {
+                return Err(syn::Error::new_spanned(
+                    r,
+                    "#[dagger::task] works on free functions, not methods",
+                ))
+            }
+            syn::FnArg::Typed(t) => {
+                let mut ty = (*t.ty).clone();
+                Substitute(subst).visit_type_mut(&mut ty);
+                params.push(ty);
+            }
+        }
+    }
+    let mut ret: syn::Type = match &func.sig.output {
+        syn::ReturnType::Default => syn::parse_quote!(()),
+        syn::ReturnType::Type(_, t) => (**t).clone(),
+    };
+    Substitute(subst).visit_type_mut(&mut ret);
+    let generic_args: Vec<&syn::Type> = subst.iter().map(|(_, t)| t).collect();
+    let (fn_path, name) = if subst.is_empty() {
+        (quote!(#ident), ident.to_string())
+    } else {
+        let args = quote!(#(#generic_args),*).to_string().replace(' ', "");
+        (
+            quote!(#ident::<#(#generic_args),*>),
+            format!("{ident}::<{args}>"),
+        )
+    };
+    let signature = format!(
+        "({}) -> {}",
+        params
+            .iter()
+            .map(|t| quote!(#t).to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote!(#ret)
+    );
+
+    let mut param_defs = Vec::new();
+    let mut fetches = Vec::new();
+    let mut inputs = Vec::new();
+    for (i, ty) in params.iter().enumerate() {
+        let x = format_ident!("__dagger_p{}", i);
+        let (codec_ty, elem, fetch) = match param_shape(ty)? {
+            ParamShape::Owned(t) => (t.clone(), None, quote!(__dagger_args.take::<#t>(#i)?)),
+            ParamShape::Borrowed(t) => (t.clone(), None, quote!(__dagger_args.borrow::<#t>(#i)?)),
+            ParamShape::OwnedVec(t) => (
+                syn::parse_quote!(::std::vec::Vec<#t>),
+                Some(t.clone()),
+                quote!(__dagger_args.take_vec::<#t>(#i)?),
+            ),
+            ParamShape::BorrowedVec(t) => (
+                syn::parse_quote!(::std::vec::Vec<#t>),
+                Some(t.clone()),
+                quote!(__dagger_args.borrow_many::<#t>(#i)?),
+            ),
+        };
+        let elem = match elem {
+            Some(t) => quote!(::core::option::Option::Some(::dagger::__private::Codec::of::<#t>())),
+            None => quote!(::core::option::Option::None),
+        };
+        param_defs.push(quote!(::dagger::__private::Param {
+            codec: ::dagger::__private::Codec::of::<#codec_ty>(),
+            elem: #elem,
+        }));
+        fetches.push(quote!(let #x = #fetch;));
+        inputs.push(x);
+    }
+    let nparams = params.len();
+    let (stored, fallible, finish) = match result_ok_type(&ret) {
+        Some(ok) => (
+            ok,
+            true,
+            quote!(::dagger::__private::store_fallible(__dagger_r)),
+        ),
+        None => (
+            ret.clone(),
+            false,
+            quote!(::core::result::Result::Ok(
+                ::dagger::__private::Stored::new(__dagger_r)
+            )),
+        ),
+    };
+    Ok(quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #[::dagger::__private::linkme::distributed_slice(::dagger::__private::TASK_FNS)]
+            #[linkme(crate = ::dagger::__private::linkme)]
+            static __DAGGER_TASK_FN: ::dagger::__private::TaskFn = ::dagger::__private::TaskFn {
+                name: ::core::concat!(::core::module_path!(), "::", #name),
+                signature: #signature,
+                fn_id: __dagger_fn_id,
+                params: &[#(#param_defs),*],
+                result: ::dagger::__private::Codec::of::<#stored>(),
+                fallible: #fallible,
+                invoke: __dagger_invoke,
+            };
+            fn __dagger_fn_id() -> ::std::any::TypeId {
+                ::dagger::__private::fn_id(&#fn_path)
+            }
+            #[allow(clippy::let_unit_value, unused_variables)]
+            fn __dagger_invoke(
+                __dagger_args: &::dagger::__private::Args<'_>,
+            ) -> ::core::result::Result<::dagger::__private::Stored, ::dagger::BoxError> {
+                ::dagger::__private::check_arity(__dagger_args, #nparams)?;
+                #(#fetches)*
+                let __dagger_r = #fn_path(#(#inputs),*);
+                #finish
+            }
+        };
+    })
+}
+
+/// Registers a function so that its tasks can run in any process of a cluster; see the
+/// `dagger` crate.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func = syn::parse_macro_input!(item as syn::ItemFn);
+    let instances = {
+        let parser = Punctuated::<Instance, Token![,]>::parse_terminated;
+        match syn::parse::Parser::parse(parser, attr) {
+            Ok(list) => list.into_iter().collect::<Vec<_>>(),
+            Err(e) => return e.to_compile_error().into(),
+        }
+    };
+    let result = (|| -> syn::Result<TokenStream2> {
+        if let Some(a) = &func.sig.asyncness {
+            return Err(syn::Error::new_spanned(
+                a,
+                "task functions cannot be async: a task runs on a compute thread",
+            ));
+        }
+        let type_params: Vec<&Ident> = func.sig.generics.type_params().map(|t| &t.ident).collect();
+        if func.sig.generics.const_params().next().is_some() {
+            return Err(syn::Error::new_spanned(
+                &func.sig.generics,
+                "generic task functions with const parameters are not supported",
+            ));
+        }
+        let mut entries = Vec::new();
+        if type_params.is_empty() {
+            if !instances.is_empty() {
+                return Err(syn::Error::new_spanned(
+                    &func.sig.ident,
+                    "`instance(..)` is only for generic functions",
+                ));
+            }
+            entries.push(task_entry(&func, &[])?);
+        } else {
+            if instances.is_empty() {
+                return Err(syn::Error::new_spanned(
+                    &func.sig.generics,
+                    "a generic task function needs its instances listed, e.g. \
+                     #[dagger::task(instance(T = u32), instance(T = f64))]",
+                ));
+            }
+            for inst in &instances {
+                for p in &type_params {
+                    if !inst.0.iter().any(|(n, _)| n == *p) {
+                        return Err(syn::Error::new_spanned(
+                            p,
+                            format!("instance(..) does not give the type parameter `{p}`"),
+                        ));
+                    }
+                }
+                let ordered: Vec<(Ident, syn::Type)> = type_params
+                    .iter()
+                    .map(|p| {
+                        let (n, t) = inst.0.iter().find(|(n, _)| n == *p).unwrap();
+                        (n.clone(), t.clone())
+                    })
+                    .collect();
+                entries.push(task_entry(&func, &ordered)?);
+            }
+        }
+        Ok(quote!(#func #(#entries)*))
+    })();
+    match result {
+        Ok(t) => t.into(),
+        Err(e) => {
+            let func_tokens = quote!(#func);
+            let err = e.to_compile_error();
+            quote!(#func_tokens #err).into()
+        }
+    }
 }

@@ -104,6 +104,37 @@ pub use dagger_macros::spawn;
 /// ```
 pub use dagger_macros::delayed;
 
+/// Registers a function so that its tasks can run in any process of a cluster.
+///
+/// Every process of a cluster runs the same binary, so every process registers the same
+/// functions at start-up; a task calling a registered function can be placed on any worker.
+/// Closures and unregistered functions also work, but only in the process that spawned them.
+///
+/// Parameters and results cross processes with serde: each parameter's owned type (`T` for
+/// `T` and `&T`, `Vec<T>` for `&[T]`, `String` for `&str`) and the result type need
+/// `Serialize + DeserializeOwned`. A function returning `Result<T, E>` runs remotely when
+/// spawned with `?` (`spawn!(f(x)?)`); its `Err` fails the task with `E`'s message.
+/// A generic function lists the instances to register:
+/// `#[dagger::task(instance(T = u32), instance(T = f64))]`.
+///
+/// ```
+/// #[dagger::task]
+/// fn mean(xs: &[f64]) -> f64 {
+///     xs.iter().sum::<f64>() / xs.len() as f64
+/// }
+///
+/// #[dagger::task(instance(T = u32), instance(T = u64))]
+/// fn double<T: std::ops::Add<Output = T> + Copy>(x: T) -> T {
+///     x + x
+/// }
+///
+/// use dagger::prelude::*;
+/// let xs = dagger::spawn(|| vec![1.0, 2.0, 3.0]);
+/// assert_eq!(spawn!(mean(&xs)).fetch().unwrap(), 2.0);
+/// assert_eq!(spawn!(double(21u32)).fetch().unwrap(), 42);
+/// ```
+pub use dagger_macros::task;
+
 #[doc(hidden)]
 pub use dagger_core::__private;
 

@@ -15,6 +15,7 @@
 //! Nothing on the spawn/complete path of a default task takes a lock shared by all threads.
 
 mod estimate;
+pub(crate) mod remote;
 pub(crate) mod sleep;
 mod worker;
 
@@ -23,10 +24,12 @@ pub(crate) use worker::{current_proc, run_on_processor, with_current_registry, W
 use crate::error::ErrorKind;
 use crate::id::{NodeId, ProcessorId, ProcessorKind, WorkerId};
 use crate::processor::{OsProc, Processor, TaskSignature, ThreadProc};
+use crate::remote::functions::TaskFn;
 use crate::scope::{ProcessorInfo, Scope};
 use crate::task::{fail_job, Header, JobRef, NO_PROC};
 use crossbeam_deque::{Injector, Steal, Stealer};
 use estimate::Estimates;
+use remote::{RemoteSet, RemoteTask, RemoteWorker};
 use sleep::Sleep;
 use std::any::TypeId;
 use std::cmp::Ordering as CmpOrdering;
@@ -41,11 +44,21 @@ pub(crate) enum Placement {
     Pool,
     /// One of these processors (processor-table indices), chosen by cost when it is ready.
     Choose(Arc<[u32]>),
+    /// A call of a registered function: here (pool or candidates) or in a worker process.
+    Anywhere(Arc<Anywhere>),
+}
+
+/// Where a task that may also run in a worker process may go.
+pub(crate) struct Anywhere {
+    /// Where it may run in this process: `None` if nowhere, else `Pool` or `Choose`.
+    pub(crate) local: Option<Placement>,
+    /// Its execution scope, to match worker processors when it becomes ready.
+    pub(crate) scope: Scope,
 }
 
 impl Placement {
     pub(crate) fn is_choice(&self) -> bool {
-        matches!(self, Placement::Choose(_))
+        !matches!(self, Placement::Pool)
     }
 }
 
@@ -209,6 +222,8 @@ pub(crate) struct Registry {
     blocked_limit_warned: AtomicBool,
     /// The context that owns this registry (for `Context::current` inside tasks).
     pub(crate) context: OnceLock<Weak<crate::context::ContextInner>>,
+    /// Worker processes this (head) process can send tasks to.
+    pub(crate) remote: RemoteSet,
 }
 
 fn registries() -> &'static RwLock<Vec<Weak<Registry>>> {
@@ -318,6 +333,7 @@ impl Registry {
             thread_name: config.thread_name,
             blocked_limit_warned: AtomicBool::new(false),
             context: OnceLock::new(),
+            remote: RemoteSet::new(),
         });
         all.push(Arc::downgrade(&registry));
         drop(all);
@@ -411,7 +427,11 @@ impl Registry {
         &self,
         scope: Option<&Scope>,
         sig: &TaskSignature<'_>,
+        remote: Option<(u32, &'static TaskFn)>,
     ) -> Result<Placement, String> {
+        if remote.is_some() && self.remote.active() {
+            return self.place_anywhere(scope, sig);
+        }
         let scope = match scope {
             None if !self.has_custom_default => return Ok(Placement::Pool),
             None => Scope::default(),
@@ -464,6 +484,34 @@ impl Registry {
         } else {
             Ok(Placement::Choose(cands.into()))
         }
+    }
+
+    /// Placement of a registered function while worker processes may exist: here if the scope
+    /// allows (pool or candidates), and on any worker whose processors match when it is ready.
+    fn place_anywhere(
+        &self,
+        scope: Option<&Scope>,
+        sig: &TaskSignature<'_>,
+    ) -> Result<Placement, String> {
+        let local = if self.has_custom_default || scope.is_some() {
+            self.place(scope, sig, None).ok()
+        } else {
+            Some(Placement::Pool)
+        };
+        let scope = scope.cloned().unwrap_or_default();
+        let remote_ok = self
+            .remote
+            .snapshot()
+            .iter()
+            .any(|w| w.threads_in(&scope).is_some());
+        if local.is_none() && !remote_ok {
+            // Explain with the local error, or the scope.
+            return match self.place(Some(&scope), sig, None) {
+                Err(e) => Err(e),
+                Ok(_) => Err(format!("no processor is in its scope `{scope}`")),
+            };
+        }
+        Ok(Placement::Anywhere(Arc::new(Anywhere { local, scope })))
     }
 
     /// Picks the cheapest candidate: queued work on it plus the task's estimated run time there.
@@ -521,28 +569,127 @@ impl Registry {
             }
             Placement::Choose(cands) => {
                 let cands = cands.clone();
-                let (index, cost_ns) = self.choose(&job, &cands, current);
-                let q = Queued {
-                    priority,
-                    seq,
-                    cost_ns,
-                    job,
-                };
-                match self.procs[index as usize].exec {
-                    Exec::Thread(s) => {
-                        self.slots[s].pinned.push(q);
-                        self.sleep.notify_slot(s);
-                    }
-                    Exec::Custom(c) => {
-                        self.customs[c].queue.push(q);
-                        self.custom_len.fetch_add(1, Ordering::Release);
-                        self.sleep.notify_one();
-                    }
-                    Exec::Os => unreachable!("the OS processor is never a candidate"),
-                }
+                self.enqueue_choice(job, &cands, current);
+            }
+            Placement::Anywhere(a) => {
+                let a = a.clone();
+                self.route_anywhere(job, &a, current);
+                return;
             }
         }
         self.check_shutdown();
+    }
+
+    /// Sends a ready task that may run anywhere to the cheapest place: this process, or the
+    /// worker process with the least estimated work (each in nanoseconds: estimated run time,
+    /// plus queued work, plus for a worker the measured round trip).
+    fn route_anywhere(&self, job: JobRef, a: &Anywhere, current: Option<u32>) {
+        let est = job
+            .header()
+            .meta
+            .as_ref()
+            .and_then(|m| m.time_util)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_else(|| {
+                self.estimates
+                    .estimate(job.signature(), &[ProcessorKind::THREAD])[0]
+            });
+        let mut best: Option<(u64, Arc<RemoteWorker>, Option<u32>)> = None;
+        for w in self.remote.snapshot().iter() {
+            if !w.alive.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(thread) = w.threads_in(&a.scope) else {
+                continue;
+            };
+            let cost = est
+                + w.backlog_ns.load(Ordering::Relaxed) / u64::from(w.threads)
+                + w.rtt_ns.load(Ordering::Relaxed);
+            if best.as_ref().is_none_or(|(c, _, _)| cost < *c) {
+                best = Some((cost, w.clone(), thread));
+            }
+        }
+        let local_cost = a.local.as_ref().map(|p| match p {
+            Placement::Choose(cands) => self.choose(&job, cands, current).1 + est,
+            _ => est + (self.injector.len() as u64 * est) / self.slots.len() as u64,
+        });
+        let go_remote = match (&best, local_cost) {
+            (Some(_), None) => true,
+            (Some((rc, _, _)), Some(lc)) => *rc < lc,
+            (None, _) => false,
+        };
+        if !go_remote {
+            match a.local.as_ref() {
+                Some(Placement::Choose(cands)) => self.enqueue_choice(job, cands, current),
+                Some(_) => {
+                    self.injector.push(job);
+                    self.sleep.notify_one();
+                }
+                None => {
+                    fail_job(
+                        &job,
+                        ErrorKind::Scheduling,
+                        format!(
+                            "no live worker is in its scope `{}` (the worker that was left its \
+                             scope is gone)",
+                            a.scope
+                        ),
+                    );
+                }
+            }
+            return;
+        }
+        let (_, worker, thread) = best.expect("chosen");
+        let Some(dispatch) = self.remote.dispatcher().cloned() else {
+            fail_job(&job, ErrorKind::Runtime, "no cluster is attached".into());
+            return;
+        };
+        if !job.header().state.claim_run() {
+            return; // cancelled meanwhile
+        }
+        match job.encode_remote() {
+            Ok(mut call) => {
+                call.thread = thread;
+                worker.backlog_ns.fetch_add(est, Ordering::Relaxed);
+                worker.inflight.fetch_add(1, Ordering::Relaxed);
+                dispatch.dispatch(
+                    &worker,
+                    RemoteTask {
+                        job,
+                        call,
+                        cost_ns: est,
+                    },
+                );
+            }
+            Err(e) => job.complete_remote(Err((
+                ErrorKind::Runtime,
+                format!("its arguments cannot be sent to worker {}: {e}", worker.id),
+            ))),
+        }
+    }
+
+    fn enqueue_choice(&self, job: JobRef, cands: &[u32], current: Option<u32>) {
+        let priority = job.header().priority;
+        let seq = self.next_seq();
+        let (index, cost_ns) = self.choose(&job, cands, current);
+        let q = Queued {
+            priority,
+            seq,
+            cost_ns,
+            job,
+        };
+        match self.procs[index as usize].exec {
+            Exec::Thread(s) => {
+                self.slots[s].pinned.push(q);
+                self.sleep.notify_slot(s);
+            }
+            Exec::Custom(c) => {
+                self.customs[c].queue.push(q);
+                self.custom_len.fetch_add(1, Ordering::Release);
+                self.sleep.notify_one();
+            }
+            Exec::Os => unreachable!("the OS processor is never a candidate"),
+        }
     }
 
     /// Queues a ready task from a thread that is not one of this registry's compute threads.
@@ -676,6 +823,26 @@ pub(crate) fn wait_for(header: &Header, job: &JobRef) {
     });
     if !handled {
         worker::wait_external(header);
+    }
+}
+
+/// Runs `f`, which may block for a long time (e.g. on the network). On a compute thread the
+/// thread lends its slot to a stand-in thread meanwhile, so the pool keeps running.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    let slot = WorkerThread::with_current(|w| w.map(|w| (w.registry.clone(), w.slot())));
+    match slot {
+        Some((reg, slot)) => {
+            reg.block_begin(slot);
+            struct End(Arc<Registry>, usize);
+            impl Drop for End {
+                fn drop(&mut self) {
+                    self.0.block_end(self.1);
+                }
+            }
+            let _end = End(reg, slot);
+            f()
+        }
+        None => f(),
     }
 }
 

@@ -62,6 +62,11 @@ impl WorkerThread {
         f((!p.is_null()).then(|| unsafe { &*p }))
     }
 
+    /// The processor slot this thread serves now.
+    pub(crate) fn slot(&self) -> usize {
+        self.slot.get()
+    }
+
     /// Starts a compute thread serving `slot`.
     pub(crate) fn spawn(registry: &Arc<Registry>, slot: usize, spare: bool) -> std::io::Result<()> {
         let index = registry.thread_count.fetch_add(1, Ordering::AcqRel);
@@ -343,9 +348,15 @@ impl WorkerThread {
         if h.registry != self.registry.id {
             return false;
         }
+        let slot = self.slot.get() as u32;
         match &h.placement {
             super::Placement::Pool => true,
-            super::Placement::Choose(c) => c.contains(&(self.slot.get() as u32)),
+            super::Placement::Choose(c) => c.contains(&slot),
+            super::Placement::Anywhere(a) => match &a.local {
+                Some(super::Placement::Choose(c)) => c.contains(&slot),
+                Some(_) => true,
+                None => false,
+            },
         }
     }
 

@@ -74,11 +74,7 @@ impl<T: Send + Sync + 'static> DTask<T> {
         if !self.is_ready() {
             self.wait();
         }
-        match self.cell.result() {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(e.clone()),
-            None => unreachable!("a waited-for task is done"),
-        }
+        self.cell.value().expect("a waited-for task is done")
     }
 
     /// Waits for the task and returns its value, moving it out when this is the last handle
@@ -89,7 +85,7 @@ impl<T: Send + Sync + 'static> DTask<T> {
     {
         self.wait();
         if let Some(cell) = Arc::get_mut(&mut self.cell) {
-            if let Some(r) = cell.take_result() {
+            if let Some(r) = cell.take_value() {
                 return r;
             }
         }

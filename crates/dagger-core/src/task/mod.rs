@@ -10,11 +10,14 @@ pub(crate) mod wait_list;
 
 mod dtask;
 mod group;
+pub(crate) mod outcome;
 mod spawn;
 
 pub use dtask::{fetch_all, wait_all, DTask, TaskFuture};
 pub use group::sync;
 pub(crate) use group::{with_group, Group};
+pub use outcome::{DataLink, RemoteData};
+pub(crate) use outcome::{Outcome, RemoteValue};
 pub(crate) use spawn::ArgDeps;
 pub use spawn::ArgInfo;
 pub use spawn::{spawn, spawn_with, try_spawn, try_spawn_with};
@@ -23,6 +26,8 @@ pub(crate) use spawn::{spawn_raw, Site};
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::{Options, TaskInfo};
+use crate::remote::functions::TaskFn;
+use crate::remote::wire::WireCall;
 use crate::sched::Placement;
 use crate::stats;
 use crate::tls::CTX;
@@ -128,21 +133,84 @@ pub(crate) trait Job: Send + Sync + 'static {
 
     /// Identity of the body's code, the key of run-time estimates.
     fn signature(&self) -> TypeId;
+
+    /// Encodes the call of a claimed task (the caller won QUEUED -> RUNNING) so that another
+    /// process can run it.
+    fn encode_remote(&self) -> Result<WireCall, BoxError>;
+
+    /// Completes a claimed task that ran in another process: with its value there, or with
+    /// the kind and message of its failure.
+    fn complete_remote(&self, result: Result<Arc<RemoteData>, (ErrorKind, String)>);
+}
+
+/// What a task runs: a closure, or a call of a function with arguments (which may also be
+/// sent to another process when the function is registered).
+pub(crate) trait TaskBody<T>: Send + 'static {
+    /// Runs the body on this thread.
+    fn run(self) -> Result<T, BoxError>;
+
+    /// The registered function this body calls (its dense id and entry), when the call may
+    /// run in another process (after [`bind_remote`](TaskBody::bind_remote)).
+    fn remote(&self) -> Option<(u32, &'static TaskFn)> {
+        None
+    }
+
+    /// Looks up whether the call may run in another process (a registered function whose
+    /// parameters match the arguments); called only when worker processes exist.
+    fn bind_remote(&mut self) -> Option<(u32, &'static TaskFn)> {
+        None
+    }
+
+    /// Encodes the call for another process (only when `remote` is `Some`).
+    fn encode(&self) -> Result<WireCall, BoxError> {
+        Err("this task runs only in the process that spawned it".into())
+    }
+}
+
+impl<T, F> TaskBody<T> for F
+where
+    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+{
+    fn run(self) -> Result<T, BoxError> {
+        self()
+    }
 }
 
 /// The typed view of a task: its result.
 pub(crate) trait TaskCell<T>: Job {
-    /// The result, once the task is done.
-    fn result(&self) -> Option<&Result<T, TaskError>>;
-    /// Moves the result out (only through a unique handle).
-    fn take_result(&mut self) -> Option<Result<T, TaskError>>;
+    /// The outcome, once the task is done.
+    fn outcome(&self) -> Option<&Outcome<T>>;
+    /// Moves the outcome out (only through a unique handle).
+    fn take_outcome(&mut self) -> Option<Outcome<T>>;
+}
+
+impl<T: Send + Sync + 'static> dyn TaskCell<T> {
+    /// The value (fetched from another process if it lives there), or the error; `None` while
+    /// the task runs.
+    pub(crate) fn value(&self) -> Option<Result<&T, TaskError>> {
+        self.outcome().map(|o| o.value(self.header()))
+    }
+
+    /// Where the value lives, when it lives in another process.
+    pub(crate) fn location(&self) -> Option<crate::remote::wire::Location> {
+        match self.outcome()? {
+            Outcome::Remote(r) => Some(r.data.loc),
+            _ => None,
+        }
+    }
+
+    /// Moves the value out (only through a unique handle).
+    pub(crate) fn take_value(&mut self) -> Option<Result<T, TaskError>> {
+        let outcome = self.take_outcome()?;
+        Some(outcome.into_value(self.header()))
+    }
 }
 
 /// A task with result type `T` and body type `F`.
 pub(crate) struct TaskInner<T, F> {
     header: Header,
     body: UnsafeCell<Option<F>>,
-    result: UnsafeCell<Option<Result<T, TaskError>>>,
+    result: UnsafeCell<Option<Outcome<T>>>,
 }
 
 // SAFETY: the body is touched only by the single party that claimed it through the state
@@ -153,12 +221,8 @@ unsafe impl<T: Send + Sync, F: Send> Sync for TaskInner<T, F> {}
 
 impl<T, F> TaskInner<T, F> {
     #[inline(always)]
-    pub(crate) fn new(
-        header: Header,
-        body: Option<F>,
-        result: Option<Result<T, TaskError>>,
-    ) -> Self {
-        if matches!(result, Some(Ok(_))) {
+    pub(crate) fn new(header: Header, body: Option<F>, result: Option<Outcome<T>>) -> Self {
+        if matches!(result, Some(Outcome::Value(_))) {
             stats::result_stored();
         }
         TaskInner {
@@ -171,7 +235,7 @@ impl<T, F> TaskInner<T, F> {
 
 impl<T, F> Drop for TaskInner<T, F> {
     fn drop(&mut self) {
-        if matches!(self.result.get_mut(), Some(Ok(_))) {
+        if matches!(self.result.get_mut(), Some(Outcome::Value(_))) {
             stats::result_freed();
         }
     }
@@ -241,11 +305,11 @@ impl Drop for BodyScope {
 impl<T, F> TaskInner<T, F>
 where
     T: Send + Sync + 'static,
-    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+    F: TaskBody<T>,
 {
     /// Writes the result and publishes it. The caller moved the state to COMPLETING.
-    fn store(&self, result: Result<T, TaskError>) -> Drain<Waiter> {
-        if result.is_ok() {
+    fn store(&self, result: Outcome<T>) -> Drain<Waiter> {
+        if matches!(result, Outcome::Value(_)) {
             stats::result_stored();
         }
         // SAFETY: only the party that moved the task to COMPLETING writes the result, and no
@@ -258,12 +322,12 @@ where
     fn outcome_error(&self) -> Option<TaskError> {
         // SAFETY: called after `store`, by the party that stored the result.
         match unsafe { &*self.result.get() } {
-            Some(Err(e)) => Some(e.clone()),
+            Some(Outcome::Failed(e)) => Some(e.clone()),
             _ => None,
         }
     }
 
-    fn try_restore(&self) -> Option<Result<T, TaskError>> {
+    fn try_restore(&self) -> Option<Outcome<T>> {
         let meta = self.header.meta.as_ref()?;
         let restore = meta.restore.as_ref()?;
         let info = TaskInfo {
@@ -272,7 +336,7 @@ where
         };
         match catch_unwind(AssertUnwindSafe(|| restore(&info, TypeId::of::<T>()))) {
             Ok(Some(value)) => match value.downcast::<T>() {
-                Ok(v) => Some(Ok(*v)),
+                Ok(v) => Some(Outcome::Value(*v)),
                 Err(_) => None,
             },
             Ok(None) => None,
@@ -312,7 +376,7 @@ where
 impl<T, F> Job for TaskInner<T, F>
 where
     T: Send + Sync + 'static,
-    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+    F: TaskBody<T>,
 {
     fn header(&self) -> &Header {
         &self.header
@@ -340,7 +404,7 @@ where
         let started = measure.then(std::time::Instant::now);
         let outcome = {
             let _scope = BodyScope::enter(me, header);
-            catch_unwind(AssertUnwindSafe(body))
+            catch_unwind(AssertUnwindSafe(|| body.run()))
         };
         if let Some(started) = started {
             crate::sched::record_run_time(header, self.signature(), started.elapsed());
@@ -348,10 +412,10 @@ where
         let result = match outcome {
             Ok(Ok(v)) => {
                 self.checkpoint(&v);
-                Ok(v)
+                Outcome::Value(v)
             }
-            Ok(Err(e)) => Err(TaskError::failed(header.id, header.name(), e)),
-            Err(payload) => Err(TaskError::panicked(header.id, header.name(), payload)),
+            Ok(Err(e)) => Outcome::Failed(TaskError::failed(header.id, header.name(), e)),
+            Err(payload) => Outcome::Failed(TaskError::panicked(header.id, header.name(), payload)),
         };
         finish(self, result);
     }
@@ -363,26 +427,59 @@ where
             // that can touch the body.
             drop(unsafe { (*self.body.get()).take() });
         }
-        Some(self.store(Err(err)))
+        Some(self.store(Outcome::Failed(err)))
     }
 
     fn error(&self) -> Option<TaskError> {
-        match self.result() {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
-        }
+        self.outcome().and_then(|o| o.error().cloned())
     }
 
     fn signature(&self) -> TypeId {
         TypeId::of::<F>()
     }
+
+    fn encode_remote(&self) -> Result<WireCall, BoxError> {
+        // SAFETY: the caller claimed the task, so it alone may touch the body; the body stays
+        // in place while the call runs elsewhere (it keeps the inputs alive).
+        let body = unsafe { (*self.body.get()).as_ref() };
+        body.ok_or("the task has no body")?.encode()
+    }
+
+    fn complete_remote(&self, result: Result<Arc<RemoteData>, (ErrorKind, String)>) {
+        if !self.header.state.finish_run() {
+            return; // cancelled meanwhile
+        }
+        // SAFETY: finishing the run makes us the only party that can touch the body.
+        let body = unsafe { (*self.body.get()).take() };
+        let outcome = match (result, body.as_ref().and_then(|b| b.remote())) {
+            (Ok(data), Some((_, entry))) => {
+                Outcome::Remote(RemoteValue::new(data, entry.result.decode))
+            }
+            (Ok(_), None) => Outcome::Failed(TaskError::with_message(
+                self.header.id,
+                self.header.name(),
+                ErrorKind::Runtime,
+                "a task without a registered function completed remotely".into(),
+            )),
+            (Err((kind, msg)), _) => Outcome::Failed(TaskError::with_message(
+                self.header.id,
+                self.header.name(),
+                kind,
+                msg,
+            )),
+        };
+        drop(body);
+        let waiters = self.store(outcome);
+        let err = self.outcome_error();
+        notify(waiters, err.as_ref());
+    }
 }
 
 /// Completes a task whose body ran (or was restored) and notifies its waiters.
-fn finish<T, F>(task: &TaskInner<T, F>, result: Result<T, TaskError>)
+fn finish<T, F>(task: &TaskInner<T, F>, result: Outcome<T>)
 where
     T: Send + Sync + 'static,
-    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+    F: TaskBody<T>,
 {
     if !task.header.state.finish_run() {
         // Cancelled while running: the cancellation already completed the task.
@@ -396,9 +493,9 @@ where
 impl<T, F> TaskCell<T> for TaskInner<T, F>
 where
     T: Send + Sync + 'static,
-    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+    F: TaskBody<T>,
 {
-    fn result(&self) -> Option<&Result<T, TaskError>> {
+    fn outcome(&self) -> Option<&Outcome<T>> {
         if !self.header.state.is_done() {
             return None;
         }
@@ -406,12 +503,12 @@ where
         unsafe { (*self.result.get()).as_ref() }
     }
 
-    fn take_result(&mut self) -> Option<Result<T, TaskError>> {
+    fn take_outcome(&mut self) -> Option<Outcome<T>> {
         if !self.header.state.is_done() {
             return None;
         }
         let taken = self.result.get_mut().take();
-        if matches!(taken, Some(Ok(_))) {
+        if matches!(taken, Some(Outcome::Value(_))) {
             stats::result_freed();
         }
         taken

@@ -2,7 +2,9 @@
 
 use super::state::{TaskState, QUEUED, WAITING};
 use super::wait_list::{Slot, WaitList};
-use super::{abort_with, fail_job, DTask, Group, Header, JobRef, TaskInner, Waiter, NO_PROC};
+use super::{
+    abort_with, fail_job, DTask, Group, Header, JobRef, TaskBody, TaskInner, Waiter, NO_PROC,
+};
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::{self, Options};
@@ -101,7 +103,7 @@ fn resolve_options(
 pub(crate) fn spawn_raw<T, F>(site: &Site<'_>, explicit: Option<Options>, body: F) -> DTask<T>
 where
     T: Send + Sync + 'static,
-    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+    F: TaskBody<T>,
 {
     let env = spawn_env();
     let (meta, inherited) = resolve_options(explicit, env.options, site.function);
@@ -130,8 +132,14 @@ fn spawn_in<T, F>(
 ) -> DTask<T>
 where
     T: Send + Sync + 'static,
-    F: FnOnce() -> Result<T, BoxError> + Send + 'static,
+    F: TaskBody<T>,
 {
+    let mut body = body;
+    let remote = if reg.remote.active() {
+        body.bind_remote()
+    } else {
+        None
+    };
     let mut scope: Option<Scope> = meta.as_ref().and_then(|m| m.execution_scope());
     for a in site.args {
         if let Some(s) = &a.scope {
@@ -140,7 +148,7 @@ where
             }
         }
     }
-    let placement = if scope.is_none() && !reg.has_custom_default() {
+    let placement = if scope.is_none() && remote.is_none() && !reg.has_custom_default() {
         Ok(crate::sched::Placement::Pool)
     } else {
         let types: Vec<ArgType> = site.args.iter().map(|a| a.ty).collect();
@@ -151,7 +159,7 @@ where
             function: site.function,
             args: &types,
         };
-        reg.place(scope.as_ref(), &sig)
+        reg.place(scope.as_ref(), &sig, remote)
     };
     let (placement, unschedulable) = match placement {
         Ok(p) => (p, None),

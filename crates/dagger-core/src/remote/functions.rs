@@ -1,0 +1,370 @@
+//! The table of task functions: functions marked `#[dagger::task]` can run in any process of
+//! a cluster, because every process (the same binary) registers the same table.
+//!
+//! Each entry knows how to encode and decode its parameters and its result (serde + postcard),
+//! and how to call the function from type-erased arguments. The table is sorted by name into
+//! dense ids, and a hash of the names and signatures identifies the binary in the handshake.
+
+use crate::error::BoxError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+/// A value stored in some process: type-erased, shareable, and encodable for transfer.
+#[derive(Clone)]
+pub struct Stored {
+    /// The value.
+    pub value: Arc<dyn Any + Send + Sync>,
+    /// Encodes `value` (which has the type this was made with).
+    pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
+    /// `std::any::type_name` of the value.
+    pub type_name: &'static str,
+}
+
+impl Stored {
+    /// Stores `value`.
+    pub fn new<T: Serialize + Send + Sync + 'static>(value: T) -> Stored {
+        Stored {
+            value: Arc::new(value),
+            encode: encode_any::<T>,
+            type_name: std::any::type_name::<T>(),
+        }
+    }
+
+    /// The encoded bytes of the value.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BoxError> {
+        (self.encode)(self.value.as_ref() as &dyn Any)
+    }
+}
+
+impl fmt::Debug for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Stored<{}>", self.type_name)
+    }
+}
+
+/// Encodes a `T` given as `&dyn Any`.
+pub fn encode_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Vec<u8>, BoxError> {
+    let v = v.downcast_ref::<T>().ok_or_else(|| {
+        format!(
+            "cannot encode a value as {}: it has another type",
+            std::any::type_name::<T>()
+        )
+    })?;
+    postcard::to_allocvec(v)
+        .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
+}
+
+/// Decodes bytes into a shareable `T`.
+pub fn decode_any<T: DeserializeOwned + Send + Sync + 'static>(
+    bytes: &[u8],
+) -> Result<Arc<dyn Any + Send + Sync>, BoxError> {
+    let v: T = postcard::from_bytes(bytes)
+        .map_err(|e| format!("cannot decode a {}: {e}", std::any::type_name::<T>()))?;
+    Ok(Arc::new(v))
+}
+
+fn type_id_of<T: 'static>() -> TypeId {
+    TypeId::of::<T>()
+}
+
+/// A shared, type-erased value.
+pub type AnyValue = Arc<dyn Any + Send + Sync>;
+
+/// How values of one type cross process boundaries.
+#[derive(Clone, Copy)]
+pub struct Codec {
+    /// `TypeId` of the type.
+    pub type_id: fn() -> TypeId,
+    /// `std::any::type_name` of the type.
+    pub type_name: fn() -> &'static str,
+    /// Encodes a value of the type.
+    pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
+    /// Decodes a value of the type.
+    pub decode: fn(&[u8]) -> Result<AnyValue, BoxError>,
+}
+
+impl Codec {
+    /// The codec of `T`.
+    pub const fn of<T: Serialize + DeserializeOwned + Send + Sync + 'static>() -> Codec {
+        Codec {
+            type_id: type_id_of::<T>,
+            type_name: std::any::type_name::<T>,
+            encode: encode_any::<T>,
+            decode: decode_any::<T>,
+        }
+    }
+
+    /// Whether this codec is for `id`.
+    pub fn is(&self, id: TypeId) -> bool {
+        (self.type_id)() == id
+    }
+}
+
+impl fmt::Debug for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str((self.type_name)())
+    }
+}
+
+/// One parameter of a task function.
+#[derive(Clone, Copy, Debug)]
+pub struct Param {
+    /// The owned type of the parameter (`T` for `T` and `&T`, `Vec<T>` for `&[T]`,
+    /// `String` for `&str`, `Vec<T>` for `Vec<T>` and `Vec<&T>`).
+    pub codec: Codec,
+    /// For `Vec<T>` / `Vec<&T>` parameters: the element type, so the argument may also be a
+    /// collection of tasks or chunks, one value each.
+    pub elem: Option<Codec>,
+}
+
+/// A function registered with `#[dagger::task]`.
+pub struct TaskFn {
+    /// Path of the function (`crate::module::name`, with generic arguments for instances).
+    pub name: &'static str,
+    /// Parameter and result types as written, for the registry hash.
+    pub signature: &'static str,
+    /// Identity of the function item, as `spawn!` sees it.
+    pub fn_id: fn() -> TypeId,
+    /// The parameters, in order.
+    pub params: &'static [Param],
+    /// The type of the stored result (`T` for functions returning `Result<T, E>`).
+    pub result: Codec,
+    /// Whether the function returns a `Result` whose `Err` fails the task (then it runs in
+    /// another process only when spawned with `?`).
+    pub fallible: bool,
+    /// Calls the function with decoded arguments.
+    pub invoke: fn(&Args<'_>) -> Result<Stored, BoxError>,
+}
+
+impl fmt::Debug for TaskFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskFn({} {})", self.name, self.signature)
+    }
+}
+
+/// Every registered task function of the binary.
+#[linkme::distributed_slice]
+pub static TASK_FNS: [TaskFn];
+
+/// The registered functions, sorted by name, with lookups by id and by identity.
+pub struct FnTable {
+    by_id: Vec<&'static TaskFn>,
+    by_type: HashMap<TypeId, u32>,
+    hash: u64,
+}
+
+impl FnTable {
+    fn build(fns: &'static [TaskFn]) -> FnTable {
+        let mut by_id: Vec<&'static TaskFn> = fns.iter().collect();
+        by_id.sort_by(|a, b| a.name.cmp(b.name).then(a.signature.cmp(b.signature)));
+        by_id.dedup_by(|a, b| a.name == b.name && a.signature == b.signature);
+        let by_type = by_id
+            .iter()
+            .enumerate()
+            .map(|(i, f)| ((f.fn_id)(), i as u32))
+            .collect();
+        // FNV-1a over "name signature\n" lines: stable across processes and platforms.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for f in &by_id {
+            for b in f
+                .name
+                .bytes()
+                .chain([b' '])
+                .chain(f.signature.bytes())
+                .chain([b'\n'])
+            {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        FnTable {
+            by_id,
+            by_type,
+            hash,
+        }
+    }
+
+    /// The function with dense id `id`.
+    pub fn get(&self, id: u32) -> Option<&'static TaskFn> {
+        self.by_id.get(id as usize).copied()
+    }
+
+    /// The dense id and entry of the function whose item has type id `fn_id`.
+    pub fn lookup(&self, fn_id: TypeId) -> Option<(u32, &'static TaskFn)> {
+        let id = *self.by_type.get(&fn_id)?;
+        Some((id, self.by_id[id as usize]))
+    }
+
+    /// Number of registered functions.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no function is registered.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Hash of the names and signatures of every registered function: two processes can
+    /// run each other's tasks only if their hashes are equal.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The registered functions, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &'static TaskFn> + '_ {
+        self.by_id.iter().copied()
+    }
+}
+
+/// The table of this binary.
+pub fn table() -> &'static FnTable {
+    static TABLE: OnceLock<FnTable> = OnceLock::new();
+    TABLE.get_or_init(|| FnTable::build(&TASK_FNS))
+}
+
+/// One argument as a worker receives it: one value, or one value per task of a collection.
+#[derive(Clone, Debug)]
+pub enum ArgValue {
+    /// A single value.
+    One(Arc<dyn Any + Send + Sync>),
+    /// The values of a collection of tasks or chunks, in order.
+    Many(Vec<Arc<dyn Any + Send + Sync>>),
+}
+
+/// The decoded arguments of a call, handed to [`TaskFn::invoke`].
+pub struct Args<'a> {
+    fn_name: &'static str,
+    values: &'a [ArgValue],
+}
+
+fn type_error<P>(fn_name: &str, i: usize) -> BoxError {
+    format!(
+        "argument {} of task function {fn_name} is not a {}",
+        i + 1,
+        std::any::type_name::<P>()
+    )
+    .into()
+}
+
+impl<'a> Args<'a> {
+    /// Arguments for a call of `fn_name`.
+    pub fn new(fn_name: &'static str, values: &'a [ArgValue]) -> Self {
+        Args { fn_name, values }
+    }
+
+    /// Number of arguments.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether there are no arguments.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The function being called.
+    pub fn fn_name(&self) -> &'static str {
+        self.fn_name
+    }
+
+    fn one(&self, i: usize) -> Result<&'a Arc<dyn Any + Send + Sync>, BoxError> {
+        match self.values.get(i) {
+            Some(ArgValue::One(v)) => Ok(v),
+            Some(ArgValue::Many(_)) => Err(format!(
+                "argument {} of task function {} is a collection, not one value",
+                i + 1,
+                self.fn_name
+            )
+            .into()),
+            None => Err(format!(
+                "task function {} got {} arguments, not enough",
+                self.fn_name,
+                self.values.len()
+            )
+            .into()),
+        }
+    }
+
+    /// Borrows argument `i` as a `P`.
+    pub fn borrow<P: 'static>(&self, i: usize) -> Result<&'a P, BoxError> {
+        self.one(i)?
+            .downcast_ref::<P>()
+            .ok_or_else(|| type_error::<P>(self.fn_name, i))
+    }
+
+    /// Argument `i` as an owned `P` (a copy of the shared value).
+    pub fn take<P: Clone + 'static>(&self, i: usize) -> Result<P, BoxError> {
+        self.borrow::<P>(i).cloned()
+    }
+
+    /// Argument `i`, a collection, as references.
+    pub fn borrow_many<P: 'static>(&self, i: usize) -> Result<Vec<&'a P>, BoxError> {
+        match self.values.get(i) {
+            Some(ArgValue::Many(vs)) => vs
+                .iter()
+                .map(|v| {
+                    v.downcast_ref::<P>()
+                        .ok_or_else(|| type_error::<P>(self.fn_name, i))
+                })
+                .collect(),
+            Some(ArgValue::One(v)) => {
+                let all = v
+                    .downcast_ref::<Vec<P>>()
+                    .ok_or_else(|| type_error::<Vec<P>>(self.fn_name, i))?;
+                Ok(all.iter().collect())
+            }
+            None => Err(type_error::<Vec<P>>(self.fn_name, i)),
+        }
+    }
+
+    /// Argument `i` as an owned `Vec<P>`, from one `Vec<P>` value or from a collection.
+    pub fn take_vec<P: Clone + 'static>(&self, i: usize) -> Result<Vec<P>, BoxError> {
+        Ok(self.borrow_many::<P>(i)?.into_iter().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_round_trip_and_check_types() {
+        let c = Codec::of::<Vec<u32>>();
+        let bytes = (c.encode)(&vec![1u32, 2, 3]).unwrap();
+        let back = (c.decode)(&bytes).unwrap();
+        assert_eq!(back.downcast_ref::<Vec<u32>>(), Some(&vec![1, 2, 3]));
+        assert!((c.encode)(&5u8)
+            .unwrap_err()
+            .to_string()
+            .contains("another type"));
+        assert!((c.decode)(&[0xff]).is_err());
+        assert!(c.is(TypeId::of::<Vec<u32>>()));
+        let s = Stored::new(String::from("x"));
+        assert_eq!(s.to_bytes().unwrap(), postcard::to_allocvec("x").unwrap());
+    }
+
+    #[test]
+    fn args_give_typed_views() {
+        let values = vec![
+            ArgValue::One(Arc::new(7u32)),
+            ArgValue::Many(vec![Arc::new(1u8), Arc::new(2u8)]),
+            ArgValue::One(Arc::new(vec![3u8, 4])),
+        ];
+        let args = Args::new("f", &values);
+        assert_eq!(*args.borrow::<u32>(0).unwrap(), 7);
+        assert_eq!(args.take_vec::<u8>(1).unwrap(), vec![1, 2]);
+        assert_eq!(args.take_vec::<u8>(2).unwrap(), vec![3, 4]);
+        assert!(args
+            .borrow::<u8>(0)
+            .unwrap_err()
+            .to_string()
+            .contains("argument 1"));
+        assert!(args.borrow::<u32>(1).is_err());
+        assert!(args.borrow::<u32>(5).is_err());
+    }
+}

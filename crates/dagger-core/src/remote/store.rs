@@ -1,0 +1,217 @@
+//! The values a process holds for others, and running calls that arrive from other
+//! processes.
+
+use super::functions::{table, ArgValue, Args, Stored, TaskFn};
+use super::wire::{Location, WireArg, WireCall, WireOptions};
+use crate::context::Context;
+use crate::error::BoxError;
+use crate::options::Options;
+use crate::scope::Scope;
+use crate::task::{DTask, DataLink};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The values one process holds, by id.
+pub struct Store {
+    worker: u32,
+    values: Mutex<HashMap<u64, Stored>>,
+    next: AtomicU64,
+}
+
+impl Store {
+    /// An empty store of process `worker`.
+    pub fn new(worker: u32) -> Self {
+        Store {
+            worker,
+            values: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The process this store belongs to.
+    pub fn worker(&self) -> u32 {
+        self.worker
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Stored>> {
+        self.values.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `value`; returns where it is.
+    pub fn insert(&self, value: Stored) -> Location {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map().insert(id, value);
+        Location {
+            worker: self.worker,
+            id,
+            bytes: 0,
+        }
+    }
+
+    /// The value with id `id`.
+    pub fn get(&self, id: u64) -> Option<Stored> {
+        self.map().get(&id).cloned()
+    }
+
+    /// The encoded bytes of the value with id `id`.
+    pub fn encode(&self, id: u64) -> Result<Vec<u8>, BoxError> {
+        let v = self
+            .get(id)
+            .ok_or_else(|| format!("worker {} holds no value {id}", self.worker))?;
+        v.to_bytes()
+    }
+
+    /// Drops the value with id `id`; false if it was not here.
+    pub fn free(&self, id: u64) -> bool {
+        let removed = self.map().remove(&id);
+        removed.is_some()
+    }
+
+    /// Number of values held.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Fetches encoded values from other processes (blocking).
+pub trait Fetch: Send + Sync {
+    /// The encoded bytes of the value at `loc`.
+    fn fetch(&self, loc: Location) -> Result<Vec<u8>, BoxError>;
+}
+
+impl<T: DataLink + ?Sized> Fetch for T {
+    fn fetch(&self, loc: Location) -> Result<Vec<u8>, BoxError> {
+        DataLink::fetch(self, loc)
+    }
+}
+
+fn resolve_one(
+    arg: &WireArg,
+    codec: &super::functions::Codec,
+    store: &Store,
+    fetch: &dyn Fetch,
+) -> Result<Arc<dyn std::any::Any + Send + Sync>, BoxError> {
+    match arg {
+        WireArg::Value(bytes) => (codec.decode)(bytes),
+        WireArg::Ref(loc) if loc.worker == store.worker() => store
+            .get(loc.id)
+            .map(|s| s.value)
+            .ok_or_else(|| format!("value {} is no longer held here", loc.id).into()),
+        WireArg::Ref(loc) => {
+            let bytes = crate::sched::blocking(|| fetch.fetch(*loc))?;
+            (codec.decode)(&bytes)
+        }
+        WireArg::Many(_) => Err("a nested collection cannot be one value".into()),
+    }
+}
+
+/// Decodes the arguments of a call of `entry`.
+pub fn resolve_args(
+    entry: &TaskFn,
+    args: &[WireArg],
+    store: &Store,
+    fetch: &dyn Fetch,
+) -> Result<Vec<ArgValue>, BoxError> {
+    if args.len() != entry.params.len() {
+        return Err(format!(
+            "task function {} takes {} arguments but the call has {}",
+            entry.name,
+            entry.params.len(),
+            args.len()
+        )
+        .into());
+    }
+    entry
+        .params
+        .iter()
+        .zip(args)
+        .map(|(p, a)| match a {
+            WireArg::Many(items) => {
+                let elem = p
+                    .elem
+                    .as_ref()
+                    .ok_or_else(|| format!("{} does not take a collection", entry.name))?;
+                items
+                    .iter()
+                    .map(|i| resolve_one(i, elem, store, fetch))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(ArgValue::Many)
+            }
+            other => resolve_one(other, &p.codec, store, fetch).map(ArgValue::One),
+        })
+        .collect()
+}
+
+fn options_from_wire(w: &WireOptions) -> Options {
+    let mut o = Options::new();
+    if let Some(n) = &w.name {
+        o = o.name(n.as_str());
+    }
+    if let Some(p) = w.priority {
+        o = o.priority(p);
+    }
+    if let Some(t) = w.time_util_ns {
+        o = o.time_util(Duration::from_nanos(t));
+    }
+    if let Some(a) = w.alloc_util {
+        o = o.alloc_util(a);
+    }
+    if let Some(c) = w.occupancy {
+        o = o.occupancy(c);
+    }
+    if let Some(a) = w.allow_errors {
+        o = o.allow_errors(a);
+    }
+    o
+}
+
+/// The serialisable part of `o`.
+pub fn options_to_wire(o: &Options) -> WireOptions {
+    WireOptions {
+        name: o.name.as_deref().map(str::to_string),
+        priority: o.priority,
+        time_util_ns: o.time_util.map(|d| d.as_nanos() as u64),
+        alloc_util: o.alloc_util,
+        occupancy: o.occupancy,
+        allow_errors: o.allow_errors,
+        inherited: None,
+    }
+}
+
+/// Runs a call that arrived from another process as a task on `ctx`: resolves its arguments
+/// (fetching remote ones), calls the function, keeps the result in `store`, and yields where
+/// the result is (and its encoded size when small enough to measure cheaply: 0 otherwise).
+pub fn run_call(
+    ctx: &Context,
+    call: WireCall,
+    store: Arc<Store>,
+    fetch: Arc<dyn Fetch>,
+) -> Result<DTask<Location>, BoxError> {
+    let entry = table()
+        .get(call.func)
+        .ok_or_else(|| format!("no task function has id {}", call.func))?;
+    let mut opts = options_from_wire(&call.options);
+    if opts.name.is_none() {
+        opts = opts.name(entry.name);
+    }
+    if let Some(t) = call.thread {
+        opts = opts.scope(Scope::worker(store.worker()).thread(t));
+    }
+    let inherited = call.options.inherited.as_deref().map(options_from_wire);
+    let body = move || -> Result<Location, BoxError> {
+        let values = resolve_args(entry, &call.args, &store, &*fetch)?;
+        let stored = (entry.invoke)(&Args::new(entry.name, &values))?;
+        Ok(store.insert(stored))
+    };
+    Ok(ctx.enter(|| match inherited {
+        Some(inh) => crate::options::with_options(inh, || crate::task::try_spawn_with(opts, body)),
+        None => crate::task::try_spawn_with(opts, body),
+    }))
+}

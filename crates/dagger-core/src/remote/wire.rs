@@ -1,0 +1,58 @@
+//! What crosses process boundaries: calls of registered functions, their arguments, where
+//! values live.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a value lives: a process and the value's id in that process's store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Location {
+    /// The worker process holding the value (0 is the head).
+    pub worker: u32,
+    /// The value's id in that process's store.
+    pub id: u64,
+    /// Encoded size in bytes, when known (0 otherwise).
+    pub bytes: u64,
+}
+
+/// One argument of a remote call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WireArg {
+    /// The encoded value itself.
+    Value(Vec<u8>),
+    /// A value stored in some process.
+    Ref(Location),
+    /// A collection of values (from a collection of tasks or chunks), each `Value` or `Ref`.
+    Many(Vec<WireArg>),
+}
+
+/// Options a remote task runs with (the serialisable ones: hooks stay home).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WireOptions {
+    /// Task name.
+    pub name: Option<String>,
+    /// Priority.
+    pub priority: Option<i32>,
+    /// Expected run time in nanoseconds.
+    pub time_util_ns: Option<u64>,
+    /// Expected memory use.
+    pub alloc_util: Option<u64>,
+    /// Occupancy.
+    pub occupancy: Option<f64>,
+    /// Whether errors are allowed.
+    pub allow_errors: Option<bool>,
+    /// The `with_options` options the task inherited (passed on to tasks it spawns).
+    pub inherited: Option<Box<WireOptions>>,
+}
+
+/// A call of a registered function, as sent to the process that runs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireCall {
+    /// Dense id of the function in the (shared) function table.
+    pub func: u32,
+    /// The arguments.
+    pub args: Vec<WireArg>,
+    /// Thread the call must run on, for exactly-scoped tasks.
+    pub thread: Option<u32>,
+    /// Options.
+    pub options: WireOptions,
+}

@@ -1,0 +1,164 @@
+//! The worker processes a head process can send tasks to, as the scheduler sees them.
+//!
+//! The cluster layer adds and removes workers and delivers the tasks the scheduler decides to
+//! run remotely; the scheduler only needs to know which workers exist, how busy they are, and
+//! how to hand a task over.
+
+use crate::id::{NodeId, ProcessorId, WorkerId};
+use crate::remote::wire::WireCall;
+use crate::scope::{ProcessorInfo, Scope};
+use crate::task::JobRef;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// A worker process as the head's scheduler sees it.
+pub struct RemoteWorker {
+    /// The worker's id (1, 2, ...).
+    pub id: u32,
+    /// Its compute threads.
+    pub threads: u32,
+    /// The machine it runs on.
+    pub node: NodeId,
+    /// Tasks sent to it and not finished.
+    pub inflight: AtomicUsize,
+    /// Estimated nanoseconds of work sent to it and not finished.
+    pub backlog_ns: AtomicU64,
+    /// False once it left or died.
+    pub alive: AtomicBool,
+    /// Measured round trip to it in nanoseconds (starts at 50 µs).
+    pub rtt_ns: AtomicU64,
+}
+
+impl RemoteWorker {
+    /// A new worker with no work yet.
+    pub fn new(id: u32, threads: u32, node: NodeId) -> Self {
+        RemoteWorker {
+            id,
+            threads: threads.max(1),
+            node,
+            inflight: AtomicUsize::new(0),
+            backlog_ns: AtomicU64::new(0),
+            alive: AtomicBool::new(true),
+            rtt_ns: AtomicU64::new(50_000),
+        }
+    }
+
+    fn info(&self, thread: u32) -> ProcessorInfo {
+        ProcessorInfo {
+            id: ProcessorId::thread(WorkerId(self.id), thread),
+            node: self.node,
+            default_enabled: true,
+        }
+    }
+
+    /// The threads of this worker in `scope`: `None` when none is, `Some(None)` when every
+    /// thread is (any may run the task), `Some(Some(t))` for the first of only some threads.
+    pub(crate) fn threads_in(&self, scope: &Scope) -> Option<Option<u32>> {
+        let inside: Vec<u32> = (0..self.threads)
+            .filter(|&t| scope.contains(&self.info(t)))
+            .collect();
+        match inside.len() {
+            0 => None,
+            n if n == self.threads as usize => Some(None),
+            _ => Some(Some(inside[0])),
+        }
+    }
+}
+
+/// A task the scheduler hands to the cluster layer to run on a worker. The cluster completes
+/// it with [`crate::remote::complete`] or fails it.
+pub struct RemoteTask {
+    pub(crate) job: JobRef,
+    /// The encoded call.
+    pub call: WireCall,
+    /// The estimated cost added to the worker's backlog (remove it when the task ends).
+    pub cost_ns: u64,
+}
+
+impl RemoteTask {
+    /// The task's id on this process.
+    pub fn id(&self) -> u64 {
+        self.job.header().id.get()
+    }
+
+    /// The task's name, if any.
+    pub fn name(&self) -> Option<String> {
+        self.job.header().name().map(|n| n.to_string())
+    }
+}
+
+impl std::fmt::Debug for RemoteTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteTask")
+            .field("id", &self.id())
+            .field("func", &self.call.func)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The cluster layer, as the scheduler calls it.
+pub trait Dispatch: Send + Sync {
+    /// Sends a task to `worker`. The cluster later completes or fails it.
+    fn dispatch(&self, worker: &Arc<RemoteWorker>, task: RemoteTask);
+}
+
+/// The workers of a head process.
+pub(crate) struct RemoteSet {
+    workers: RwLock<Arc<Vec<Arc<RemoteWorker>>>>,
+    active: AtomicBool,
+    dispatch: OnceLock<Arc<dyn Dispatch>>,
+}
+
+impl RemoteSet {
+    pub(crate) fn new() -> Self {
+        RemoteSet {
+            workers: RwLock::new(Arc::new(Vec::new())),
+            active: AtomicBool::new(false),
+            dispatch: OnceLock::new(),
+        }
+    }
+
+    /// Whether remote placement is possible at all (a cluster is attached).
+    pub(crate) fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn attach(&self, dispatch: Arc<dyn Dispatch>) -> bool {
+        let ok = self.dispatch.set(dispatch).is_ok();
+        if ok {
+            self.active.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    pub(crate) fn dispatcher(&self) -> Option<&Arc<dyn Dispatch>> {
+        self.dispatch.get()
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<RemoteWorker>>> {
+        self.workers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn add(&self, w: Arc<RemoteWorker>) {
+        let mut guard = self.workers.write().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<Arc<RemoteWorker>> =
+            guard.iter().filter(|x| x.id != w.id).cloned().collect();
+        list.push(w);
+        list.sort_by_key(|w| w.id);
+        *guard = Arc::new(list);
+    }
+
+    pub(crate) fn remove(&self, id: u32) -> Option<Arc<RemoteWorker>> {
+        let mut guard = self.workers.write().unwrap_or_else(|e| e.into_inner());
+        let gone = guard.iter().find(|w| w.id == id).cloned();
+        if let Some(g) = &gone {
+            g.alive.store(false, Ordering::Release);
+        }
+        let list: Vec<Arc<RemoteWorker>> = guard.iter().filter(|x| x.id != id).cloned().collect();
+        *guard = Arc::new(list);
+        gone
+    }
+}
