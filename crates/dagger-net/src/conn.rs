@@ -1,1 +1,766 @@
-//! (being written)
+//! Connections: listening, connecting, authenticated message streams.
+//!
+//! A [`Listener`] accepts connections and runs their handshakes concurrently in the
+//! background, so a silent or hostile client never holds up the others; [`connect`] opens
+//! one. Both yield a [`Connection`] (after TCP, optional TLS and the mutual authentication
+//! of [`crate::auth`]) and the peer's [`PeerHello`]. A connection moves opaque messages and
+//! can be [split](Connection::split) into a [`Sender`] and a [`Receiver`] for different tasks.
+//!
+//! Everything here runs on tokio and needs a runtime with the I/O and time drivers enabled
+//! (`enable_all`); a current-thread runtime is enough.
+//!
+//! ```no_run
+//! use dagger_net::{connect, Hello, Listener, NetConfig, Role, Secret};
+//!
+//! # async fn demo() -> Result<(), dagger_net::NetError> {
+//! let config = NetConfig::new(Secret::generate()?);
+//! let mut listener = Listener::bind("127.0.0.1:0", &config, Hello::new(Role::Head, 42)).await?;
+//! let addr = listener.local_addr();
+//!
+//! let client = tokio::spawn({
+//!     let config = config.clone();
+//!     async move {
+//!         let (mut conn, head) = connect(addr, &config, Hello::new(Role::Worker, 42)).await?;
+//!         assert_eq!(head.role, Role::Head);
+//!         conn.send(&b"ping"[..]).await?;
+//!         conn.recv().await
+//!     }
+//! });
+//! let (mut conn, _worker) = listener.accept().await?;
+//! let ping = conn.recv().await?.expect("a message");
+//! conn.send(ping).await?;
+//! # let _ = client.await;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{tcp, TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
+
+use crate::auth::{self, Hello, PeerHello, PeerInfo, Secret, Side};
+use crate::frame::{FrameError, MessageCodec, MessageReader, MessageWriter, DEFAULT_MAX_MESSAGE};
+use crate::tls::{self, TlsConfig};
+
+/// Everything that can go wrong on a connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NetError {
+    /// An I/O error on the socket.
+    Io(io::Error),
+    /// An operation did not complete in time.
+    Timeout {
+        /// What timed out (`"connect"`, `"handshake"`).
+        during: &'static str,
+        /// The time limit.
+        after: Duration,
+    },
+    /// The peer's proof of knowing the cluster secret was wrong.
+    AuthFailed,
+    /// The peer speaks another version of the wire protocol.
+    VersionMismatch {
+        /// Our [`PROTOCOL_VERSION`](crate::auth::PROTOCOL_VERSION).
+        ours: u16,
+        /// The peer's.
+        theirs: u16,
+    },
+    /// The peer's binary registered other tasks.
+    RegistryMismatch {
+        /// Our registry hash.
+        ours: u64,
+        /// The peer's.
+        theirs: u64,
+    },
+    /// The peer sent bytes that are not valid frames or handshake messages.
+    Malformed(FrameError),
+    /// A message exceeds the configured maximum message size.
+    Oversized {
+        /// The message's size (when receiving: the size reached so far).
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The connection was closed (by the peer, or after an earlier error).
+    Closed,
+    /// TLS failed.
+    Tls(String),
+    /// The peer's TLS certificate is not the pinned one.
+    FingerprintMismatch {
+        /// The pinned fingerprint (hex).
+        expected: String,
+        /// The fingerprint of the certificate the peer presented (hex).
+        actual: String,
+    },
+    /// Invalid configuration (secret, fingerprint, TLS settings).
+    Config(String),
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::Io(e) => write!(f, "I/O error: {e}"),
+            NetError::Timeout { during, after } => write!(f, "{during} timed out after {after:?}"),
+            NetError::AuthFailed => {
+                write!(f, "authentication failed: the peer does not know the cluster secret")
+            }
+            NetError::VersionMismatch { ours, theirs } => write!(
+                f,
+                "protocol version mismatch: the peer speaks version {theirs}, we speak version {ours}"
+            ),
+            NetError::RegistryMismatch { ours, theirs } => write!(
+                f,
+                "the peer runs a different binary: its registered tasks differ (hash {theirs:016x} vs {ours:016x})"
+            ),
+            NetError::Malformed(e) => write!(f, "malformed data from the peer: {e}"),
+            NetError::Oversized { size, max } => write!(
+                f,
+                "message of {size} bytes exceeds the maximum message size of {max} bytes"
+            ),
+            NetError::Closed => write!(f, "connection closed"),
+            NetError::Tls(e) => write!(f, "TLS error: {e}"),
+            NetError::FingerprintMismatch { expected, actual } => write!(
+                f,
+                "TLS: the peer's certificate fingerprint {actual} does not match the pinned fingerprint {expected}"
+            ),
+            NetError::Config(e) => write!(f, "invalid network configuration: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for NetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NetError::Io(e) => Some(e),
+            NetError::Malformed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for NetError {
+    fn from(e: io::Error) -> NetError {
+        NetError::Io(e)
+    }
+}
+
+impl NetError {
+    /// True for errors caused by what the peer sent (malformed data, oversized message):
+    /// the connection was dropped for protocol violation.
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(self, NetError::Malformed(_) | NetError::Oversized { .. })
+    }
+}
+
+/// Settings of connections. Fields are public; [`NetConfig::new`] gives the defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use dagger_net::{NetConfig, Secret};
+///
+/// let mut config = NetConfig::new(Secret::generate()?);
+/// config.max_message = 1 << 30;
+/// let config = config.with_handshake_timeout(Duration::from_secs(5));
+/// assert!(config.tls.is_none());
+/// # Ok::<(), dagger_net::NetError>(())
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NetConfig {
+    /// The cluster secret every peer must know.
+    pub secret: Secret,
+    /// TLS settings; `None` (the default) for plain TCP.
+    pub tls: Option<TlsConfig>,
+    /// Largest message sent or accepted, in bytes (default [`DEFAULT_MAX_MESSAGE`], 8 GiB).
+    pub max_message: u64,
+    /// Time limit of the TLS and authentication handshake (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Time limit of establishing the TCP connection in [`connect`] (default 10 s).
+    pub connect_timeout: Duration,
+    /// Most handshakes a [`Listener`] runs at once; more connections wait in the kernel's
+    /// backlog (default 128).
+    pub max_pending_handshakes: usize,
+}
+
+impl NetConfig {
+    /// Defaults around a secret: plain TCP, 8 GiB messages, 10 s timeouts.
+    pub fn new(secret: Secret) -> NetConfig {
+        NetConfig {
+            secret,
+            tls: None,
+            max_message: DEFAULT_MAX_MESSAGE,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 128,
+        }
+    }
+
+    /// The same configuration with TLS.
+    pub fn with_tls(mut self, tls: TlsConfig) -> NetConfig {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The same configuration with another maximum message size.
+    pub fn with_max_message(mut self, max: u64) -> NetConfig {
+        self.max_message = max;
+        self
+    }
+
+    /// The same configuration with another handshake time limit.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> NetConfig {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The same configuration with another TCP connect time limit.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> NetConfig {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A copy pinning the TLS certificate fingerprint of the peer to connect to (see
+    /// [`TlsConfig::with_peer_fingerprint`]); an error if TLS is off.
+    pub fn for_peer(&self, fingerprint: &str) -> Result<NetConfig, NetError> {
+        let mut config = self.clone();
+        let tls = config
+            .tls
+            .take()
+            .ok_or_else(|| NetError::Config("pinning a peer fingerprint but TLS is off".into()))?;
+        config.tls = Some(tls.with_peer_fingerprint(fingerprint)?);
+        Ok(config)
+    }
+}
+
+/// Read half of a plain or TLS stream.
+enum ReadHalf {
+    Tcp(tcp::OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// Write half of a plain or TLS stream.
+enum WriteHalf {
+    Tcp(tcp::OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteHalf::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Tcp(w) => w.is_write_vectored(),
+            WriteHalf::Tls(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The sending half of a [`Connection`].
+///
+/// [`feed`](Sender::feed) queues without I/O; [`flush`](Sender::flush) writes all that is
+/// queued in as few system calls as possible; [`send`](Sender::send) does both. To batch
+/// many small messages, feed them all, then flush once. Large messages are written without
+/// copying, as frames of [`MAX_FRAME_PAYLOAD`](crate::frame::MAX_FRAME_PAYLOAD) bytes.
+///
+/// [`close`](Sender::close) ends the stream: the peer's receiver sees `Ok(None)` after the
+/// last message. Dropping the sender does the same on plain TCP (dropping what was queued
+/// but not flushed); with TLS the stream ends when both halves are dropped.
+pub struct Sender {
+    writer: MessageWriter<WriteHalf>,
+    peer: SocketAddr,
+}
+
+impl Sender {
+    /// Queues a message without writing it (see [`flush`](Sender::flush)). `Vec<u8>` and
+    /// `Bytes` are taken without copying. Fails only if the message exceeds
+    /// [`NetConfig::max_message`].
+    pub fn feed(&mut self, msg: impl Into<Bytes>) -> Result<(), NetError> {
+        self.writer.feed(msg)
+    }
+
+    /// Queues a copy of a message.
+    pub fn feed_slice(&mut self, msg: &[u8]) -> Result<(), NetError> {
+        self.writer.feed_slice(msg)
+    }
+
+    /// Writes all queued messages. Cancel-safe: if the future is dropped, what was not
+    /// written stays queued for the next flush.
+    pub async fn flush(&mut self) -> Result<(), NetError> {
+        self.writer.flush().await
+    }
+
+    /// Queues a message and flushes.
+    pub async fn send(&mut self, msg: impl Into<Bytes>) -> Result<(), NetError> {
+        self.writer.send(msg).await
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn buffered(&self) -> usize {
+        self.writer.buffered()
+    }
+
+    /// Flushes and ends the stream (with TLS, sends `close_notify`).
+    pub async fn close(&mut self) -> Result<(), NetError> {
+        self.writer.shutdown().await
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl fmt::Debug for Sender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("peer", &self.peer)
+            .field("buffered", &self.buffered())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvState {
+    Open,
+    Ended,
+    Failed,
+}
+
+/// The receiving half of a [`Connection`].
+pub struct Receiver {
+    reader: MessageReader<ReadHalf>,
+    peer: SocketAddr,
+    state: RecvState,
+}
+
+impl Receiver {
+    /// Receives the next message; `Ok(None)` when the peer closed the connection cleanly.
+    ///
+    /// Malformed or oversized data from the peer is an error (logged with the peer's
+    /// address); after an error every call returns [`NetError::Closed`] and the connection
+    /// should be dropped. Cancel-safe: usable as a branch of `tokio::select!`.
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, NetError> {
+        match self.state {
+            RecvState::Open => {}
+            RecvState::Ended => return Ok(None),
+            RecvState::Failed => return Err(NetError::Closed),
+        }
+        match self.reader.read().await {
+            Ok(Some(msg)) => Ok(Some(msg)),
+            Ok(None) => {
+                self.state = RecvState::Ended;
+                Ok(None)
+            }
+            Err(e) => {
+                self.state = RecvState::Failed;
+                if e.is_protocol_violation() {
+                    log::warn!("closing the connection with {}: {e}", self.peer);
+                } else {
+                    log::debug!("connection with {} failed: {e}", self.peer);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("peer", &self.peer)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+/// An authenticated connection carrying messages both ways.
+#[derive(Debug)]
+pub struct Connection {
+    sender: Sender,
+    receiver: Receiver,
+    local: SocketAddr,
+}
+
+impl Connection {
+    fn new(
+        read: ReadHalf,
+        write: WriteHalf,
+        read_ahead: BytesMut,
+        max_message: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Connection {
+        Connection {
+            sender: Sender {
+                writer: MessageWriter::new(write, max_message),
+                peer,
+            },
+            receiver: Receiver {
+                reader: MessageReader::with_buffer(
+                    read,
+                    MessageCodec::new(max_message),
+                    read_ahead,
+                ),
+                peer,
+                state: RecvState::Open,
+            },
+            local,
+        }
+    }
+
+    /// Splits the connection into halves that can move to different tasks.
+    pub fn split(self) -> (Sender, Receiver) {
+        (self.sender, self.receiver)
+    }
+
+    /// See [`Sender::feed`].
+    pub fn feed(&mut self, msg: impl Into<Bytes>) -> Result<(), NetError> {
+        self.sender.feed(msg)
+    }
+
+    /// See [`Sender::feed_slice`].
+    pub fn feed_slice(&mut self, msg: &[u8]) -> Result<(), NetError> {
+        self.sender.feed_slice(msg)
+    }
+
+    /// See [`Sender::flush`].
+    pub async fn flush(&mut self) -> Result<(), NetError> {
+        self.sender.flush().await
+    }
+
+    /// See [`Sender::send`].
+    pub async fn send(&mut self, msg: impl Into<Bytes>) -> Result<(), NetError> {
+        self.sender.send(msg).await
+    }
+
+    /// See [`Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Option<Bytes>, NetError> {
+        self.receiver.recv().await
+    }
+
+    /// See [`Sender::close`].
+    pub async fn close(&mut self) -> Result<(), NetError> {
+        self.sender.close().await
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.sender.peer
+    }
+
+    /// Our address on this connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    during: &'static str,
+    fut: impl std::future::Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(NetError::Timeout {
+            during,
+            after: limit,
+        }))
+}
+
+fn peer_hello(info: PeerInfo, addr: SocketAddr, tls_fingerprint: Option<String>) -> PeerHello {
+    PeerHello {
+        role: info.role,
+        peer_id: info.peer_id,
+        registry_hash: info.registry_hash,
+        version: info.version,
+        addr,
+        tls_fingerprint,
+    }
+}
+
+/// TLS exporter value binding the authentication to the session, and the peer's
+/// certificate fingerprint.
+fn tls_session_info<D>(
+    conn: &rustls::ConnectionCommon<D>,
+) -> Result<([u8; 32], Option<String>), NetError> {
+    let binding = conn
+        .export_keying_material([0u8; 32], tls::EXPORTER_LABEL, None)
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let fp = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| tls::fingerprint_hex(c));
+    Ok((binding, fp))
+}
+
+/// TLS (if configured) and authentication over a fresh TCP stream.
+async fn establish(
+    tcp: TcpStream,
+    side: Side,
+    config: &NetConfig,
+    acceptor: Option<&TlsAcceptor>,
+    hello: &Hello,
+) -> Result<(Connection, PeerHello), NetError> {
+    tcp.set_nodelay(true)?;
+    let peer = tcp.peer_addr()?;
+    let local = tcp.local_addr()?;
+    let secret: &Secret = &config.secret;
+    let mut buf = BytesMut::new();
+    let (read, write, info, fp) = match (&config.tls, side) {
+        (None, _) => {
+            let mut tcp = tcp;
+            let info = auth::handshake(&mut tcp, &mut buf, secret, hello, side, None).await?;
+            let (r, w) = tcp.into_split();
+            (ReadHalf::Tcp(r), WriteHalf::Tcp(w), info, None)
+        }
+        (Some(tls_config), Side::Client) => {
+            let connector = TlsConnector::from(tls_config.client_config()?);
+            let mut stream = connector
+                .connect(tls::server_name(), tcp)
+                .await
+                .map_err(tls::map_io_error)?;
+            let (binding, fp) = tls_session_info(stream.get_ref().1)?;
+            let info = auth::handshake(&mut stream, &mut buf, secret, hello, side, Some(&binding))
+                .await
+                .map_err(map_nested_io)?;
+            let (r, w) = tokio::io::split(TlsStream::Client(stream));
+            (ReadHalf::Tls(r), WriteHalf::Tls(w), info, fp)
+        }
+        (Some(_), Side::Server) => {
+            let acceptor =
+                acceptor.ok_or_else(|| NetError::Config("TLS acceptor missing".into()))?;
+            let mut stream = acceptor.accept(tcp).await.map_err(tls::map_io_error)?;
+            let (binding, fp) = tls_session_info(stream.get_ref().1)?;
+            let info = auth::handshake(&mut stream, &mut buf, secret, hello, side, Some(&binding))
+                .await
+                .map_err(map_nested_io)?;
+            let (r, w) = tokio::io::split(TlsStream::Server(stream));
+            (ReadHalf::Tls(r), WriteHalf::Tls(w), info, fp)
+        }
+    };
+    let conn = Connection::new(read, write, buf, config.max_message, peer, local);
+    Ok((conn, peer_hello(info, peer, fp)))
+}
+
+fn map_nested_io(e: NetError) -> NetError {
+    match e {
+        NetError::Io(e) => tls::map_io_error(e),
+        e => e,
+    }
+}
+
+/// Connects to a listener: TCP (bounded by [`NetConfig::connect_timeout`]), then TLS if
+/// configured and the mutual authentication (bounded by [`NetConfig::handshake_timeout`]).
+/// Returns the connection and what the peer said about itself.
+///
+/// With TLS, `config` must pin the listener's certificate fingerprint (see
+/// [`NetConfig::for_peer`]).
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    config: &NetConfig,
+    hello: Hello,
+) -> Result<(Connection, PeerHello), NetError> {
+    let tcp = with_timeout(config.connect_timeout, "connect", async {
+        Ok(TcpStream::connect(addr).await?)
+    })
+    .await?;
+    let peer = tcp.peer_addr().ok();
+    let result = with_timeout(
+        config.handshake_timeout,
+        "handshake",
+        establish(tcp, Side::Client, config, None, &hello),
+    )
+    .await;
+    if let (Err(e), Some(peer)) = (&result, peer) {
+        log::warn!("handshake with {peer} failed: {e}");
+    }
+    result
+}
+
+type Incoming = Result<(Connection, PeerHello), NetError>;
+
+/// Accepts connections: TCP accept, then TLS and authentication in a background task per
+/// connection (at most [`NetConfig::max_pending_handshakes`] at once), so that a client
+/// that sends nothing or garbage does not hold up others.
+///
+/// Dropping the listener stops accepting and abandons handshakes in progress.
+pub struct Listener {
+    local_addr: SocketAddr,
+    incoming: mpsc::Receiver<Incoming>,
+    hello: watch::Sender<Hello>,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Binds `addr` (e.g. `"127.0.0.1:0"`: loopback, any free port) and starts accepting,
+    /// introducing this process with `hello` (changeable with [`set_hello`](Self::set_hello)).
+    /// Must run inside a tokio runtime.
+    pub async fn bind(
+        addr: impl ToSocketAddrs,
+        config: &NetConfig,
+        hello: Hello,
+    ) -> Result<Listener, NetError> {
+        let acceptor = match &config.tls {
+            Some(tls) => Some(TlsAcceptor::from(tls.server_config()?)),
+            None => None,
+        };
+        let tcp = TcpListener::bind(addr).await?;
+        let local_addr = tcp.local_addr()?;
+        let (tx, rx) = mpsc::channel(64);
+        let (hello_tx, hello_rx) = watch::channel(hello);
+        let shared = Arc::new((config.clone(), acceptor));
+        let task = tokio::spawn(accept_loop(tcp, shared, hello_rx, tx));
+        Ok(Listener {
+            local_addr,
+            incoming: rx,
+            hello: hello_tx,
+            task,
+        })
+    }
+
+    /// The address the listener is bound to (with the actual port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The next incoming connection that passed the handshake, or the error of one that
+    /// did not (already logged with the peer's address). An error concerns that one
+    /// connection only: keep calling `accept`. Cancel-safe.
+    pub async fn accept(&mut self) -> Result<(Connection, PeerHello), NetError> {
+        self.incoming.recv().await.unwrap_or(Err(NetError::Closed))
+    }
+
+    /// Changes the hello sent to peers connecting from now on (e.g. once this process got
+    /// its id).
+    pub fn set_hello(&self, hello: Hello) {
+        self.hello.send_replace(hello);
+    }
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    shared: Arc<(NetConfig, Option<TlsAcceptor>)>,
+    hello: watch::Receiver<Hello>,
+    tx: mpsc::Sender<Incoming>,
+) {
+    let mut handshakes = JoinSet::new();
+    let max_pending = shared.0.max_pending_handshakes.max(1);
+    loop {
+        tokio::select! {
+            accepted = tcp.accept(), if handshakes.len() < max_pending => match accepted {
+                Ok((stream, addr)) => {
+                    let hello = *hello.borrow();
+                    handshakes.spawn(incoming(stream, addr, shared.clone(), hello, tx.clone()));
+                }
+                Err(e) => {
+                    log::warn!("accepting a connection on {:?} failed: {e}", tcp.local_addr().ok());
+                    let _ = tx.try_send(Err(NetError::Io(e)));
+                    // Typically out of file descriptors: give the others time to close.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
+async fn incoming(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<(NetConfig, Option<TlsAcceptor>)>,
+    hello: Hello,
+    tx: mpsc::Sender<Incoming>,
+) {
+    let (config, acceptor) = &*shared;
+    let result = with_timeout(
+        config.handshake_timeout,
+        "handshake",
+        establish(stream, Side::Server, config, acceptor.as_ref(), &hello),
+    )
+    .await;
+    match result {
+        Ok(conn) => {
+            let _ = tx.send(Ok(conn)).await;
+        }
+        Err(e) => {
+            log::warn!("refused the connection from {addr}: {e}");
+            let _ = tx.try_send(Err(e));
+        }
+    }
+}

@@ -13,3 +13,8 @@ pub mod tls;
 
 // Starting worker processes.
 pub mod launch;
+
+pub use auth::{Hello, PeerHello, Role, Secret};
+pub use conn::{connect, Connection, Listener, NetConfig, NetError, Receiver, Sender};
+pub use frame::FrameError;
+pub use tls::{TlsConfig, TlsIdentity};
