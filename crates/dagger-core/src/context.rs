@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 
 pub(crate) struct ContextInner {
     registry: Arc<Registry>,
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Drop for ContextInner {
@@ -43,6 +44,7 @@ pub struct Context {
 pub struct ContextBuilder {
     threads: Option<usize>,
     worker: WorkerId,
+    cluster: Option<crate::cluster::ClusterOptions>,
     processors: Vec<(ProcessorKind, Arc<dyn Processor>)>,
     stack_size: usize,
     max_blocked_threads: usize,
@@ -108,6 +110,31 @@ impl ContextBuilder {
         self
     }
 
+    /// Makes the context the head of a cluster and starts `spec`'s worker processes (the same
+    /// program, run again in worker mode; their `main` must call [`init`](crate::init)).
+    ///
+    /// ```no_run
+    /// use dagger_core::{Context, LaunchSpec};
+    /// let ctx = Context::builder()
+    ///     .threads(2)
+    ///     .workers(LaunchSpec::Local { workers: 2, threads: 2 })
+    ///     .build()?;
+    /// assert_eq!(ctx.workers().len(), 2);
+    /// # Ok::<(), dagger_core::Error>(())
+    /// ```
+    pub fn workers(mut self, spec: crate::LaunchSpec) -> Self {
+        let mut opts = self.cluster.take().unwrap_or_default();
+        opts.launch = Some(spec);
+        self.cluster = Some(opts);
+        self
+    }
+
+    /// Makes the context the head of a cluster with these settings.
+    pub fn cluster(mut self, opts: crate::cluster::ClusterOptions) -> Self {
+        self.cluster = Some(opts);
+        self
+    }
+
     /// Name prefix of the compute threads (default `dagger`).
     pub fn thread_name(mut self, prefix: impl Into<String>) -> Self {
         self.thread_name = prefix.into();
@@ -141,9 +168,17 @@ impl ContextBuilder {
             thread_name: self.thread_name,
         })
         .map_err(|e| Error::Config(format!("cannot start compute threads: {e}")))?;
-        let inner = Arc::new(ContextInner { registry });
+        let inner = Arc::new(ContextInner {
+            registry,
+            cluster: std::sync::OnceLock::new(),
+        });
         let _ = inner.registry.context.set(Arc::downgrade(&inner));
-        Ok(Context { inner })
+        let ctx = Context { inner };
+        if let Some(opts) = self.cluster {
+            let cluster = crate::cluster::Cluster::start(&ctx, opts)?;
+            let _ = ctx.inner.cluster.set(cluster);
+        }
+        Ok(ctx)
     }
 
     /// Starts the context and installs it as the global context. Fails if the global context
@@ -172,6 +207,7 @@ impl Context {
         ContextBuilder {
             threads: None,
             worker: WorkerId(0),
+            cluster: None,
             processors: Vec::new(),
             stack_size: 8 << 20,
             max_blocked_threads: 512,
@@ -297,6 +333,51 @@ impl Context {
                 .collect(),
             _ => entry.obj.children(),
         }
+    }
+
+    fn cluster(&self) -> Result<&Arc<crate::cluster::Cluster>> {
+        self.inner.cluster.get().ok_or_else(|| {
+            Error::Config("this context is not the head of a cluster (no workers)".into())
+        })
+    }
+
+    /// The worker processes of this context (empty when it runs on its own threads only).
+    pub fn workers(&self) -> Vec<crate::cluster::WorkerInfo> {
+        self.inner
+            .cluster
+            .get()
+            .map(|c| c.workers())
+            .unwrap_or_default()
+    }
+
+    /// Starts more worker processes while the context runs; they receive work as soon as
+    /// they joined. Returns their ids.
+    pub fn add_workers(&self, spec: crate::LaunchSpec) -> Result<Vec<WorkerId>> {
+        self.cluster()?.launch(&spec)
+    }
+
+    /// Removes worker processes: no new task goes to them, the tasks they run finish, then
+    /// they exit.
+    pub fn remove_workers(&self, ids: &[WorkerId]) -> Result<()> {
+        let ids: Vec<u32> = ids.iter().map(|w| w.0).collect();
+        self.cluster()?.remove(&ids)
+    }
+
+    /// What worker `id` reports about itself (values it holds, memory).
+    pub fn worker_stats(&self, id: WorkerId) -> Result<crate::cluster::WorkerStats> {
+        self.cluster()?.stats(id.0)
+    }
+
+    /// Kills worker `id` at once, as a crash would (for fault-injection tests).
+    #[doc(hidden)]
+    pub fn kill_worker(&self, id: WorkerId) -> Result<()> {
+        self.cluster()?.kill(id.0)
+    }
+
+    /// The address workers connect to, when this context is the head of a cluster.
+    #[doc(hidden)]
+    pub fn cluster_addr(&self) -> Option<String> {
+        self.inner.cluster.get().map(|c| c.addr().to_string())
     }
 
     /// The learned run-time estimate of tasks whose body has code identity `sig` on

@@ -14,6 +14,7 @@
 #![warn(rust_2018_idioms)]
 
 mod chunk;
+mod cluster;
 mod context;
 mod error;
 mod id;
@@ -34,10 +35,13 @@ mod tls;
 pub mod __private;
 
 pub use chunk::{tochunk, Chunk};
+pub use cluster::{init, ClusterOptions, WorkerInfo, WorkerStats};
 pub use context::{
     all_processors, cancel_token, compatible_processors, current_processor, current_task_id,
     is_cancelled, num_processors, CancelToken, Cancelled, Context, ContextBuilder,
 };
+pub use dagger_net::launch::LaunchSpec;
+pub use dagger_net::Secret;
 pub use error::{BoxError, Error, ErrorKind, Result, ScopeError, TaskError};
 pub use id::{NodeId, ProcessorId, ProcessorKind, TaskId, WorkerId};
 pub use options::{

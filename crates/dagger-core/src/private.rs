@@ -18,6 +18,7 @@ use crate::chunk::Chunk;
 use crate::error::BoxError;
 use crate::options::Options;
 use crate::processor::ArgType;
+use crate::remote::data::{Input, NotReady, PendingInput};
 use crate::remote::wire::{WireArg, WireCall};
 use crate::scope::Scope;
 use crate::task::{spawn_raw, ArgDeps, DTask, Header, JobRef, Site, TaskBody, TaskCell};
@@ -28,6 +29,25 @@ use std::sync::Arc;
 pub use crate::remote::functions::{Args, Codec, Param, Stored, TaskFn, TASK_FNS};
 pub use crate::task::ArgInfo;
 pub use linkme;
+
+/// Runs the worker side of a cluster if this process was started as a worker (never returns
+/// then); does nothing otherwise. Used by `#[dagger::main]` and `init_before_main!`.
+pub fn worker_hook() {
+    if std::env::var("DAGGER_ROLE").ok().as_deref() == Some("worker") {
+        if let Err(e) = crate::init() {
+            eprintln!("dagger worker: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// `init()` for `#[dagger::main]`: reports a configuration error and exits.
+pub fn init_or_exit() {
+    if let Err(e) = crate::init() {
+        eprintln!("dagger: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// Stores the `Ok` value of a registered fallible function, or turns its `Err` into the
 /// task's error.
@@ -121,16 +141,19 @@ where
         self.remote
     }
 
-    fn encode(&self) -> Result<WireCall, BoxError> {
+    fn encode(&self) -> Result<(WireCall, Vec<Input>), BoxError> {
         let (func, entry) = self
             .remote
             .ok_or("this task runs only in the process that spawned it")?;
-        Ok(WireCall {
+        let mut inputs = Vec::new();
+        let args = self.args.encode(entry.params, &mut inputs)?;
+        let call = WireCall {
             func,
-            args: self.args.encode(entry.params)?,
+            args,
             thread: None,
             options: Default::default(),
-        })
+        };
+        Ok((call, inputs))
     }
 }
 
@@ -142,7 +165,7 @@ pub trait ArgList: Sized + Send + 'static {
     /// function.
     fn compatible(&self, params: &[Param]) -> bool;
     /// Encodes every argument.
-    fn encode(&self, params: &[Param]) -> Result<Vec<WireArg>, BoxError>;
+    fn encode(&self, params: &[Param], inputs: &mut Vec<Input>) -> Result<Vec<WireArg>, BoxError>;
 }
 
 macro_rules! arg_lists {
@@ -160,8 +183,8 @@ macro_rules! arg_lists {
             }
 
             #[allow(unused_variables)]
-            fn encode(&self, params: &[Param]) -> Result<Vec<WireArg>, BoxError> {
-                Ok(vec![$(self.$i.encode(&params[$i])?),*])
+            fn encode(&self, params: &[Param], inputs: &mut Vec<Input>) -> Result<Vec<WireArg>, BoxError> {
+                Ok(vec![$(self.$i.encode(&params[$i], inputs)?),*])
             }
         }
     )*};
@@ -218,8 +241,9 @@ pub trait Arg: Send + 'static {
     fn get(&mut self) -> Result<Self::Out<'_>, BoxError>;
     /// Whether the argument can be sent as parameter `p` of a registered function.
     fn compatible(&self, p: &Param) -> bool;
-    /// Encodes the argument as parameter `p` for another process.
-    fn encode(&self, p: &Param) -> Result<WireArg, BoxError>;
+    /// Encodes the argument as parameter `p` for another process; values living in other
+    /// processes become references, whose inputs are added to `inputs`.
+    fn encode(&self, p: &Param, inputs: &mut Vec<Input>) -> Result<WireArg, BoxError>;
 }
 
 type Cell<T> = Arc<dyn TaskCell<T>>;
@@ -300,10 +324,11 @@ impl<T: Clone + Send + Sync + 'static> Arg for Owned<T> {
         p.codec.is(TypeId::of::<T>())
     }
 
-    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
+    fn encode(&self, p: &Param, inputs: &mut Vec<Input>) -> Result<WireArg, BoxError> {
         encode_cell(
             self.cell.as_ref().ok_or("argument already consumed")?,
             &p.codec,
+            inputs,
         )
     }
 }
@@ -340,8 +365,8 @@ impl<T: Send + Sync + 'static> Arg for Borrowed<T> {
         p.codec.is(TypeId::of::<T>())
     }
 
-    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
-        encode_cell(&self.cell, &p.codec)
+    fn encode(&self, p: &Param, inputs: &mut Vec<Input>) -> Result<WireArg, BoxError> {
+        encode_cell(&self.cell, &p.codec, inputs)
     }
 }
 
@@ -372,8 +397,8 @@ impl<T: Clone + Send + Sync + 'static> Arg for OwnedMany<T> {
         p.elem.is_some_and(|e| e.is(TypeId::of::<T>()))
     }
 
-    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
-        encode_cells(&self.cells, p)
+    fn encode(&self, p: &Param, inputs: &mut Vec<Input>) -> Result<WireArg, BoxError> {
+        encode_cells(&self.cells, p, inputs)
     }
 }
 
@@ -414,8 +439,8 @@ impl<T: Send + Sync + 'static> Arg for BorrowedMany<T> {
         p.elem.is_some_and(|e| e.is(TypeId::of::<T>()))
     }
 
-    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
-        encode_cells(&self.cells, p)
+    fn encode(&self, p: &Param, inputs: &mut Vec<Input>) -> Result<WireArg, BoxError> {
+        encode_cells(&self.cells, p, inputs)
     }
 }
 
@@ -423,10 +448,21 @@ impl<T: Send + Sync + 'static> Arg for BorrowedMany<T> {
 fn encode_cell<T: Send + Sync + 'static>(
     cell: &Cell<T>,
     codec: &Codec,
+    inputs: &mut Vec<Input>,
 ) -> Result<WireArg, BoxError> {
-    if let Some(loc) = cell.location() {
+    if let Some(data) = cell.remote_data() {
         // It lives in a worker: the receiver fetches it from there (or has it already).
-        return Ok(WireArg::Ref(loc));
+        return match data.try_location() {
+            Ok(loc) => {
+                inputs.push(Input {
+                    data: Arc::downgrade(data),
+                    lineage: data.lineage().cloned(),
+                });
+                Ok(WireArg::Ref(loc))
+            }
+            Err(NotReady::Pending) => Err(Box::new(PendingInput(data.clone()))),
+            Err(NotReady::Failed(why)) => Err(why.into()),
+        };
     }
     let v = value_of(cell)?;
     Ok(WireArg::Value((codec.encode)(v as &dyn Any)?))
@@ -435,6 +471,7 @@ fn encode_cell<T: Send + Sync + 'static>(
 fn encode_cells<T: Send + Sync + 'static>(
     cells: &[Cell<T>],
     p: &Param,
+    inputs: &mut Vec<Input>,
 ) -> Result<WireArg, BoxError> {
     let elem = p
         .elem
@@ -442,7 +479,7 @@ fn encode_cells<T: Send + Sync + 'static>(
         .ok_or("the parameter does not take a collection")?;
     cells
         .iter()
-        .map(|c| encode_cell(c, elem))
+        .map(|c| encode_cell(c, elem, inputs))
         .collect::<Result<Vec<_>, _>>()
         .map(WireArg::Many)
 }
@@ -471,7 +508,7 @@ impl<X: Send + 'static> Arg for Value<X> {
         p.codec.is(TypeId::of::<X>()) || str_for_string::<X>(p)
     }
 
-    fn encode(&self, p: &Param) -> Result<WireArg, BoxError> {
+    fn encode(&self, p: &Param, _inputs: &mut Vec<Input>) -> Result<WireArg, BoxError> {
         let v = self.0.as_ref().ok_or("argument already consumed")?;
         if str_for_string::<X>(p) {
             // A `&str` argument for a `&str` parameter travels as the `String` it decodes to

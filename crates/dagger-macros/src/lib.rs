@@ -547,3 +547,34 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     }
 }
+
+/// Makes `main` start with `dagger::init()`; see the `dagger` crate.
+#[proc_macro_attribute]
+pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = TokenStream2::from(attr);
+        return syn::Error::new_spanned(attr, "#[dagger::main] takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let mut func = syn::parse_macro_input!(item as syn::ItemFn);
+    if func.sig.ident != "main" {
+        return syn::Error::new_spanned(&func.sig.ident, "#[dagger::main] goes on `fn main`")
+            .to_compile_error()
+            .into();
+    }
+    if func.sig.asyncness.is_some() {
+        return syn::Error::new_spanned(
+            func.sig.asyncness,
+            "#[dagger::main] does not start an async runtime; put it on a synchronous `fn main`",
+        )
+        .to_compile_error()
+        .into();
+    }
+    let body = &func.block;
+    func.block = syn::parse_quote!({
+        ::dagger::__private::init_or_exit();
+        #body
+    });
+    quote!(#func).into()
+}

@@ -135,6 +135,45 @@ pub use dagger_macros::delayed;
 /// ```
 pub use dagger_macros::task;
 
+/// Starts `main` with [`init`]: in a worker process (started by the head of a cluster) this
+/// runs the worker and never reaches the body; in the head it starts the workers that the
+/// environment asks for (`DAGGER_WORKERS=4`, `DAGGER_HOSTS=a,b`, ...). A configuration error
+/// is reported and the process exits with status 1.
+///
+/// ```no_run
+/// #[dagger::task]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// #[dagger::main]
+/// fn main() {
+///     use dagger::prelude::*;
+///     let t = spawn!(square(7));
+///     println!("{}", t.fetch().unwrap());
+/// }
+/// ```
+pub use dagger_macros::main;
+
+/// Runs the worker side of a cluster before `main` when this process was started as a
+/// worker. For programs that cannot call [`init`] first in `main` (test binaries, whose
+/// `main` is the test harness): put `dagger::init_before_main!();` at the top level of the
+/// crate (Linux and other ELF platforms).
+#[macro_export]
+macro_rules! init_before_main {
+    () => {
+        #[used]
+        #[cfg_attr(
+            any(target_os = "linux", target_os = "android", target_os = "freebsd"),
+            link_section = ".init_array"
+        )]
+        static __DAGGER_INIT_BEFORE_MAIN: extern "C" fn() = {
+            extern "C" fn __dagger_init_before_main() {
+                $crate::__private::worker_hook()
+            }
+            __dagger_init_before_main
+        };
+    };
+}
+
 #[doc(hidden)]
 pub use dagger_core::__private;
 

@@ -3,6 +3,7 @@
 //! store, and the head fetches and frees them, exactly as with a networked worker.
 
 use dagger::prelude::*;
+use dagger::remote::data::Label;
 use dagger::remote::functions::table;
 use dagger::remote::store::{run_call, Fetch, Store};
 use dagger::remote::wire::Location;
@@ -21,9 +22,9 @@ struct Loopback {
 }
 
 impl DataLink for Loopback {
-    fn fetch(&self, loc: Location) -> Result<Vec<u8>, dagger::BoxError> {
+    fn fetch(&self, loc: Location) -> Result<bytes::Bytes, dagger::BoxError> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
-        self.store.encode(loc.id)
+        self.store.encode(loc.id).map(Into::into)
     }
     fn free(&self, loc: Location) {
         self.store.free(loc.id);
@@ -33,7 +34,7 @@ impl DataLink for Loopback {
 struct Link(Arc<Loopback>);
 
 impl DataLink for Link {
-    fn fetch(&self, loc: Location) -> Result<Vec<u8>, dagger::BoxError> {
+    fn fetch(&self, loc: Location) -> Result<bytes::Bytes, dagger::BoxError> {
         DataLink::fetch(&*self.0, loc)
     }
     fn free(&self, loc: Location) {
@@ -54,7 +55,12 @@ impl Dispatch for Link {
         std::thread::spawn(move || {
             worker.inflight.fetch_sub(1, Ordering::Relaxed);
             match run.map(|t| t.fetch()) {
-                Ok(Ok(loc)) => task.complete(RemoteData::new(loc, Arc::new(Link(lb)))),
+                Ok(Ok((loc, _))) => task.complete(RemoteData::new(
+                    loc,
+                    Arc::new(Link(lb)),
+                    None,
+                    Label::Text("a loopback value".into()),
+                )),
                 Ok(Err(e)) => task.fail(e.kind(), e.message()),
                 Err(e) => task.fail(ErrorKind::Runtime, e.to_string()),
             }

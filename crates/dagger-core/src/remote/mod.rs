@@ -1,12 +1,13 @@
 //! Running tasks in other processes: the table of registered task functions, the wire forms
 //! of calls and values. (Networking is elsewhere: the cluster layer uses these.)
 
+pub mod data;
 pub mod functions;
 pub mod store;
 pub mod wire;
 
 pub use crate::sched::remote::{Dispatch, RemoteTask, RemoteWorker};
-pub use crate::task::{DataLink, RemoteData};
+pub use data::{DataLink, Input, Lineage, RemoteData};
 
 use crate::context::Context;
 use crate::error::ErrorKind;
@@ -39,9 +40,33 @@ impl RemoteTask {
         self.job.complete_remote(Ok(data));
     }
 
+    /// Like [`complete`](Self::complete), also learning the function's run time there.
+    pub fn complete_timed(self, data: Arc<RemoteData>, run_ns: u64) {
+        if let Some(reg) = crate::sched::registry_by_id(self.job.header().registry) {
+            reg.estimates
+                .record(self.job.signature(), crate::ProcessorKind::THREAD, run_ns);
+        }
+        self.complete(data);
+    }
+
     /// The task failed on its worker (or could not run there).
     pub fn fail(self, kind: ErrorKind, message: String) {
         self.job.complete_remote(Err((kind, message)));
+    }
+
+    /// Places the task again (its worker died or lost an input); false if it was cancelled
+    /// meanwhile.
+    pub(crate) fn requeue(self) -> bool {
+        requeue(self.job)
+    }
+
+    /// Splits the task into the job and how its result can be made again.
+    pub(crate) fn into_parts(self) -> (crate::task::JobRef, Lineage) {
+        let label = self.job.header().label();
+        (
+            self.job,
+            Lineage::new(self.call, self.scope, self.inputs, label),
+        )
     }
 
     /// Whether the task was cancelled (or otherwise completed) while it ran elsewhere.
@@ -50,14 +75,22 @@ impl RemoteTask {
     }
 }
 
-impl RemoteData {
-    /// A value at `loc`, reached (and freed when dropped) through `link`.
-    pub fn new(loc: wire::Location, link: Arc<dyn DataLink>) -> Arc<RemoteData> {
-        Arc::new(RemoteData { loc, link })
+/// Places a claimed task again; false if it was cancelled meanwhile.
+pub(crate) fn requeue(job: crate::task::JobRef) -> bool {
+    if job.unclaim() {
+        crate::sched::schedule(job);
+        true
+    } else {
+        false
     }
+}
 
-    /// Where the value is.
-    pub fn location(&self) -> wire::Location {
-        self.loc
+/// Completes a task whose value now lives in another process, learning the function's run
+/// time there.
+pub(crate) fn complete_job(job: &crate::task::JobRef, data: Arc<RemoteData>, run_ns: u64) {
+    if let Some(reg) = crate::sched::registry_by_id(job.header().registry) {
+        reg.estimates
+            .record(job.signature(), crate::ProcessorKind::THREAD, run_ns);
     }
+    job.complete_remote(Ok(data));
 }

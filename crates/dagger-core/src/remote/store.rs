@@ -6,8 +6,9 @@ use super::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
 use crate::options::Options;
+use crate::remote::data::DataLink;
 use crate::scope::Scope;
-use crate::task::{DTask, DataLink};
+use crate::task::DTask;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,11 +84,11 @@ impl Store {
 /// Fetches encoded values from other processes (blocking).
 pub trait Fetch: Send + Sync {
     /// The encoded bytes of the value at `loc`.
-    fn fetch(&self, loc: Location) -> Result<Vec<u8>, BoxError>;
+    fn fetch(&self, loc: Location) -> Result<bytes::Bytes, BoxError>;
 }
 
 impl<T: DataLink + ?Sized> Fetch for T {
-    fn fetch(&self, loc: Location) -> Result<Vec<u8>, BoxError> {
+    fn fetch(&self, loc: Location) -> Result<bytes::Bytes, BoxError> {
         DataLink::fetch(self, loc)
     }
 }
@@ -105,12 +106,37 @@ fn resolve_one(
             .map(|s| s.value)
             .ok_or_else(|| format!("value {} is no longer held here", loc.id).into()),
         WireArg::Ref(loc) => {
-            let bytes = crate::sched::blocking(|| fetch.fetch(*loc))?;
+            let bytes = crate::sched::blocking(|| fetch.fetch(*loc)).map_err(|e| InputLost {
+                worker: loc.worker,
+                message: e.to_string(),
+            })?;
             (codec.decode)(&bytes)
         }
         WireArg::Many(_) => Err("a nested collection cannot be one value".into()),
     }
 }
+
+/// An input of a call could not be fetched from the process holding it (that process is
+/// gone or unreachable): the call may succeed once the input is made again elsewhere.
+#[derive(Debug)]
+pub struct InputLost {
+    /// The process that held the input.
+    pub worker: u32,
+    /// Why the fetch failed.
+    pub message: String,
+}
+
+impl std::fmt::Display for InputLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "an input held by process {} could not be fetched: {}",
+            self.worker, self.message
+        )
+    }
+}
+
+impl std::error::Error for InputLost {}
 
 /// Decodes the arguments of a call of `entry`.
 pub fn resolve_args(
@@ -187,13 +213,13 @@ pub fn options_to_wire(o: &Options) -> WireOptions {
 
 /// Runs a call that arrived from another process as a task on `ctx`: resolves its arguments
 /// (fetching remote ones), calls the function, keeps the result in `store`, and yields where
-/// the result is (and its encoded size when small enough to measure cheaply: 0 otherwise).
+/// the result is and how long the function ran (nanoseconds).
 pub fn run_call(
     ctx: &Context,
     call: WireCall,
     store: Arc<Store>,
     fetch: Arc<dyn Fetch>,
-) -> Result<DTask<Location>, BoxError> {
+) -> Result<DTask<(Location, u64)>, BoxError> {
     let entry = table()
         .get(call.func)
         .ok_or_else(|| format!("no task function has id {}", call.func))?;
@@ -205,10 +231,12 @@ pub fn run_call(
         opts = opts.scope(Scope::worker(store.worker()).thread(t));
     }
     let inherited = call.options.inherited.as_deref().map(options_from_wire);
-    let body = move || -> Result<Location, BoxError> {
+    let body = move || -> Result<(Location, u64), BoxError> {
         let values = resolve_args(entry, &call.args, &store, &*fetch)?;
+        let started = std::time::Instant::now();
         let stored = (entry.invoke)(&Args::new(entry.name, &values))?;
-        Ok(store.insert(stored))
+        let run_ns = started.elapsed().as_nanos() as u64;
+        Ok((store.insert(stored), run_ns))
     };
     Ok(ctx.enter(|| match inherited {
         Some(inh) => crate::options::with_options(inh, || crate::task::try_spawn_with(opts, body)),

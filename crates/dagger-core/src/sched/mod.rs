@@ -24,6 +24,7 @@ pub(crate) use worker::{current_proc, run_on_processor, with_current_registry, W
 use crate::error::ErrorKind;
 use crate::id::{NodeId, ProcessorId, ProcessorKind, WorkerId};
 use crate::processor::{OsProc, Processor, TaskSignature, ThreadProc};
+use crate::remote::data::PendingInput;
 use crate::remote::functions::TaskFn;
 use crate::scope::{ProcessorInfo, Scope};
 use crate::task::{fail_job, Header, JobRef, NO_PROC};
@@ -499,17 +500,14 @@ impl Registry {
             Some(Placement::Pool)
         };
         let scope = scope.cloned().unwrap_or_default();
-        let remote_ok = self
-            .remote
-            .snapshot()
-            .iter()
-            .any(|w| w.threads_in(&scope).is_some());
+        let workers = self.remote.snapshot();
+        let remote_ok = workers.iter().any(|w| w.threads_in(&scope).is_some());
         if local.is_none() && !remote_ok {
-            // Explain with the local error, or the scope.
-            return match self.place(Some(&scope), sig, None) {
-                Err(e) => Err(e),
-                Ok(_) => Err(format!("no processor is in its scope `{scope}`")),
-            };
+            let ids: Vec<u32> = workers.iter().map(|w| w.id).collect();
+            return Err(format!(
+                "no live worker is in its scope `{scope}`, nor any processor of this process \
+                 (live workers: {ids:?})"
+            ));
         }
         Ok(Placement::Anywhere(Arc::new(Anywhere { local, scope })))
     }
@@ -648,7 +646,7 @@ impl Registry {
             return; // cancelled meanwhile
         }
         match job.encode_remote() {
-            Ok(mut call) => {
+            Ok((mut call, inputs)) => {
                 call.thread = thread;
                 worker.backlog_ns.fetch_add(est, Ordering::Relaxed);
                 worker.inflight.fetch_add(1, Ordering::Relaxed);
@@ -657,14 +655,25 @@ impl Registry {
                     RemoteTask {
                         job,
                         call,
+                        inputs,
+                        scope: a.scope.clone(),
                         cost_ns: est,
                     },
                 );
             }
-            Err(e) => job.complete_remote(Err((
-                ErrorKind::Runtime,
-                format!("its arguments cannot be sent to worker {}: {e}", worker.id),
-            ))),
+            Err(e) => match e.downcast::<PendingInput>() {
+                // An input is being made again after its worker died: place the task again
+                // once it is back.
+                Ok(pending) => {
+                    if job.unclaim() && !pending.0.defer(job.clone()) {
+                        schedule(job);
+                    }
+                }
+                Err(e) => job.complete_remote(Err((
+                    ErrorKind::Runtime,
+                    format!("its arguments cannot be sent to worker {}: {e}", worker.id),
+                ))),
+            },
         }
     }
 

@@ -5,6 +5,7 @@
 //! how to hand a task over.
 
 use crate::id::{NodeId, ProcessorId, WorkerId};
+use crate::remote::data::Input;
 use crate::remote::wire::WireCall;
 use crate::scope::{ProcessorInfo, Scope};
 use crate::task::JobRef;
@@ -71,6 +72,11 @@ pub struct RemoteTask {
     pub(crate) job: JobRef,
     /// The encoded call.
     pub call: WireCall,
+    /// The remote values behind the call's `Ref` arguments (depth first), to make them again
+    /// if their worker dies.
+    pub inputs: Vec<Input>,
+    /// Where the task may run.
+    pub scope: Scope,
     /// The estimated cost added to the worker's backlog (remove it when the task ends).
     pub cost_ns: u64,
 }

@@ -16,7 +16,6 @@ mod spawn;
 pub use dtask::{fetch_all, wait_all, DTask, TaskFuture};
 pub use group::sync;
 pub(crate) use group::{with_group, Group};
-pub use outcome::{DataLink, RemoteData};
 pub(crate) use outcome::{Outcome, RemoteValue};
 pub(crate) use spawn::ArgDeps;
 pub use spawn::ArgInfo;
@@ -26,6 +25,7 @@ pub(crate) use spawn::{spawn_raw, Site};
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::{Options, TaskInfo};
+use crate::remote::data::Input;
 use crate::remote::functions::TaskFn;
 use crate::remote::wire::WireCall;
 use crate::sched::Placement;
@@ -108,6 +108,19 @@ impl Header {
         }
     }
 
+    /// Names this task's result in messages about remote values.
+    pub(crate) fn label(&self) -> crate::remote::data::Label {
+        use crate::remote::data::Label;
+        match (
+            self.meta.as_ref().and_then(|m| m.name.clone()),
+            self.static_name,
+        ) {
+            (Some(n), _) => Label::Task(self.id.get(), Some(n)),
+            (None, Some(n)) => Label::NamedTask(self.id.get(), n),
+            (None, None) => Label::Task(self.id.get(), None),
+        }
+    }
+
     pub(crate) fn name_str(&self) -> Option<&str> {
         self.meta
             .as_ref()
@@ -136,11 +149,18 @@ pub(crate) trait Job: Send + Sync + 'static {
 
     /// Encodes the call of a claimed task (the caller won QUEUED -> RUNNING) so that another
     /// process can run it.
-    fn encode_remote(&self) -> Result<WireCall, BoxError>;
+    fn encode_remote(&self) -> Result<(WireCall, Vec<Input>), BoxError>;
+
+    /// Gives back a task claimed for a remote run that could not happen yet (RUNNING ->
+    /// QUEUED), so it can be placed again.
+    fn unclaim(&self) -> bool;
 
     /// Completes a claimed task that ran in another process: with its value there, or with
     /// the kind and message of its failure.
-    fn complete_remote(&self, result: Result<Arc<RemoteData>, (ErrorKind, String)>);
+    fn complete_remote(
+        &self,
+        result: Result<Arc<crate::remote::data::RemoteData>, (ErrorKind, String)>,
+    );
 }
 
 /// What a task runs: a closure, or a call of a function with arguments (which may also be
@@ -161,8 +181,9 @@ pub(crate) trait TaskBody<T>: Send + 'static {
         None
     }
 
-    /// Encodes the call for another process (only when `remote` is `Some`).
-    fn encode(&self) -> Result<WireCall, BoxError> {
+    /// Encodes the call for another process (only when `remote` is `Some`), with the inputs
+    /// behind its `Ref` arguments.
+    fn encode(&self) -> Result<(WireCall, Vec<Input>), BoxError> {
         Err("this task runs only in the process that spawned it".into())
     }
 }
@@ -191,10 +212,10 @@ impl<T: Send + Sync + 'static> dyn TaskCell<T> {
         self.outcome().map(|o| o.value(self.header()))
     }
 
-    /// Where the value lives, when it lives in another process.
-    pub(crate) fn location(&self) -> Option<crate::remote::wire::Location> {
+    /// The value's handle, when it lives in another process.
+    pub(crate) fn remote_data(&self) -> Option<&Arc<crate::remote::data::RemoteData>> {
         match self.outcome()? {
-            Outcome::Remote(r) => Some(r.data.loc),
+            Outcome::Remote(r) => Some(&r.data),
             _ => None,
         }
     }
@@ -438,14 +459,21 @@ where
         TypeId::of::<F>()
     }
 
-    fn encode_remote(&self) -> Result<WireCall, BoxError> {
+    fn encode_remote(&self) -> Result<(WireCall, Vec<Input>), BoxError> {
         // SAFETY: the caller claimed the task, so it alone may touch the body; the body stays
         // in place while the call runs elsewhere (it keeps the inputs alive).
         let body = unsafe { (*self.body.get()).as_ref() };
         body.ok_or("the task has no body")?.encode()
     }
 
-    fn complete_remote(&self, result: Result<Arc<RemoteData>, (ErrorKind, String)>) {
+    fn unclaim(&self) -> bool {
+        self.header.state.unclaim()
+    }
+
+    fn complete_remote(
+        &self,
+        result: Result<Arc<crate::remote::data::RemoteData>, (ErrorKind, String)>,
+    ) {
         if !self.header.state.finish_run() {
             return; // cancelled meanwhile
         }

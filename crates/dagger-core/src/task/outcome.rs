@@ -2,6 +2,7 @@
 //! another process.
 
 use crate::error::{BoxError, ErrorKind, TaskError};
+use crate::remote::data::RemoteData;
 use crate::remote::wire::Location;
 use std::sync::{Arc, OnceLock};
 
@@ -13,26 +14,6 @@ pub(crate) enum Outcome<T> {
     Failed(TaskError),
     /// The value lives in another process.
     Remote(RemoteValue<T>),
-}
-
-/// Reaches the processes that hold this process's remote values.
-pub trait DataLink: Send + Sync {
-    /// The encoded bytes of the value at `loc` (blocks until they arrive).
-    fn fetch(&self, loc: Location) -> Result<Vec<u8>, BoxError>;
-    /// Releases the value at `loc` (nobody here needs it any more).
-    fn free(&self, loc: Location);
-}
-
-/// A value in another process. Dropping the last reference frees it there.
-pub struct RemoteData {
-    pub(crate) loc: Location,
-    pub(crate) link: Arc<dyn DataLink>,
-}
-
-impl Drop for RemoteData {
-    fn drop(&mut self) {
-        self.link.free(self.loc);
-    }
 }
 
 /// Decodes the bytes of a remote value.
@@ -59,7 +40,7 @@ impl<T: Send + Sync + 'static> RemoteValue<T> {
         if let Some(v) = self.local.get() {
             return Ok(v);
         }
-        let bytes = crate::sched::blocking(|| self.data.link.fetch(self.data.loc))?;
+        let bytes = crate::sched::blocking(|| fetch(&self.data))?;
         let v = decode_owned::<T>(self.decode, &bytes)?;
         let _ = self.local.set(v);
         Ok(self.local.get().expect("just set"))
@@ -70,9 +51,28 @@ impl<T: Send + Sync + 'static> RemoteValue<T> {
         if let Some(v) = self.local.into_inner() {
             return Ok(v);
         }
-        let bytes = crate::sched::blocking(|| self.data.link.fetch(self.data.loc))?;
+        let bytes = crate::sched::blocking(|| fetch(&self.data))?;
         decode_owned::<T>(self.decode, &bytes)
     }
+}
+
+/// Fetches a remote value's bytes. When the fetch fails because the holder died, waits for
+/// the value to be marked lost and recovered, then fetches it from its new place.
+fn fetch(data: &Arc<RemoteData>) -> Result<bytes::Bytes, BoxError> {
+    let mut last = None;
+    for _ in 0..8 {
+        let loc = data.location()?;
+        match data.link().fetch(loc) {
+            Ok(b) => return Ok(b),
+            Err(e) => {
+                if !data.wait_moved(loc, std::time::Duration::from_secs(2)) {
+                    return Err(e);
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| "the value kept being lost".into()))
 }
 
 fn decode_owned<T: Send + Sync + 'static>(decode: Decode, bytes: &[u8]) -> Result<T, BoxError> {
@@ -92,7 +92,7 @@ impl<T: Send + Sync + 'static> Outcome<T> {
         match self {
             Outcome::Value(v) => Ok(v),
             Outcome::Failed(e) => Err(e.clone()),
-            Outcome::Remote(r) => r.get().map_err(|e| lost(task, r.data.loc, e)),
+            Outcome::Remote(r) => r.get().map_err(|e| lost(task, &r.data, e)),
         }
     }
 
@@ -102,8 +102,8 @@ impl<T: Send + Sync + 'static> Outcome<T> {
             Outcome::Value(v) => Ok(v),
             Outcome::Failed(e) => Err(e),
             Outcome::Remote(r) => {
-                let loc = r.data.loc;
-                r.into_value().map_err(|e| lost(task, loc, e))
+                let data = r.data.clone();
+                r.into_value().map_err(|e| lost(task, &data, e))
             }
         }
     }
@@ -116,14 +116,15 @@ impl<T: Send + Sync + 'static> Outcome<T> {
     }
 }
 
-fn lost(task: &super::Header, loc: Location, e: BoxError) -> TaskError {
+fn lost(task: &super::Header, data: &RemoteData, e: BoxError) -> TaskError {
+    let at = match data.try_location() {
+        Ok(Location { worker, .. }) => format!(" on worker {worker}"),
+        Err(_) => String::new(),
+    };
     TaskError::with_message(
         task.id,
         task.name(),
         ErrorKind::Runtime,
-        format!(
-            "its result on worker {} could not be fetched: {e}",
-            loc.worker
-        ),
+        format!("its result{at} could not be fetched: {e}"),
     )
 }

@@ -50,6 +50,12 @@ impl TaskState {
         self.cas(QUEUED, RUNNING)
     }
 
+    /// RUNNING -> QUEUED: a claimed task that could not run where it was sent goes back to
+    /// be placed again (only the party that claimed it may do this).
+    pub(crate) fn unclaim(&self) -> bool {
+        self.cas(RUNNING, QUEUED)
+    }
+
     /// RUNNING -> COMPLETING: the body finished and its result may be stored.
     pub(crate) fn finish_run(&self) -> bool {
         self.cas(RUNNING, COMPLETING)

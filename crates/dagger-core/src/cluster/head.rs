@@ -1,0 +1,840 @@
+//! The head process of a cluster: workers join it, it sends them tasks, and it keeps track of
+//! the values they hold for it.
+
+use super::io::Link;
+use super::msg::{Done, FailKind, Msg, PeerInfo, Run, WorkerStats};
+use super::node::{Node, NodeLink, Role};
+use crate::error::ErrorKind;
+use crate::id::NodeId;
+use crate::remote::data::Lineage;
+use crate::remote::wire::{Location, WireArg, WireCall};
+use crate::remote::{Dispatch, RemoteData, RemoteTask, RemoteWorker};
+use crate::sched::Registry;
+use crate::scope::Scope;
+use crate::task::JobRef;
+use dagger_net::NetError;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// A worker as the head knows it.
+pub(crate) struct HeadWorker {
+    pub(crate) remote: Arc<RemoteWorker>,
+    pub(crate) info: PeerInfo,
+    pub(crate) hostname: String,
+    pub(crate) pid: u32,
+    last_pong: Instant,
+}
+
+struct InFlight {
+    worker: u32,
+    task: RemoteTask,
+}
+
+/// How many times a task (or a recomputation) is tried again after losing its worker or an
+/// input before it fails.
+const MAX_ATTEMPTS: u32 = 4;
+
+/// Ids of recomputation runs (never a task id, which counts up from 1).
+const FIRST_RECOVERY_ID: u64 = 1 << 63;
+
+type RunResult = Result<Location, (FailKind, String)>;
+
+/// A recomputation running on a worker.
+struct Recovery {
+    worker: u32,
+    done: tokio::sync::oneshot::Sender<RunResult>,
+}
+
+/// A task that could not fetch an input from `on`, waiting to learn whether `on` died.
+struct Parked {
+    on: u32,
+    since: Instant,
+    job: JobRef,
+}
+
+/// The values one worker holds for this process (pruned of dropped ones as it grows).
+#[derive(Default)]
+struct Located {
+    values: Vec<Weak<RemoteData>>,
+    pruned_len: usize,
+}
+
+impl Located {
+    fn push(&mut self, data: &Arc<RemoteData>) {
+        self.values.push(Arc::downgrade(data));
+        if self.values.len() > 2 * self.pruned_len.max(1024) {
+            self.prune();
+        }
+    }
+
+    fn prune(&mut self) {
+        self.values.retain(|w| w.strong_count() > 0);
+        self.pruned_len = self.values.len();
+    }
+}
+
+#[derive(Default)]
+struct State {
+    workers: HashMap<u32, HeadWorker>,
+    hosts: Vec<String>,
+    inflight: HashMap<u64, InFlight>,
+    stats: HashMap<u64, SyncSender<WorkerStats>>,
+    next_req: u64,
+    pings: HashMap<u64, (u32, Instant)>,
+    /// Workers that left, and why.
+    gone: HashMap<u32, String>,
+    located: HashMap<u32, Located>,
+    /// Tasks tried again after a loss, and how often.
+    retries: HashMap<u64, u32>,
+    parked: Vec<Parked>,
+    recovering: HashMap<u64, Recovery>,
+    next_recovery: u64,
+    /// Recomputations under way.
+    recomputing: usize,
+    /// Values made again only as inputs of other recomputations, kept until every
+    /// recomputation under way ended, so that none is made twice.
+    remade: Vec<Arc<RemoteData>>,
+}
+
+pub(crate) struct Head {
+    node: Weak<Node>,
+    registry: Weak<Registry>,
+    state: Mutex<State>,
+    joined: Condvar,
+    /// A worker that sends nothing for this long is declared dead.
+    pub(crate) heartbeat_timeout: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The serialised form of `Msg::Run` for one task, written without cloning the call.
+#[derive(Serialize)]
+enum RunRef<'a> {
+    #[allow(dead_code)]
+    Join(()),
+    #[allow(dead_code)]
+    Welcome(()),
+    #[allow(dead_code)]
+    PeerJoined(()),
+    #[allow(dead_code)]
+    PeerLeft(()),
+    Run(&'a [RunOne<'a>]),
+}
+
+#[derive(Serialize)]
+struct RunOne<'a> {
+    task: u64,
+    call: &'a WireCall,
+}
+
+impl Head {
+    pub(crate) fn new(
+        node: &Arc<Node>,
+        registry: &Arc<Registry>,
+        heartbeat_timeout: Duration,
+    ) -> Arc<Head> {
+        let hostname = super::hostname();
+        Arc::new(Head {
+            node: Arc::downgrade(node),
+            registry: Arc::downgrade(registry),
+            state: Mutex::new(State {
+                hosts: vec![hostname],
+                next_recovery: FIRST_RECOVERY_ID,
+                ..State::default()
+            }),
+            joined: Condvar::new(),
+            heartbeat_timeout,
+        })
+    }
+
+    /// Waits until every worker in `ids` joined (or left), for at most `timeout`.
+    pub(crate) fn wait_joined(&self, ids: &[u32], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        loop {
+            if let Some((id, why)) = ids
+                .iter()
+                .find_map(|id| state.gone.get(id).map(|w| (id, w)))
+            {
+                return Err(format!("worker {id} did not start: {why}"));
+            }
+            let missing: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|id| !state.workers.contains_key(id))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "workers {missing:?} did not join within {timeout:?}"
+                ));
+            }
+            state = self
+                .joined
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    pub(crate) fn worker_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = lock(&self.state).workers.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    pub(crate) fn describe(&self, id: u32) -> Option<(String, u32, u32, String)> {
+        lock(&self.state).workers.get(&id).map(|w| {
+            (
+                w.hostname.clone(),
+                w.pid,
+                w.remote.threads,
+                w.info.addr.clone(),
+            )
+        })
+    }
+
+    /// Asks a worker for its statistics.
+    pub(crate) fn stats(&self, id: u32, timeout: Duration) -> Result<WorkerStats, String> {
+        let node = self.node.upgrade().ok_or("the cluster is shut down")?;
+        let link = node
+            .link(id)
+            .ok_or_else(|| format!("worker {id} is not connected"))?;
+        let (tx, rx) = sync_channel(1);
+        let req = {
+            let mut s = lock(&self.state);
+            s.next_req += 1;
+            let req = s.next_req;
+            s.stats.insert(req, tx);
+            req
+        };
+        link.send(Msg::StatsRequest(req));
+        rx.recv_timeout(timeout)
+            .map_err(|_| format!("worker {id} did not report its statistics within {timeout:?}"))
+    }
+
+    /// Sends a heartbeat to every worker and declares dead those silent for too long.
+    pub(crate) fn heartbeat(&self) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let (ping, dead): (Vec<(u32, u64)>, Vec<u32>) = {
+            let mut s = lock(&self.state);
+            let mut ping = Vec::new();
+            let mut dead = Vec::new();
+            let ids: Vec<u32> = s.workers.keys().copied().collect();
+            for l in s.located.values_mut() {
+                l.prune();
+            }
+            for id in ids {
+                let last = s.workers[&id].last_pong;
+                if now.duration_since(last) > self.heartbeat_timeout {
+                    dead.push(id);
+                } else {
+                    s.next_req += 1;
+                    let seq = s.next_req;
+                    s.pings.insert(seq, (id, now));
+                    ping.push((id, seq));
+                }
+            }
+            (ping, dead)
+        };
+        // A task that could not fetch from a worker the head still hears from is tried
+        // again after a while (the workers may have had a passing network problem).
+        let stale: Vec<JobRef> = {
+            let mut s = lock(&self.state);
+            let (stale, keep) = std::mem::take(&mut s.parked)
+                .into_iter()
+                .partition(|p: &Parked| now.duration_since(p.since) > self.heartbeat_timeout);
+            s.parked = keep;
+            stale.into_iter().map(|p: Parked| p.job).collect()
+        };
+        for job in stale {
+            crate::remote::requeue(job);
+        }
+        for (id, seq) in ping {
+            if let Some(link) = node.link(id) {
+                link.send(Msg::Ping(seq));
+            }
+        }
+        for id in dead {
+            log::warn!(
+                "worker {id} sent nothing for {:?}: declaring it dead",
+                self.heartbeat_timeout
+            );
+            if let Some(link) = node.remove_link(id) {
+                link.close();
+            }
+            self.worker_lost(&node, id, "it stopped answering heartbeats".into());
+        }
+    }
+
+    fn on_join(
+        &self,
+        node: &Arc<Node>,
+        link: &Link,
+        threads: u32,
+        info: PeerInfo,
+        hostname: String,
+        pid: u32,
+    ) {
+        let id = link.peer;
+        let (welcome, others) = {
+            let mut s = lock(&self.state);
+            let node_index = match s.hosts.iter().position(|h| *h == hostname) {
+                Some(i) => i,
+                None => {
+                    s.hosts.push(hostname.clone());
+                    s.hosts.len() - 1
+                }
+            } as u32;
+            let peers: Vec<PeerInfo> = s.workers.values().map(|w| w.info.clone()).collect();
+            let remote = Arc::new(RemoteWorker::new(id, threads, NodeId(node_index)));
+            s.workers.insert(
+                id,
+                HeadWorker {
+                    remote: remote.clone(),
+                    info: info.clone(),
+                    hostname,
+                    pid,
+                    last_pong: Instant::now(),
+                },
+            );
+            s.gone.remove(&id);
+            if let Some(reg) = self.registry.upgrade() {
+                reg.remote.add(remote);
+            }
+            (
+                Msg::Welcome {
+                    id,
+                    node: node_index,
+                    peers: peers.clone(),
+                },
+                peers,
+            )
+        };
+        node.set_peer(info.clone());
+        link.send(welcome);
+        for p in others {
+            if let Some(l) = node.link(p.id) {
+                l.send(Msg::PeerJoined(info.clone()));
+            }
+        }
+        self.joined.notify_all();
+    }
+
+    fn on_done(&self, node: &Arc<Node>, done: Vec<Done>) {
+        let mut finished = Vec::with_capacity(done.len());
+        let mut recovered = Vec::new();
+        {
+            let mut s = lock(&self.state);
+            for d in done {
+                if let Some(f) = s.inflight.remove(&d.task) {
+                    finished.push((f, d));
+                } else if let Some(r) = s.recovering.remove(&d.task) {
+                    recovered.push((r, d.result));
+                }
+            }
+        }
+        for (r, result) in recovered {
+            let _ = r.done.send(result);
+        }
+        for (f, d) in finished {
+            let w = {
+                let s = lock(&self.state);
+                s.workers.get(&f.worker).map(|w| w.remote.clone())
+            };
+            if let Some(w) = &w {
+                w.inflight.fetch_sub(1, Ordering::Relaxed);
+                w.backlog_ns.fetch_sub(
+                    f.task.cost_ns.min(w.backlog_ns.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+            }
+            match d.result {
+                Ok(loc) => {
+                    let (job, lineage) = f.task.into_parts();
+                    let label = lineage.label.clone();
+                    let data = RemoteData::new(
+                        loc,
+                        Arc::new(NodeLink(node.clone())),
+                        Some(Arc::new(lineage)),
+                        label,
+                    );
+                    {
+                        let mut s = lock(&self.state);
+                        s.located.entry(loc.worker).or_default().push(&data);
+                        if !s.retries.is_empty() {
+                            s.retries.remove(&d.task);
+                        }
+                    }
+                    crate::remote::complete_job(&job, data, d.run_ns);
+                }
+                Err((FailKind::InputLost(holder), msg)) => self.input_lost(f.task, holder, msg),
+                Err((kind, msg)) => {
+                    lock(&self.state).retries.remove(&d.task);
+                    f.task.fail(kind.kind(), msg)
+                }
+            }
+        }
+    }
+
+    /// A task could not fetch an input from worker `holder`: run it again once the input is
+    /// known lost (and so is being made again).
+    fn input_lost(&self, task: RemoteTask, holder: u32, msg: String) {
+        let id = task.id();
+        log::debug!("task {id} runs again: {msg}");
+        let park = {
+            let mut s = lock(&self.state);
+            let tries = s.retries.entry(id).or_insert(0);
+            *tries += 1;
+            if *tries >= MAX_ATTEMPTS {
+                s.retries.remove(&id);
+                None
+            } else {
+                Some(s.workers.contains_key(&holder))
+            }
+        };
+        match park {
+            None => task.fail(
+                ErrorKind::Runtime,
+                format!("its inputs were lost {MAX_ATTEMPTS} times; the last time: {msg}"),
+            ),
+            Some(true) => {
+                let (job, _) = task.into_parts();
+                lock(&self.state).parked.push(Parked {
+                    on: holder,
+                    since: Instant::now(),
+                    job,
+                });
+            }
+            Some(false) => {
+                task.requeue();
+            }
+        }
+    }
+
+    /// A worker left or died: forget it, mark the values it held as lost (they are made again
+    /// when needed), and run its tasks elsewhere.
+    pub(crate) fn worker_lost(&self, node: &Arc<Node>, id: u32, why: String) {
+        log::warn!("worker {id} is lost: {why}");
+        let (lost, others, values, parked, recoveries) = {
+            let mut s = lock(&self.state);
+            if s.workers.remove(&id).is_none() {
+                s.gone.entry(id).or_insert(why.clone());
+                drop(s);
+                self.joined.notify_all();
+                return;
+            }
+            s.gone.insert(id, why.clone());
+            let ids: Vec<u64> = s
+                .inflight
+                .iter()
+                .filter(|(_, f)| f.worker == id)
+                .map(|(t, _)| *t)
+                .collect();
+            let lost: Vec<InFlight> = ids.iter().filter_map(|t| s.inflight.remove(t)).collect();
+            let others: Vec<u32> = s.workers.keys().copied().collect();
+            let values = s.located.remove(&id).unwrap_or_default().values;
+            let (parked, keep): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut s.parked)
+                .into_iter()
+                .partition(|p| p.on == id);
+            s.parked = keep;
+            let rids: Vec<u64> = s
+                .recovering
+                .iter()
+                .filter(|(_, r)| r.worker == id)
+                .map(|(r, _)| *r)
+                .collect();
+            let recoveries: Vec<Recovery> =
+                rids.iter().filter_map(|r| s.recovering.remove(r)).collect();
+            (lost, others, values, parked, recoveries)
+        };
+        if let Some(reg) = self.registry.upgrade() {
+            reg.remote.remove(id);
+        }
+        node.forget_peer(id);
+        for o in others {
+            if let Some(l) = node.link(o) {
+                l.send(Msg::PeerLeft(id));
+            }
+        }
+        // Values first: the tasks placed again below must find their inputs lost, not at
+        // the dead worker.
+        let lost_values: Vec<Arc<RemoteData>> = values
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|v| v.mark_lost(id))
+            .collect();
+        for r in recoveries {
+            let _ = r.done.send(Err((
+                FailKind::InputLost(id),
+                format!("worker {id} was lost while making it: {why}"),
+            )));
+        }
+        for p in parked {
+            crate::remote::requeue(p.job);
+        }
+        // Someone still holds them, so they are still needed: make them again now, all at
+        // once, so inputs they share are made once.
+        for v in lost_values {
+            v.start_recovery();
+        }
+        for f in lost {
+            let task_id = f.task.id();
+            let give_up = {
+                let mut s = lock(&self.state);
+                let tries = s.retries.entry(task_id).or_insert(0);
+                *tries += 1;
+                let give_up = *tries >= MAX_ATTEMPTS;
+                if give_up {
+                    s.retries.remove(&task_id);
+                }
+                give_up
+            };
+            if give_up {
+                f.task.fail(
+                    ErrorKind::Runtime,
+                    format!(
+                        "worker {id} was lost while running it ({why}), the {MAX_ATTEMPTS}th \
+                         worker lost with it"
+                    ),
+                );
+            } else {
+                log::debug!("task {task_id} runs again: worker {id} was lost while running it");
+                f.task.requeue();
+            }
+        }
+        self.joined.notify_all();
+    }
+
+    /// The live worker in `scope` with the least work, and the thread to name in the call.
+    fn pick(&self, scope: &Scope) -> Option<(Arc<RemoteWorker>, Option<u32>)> {
+        let reg = self.registry.upgrade()?;
+        reg.remote
+            .snapshot()
+            .iter()
+            .filter(|w| w.alive.load(Ordering::Acquire))
+            .filter_map(|w| w.threads_in(scope).map(|t| (w.clone(), t)))
+            .min_by_key(|(w, _)| w.inflight.load(Ordering::Relaxed))
+    }
+
+    /// Makes a lost value again from its lineage: its inputs first (recursively, if they
+    /// are lost too), then the call that made it, on a live worker.
+    async fn recompute(self: Arc<Self>, node: Arc<Node>, data: Arc<RemoteData>) {
+        log::debug!("making {} again", data.label());
+        lock(&self.state).recomputing += 1;
+        self.clone().recompute_one(node, data).await;
+        let done = {
+            let mut s = lock(&self.state);
+            s.recomputing -= 1;
+            if s.recomputing == 0 {
+                std::mem::take(&mut s.remade)
+            } else {
+                Vec::new()
+            }
+        };
+        drop(done);
+    }
+
+    async fn recompute_one(self: Arc<Self>, node: Arc<Node>, data: Arc<RemoteData>) {
+        let from = match data.lost_on() {
+            Some(w) => format!(" (it was on worker {w}, which is gone)"),
+            None => String::new(),
+        };
+        let Some(lineage) = data.lineage().cloned() else {
+            data.set_failed(format!(
+                "{} was lost{from} and cannot be made again: no task made it",
+                data.label()
+            ));
+            return;
+        };
+        let mut last = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let inputs = match self.inputs_of(&data, &lineage).await {
+                Ok(i) => i,
+                Err(why) => {
+                    data.set_failed(format!("{} was lost{from} and {why}", data.label()));
+                    return;
+                }
+            };
+            let mut call = lineage.call.clone();
+            let mut locs = inputs.iter().map(|(_, loc)| *loc);
+            substitute(&mut call.args, &mut locs);
+            let Some((worker, thread)) = self.pick(&lineage.scope) else {
+                data.set_failed(format!(
+                    "{} was lost{from} and no live worker in its scope `{}` can make it again",
+                    data.label(),
+                    lineage.scope
+                ));
+                return;
+            };
+            call.thread = thread;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let rid = {
+                let mut s = lock(&self.state);
+                let rid = s.next_recovery;
+                s.next_recovery += 1;
+                s.recovering.insert(
+                    rid,
+                    Recovery {
+                        worker: worker.id,
+                        done: tx,
+                    },
+                );
+                rid
+            };
+            let sent = node
+                .link(worker.id)
+                .is_some_and(|l| l.send(Msg::Run(vec![Run { task: rid, call }])));
+            if !sent {
+                lock(&self.state).recovering.remove(&rid);
+                last = format!("worker {} could not be reached", worker.id);
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(loc)) => {
+                    lock(&self.state)
+                        .located
+                        .entry(loc.worker)
+                        .or_default()
+                        .push(&data);
+                    log::debug!("{} was made again on worker {}", data.label(), loc.worker);
+                    data.set_ready(loc);
+                    return;
+                }
+                Ok(Err((FailKind::InputLost(holder), msg))) => {
+                    // Wait until the head learns the holder's fate, then look at the inputs
+                    // again.
+                    if let Some((input, loc)) = inputs.iter().find(|(_, l)| l.worker == holder) {
+                        let _ =
+                            tokio::time::timeout(self.heartbeat_timeout, input.moved(*loc)).await;
+                    }
+                    last = msg;
+                }
+                Ok(Err((_, msg))) => {
+                    data.set_failed(format!(
+                        "{} was lost{from} and making it again failed: {msg}",
+                        data.label()
+                    ));
+                    return;
+                }
+                Err(_) => last = "the cluster shut down".into(),
+            }
+        }
+        data.set_failed(format!(
+            "{} was lost{from} and could not be made again in {MAX_ATTEMPTS} attempts; the \
+             last failure: {last}",
+            data.label()
+        ));
+    }
+
+    /// The inputs of a recomputation, each where it is now (made again first if needed).
+    async fn inputs_of(
+        &self,
+        data: &RemoteData,
+        lineage: &Lineage,
+    ) -> Result<Vec<(Arc<RemoteData>, Location)>, String> {
+        let mut out = Vec::with_capacity(lineage.inputs.len());
+        for input in &lineage.inputs {
+            let d = match (input.data.upgrade(), &input.lineage) {
+                (Some(d), _) => d,
+                (None, Some(l)) => {
+                    let d = l.remake(data.link());
+                    lock(&self.state).remade.push(d.clone());
+                    d
+                }
+                (None, None) => return Err("one of its inputs is gone".into()),
+            };
+            let loc = d
+                .location_async()
+                .await
+                .map_err(|e| format!("an input could not be made again: {e}"))?;
+            out.push((d, loc));
+        }
+        Ok(out)
+    }
+
+    /// Asks every worker to exit.
+    pub(crate) fn shutdown(&self, node: &Arc<Node>) {
+        for id in self.worker_ids() {
+            if let Some(l) = node.link(id) {
+                l.send(Msg::Shutdown);
+                l.close();
+            }
+        }
+    }
+
+    /// Stops sending tasks to worker `id` and asks it to exit once its tasks are done.
+    pub(crate) fn retire(
+        &self,
+        node: &Arc<Node>,
+        id: u32,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let remote = {
+            let s = lock(&self.state);
+            s.workers.get(&id).map(|w| w.remote.clone())
+        }
+        .ok_or_else(|| format!("there is no worker {id}"))?;
+        if let Some(reg) = self.registry.upgrade() {
+            reg.remote.remove(id);
+        }
+        let deadline = Instant::now() + timeout;
+        while remote.inflight.load(Ordering::Acquire) > 0 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "worker {id} did not finish its tasks within {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(l) = node.link(id) {
+            l.send(Msg::Shutdown);
+        }
+        Ok(())
+    }
+}
+
+impl Dispatch for Head {
+    fn dispatch(&self, worker: &Arc<RemoteWorker>, task: RemoteTask) {
+        let link = self.node.upgrade().and_then(|n| n.link(worker.id));
+        let Some(link) = link else {
+            // It is being removed: place the task elsewhere.
+            worker.alive.store(false, Ordering::Release);
+            worker.inflight.fetch_sub(1, Ordering::Relaxed);
+            task.requeue();
+            return;
+        };
+        let id = task.id();
+        let encoded = postcard::to_allocvec(&RunRef::Run(&[RunOne {
+            task: id,
+            call: &task.call,
+        }]))
+        .expect("calls always encode");
+        lock(&self.state).inflight.insert(
+            id,
+            InFlight {
+                worker: worker.id,
+                task,
+            },
+        );
+        if !link.send_encoded(encoded) {
+            let f = lock(&self.state).inflight.remove(&id);
+            if let Some(f) = f {
+                worker.alive.store(false, Ordering::Release);
+                worker.inflight.fetch_sub(1, Ordering::Relaxed);
+                f.task.requeue();
+            }
+        }
+    }
+}
+
+impl Role for Head {
+    fn on_message(self: Arc<Self>, node: &Arc<Node>, link: &Link, msg: Msg) {
+        if let Some(w) = lock(&self.state).workers.get_mut(&link.peer) {
+            w.last_pong = Instant::now();
+        }
+        match msg {
+            Msg::Join {
+                threads,
+                addr,
+                fingerprint,
+                hostname,
+                pid,
+            } => self.on_join(
+                node,
+                link,
+                threads,
+                PeerInfo {
+                    id: link.peer,
+                    addr,
+                    fingerprint,
+                },
+                hostname,
+                pid,
+            ),
+            Msg::Done(done) => self.on_done(node, done),
+            Msg::Stats(req, stats) => {
+                if let Some(tx) = lock(&self.state).stats.remove(&req) {
+                    let _ = tx.send(stats);
+                }
+            }
+            Msg::Pong(seq) => {
+                let sent = lock(&self.state).pings.remove(&seq);
+                if let Some((id, at)) = sent {
+                    let rtt = at.elapsed().as_nanos() as u64;
+                    if let Some(w) = lock(&self.state).workers.get(&id) {
+                        let old = w.remote.rtt_ns.load(Ordering::Relaxed);
+                        w.remote
+                            .rtt_ns
+                            .store((old * 3 + rtt) / 4, Ordering::Relaxed);
+                    }
+                }
+            }
+            other => log::warn!(
+                "worker {} sent a message the head does not expect: {other:?}",
+                link.peer
+            ),
+        }
+    }
+
+    fn recover(self: Arc<Self>, node: &Arc<Node>, data: Arc<RemoteData>) {
+        node.io.spawn(self.recompute(node.clone(), data));
+    }
+
+    fn on_closed(self: Arc<Self>, node: &Arc<Node>, peer: u32, err: Option<NetError>) {
+        let why = match err {
+            Some(e) => format!("its connection failed: {e}"),
+            None => "it closed its connection".to_string(),
+        };
+        self.worker_lost(node, peer, why);
+    }
+}
+
+/// Points the `Ref` arguments of a call (depth first) at `locs`.
+fn substitute(args: &mut [WireArg], locs: &mut impl Iterator<Item = Location>) {
+    for a in args {
+        match a {
+            WireArg::Ref(loc) => {
+                if let Some(l) = locs.next() {
+                    *loc = l;
+                }
+            }
+            WireArg::Many(items) => substitute(items, locs),
+            WireArg::Value(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ref_encodes_like_run() {
+        let call = WireCall {
+            func: 3,
+            args: vec![crate::remote::wire::WireArg::Value(vec![1, 2])],
+            thread: Some(1),
+            options: Default::default(),
+        };
+        let by_ref = postcard::to_allocvec(&RunRef::Run(&[RunOne {
+            task: 9,
+            call: &call,
+        }]))
+        .unwrap();
+        let owned = Msg::Run(vec![Run { task: 9, call }]).encode();
+        assert_eq!(by_ref, owned);
+    }
+}

@@ -1,0 +1,503 @@
+//! Clusters: a head process and worker processes (the same binary) that run registered task
+//! functions for it, hold their results, and pass data to each other directly.
+//!
+//! The head listens (loopback unless configured otherwise) and starts its workers with a
+//! launcher (local processes, SSH, SLURM) or, under `mpirun`/`srun`, is rank 0 of a job whose
+//! other ranks join it. Every connection is authenticated with the cluster secret and the
+//! hash of the registered functions; optional TLS pins each process's self-signed certificate.
+
+mod head;
+mod io;
+mod msg;
+mod node;
+mod worker;
+
+pub use msg::WorkerStats;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::id::WorkerId;
+use crate::remote::functions::table;
+use dagger_net::launch::{LaunchSpec, Launched, WorkerEnv};
+use dagger_net::{Hello, NetConfig, Role as NetRole, Secret, TlsConfig, TlsIdentity};
+use head::Head;
+use io::Io;
+use node::Node;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Settings of the head of a cluster, for [`ContextBuilder::cluster`].
+///
+/// ```no_run
+/// use dagger_core::{ClusterOptions, Context, LaunchSpec};
+/// use std::time::Duration;
+///
+/// let ctx = Context::builder()
+///     .cluster(
+///         ClusterOptions::new()
+///             .launch(LaunchSpec::Local { workers: 2, threads: 4 })
+///             .heartbeat_timeout(Duration::from_secs(5)),
+///     )
+///     .build()?;
+/// # Ok::<(), dagger_core::Error>(())
+/// ```
+///
+/// [`ContextBuilder::cluster`]: crate::ContextBuilder::cluster
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub(crate) launch: Option<LaunchSpec>,
+    pub(crate) bind: String,
+    pub(crate) secret: Option<Secret>,
+    pub(crate) tls: bool,
+    pub(crate) join_timeout: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    /// Workers that start by themselves and join (SPMD ranks), beside launched ones.
+    pub(crate) expect: Vec<u32>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            launch: None,
+            bind: std::env::var("DAGGER_BIND").unwrap_or_else(|_| "127.0.0.1:0".to_string()),
+            secret: None,
+            tls: std::env::var("DAGGER_TLS").is_ok_and(|v| v == "1"),
+            join_timeout: Duration::from_secs(120),
+            heartbeat_timeout: Duration::from_secs(10),
+            expect: Vec::new(),
+        }
+    }
+}
+
+impl ClusterOptions {
+    /// The defaults: no workers started, listen on loopback (`DAGGER_BIND` overrides), secret
+    /// from `DAGGER_SECRET`/`DAGGER_SECRET_FILE` or a fresh one, TLS if `DAGGER_TLS=1`,
+    /// workers get 120 s to join, a worker silent for 10 s is declared dead.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Workers to start with the context.
+    pub fn launch(mut self, spec: LaunchSpec) -> Self {
+        self.launch = Some(spec);
+        self
+    }
+
+    /// The address the head listens on (`127.0.0.1:0` by default: loopback, any port; use
+    /// `0.0.0.0:0` or a host address for workers on other machines).
+    pub fn bind(mut self, addr: impl Into<String>) -> Self {
+        self.bind = addr.into();
+        self
+    }
+
+    /// The cluster secret every process proves it knows (it is passed to launched workers
+    /// through their environment or stdin, never on a command line).
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Encrypts every connection with TLS, each process pinning the others' self-signed
+    /// certificates.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// How long started workers get to join.
+    pub fn join_timeout(mut self, timeout: Duration) -> Self {
+        self.join_timeout = timeout;
+        self
+    }
+
+    /// A worker that sends nothing for this long is declared dead: its tasks run elsewhere
+    /// and the values it held are made again when needed.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = timeout;
+        self
+    }
+}
+
+/// A worker process of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Its id.
+    pub id: WorkerId,
+    /// The host it runs on.
+    pub hostname: String,
+    /// Its process id on that host.
+    pub pid: u32,
+    /// Its compute threads.
+    pub threads: u32,
+    /// Where other processes reach it.
+    pub addr: String,
+}
+
+/// The running cluster of a head context.
+pub(crate) struct Cluster {
+    node: Arc<Node>,
+    head: Arc<Head>,
+    launched: Mutex<Option<Launched>>,
+    worker_env: WorkerEnv,
+    join_timeout: Duration,
+    _heartbeat: std::thread::JoinHandle<()>,
+}
+
+fn net_error(e: impl std::fmt::Display) -> Error {
+    Error::Config(e.to_string())
+}
+
+impl Cluster {
+    /// Starts the head of `ctx`: listens, launches workers, waits for them to join.
+    pub(crate) fn start(ctx: &Context, opts: ClusterOptions) -> Result<Arc<Cluster>> {
+        let secret = match opts.secret.clone() {
+            Some(s) => s,
+            None => match Secret::from_env().map_err(net_error)? {
+                Some(s) => s,
+                None => Secret::generate().map_err(net_error)?,
+            },
+        };
+        let mut config = NetConfig::new(secret.clone());
+        let mut fingerprint = None;
+        if opts.tls {
+            let identity = TlsIdentity::generate().map_err(net_error)?;
+            fingerprint = Some(identity.fingerprint());
+            config = config.with_tls(TlsConfig::new(identity));
+        }
+        let io = Io::start("dagger-io").map_err(net_error)?;
+        let hello = Hello::new(NetRole::Head, table().hash()).with_peer_id(0);
+        let node = Node::new(0, io, config, hello);
+        let head = Head::new(&node, ctx.registry_ref(), opts.heartbeat_timeout);
+        node.set_role(head.clone());
+        let addr = node.listen(opts.bind.clone()).map_err(net_error)?;
+        crate::remote::attach(ctx, head.clone());
+        let heartbeat = {
+            let head = Arc::downgrade(&head);
+            std::thread::Builder::new()
+                .name("dagger-heartbeat".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(500));
+                    match head.upgrade() {
+                        Some(h) => h.heartbeat(),
+                        None => return,
+                    }
+                })
+                .map_err(net_error)?
+        };
+        let mut worker_env = WorkerEnv::new(addr, secret.to_hex());
+        worker_env.tls_fingerprint = fingerprint;
+        let cluster = Arc::new(Cluster {
+            node,
+            head,
+            launched: Mutex::new(None),
+            worker_env,
+            join_timeout: opts.join_timeout,
+            _heartbeat: heartbeat,
+        });
+        if let Some(spec) = &opts.launch {
+            cluster.launch(spec)?;
+        }
+        if !opts.expect.is_empty() {
+            cluster
+                .head
+                .wait_joined(&opts.expect, cluster.join_timeout)
+                .map_err(Error::Config)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Where workers connect.
+    pub(crate) fn addr(&self) -> &str {
+        &self.worker_env.head
+    }
+
+    /// Starts more workers and waits for them to join.
+    pub(crate) fn launch(&self, spec: &LaunchSpec) -> Result<Vec<WorkerId>> {
+        let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut env = self.worker_env.clone();
+        env.first_id = launched
+            .as_ref()
+            .map_or(1, |l| l.next_id())
+            .max(self.head.worker_ids().last().map_or(1, |m| m + 1));
+        let more = dagger_net::launch::launch(spec, &env).map_err(net_error)?;
+        let ids = more.ids();
+        match launched.as_mut() {
+            Some(l) => l.extend(more).map_err(net_error)?,
+            None => *launched = Some(more),
+        }
+        drop(launched);
+        if let Err(e) = self.head.wait_joined(&ids, self.join_timeout) {
+            let detail = self.stderr_of(&ids);
+            return Err(Error::Config(format!("{e}{detail}")));
+        }
+        Ok(ids.into_iter().map(WorkerId).collect())
+    }
+
+    fn stderr_of(&self, ids: &[u32]) -> String {
+        let launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(l) = launched.as_ref() else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for id in ids {
+            if let Some(p) = l.get(*id) {
+                let tail = p.stderr_tail();
+                if !tail.trim().is_empty() {
+                    out.push_str(&format!("\nworker {id} said:\n{tail}"));
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn workers(&self) -> Vec<WorkerInfo> {
+        self.head
+            .worker_ids()
+            .into_iter()
+            .filter_map(|id| {
+                self.head
+                    .describe(id)
+                    .map(|(hostname, pid, threads, addr)| WorkerInfo {
+                        id: WorkerId(id),
+                        hostname,
+                        pid,
+                        threads,
+                        addr,
+                    })
+            })
+            .collect()
+    }
+
+    pub(crate) fn stats(&self, id: u32) -> Result<WorkerStats> {
+        self.head
+            .stats(id, Duration::from_secs(30))
+            .map_err(Error::Config)
+    }
+
+    /// Stops sending tasks to the workers, lets them finish, and ends them.
+    pub(crate) fn remove(&self, ids: &[u32]) -> Result<()> {
+        for &id in ids {
+            self.head
+                .retire(&self.node, id, Duration::from_secs(600))
+                .map_err(Error::Config)?;
+        }
+        let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = launched.as_mut() {
+            for &id in ids {
+                if let Some(p) = l.remove(id) {
+                    // It exits by itself after the shutdown message; reap it without waiting
+                    // forever.
+                    for _ in 0..2000 {
+                        if !matches!(p.try_wait(), Ok(None)) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    let _ = p.kill();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills worker `id` at once (for fault-injection tests).
+    pub(crate) fn kill(&self, id: u32) -> Result<()> {
+        let launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        let p = launched
+            .as_ref()
+            .and_then(|l| l.get(id))
+            .ok_or_else(|| Error::Config(format!("worker {id} was not started by this head")))?;
+        p.kill().map_err(net_error)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.head.shutdown(&self.node);
+        // Launched processes are killed when `launched` drops, if they did not exit yet.
+    }
+}
+
+/// Name of this host.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Resident set size of this process in bytes (0 where unknown).
+pub(crate) fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// How this process was started.
+enum Start {
+    /// A worker started by a launcher.
+    Worker {
+        head: String,
+        id: u32,
+        threads: Option<usize>,
+        fingerprint: Option<String>,
+    },
+    /// Not a worker.
+    Head,
+}
+
+fn start_from_env() -> Result<Start> {
+    if std::env::var("DAGGER_ROLE").ok().as_deref() != Some("worker") {
+        return Ok(Start::Head);
+    }
+    let var = |name: &str| {
+        std::env::var(name).map_err(|_| {
+            Error::Config(format!(
+                "DAGGER_ROLE=worker but {name} is not set (workers are started by a head)"
+            ))
+        })
+    };
+    let head = var("DAGGER_HEAD")?;
+    let id = var("DAGGER_WORKER_ID")?
+        .parse::<u32>()
+        .map_err(|_| Error::Config("DAGGER_WORKER_ID must be a number".into()))?;
+    let threads = match std::env::var("DAGGER_THREADS") {
+        Ok(t) if t != "0" => Some(
+            t.parse::<usize>()
+                .map_err(|_| Error::Config("DAGGER_THREADS must be a number".into()))?,
+        ),
+        _ => None,
+    };
+    Ok(Start::Worker {
+        head,
+        id,
+        threads,
+        fingerprint: std::env::var("DAGGER_TLS_FINGERPRINT").ok(),
+    })
+}
+
+fn worker_secret() -> Result<Secret> {
+    if std::env::var("DAGGER_SECRET_STDIN").is_ok_and(|v| v == "1") {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| {
+            Error::Config(format!("cannot read the cluster secret from stdin: {e}"))
+        })?;
+        return Secret::from_hex(line.trim()).map_err(net_error);
+    }
+    Secret::from_env()
+        .map_err(net_error)?
+        .ok_or_else(|| Error::Config("a worker needs the cluster secret (DAGGER_SECRET)".into()))
+}
+
+/// Runs this process as worker `id` of the head at `head` until the head ends it.
+fn run_worker(
+    head: String,
+    id: u32,
+    threads: Option<usize>,
+    fingerprint: Option<String>,
+) -> Result<std::convert::Infallible> {
+    let secret = worker_secret()?;
+    let mut builder = Context::builder()
+        .worker_id(WorkerId(id))
+        .thread_name(format!("dagger-w{id}"));
+    if let Some(t) = threads {
+        builder = builder.threads(t);
+    }
+    let ctx = builder.build()?;
+    let mut config = NetConfig::new(secret);
+    let mut my_fingerprint = None;
+    if let Some(fp) = &fingerprint {
+        let identity = TlsIdentity::generate().map_err(net_error)?;
+        my_fingerprint = Some(identity.fingerprint());
+        let tls = TlsConfig::new(identity)
+            .with_peer_fingerprint(fp)
+            .map_err(net_error)?;
+        config = config.with_tls(tls);
+    }
+    let io = Io::start(&format!("dagger-w{id}-io")).map_err(net_error)?;
+    let hello = Hello::new(NetRole::Worker, table().hash()).with_peer_id(u64::from(id));
+    let node = Node::new(id, io, config.clone(), hello);
+    let worker = worker::Worker::new(ctx.clone());
+    node.set_role(worker);
+    let head_is_local =
+        head.starts_with("127.") || head.starts_with("localhost") || head.starts_with("[::1]");
+    let bind = std::env::var("DAGGER_BIND").unwrap_or_else(|_| {
+        if head_is_local {
+            "127.0.0.1:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .to_string()
+    });
+    let mut addr = node.listen(bind).map_err(net_error)?;
+    let link = {
+        let node2 = node.clone();
+        let head2 = head.clone();
+        node.io
+            .run(async move {
+                let (conn, _) = dagger_net::connect(head2.as_str(), &config, hello).await?;
+                let local_ip = conn.local_addr().ip();
+                Ok::<_, dagger_net::NetError>((io::open_link(conn, 0, node2), local_ip))
+            })
+            .map_err(|e| {
+                Error::Config(format!("worker {id} cannot reach the head at {head}: {e}"))
+            })?
+    };
+    let (link, local_ip) = link;
+    if addr.starts_with("0.0.0.0:") {
+        // Advertise the address this host uses to reach the head.
+        addr = format!("{local_ip}:{}", &addr["0.0.0.0:".len()..]);
+    }
+    node.add_link(link.clone());
+    link.send(msg::Msg::Join {
+        threads: ctx.num_threads() as u32,
+        addr,
+        fingerprint: my_fingerprint,
+        hostname: hostname(),
+        pid: std::process::id(),
+    });
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts this process's part of a cluster, as configured by its environment:
+///
+/// * started as a worker (`DAGGER_ROLE=worker`, set by the head's launcher): runs the worker
+///   until the head ends it, then exits the process — this call never returns;
+/// * otherwise, with `DAGGER_WORKERS`, `DAGGER_HOSTS` or `DAGGER_LAUNCHER` set: makes the
+///   global context the head of a cluster and starts its workers;
+/// * otherwise: nothing (the program runs on this process's threads).
+///
+/// Call it first thing in `main` (or use `#[dagger::main]`).
+pub fn init() -> Result<()> {
+    match start_from_env()? {
+        Start::Worker {
+            head,
+            id,
+            threads,
+            fingerprint,
+        } => {
+            let e = run_worker(head, id, threads, fingerprint).unwrap_err();
+            eprintln!("dagger worker {id}: {e}");
+            std::process::exit(1);
+        }
+        Start::Head => {
+            let launch = LaunchSpec::from_env().map_err(net_error)?;
+            if let Some(spec) = launch {
+                Context::builder()
+                    .cluster(ClusterOptions::new().launch(spec))
+                    .build_global()?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! What every process of a cluster does: hold values for others, serve and make fetches,
+//! keep connections to its peers. The head and the workers add their own roles on top.
+
+use super::io::{open_link, Handler, Io, Link};
+use super::msg::{Msg, PeerInfo};
+use crate::error::BoxError;
+use crate::remote::data::{DataLink, RemoteData};
+use crate::remote::store::Store;
+use crate::remote::wire::Location;
+use bytes::Bytes;
+use dagger_net::{Hello, Listener, NetConfig, NetError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The part of a process's behaviour that depends on its role (head or worker).
+pub(crate) trait Role: Send + Sync + 'static {
+    fn on_message(self: Arc<Self>, node: &Arc<Node>, link: &Link, msg: Msg);
+    fn on_closed(self: Arc<Self>, node: &Arc<Node>, peer: u32, err: Option<NetError>);
+    /// Makes a lost value again.
+    fn recover(self: Arc<Self>, node: &Arc<Node>, data: Arc<RemoteData>) {
+        let _ = node;
+        data.set_failed("only the head can recompute lost values".into());
+    }
+}
+
+type Pending = HashMap<u64, (Link, SyncSender<Result<Bytes, String>>)>;
+
+pub(crate) struct Node {
+    pub(crate) id: u32,
+    pub(crate) io: Io,
+    pub(crate) config: NetConfig,
+    pub(crate) hello: Hello,
+    pub(crate) store: Arc<Store>,
+    /// Where other processes reach this one.
+    pub(crate) addr: OnceLock<String>,
+    links: Mutex<HashMap<u32, Link>>,
+    peers: Mutex<HashMap<u32, PeerInfo>>,
+    pending: Mutex<Pending>,
+    next_req: AtomicU64,
+    role: OnceLock<Arc<dyn Role>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Node {
+    pub(crate) fn new(id: u32, io: Io, config: NetConfig, hello: Hello) -> Arc<Node> {
+        Arc::new(Node {
+            id,
+            io,
+            config,
+            hello,
+            store: Arc::new(Store::new(id)),
+            addr: OnceLock::new(),
+            links: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            role: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn set_role(&self, role: Arc<dyn Role>) {
+        let _ = self.role.set(role);
+    }
+
+    /// Listens for other processes on `bind`; returns the address they should use.
+    pub(crate) fn listen(self: &Arc<Self>, bind: String) -> Result<String, NetError> {
+        let node = self.clone();
+        let (listener, addr) = self.io.run(async move {
+            let listener = Listener::bind(bind, &node.config, node.hello).await?;
+            let addr = listener.local_addr().to_string();
+            Ok::<_, NetError>((listener, addr))
+        })?;
+        let _ = self.addr.set(addr.clone());
+        let node = self.clone();
+        self.io
+            .spawn(async move { node.accept_loop(listener).await });
+        Ok(addr)
+    }
+
+    async fn accept_loop(self: Arc<Self>, mut listener: Listener) {
+        loop {
+            match listener.accept().await {
+                Ok((conn, hello)) => {
+                    let Some(peer) = hello.peer_id.and_then(|p| u32::try_from(p).ok()) else {
+                        log::warn!(
+                            "refusing a connection from {} that gives no process id",
+                            hello.addr
+                        );
+                        continue;
+                    };
+                    let link = open_link(conn, peer, self.clone());
+                    self.add_link(link);
+                }
+                Err(NetError::Closed) => return,
+                Err(e) => log::warn!("an incoming connection failed: {e}"),
+            }
+        }
+    }
+
+    /// Remembers a connection to `link.peer`. When two processes connect to each other at
+    /// the same time both connections stay open (each serves the requests sent on it); the
+    /// one already remembered is kept for new requests.
+    pub(crate) fn add_link(self: &Arc<Self>, link: Link) {
+        let mut links = lock(&self.links);
+        match links.get(&link.peer) {
+            Some(old) if !old.is_closed() => {}
+            _ => {
+                links.insert(link.peer, link);
+            }
+        }
+    }
+
+    pub(crate) fn link(&self, peer: u32) -> Option<Link> {
+        lock(&self.links)
+            .get(&peer)
+            .filter(|l| !l.is_closed())
+            .cloned()
+    }
+
+    pub(crate) fn remove_link(&self, peer: u32) -> Option<Link> {
+        lock(&self.links).remove(&peer)
+    }
+
+    pub(crate) fn set_peer(&self, info: PeerInfo) {
+        lock(&self.peers).insert(info.id, info);
+    }
+
+    pub(crate) fn forget_peer(&self, id: u32) {
+        lock(&self.peers).remove(&id);
+        if let Some(l) = self.remove_link(id) {
+            l.close();
+        }
+        self.fail_pending(|l| l.peer == id, &format!("process {id} left the cluster"));
+    }
+
+    /// The link to `peer`, connecting first if needed (blocks; not for the I/O thread).
+    pub(crate) fn link_to(self: &Arc<Self>, peer: u32) -> Result<Link, String> {
+        if let Some(l) = self.link(peer) {
+            return Ok(l);
+        }
+        let info = lock(&self.peers)
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| format!("process {peer} is not (or no longer) part of the cluster"))?;
+        let node = self.clone();
+        let config = match &info.fingerprint {
+            Some(fp) => self.config.for_peer(fp).map_err(|e| e.to_string())?,
+            None => self.config.clone(),
+        };
+        let hello = self.hello;
+        let addr = info.addr.clone();
+        self.io.run(async move {
+            let (conn, _) = dagger_net::connect(addr.as_str(), &config, hello)
+                .await
+                .map_err(|e| format!("cannot reach process {peer} at {addr}: {e}"))?;
+            let link = open_link(conn, peer, node.clone());
+            node.add_link(link.clone());
+            Ok(link)
+        })
+    }
+
+    /// Fetches the encoded value at `loc` (blocks).
+    pub(crate) fn fetch_bytes(self: &Arc<Self>, loc: Location) -> Result<Bytes, String> {
+        if loc.worker == self.id {
+            return self
+                .store
+                .encode(loc.id)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string());
+        }
+        let link = self.link_to(loc.worker)?;
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        lock(&self.pending).insert(req, (link.clone(), tx));
+        if !link.send(Msg::Fetch { req, id: loc.id }) {
+            lock(&self.pending).remove(&req);
+            return Err(format!(
+                "the connection to process {} is closed",
+                loc.worker
+            ));
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err("the cluster shut down".to_string()))
+    }
+
+    fn fail_pending(&self, on: impl Fn(&Link) -> bool, why: &str) {
+        let failed: Vec<SyncSender<Result<Bytes, String>>> = {
+            let mut pending = lock(&self.pending);
+            let reqs: Vec<u64> = pending
+                .iter()
+                .filter(|(_, (l, _))| on(l))
+                .map(|(r, _)| *r)
+                .collect();
+            reqs.into_iter()
+                .filter_map(|r| pending.remove(&r).map(|(_, tx)| tx))
+                .collect()
+        };
+        for tx in failed {
+            let _ = tx.send(Err(why.to_string()));
+        }
+    }
+
+    fn serve_fetch(self: &Arc<Self>, link: &Link, req: u64, id: u64) {
+        let store = self.store.clone();
+        let link = link.clone();
+        // Encoding may take long (large values): off the I/O thread.
+        self.io.spawn(async move {
+            let encoded = tokio::task::spawn_blocking(move || store.encode(id)).await;
+            match encoded {
+                Ok(Ok(bytes)) => {
+                    link.send_with_payload(Msg::Data { req }, Bytes::from(bytes));
+                }
+                Ok(Err(e)) => {
+                    link.send(Msg::DataError {
+                        req,
+                        message: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    link.send(Msg::DataError {
+                        req,
+                        message: format!("encoding failed: {e}"),
+                    });
+                }
+            }
+        });
+    }
+}
+
+impl Handler for Node {
+    fn on_message(self: Arc<Self>, link: &Link, msg: Msg, payload: Option<Bytes>) {
+        match msg {
+            Msg::Fetch { req, id } => self.serve_fetch(link, req, id),
+            Msg::Data { req } => {
+                if let Some((_, tx)) = lock(&self.pending).remove(&req) {
+                    let _ = tx.send(Ok(payload.unwrap_or_default()));
+                }
+            }
+            Msg::DataError { req, message } => {
+                if let Some((_, tx)) = lock(&self.pending).remove(&req) {
+                    let _ = tx.send(Err(message));
+                }
+            }
+            Msg::Ping(n) => {
+                link.send(Msg::Pong(n));
+            }
+            other => {
+                if let Some(role) = self.role.get() {
+                    role.clone().on_message(&self, link, other);
+                }
+            }
+        }
+    }
+
+    fn on_closed(self: Arc<Self>, link: &Link, err: Option<NetError>) {
+        let peer = link.peer;
+        let last = {
+            let mut links = lock(&self.links);
+            match links.get(&peer) {
+                Some(l) if l.same(link) || l.is_closed() => {
+                    links.remove(&peer);
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            }
+        };
+        self.fail_pending(
+            |l| l.same(link),
+            &format!(
+                "the connection to process {peer} closed{}",
+                err.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        );
+        if last {
+            if let Some(role) = self.role.get() {
+                role.clone().on_closed(&self, peer, err);
+            }
+        }
+    }
+}
+
+/// The data link of a process: fetches through its connections, frees by telling the holder.
+pub(crate) struct NodeLink(pub(crate) Arc<Node>);
+
+impl DataLink for NodeLink {
+    fn fetch(&self, loc: Location) -> Result<Bytes, BoxError> {
+        self.0.fetch_bytes(loc).map_err(Into::into)
+    }
+
+    fn free(&self, loc: Location) {
+        if loc.worker == self.0.id {
+            self.0.store.free(loc.id);
+        } else if let Some(link) = self.0.link(loc.worker) {
+            link.send(Msg::Free(vec![loc.id]));
+        }
+    }
+
+    fn recover(&self, data: Arc<RemoteData>) {
+        match self.0.role.get() {
+            Some(role) => role.clone().recover(&self.0, data),
+            None => data.set_failed("this process cannot recompute values".into()),
+        }
+    }
+}

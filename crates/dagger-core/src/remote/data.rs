@@ -1,0 +1,366 @@
+//! Values that live in other processes, as the process that owns them sees them: where they
+//! are now, and how to make them again if the process holding them dies (their lineage).
+
+use super::wire::{Location, WireCall};
+use crate::error::BoxError;
+use crate::scope::Scope;
+use crate::task::JobRef;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+
+/// Reaches the processes that hold this process's remote values.
+pub trait DataLink: Send + Sync {
+    /// The encoded bytes of the value at `loc` (blocks until they arrive).
+    fn fetch(&self, loc: Location) -> Result<bytes::Bytes, BoxError>;
+    /// Releases the value at `loc` (nobody here needs it any more).
+    fn free(&self, loc: Location);
+    /// Starts making `data` again (it was lost); the link later calls
+    /// [`RemoteData::set_ready`] or [`RemoteData::set_failed`].
+    fn recover(&self, data: Arc<RemoteData>) {
+        data.set_failed("it cannot be recomputed here".into());
+    }
+}
+
+/// How a remote value was made: the call, where it may run, and its inputs.
+pub struct Lineage {
+    /// The call as it was sent (its `Ref` arguments point where the inputs were then).
+    pub call: WireCall,
+    /// Where the call may run.
+    pub scope: Scope,
+    /// The inputs behind the call's `Ref` arguments, in the order they appear (depth first).
+    pub inputs: Vec<Input>,
+    /// What the value is, for messages.
+    pub label: Label,
+    /// The value made again from this lineage after the original was dropped, while
+    /// someone holds it: values needed by several recomputations are made once.
+    remade: Mutex<Weak<RemoteData>>,
+}
+
+impl Lineage {
+    /// How a value made by `call`, in `scope`, from `inputs` can be made again.
+    pub fn new(call: WireCall, scope: Scope, inputs: Vec<Input>, label: Label) -> Lineage {
+        Lineage {
+            call,
+            scope,
+            inputs,
+            label,
+            remade: Mutex::new(Weak::new()),
+        }
+    }
+
+    /// The value this lineage makes, to be made again: the one already being made if any.
+    pub fn remake(self: &Arc<Self>, link: &Arc<dyn DataLink>) -> Arc<RemoteData> {
+        let mut slot = self.remade.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = slot.upgrade() {
+            return d;
+        }
+        let d = RemoteData::unmade(link.clone(), self.clone(), self.label.clone());
+        *slot = Arc::downgrade(&d);
+        d
+    }
+}
+
+/// An input of a call: its value if still alive, and how to make it again otherwise.
+#[derive(Clone)]
+pub struct Input {
+    /// The value, while someone holds it.
+    pub data: Weak<RemoteData>,
+    /// Its lineage (`None`: it cannot be made again).
+    pub lineage: Option<Arc<Lineage>>,
+}
+
+enum State {
+    Ready(Location),
+    /// The process holding it died; `worker` was that process.
+    Lost {
+        worker: u32,
+        waiting: Vec<JobRef>,
+    },
+    /// Being made again.
+    Recovering {
+        worker: u32,
+        waiting: Vec<JobRef>,
+    },
+    Failed(String),
+}
+
+/// A value in another process. Dropping the last reference frees it there.
+pub struct RemoteData {
+    link: Arc<dyn DataLink>,
+    state: Mutex<State>,
+    changed: Condvar,
+    notify: tokio::sync::Notify,
+    lineage: Option<Arc<Lineage>>,
+    label: Label,
+}
+
+/// What a remote value is, for messages (made into text only when a message needs it).
+#[derive(Clone, Debug)]
+pub enum Label {
+    /// The result of a task: its id and name.
+    Task(u64, Option<Arc<str>>),
+    /// The result of a task whose name is fixed at compile time.
+    NamedTask(u64, &'static str),
+    /// Anything else.
+    Text(String),
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Task(id, None) => write!(f, "the result of task {id}"),
+            Label::Task(id, Some(n)) => write!(f, "the result of task {id} `{n}`"),
+            Label::NamedTask(id, n) => write!(f, "the result of task {id} `{n}`"),
+            Label::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// Why a remote value cannot be used right now.
+#[derive(Clone, Debug)]
+pub enum NotReady {
+    /// It is being made again; try later.
+    Pending,
+    /// It is gone for good.
+    Failed(String),
+}
+
+/// An input of a call is being recovered: the call has to wait (carried as an error).
+#[derive(Clone)]
+pub struct PendingInput(pub Arc<RemoteData>);
+
+impl std::fmt::Debug for PendingInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PendingInput({})", self.0.label)
+    }
+}
+
+impl std::fmt::Display for PendingInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is being recovered", self.0.label)
+    }
+}
+
+impl std::error::Error for PendingInput {}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RemoteData {
+    /// A value at `loc`, reached (and freed when dropped) through `link`; `label` names it in
+    /// errors (e.g. "the result of task 42 `load`").
+    pub fn new(
+        loc: Location,
+        link: Arc<dyn DataLink>,
+        lineage: Option<Arc<Lineage>>,
+        label: Label,
+    ) -> Arc<RemoteData> {
+        Arc::new(RemoteData {
+            link,
+            state: Mutex::new(State::Ready(loc)),
+            changed: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+            lineage,
+            label,
+        })
+    }
+
+    /// A value that has to be made (again) from `lineage` before it can be used: an input of
+    /// a recomputation that nobody held any more.
+    pub fn unmade(link: Arc<dyn DataLink>, lineage: Arc<Lineage>, label: Label) -> Arc<RemoteData> {
+        Arc::new(RemoteData {
+            link,
+            state: Mutex::new(State::Lost {
+                worker: u32::MAX,
+                waiting: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+            lineage: Some(lineage),
+            label,
+        })
+    }
+
+    /// What the value is, for messages.
+    pub fn label(&self) -> &Label {
+        &self.label
+    }
+
+    /// How it was made.
+    pub fn lineage(&self) -> Option<&Arc<Lineage>> {
+        self.lineage.as_ref()
+    }
+
+    /// Where it is, if it is usable now.
+    pub fn try_location(&self) -> Result<Location, NotReady> {
+        match &*lock(&self.state) {
+            State::Ready(loc) => Ok(*loc),
+            State::Failed(m) => Err(NotReady::Failed(m.clone())),
+            _ => Err(NotReady::Pending),
+        }
+    }
+
+    /// Where it is, waiting (and starting its recovery) if it was lost. Blocks: not for the
+    /// I/O thread.
+    pub fn location(self: &Arc<Self>) -> Result<Location, String> {
+        self.start_recovery();
+        let mut state = lock(&self.state);
+        loop {
+            match &*state {
+                State::Ready(loc) => return Ok(*loc),
+                State::Failed(m) => return Err(m.clone()),
+                _ => {
+                    state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Waits until the value is no longer known to be at `loc` (lost, being recovered, moved)
+    /// or `timeout` passes; true if it changed.
+    pub fn wait_moved(&self, loc: Location, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        loop {
+            if !matches!(&*state, State::Ready(l) if *l == loc) {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until the value is no longer known to be at `loc`.
+    pub async fn moved(&self, loc: Location) {
+        loop {
+            let notified = self.notify.notified();
+            if !matches!(&*lock(&self.state), State::Ready(l) if *l == loc) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Like [`location`](Self::location), for async code.
+    pub async fn location_async(self: &Arc<Self>) -> Result<Location, String> {
+        self.start_recovery();
+        loop {
+            let notified = self.notify.notified();
+            match &*lock(&self.state) {
+                State::Ready(loc) => return Ok(*loc),
+                State::Failed(m) => return Err(m.clone()),
+                _ => {}
+            }
+            notified.await;
+        }
+    }
+
+    /// The process holding it died. Returns false if it was not there (or already lost).
+    pub fn mark_lost(&self, worker: u32) -> bool {
+        let mut state = lock(&self.state);
+        match &*state {
+            State::Ready(loc) if loc.worker == worker => {
+                *state = State::Lost {
+                    worker,
+                    waiting: Vec::new(),
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The worker it lived on when it was lost (for messages).
+    pub fn lost_on(&self) -> Option<u32> {
+        match &*lock(&self.state) {
+            State::Lost { worker, .. } | State::Recovering { worker, .. }
+                if *worker != u32::MAX =>
+            {
+                Some(*worker)
+            }
+            _ => None,
+        }
+    }
+
+    /// Starts recovering it if it is lost and nobody started yet.
+    pub fn start_recovery(self: &Arc<Self>) {
+        let start = {
+            let mut state = lock(&self.state);
+            match &mut *state {
+                State::Lost { worker, waiting } => {
+                    let waiting = std::mem::take(waiting);
+                    *state = State::Recovering {
+                        worker: *worker,
+                        waiting,
+                    };
+                    true
+                }
+                _ => false,
+            }
+        };
+        if start {
+            self.link.recover(self.clone());
+        }
+    }
+
+    /// Runs `job` again once the value is usable (true), or at once if it already is or is
+    /// gone for good (false: the caller goes on).
+    pub(crate) fn defer(self: &Arc<Self>, job: JobRef) -> bool {
+        {
+            let mut state = lock(&self.state);
+            match &mut *state {
+                State::Lost { waiting, .. } | State::Recovering { waiting, .. } => {
+                    waiting.push(job)
+                }
+                _ => return false,
+            }
+        }
+        self.start_recovery();
+        true
+    }
+
+    fn settle(&self, new: State) {
+        let waiting = {
+            let mut state = lock(&self.state);
+            let old = std::mem::replace(&mut *state, new);
+            match old {
+                State::Lost { waiting, .. } | State::Recovering { waiting, .. } => waiting,
+                _ => Vec::new(),
+            }
+        };
+        self.changed.notify_all();
+        self.notify.notify_waiters();
+        for job in waiting {
+            crate::sched::schedule(job);
+        }
+    }
+
+    /// It was made again (or moved) and is at `loc` now.
+    pub fn set_ready(&self, loc: Location) {
+        self.settle(State::Ready(loc));
+    }
+
+    /// It cannot be made again.
+    pub fn set_failed(&self, why: String) {
+        self.settle(State::Failed(why));
+    }
+
+    pub(crate) fn link(&self) -> &Arc<dyn DataLink> {
+        &self.link
+    }
+}
+
+impl Drop for RemoteData {
+    fn drop(&mut self) {
+        if let State::Ready(loc) = &*lock(&self.state) {
+            self.link.free(*loc);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Worker processes: tasks of registered functions run in other processes started from this
+//! same test binary; results stay where they were made and move between workers directly.
+
+use dagger::prelude::*;
+use dagger::{current_processor, ErrorKind, LaunchSpec, WorkerId};
+use std::time::{Duration, Instant};
+
+dagger::init_before_main!();
+
+#[dagger::task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[dagger::task]
+fn whoami() -> (u32, Option<u32>, u32) {
+    let p = current_processor();
+    (p.worker.0, p.thread_index(), std::process::id())
+}
+
+#[dagger::task]
+fn make(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+#[dagger::task]
+fn total(xs: &[u64]) -> u64 {
+    xs.iter().sum()
+}
+
+#[dagger::task]
+fn sum_all(xs: Vec<&u64>) -> u64 {
+    xs.into_iter().sum()
+}
+
+#[dagger::task]
+fn fail_if_odd(x: u64) -> Result<u64, String> {
+    if x % 2 == 1 {
+        Err(format!("{x} is odd"))
+    } else {
+        Ok(x)
+    }
+}
+
+fn cluster(workers: usize) -> Context {
+    Context::builder()
+        .threads(2)
+        .workers(LaunchSpec::Local {
+            workers,
+            threads: 2,
+        })
+        .build()
+        .expect("the cluster starts")
+}
+
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn tasks_run_in_worker_processes() {
+    let ctx = cluster(2);
+    let workers = ctx.workers();
+    assert_eq!(workers.len(), 2);
+    assert_eq!(workers[0].id, WorkerId(1));
+    assert_eq!(workers[1].threads, 2);
+    ctx.enter(|| {
+        let me = std::process::id();
+        for w in [1u32, 2] {
+            let (worker, thread, pid) = spawn!(whoami(); scope = Scope::worker(w)).fetch().unwrap();
+            assert_eq!(worker, w);
+            assert!(thread.is_some());
+            assert_ne!(pid, me, "it ran in another process");
+        }
+        let (_, thread, _) = spawn!(whoami(); scope = Scope::worker(2).thread(1))
+            .fetch()
+            .unwrap();
+        assert_eq!(thread, Some(1));
+        assert_eq!(
+            spawn!(square(12); scope = Scope::worker(1))
+                .fetch()
+                .unwrap(),
+            144
+        );
+    });
+}
+
+#[test]
+fn values_move_between_workers_and_are_freed() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        let data = spawn!(make(10_000); scope = Scope::worker(1));
+        let sum = spawn!(total(&data); scope = Scope::worker(2));
+        assert_eq!(sum.fetch().unwrap(), (0..10_000u64).sum::<u64>());
+        let parts: Vec<DTask<u64>> = (0..20)
+            .map(|i| spawn!(square(i); scope = Scope::worker(1 + (i % 2) as u32)))
+            .collect();
+        let all = spawn!(sum_all(&parts); scope = Scope::worker(2));
+        assert_eq!(all.fetch().unwrap(), (0..20u64).map(|i| i * i).sum::<u64>());
+        assert!(ctx.worker_stats(WorkerId(1)).unwrap().live_values > 0);
+        drop((data, sum, parts, all));
+        for w in [1, 2] {
+            eventually("the worker holds no values", || {
+                ctx.worker_stats(WorkerId(w)).unwrap().live_values == 0
+            });
+        }
+    });
+}
+
+#[test]
+fn failures_in_workers_are_task_errors() {
+    let ctx = cluster(1);
+    ctx.enter(|| {
+        assert_eq!(
+            spawn!(fail_if_odd(4)?; scope = Scope::worker(1))
+                .fetch()
+                .unwrap(),
+            4
+        );
+        let err = spawn!(fail_if_odd(3)?; scope = Scope::worker(1))
+            .fetch()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Failed);
+        assert!(err.to_string().contains("3 is odd"), "{err}");
+        // the workers are fine afterwards
+        assert_eq!(
+            spawn!(square(3); scope = Scope::worker(1)).fetch().unwrap(),
+            9
+        );
+    });
+}

@@ -1,0 +1,241 @@
+//! Faults in a cluster: workers killed or hung mid-graph. Running tasks run again elsewhere,
+//! lost results are made again from the tasks that made them, and every graph still finishes
+//! with the right answer; what cannot be made again fails with an error that says why.
+
+use dagger::prelude::*;
+use dagger::{ClusterOptions, ErrorKind, LaunchSpec, WorkerId};
+use std::time::Duration;
+
+dagger::init_before_main!();
+
+#[dagger::task]
+fn make(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+#[dagger::task]
+fn total(xs: &[u64]) -> u64 {
+    xs.iter().sum()
+}
+
+#[dagger::task]
+fn mix(seed: u64, inputs: Vec<&u64>) -> u64 {
+    inputs.into_iter().fold(seed, |acc, x| {
+        acc.wrapping_mul(0x9E37_79B9).wrapping_add(*x) % 1_000_003
+    })
+}
+
+#[dagger::task]
+fn start(i: u64) -> u64 {
+    i
+}
+
+#[dagger::task]
+fn wait_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn cluster(workers: usize, heartbeat: Duration) -> Context {
+    Context::builder()
+        .threads(2)
+        .cluster(
+            ClusterOptions::new()
+                .launch(LaunchSpec::Local {
+                    workers,
+                    threads: 2,
+                })
+                .heartbeat_timeout(heartbeat),
+        )
+        .build()
+        .expect("the cluster starts")
+}
+
+fn on_workers(ids: impl IntoIterator<Item = u32>) -> Scope {
+    Scope::spec().workers(ids).build().unwrap()
+}
+
+#[test]
+fn lost_results_are_made_again() {
+    let ctx = cluster(2, Duration::from_secs(10));
+    ctx.enter(|| {
+        let anywhere = on_workers([1, 2]);
+        let data = spawn!(make(1000); scope = Scope::worker(1));
+        let free = spawn!(make(500); scope = anywhere.clone());
+        let on1: Vec<DTask<Vec<u64>>> = (0..4)
+            .map(|i| spawn!(make(10 + i); scope = Scope::worker(1)))
+            .collect();
+        let sum = spawn!(total(&free); scope = Scope::worker(1));
+        dagger::wait_all(&on1).unwrap();
+        sum.wait();
+        data.wait();
+        ctx.kill_worker(WorkerId(1)).unwrap();
+
+        // Its scope allowed only worker 1: it cannot be made again, and the error says why.
+        let err = data.fetch().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Runtime);
+        let msg = err.to_string();
+        assert!(msg.contains("worker 1"), "{msg}");
+        assert!(msg.contains("no live worker in its scope"), "{msg}");
+
+        // A result that may live anywhere is made again on worker 2 ...
+        let sum = spawn!(total(&free); scope = Scope::worker(2));
+        assert_eq!(sum.fetch().unwrap(), (0..500u64).sum::<u64>());
+        // ... also when fetched by the head directly.
+        assert_eq!(free.fetch().unwrap().len(), 500);
+    });
+}
+
+#[test]
+fn tasks_running_on_a_killed_worker_run_again_elsewhere() {
+    let ctx = cluster(2, Duration::from_secs(10));
+    ctx.enter(|| {
+        let anywhere = on_workers([1, 2]);
+        let slow: Vec<DTask<u64>> = (0..6)
+            .map(|_| spawn!(wait_ms(300); scope = anywhere.clone()))
+            .collect();
+        // Wait until worker 1 is running some of them, then kill it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ctx.worker_stats(WorkerId(1)).unwrap().running == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker 1 never got a task"
+            );
+            std::thread::yield_now();
+        }
+        ctx.kill_worker(WorkerId(1)).unwrap();
+        for t in &slow {
+            assert_eq!(t.fetch().unwrap(), 300);
+        }
+        assert_eq!(ctx.workers().len(), 1);
+    });
+}
+
+/// A layered DAG of 10,000 tasks over three workers; each task mixes three tasks of the
+/// layer before. One worker is SIGKILLed when a pseudo-random task finishes.
+fn killed_mid_graph(seed: u64) {
+    const LAYERS: usize = 100;
+    const WIDTH: usize = 100;
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // The same graph computed here, to check the answer.
+    let mut expect: Vec<Vec<u64>> = vec![(0..WIDTH as u64).collect()];
+    let mut edges: Vec<Vec<[usize; 3]>> = Vec::new();
+    for l in 1..LAYERS {
+        let mut layer_edges = Vec::new();
+        let mut layer = Vec::new();
+        for i in 0..WIDTH {
+            let e = [
+                next() as usize % WIDTH,
+                next() as usize % WIDTH,
+                next() as usize % WIDTH,
+            ];
+            let seed = (l * WIDTH + i) as u64;
+            let v = e.iter().map(|&j| expect[l - 1][j]).fold(seed, |acc, x| {
+                acc.wrapping_mul(0x9E37_79B9).wrapping_add(x) % 1_000_003
+            });
+            layer.push(v);
+            layer_edges.push(e);
+        }
+        expect.push(layer);
+        edges.push(layer_edges);
+    }
+    let victim = 1 + (next() % 3) as u32;
+    let kill_after = WIDTH + (next() as usize % (WIDTH * (LAYERS - 2)));
+
+    let ctx = cluster(3, Duration::from_secs(10));
+    ctx.enter(|| {
+        let anywhere = on_workers([1, 2, 3]);
+        let mut all: Vec<DTask<u64>> = (0..WIDTH as u64)
+            .map(|i| spawn!(start(i); scope = anywhere.clone()))
+            .collect();
+        let mut prev: Vec<DTask<u64>> = all.clone();
+        for (l, layer_edges) in edges.iter().enumerate() {
+            let layer: Vec<DTask<u64>> = layer_edges
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let ins: Vec<DTask<u64>> = e.iter().map(|&j| prev[j].clone()).collect();
+                    let seed = ((l + 1) * WIDTH + i) as u64;
+                    spawn!(mix(seed, &ins); scope = anywhere.clone())
+                })
+                .collect();
+            all.extend(layer.iter().cloned());
+            prev = layer;
+        }
+        // Only the last layer is kept: the rest is freed as the graph goes, so a lost value
+        // may have to be made again from inputs nobody holds any more.
+        let last = prev;
+        all[kill_after].wait();
+        drop(all);
+        ctx.kill_worker(WorkerId(victim)).unwrap();
+        for (i, t) in last.iter().enumerate() {
+            assert_eq!(
+                t.fetch().unwrap(),
+                expect[LAYERS - 1][i],
+                "seed {seed}: task {i} of the last layer"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_worker_killed_mid_graph_loses_no_answer() {
+    for seed in [0x2545_F491_4F6C_DD1D, 7, 1234567, 99, 0xDEAD_BEEF] {
+        killed_mid_graph(seed);
+    }
+}
+
+#[test]
+fn a_hung_worker_is_declared_dead_by_heartbeat() {
+    let ctx = cluster(2, Duration::from_millis(1500));
+    ctx.enter(|| {
+        let anywhere = on_workers([1, 2]);
+        let pid = ctx
+            .workers()
+            .iter()
+            .find(|w| w.id == WorkerId(1))
+            .unwrap()
+            .pid;
+        let data = spawn!(make(100); scope = anywhere.clone());
+        data.wait();
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let sums: Vec<DTask<u64>> = (0..8)
+            .map(|_| spawn!(total(&data); scope = anywhere.clone()))
+            .collect();
+        for s in &sums {
+            assert_eq!(s.fetch().unwrap(), (0..100u64).sum::<u64>());
+        }
+        assert!(ctx.workers().iter().all(|w| w.id != WorkerId(1)));
+    });
+}
+
+#[test]
+fn losing_every_worker_fails_pending_work_clearly() {
+    let ctx = cluster(1, Duration::from_secs(10));
+    ctx.enter(|| {
+        let slow = spawn!(wait_ms(200); scope = Scope::worker(1));
+        let after: Vec<DTask<u64>> = (0..3)
+            .map(|_| spawn!(total(&spawn!(make(3); scope = Scope::worker(1))); scope = Scope::worker(1)))
+            .collect();
+        ctx.kill_worker(WorkerId(1)).unwrap();
+        let err = slow.fetch().unwrap_err();
+        assert!(err.to_string().contains("no live worker"), "{err}");
+        for t in &after {
+            let err = t.fetch().unwrap_err();
+            assert!(err.to_string().contains("no live worker"), "{err}");
+        }
+        let late = spawn!(make(1); scope = Scope::worker(1));
+        let err = late.fetch().unwrap_err();
+        assert!(err.to_string().contains("no live worker"), "{err}");
+    });
+}
