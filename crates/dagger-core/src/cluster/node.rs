@@ -167,11 +167,7 @@ impl Node {
     /// Fetches the encoded value at `loc` (blocks).
     pub(crate) fn fetch_bytes(self: &Arc<Self>, loc: Location) -> Result<Bytes, String> {
         if loc.worker == self.id {
-            return self
-                .store
-                .encode(loc.id)
-                .map(Bytes::from)
-                .map_err(|e| e.to_string());
+            return self.store.encode(loc.id).map_err(|e| e.to_string());
         }
         let link = self.link_to(loc.worker)?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
@@ -213,7 +209,7 @@ impl Node {
             let encoded = tokio::task::spawn_blocking(move || store.encode(id)).await;
             match encoded {
                 Ok(Ok(bytes)) => {
-                    link.send_with_payload(Msg::Data { req }, Bytes::from(bytes));
+                    link.send_with_payload(Msg::Data { req }, bytes);
                 }
                 Ok(Err(e)) => {
                     link.send(Msg::DataError {

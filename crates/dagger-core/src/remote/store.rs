@@ -1,7 +1,7 @@
 //! The values a process holds for others, and running calls that arrive from other
 //! processes.
 
-use super::functions::{table, ArgValue, Args, Stored, TaskFn};
+use super::functions::{table, ArgValue, Args, Codec, Stored, TaskFn};
 use super::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
@@ -14,10 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A value held for others: decoded, or still as the bytes it arrived as (a value put here
+/// or moved here, decoded by the first task that reads it).
+enum Entry {
+    Typed(Stored),
+    Raw(bytes::Bytes),
+}
+
 /// The values one process holds, by id.
 pub struct Store {
     worker: u32,
-    values: Mutex<HashMap<u64, Stored>>,
+    values: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
 }
 
@@ -36,14 +43,11 @@ impl Store {
         self.worker
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Stored>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
         self.values.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps `value`; returns where it is.
-    pub fn insert(&self, value: Stored) -> Location {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map().insert(id, value);
+    fn location(&self, id: u64) -> Location {
         Location {
             worker: self.worker,
             id,
@@ -51,17 +55,63 @@ impl Store {
         }
     }
 
-    /// The value with id `id`.
-    pub fn get(&self, id: u64) -> Option<Stored> {
-        self.map().get(&id).cloned()
+    /// Keeps `value`; returns where it is.
+    pub fn insert(&self, value: Stored) -> Location {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.map().insert(id, Entry::Typed(value));
+        self.location(id)
+    }
+
+    /// Keeps the encoded bytes of a value (decoded when a task first reads it).
+    pub fn insert_bytes(&self, bytes: bytes::Bytes) -> Location {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let len = bytes.len() as u64;
+        self.map().insert(id, Entry::Raw(bytes));
+        Location {
+            bytes: len,
+            ..self.location(id)
+        }
+    }
+
+    /// The value with id `id`, decoded with `codec` if it is still encoded.
+    pub fn get(
+        &self,
+        id: u64,
+        codec: &Codec,
+    ) -> Result<Arc<dyn std::any::Any + Send + Sync>, BoxError> {
+        let raw = match self.map().get(&id) {
+            Some(Entry::Typed(s)) => return Ok(s.value.clone()),
+            Some(Entry::Raw(b)) => b.clone(),
+            None => {
+                return Err(
+                    format!("process {} holds no value {id} (it was freed)", self.worker).into(),
+                )
+            }
+        };
+        let value = (codec.decode)(&raw)?;
+        let mut map = self.map();
+        if let Some(e) = map.get_mut(&id) {
+            *e = Entry::Typed(Stored {
+                value: value.clone(),
+                encode: codec.encode,
+                type_name: (codec.type_name)(),
+            });
+        }
+        Ok(value)
     }
 
     /// The encoded bytes of the value with id `id`.
-    pub fn encode(&self, id: u64) -> Result<Vec<u8>, BoxError> {
-        let v = self
-            .get(id)
-            .ok_or_else(|| format!("worker {} holds no value {id}", self.worker))?;
-        v.to_bytes()
+    pub fn encode(&self, id: u64) -> Result<bytes::Bytes, BoxError> {
+        let typed = match self.map().get(&id) {
+            Some(Entry::Typed(s)) => s.clone(),
+            Some(Entry::Raw(b)) => return Ok(b.clone()),
+            None => {
+                return Err(
+                    format!("process {} holds no value {id} (it was freed)", self.worker).into(),
+                )
+            }
+        };
+        typed.to_bytes().map(bytes::Bytes::from)
     }
 
     /// Drops the value with id `id`; false if it was not here.
@@ -101,10 +151,7 @@ fn resolve_one(
 ) -> Result<Arc<dyn std::any::Any + Send + Sync>, BoxError> {
     match arg {
         WireArg::Value(bytes) => (codec.decode)(bytes),
-        WireArg::Ref(loc) if loc.worker == store.worker() => store
-            .get(loc.id)
-            .map(|s| s.value)
-            .ok_or_else(|| format!("value {} is no longer held here", loc.id).into()),
+        WireArg::Ref(loc) if loc.worker == store.worker() => store.get(loc.id, codec),
         WireArg::Ref(loc) => {
             let bytes = crate::sched::blocking(|| fetch.fetch(*loc)).map_err(|e| InputLost {
                 worker: loc.worker,
