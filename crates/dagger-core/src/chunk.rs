@@ -3,10 +3,12 @@
 use crate::error::{BoxError, TaskError};
 use crate::id::{ProcessorId, TaskId, WorkerId};
 use crate::options::Options;
+use crate::remote::data::Label;
+use crate::remote::functions::decode_any;
 use crate::scope::Scope;
 use crate::task::state::{TaskState, DONE};
 use crate::task::wait_list::{Slot, WaitList};
-use crate::task::{DTask, Header, Outcome, TaskCell, TaskInner, NO_PROC};
+use crate::task::{DTask, Header, Outcome, RemoteValue, TaskCell, TaskInner, NO_PROC};
 use std::fmt;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
@@ -44,6 +46,59 @@ pub fn tochunk<T: Send + Sync + 'static>(value: T) -> Chunk<T> {
     Chunk::new(value)
 }
 
+/// Makes a chunk of `value` on a processor in `scope`, which may be in another process (the
+/// reference's `tochunk(x, proc, scope)`): in this process when one of its processors is in
+/// `scope`, otherwise on the least busy worker process in `scope`, where tasks reading it
+/// find it without a copy through this process. Tasks reading the chunk run in `scope`.
+///
+/// A chunk kept on a worker cannot be made again if that worker dies: tasks reading it then
+/// fail with an error naming the worker and the chunk.
+///
+/// ```
+/// use dagger_core::{tochunk_on, Scope};
+/// // Without worker processes the chunk stays here.
+/// let c = tochunk_on(vec![1u8, 2, 3], Scope::worker(0)).unwrap();
+/// assert_eq!(c.fetch().unwrap(), vec![1, 2, 3]);
+/// assert!(tochunk_on(1u8, Scope::worker(7)).is_err());
+/// ```
+pub fn tochunk_on<T>(value: T, scope: Scope) -> Result<Chunk<T>, crate::Error>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let ctx = crate::Context::current();
+    if ctx.num_processors(&scope) > 0 {
+        return Ok(Chunk::with_scope(value, scope));
+    }
+    let no_room = || {
+        crate::Error::Cluster(format!(
+            "no processor of this process nor any worker process is in scope `{scope}`"
+        ))
+    };
+    let reg = ctx.registry_ref();
+    let dispatch = reg.remote.dispatcher().ok_or_else(no_room)?;
+    let id = TaskId::next();
+    let label = Label::Text(format!(
+        "chunk {id} (a {} made by tochunk_on)",
+        std::any::type_name::<T>()
+    ));
+    let bytes = postcard::to_allocvec(&value).map_err(|e| {
+        crate::Error::Config(format!(
+            "cannot encode a {} for another process: {e}",
+            std::any::type_name::<T>()
+        ))
+    })?;
+    let data = crate::sched::blocking(|| dispatch.put(bytes.into(), &scope, label))
+        .map_err(crate::Error::Cluster)?;
+    let remote = RemoteValue::new(data, decode_any::<T>);
+    Ok(Chunk::make_with(
+        id,
+        Outcome::Remote(remote),
+        Some(scope),
+        reg.id,
+        NO_PROC,
+    ))
+}
+
 impl<T: Send + Sync + 'static> Chunk<T> {
     /// Makes a chunk of `value` on the current processor, usable anywhere.
     pub fn new(value: T) -> Self {
@@ -75,9 +130,19 @@ impl<T: Send + Sync + 'static> Chunk<T> {
             };
             (reg.id, proc)
         });
+        Self::make_with(TaskId::next(), Outcome::Value(value), scope, registry, proc)
+    }
+
+    fn make_with(
+        id: TaskId,
+        outcome: Outcome<T>,
+        scope: Option<Scope>,
+        registry: u32,
+        proc: u32,
+    ) -> Self {
         let meta = scope.map(|s| Arc::new(Options::new().result_scope(s)));
         let header = Header {
-            id: TaskId::next(),
+            id,
             state: TaskState::new(DONE),
             pending: AtomicU32::new(0),
             waiters: WaitList::new_closed(),
@@ -91,7 +156,7 @@ impl<T: Send + Sync + 'static> Chunk<T> {
             inherited: None,
         };
         let cell: Arc<TaskInner<T, NoBody<T>>> =
-            Arc::new(TaskInner::new(header, None, Some(Outcome::Value(value))));
+            Arc::new(TaskInner::new(header, None, Some(outcome)));
         Chunk { cell }
     }
 
@@ -122,16 +187,24 @@ impl<T: Send + Sync + 'static> Chunk<T> {
             .unwrap_or_else(Scope::any)
     }
 
-    /// The processor the value lives on.
+    /// The processor the value lives on (for a value in a worker process: that process).
     pub fn processor(&self) -> ProcessorId {
+        if let Some(data) = self.cell.remote_data() {
+            let worker = match data.try_location() {
+                Ok(l) => l.worker,
+                Err(_) => data.lost_on().unwrap_or(0),
+            };
+            return ProcessorId::os(WorkerId(worker));
+        }
         crate::sched::processor_of(self.cell.header()).unwrap_or(ProcessorId::os(WorkerId(0)))
     }
 }
 
 impl<T: Send + Sync + 'static> DTask<T> {
-    /// Waits for the task and returns its result as a chunk (no copy).
+    /// Waits for the task and returns its result as a chunk (no copy; a result in a worker
+    /// process stays there).
     pub fn into_chunk(self) -> Result<Chunk<T>, TaskError> {
-        self.fetch_ref()?;
+        self.wait_ok()?;
         Ok(Chunk::from_task(self))
     }
 }

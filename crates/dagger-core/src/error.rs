@@ -321,6 +321,8 @@ pub enum Error {
     Scope(ScopeError),
     /// The runtime was configured wrongly (e.g. zero threads).
     Config(String),
+    /// Worker processes could not do what was asked (none in scope, one did not answer).
+    Cluster(String),
 }
 
 impl fmt::Display for Error {
@@ -329,6 +331,7 @@ impl fmt::Display for Error {
             Error::Task(e) => e.fmt(f),
             Error::Scope(e) => e.fmt(f),
             Error::Config(m) => write!(f, "invalid configuration: {m}"),
+            Error::Cluster(m) => f.write_str(m),
         }
     }
 }
@@ -338,7 +341,7 @@ impl StdError for Error {
         match self {
             Error::Task(e) => Some(e),
             Error::Scope(e) => Some(e),
-            Error::Config(_) => None,
+            Error::Config(_) | Error::Cluster(_) => None,
         }
     }
 }

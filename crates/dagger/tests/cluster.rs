@@ -42,6 +42,11 @@ fn fail_if_odd(x: u64) -> Result<u64, String> {
     }
 }
 
+#[dagger::task]
+fn total_where(xs: &[u64]) -> (u64, u32) {
+    (xs.iter().sum(), current_processor().worker.0)
+}
+
 fn cluster(workers: usize) -> Context {
     Context::builder()
         .threads(2)
@@ -131,5 +136,44 @@ fn failures_in_workers_are_task_errors() {
             spawn!(square(3); scope = Scope::worker(1)).fetch().unwrap(),
             9
         );
+    });
+}
+
+#[test]
+fn chunks_put_on_workers_stay_there_until_dropped() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        let data: Vec<u64> = (0..1000).collect();
+        let expected: u64 = data.iter().sum();
+
+        // Pinned to worker 2: readers run there.
+        let pinned = dagger::tochunk_on(data.clone(), Scope::worker(2)).unwrap();
+        assert_eq!(pinned.processor().worker, WorkerId(2));
+        assert_eq!(ctx.worker_stats(WorkerId(2)).unwrap().live_values, 1);
+        assert_eq!(spawn!(total_where(&pinned)).fetch().unwrap(), (expected, 2));
+        let err = spawn!(total_where(&pinned); scope = Scope::worker(1))
+            .fetch()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Scheduling, "{err}");
+
+        // Allowed on both workers: a reader on the other one gets it from its holder.
+        let both = Scope::worker(1).union(&Scope::worker(2));
+        let shared = dagger::tochunk_on(data.clone(), both).unwrap();
+        let holder = shared.processor().worker.0;
+        let other = 3 - holder;
+        let read = spawn!(total_where(&shared); scope = Scope::worker(other));
+        assert_eq!(read.fetch().unwrap(), (expected, other));
+        assert_eq!(shared.fetch().unwrap(), data);
+
+        // Nowhere to put it.
+        let err = dagger::tochunk_on(1u8, Scope::worker(9)).unwrap_err();
+        assert!(err.to_string().contains("worker"), "{err}");
+
+        drop((pinned, shared, read));
+        for w in [1, 2] {
+            eventually("the worker holds no values", || {
+                ctx.worker_stats(WorkerId(w)).unwrap().live_values == 0
+            });
+        }
     });
 }

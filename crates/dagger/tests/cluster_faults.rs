@@ -87,6 +87,31 @@ fn lost_results_are_made_again() {
 }
 
 #[test]
+fn a_chunk_lost_with_its_worker_is_an_error_naming_both() {
+    let ctx = cluster(2, Duration::from_secs(10));
+    ctx.enter(|| {
+        let c = dagger::tochunk_on((0..100u64).collect::<Vec<_>>(), on_workers([1, 2])).unwrap();
+        let holder = c.processor().worker.0;
+        let other = 3 - holder;
+        ctx.kill_worker(WorkerId(holder)).unwrap();
+        let err = spawn!(total(&c); scope = Scope::worker(other))
+            .fetch()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("worker {holder}")), "{msg}");
+        assert!(msg.contains("tochunk_on"), "{msg}");
+        assert!(msg.contains("cannot be made again"), "{msg}");
+        // The cluster goes on.
+        assert_eq!(
+            spawn!(total(&spawn!(make(10); scope = Scope::worker(other))))
+                .fetch()
+                .unwrap(),
+            45
+        );
+    });
+}
+
+#[test]
 fn tasks_running_on_a_killed_worker_run_again_elsewhere() {
     let ctx = cluster(2, Duration::from_secs(10));
     ctx.enter(|| {

@@ -6,12 +6,13 @@ use super::msg::{Done, FailKind, Msg, PeerInfo, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::error::ErrorKind;
 use crate::id::NodeId;
-use crate::remote::data::Lineage;
+use crate::remote::data::{Label, Lineage};
 use crate::remote::wire::{Location, WireArg, WireCall};
 use crate::remote::{Dispatch, RemoteData, RemoteTask, RemoteWorker};
 use crate::sched::Registry;
 use crate::scope::Scope;
 use crate::task::JobRef;
+use bytes::Bytes;
 use dagger_net::NetError;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -604,11 +605,7 @@ impl Head {
             }
             match rx.await {
                 Ok(Ok(loc)) => {
-                    lock(&self.state)
-                        .located
-                        .entry(loc.worker)
-                        .or_default()
-                        .push(&data);
+                    self.locate(loc.worker, &data);
                     log::debug!("{} was made again on worker {}", data.label(), loc.worker);
                     data.set_ready(loc);
                     return;
@@ -707,6 +704,31 @@ impl Head {
 }
 
 impl Dispatch for Head {
+    fn put(&self, bytes: Bytes, scope: &Scope, label: Label) -> Result<Arc<RemoteData>, String> {
+        let node = self.node.upgrade().ok_or("the cluster is shut down")?;
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some((worker, _)) = self.pick(scope) else {
+                break;
+            };
+            match node.put_bytes(worker.id, bytes.clone()) {
+                Ok(loc) => {
+                    let data = RemoteData::new(loc, Arc::new(NodeLink(node.clone())), None, label);
+                    self.locate(loc.worker, &data);
+                    return Ok(data);
+                }
+                // The worker is going away: try another one.
+                Err(e) => last = Some(format!("worker {}: {e}", worker.id)),
+            }
+        }
+        Err(match last {
+            Some(e) => {
+                format!("no worker in scope `{scope}` could keep {label}; the last try: {e}")
+            }
+            None => format!("no live worker is in scope `{scope}` to keep {label}"),
+        })
+    }
+
     fn dispatch(&self, worker: &Arc<RemoteWorker>, task: RemoteTask) {
         let link = self.node.upgrade().and_then(|n| n.link(worker.id));
         let Some(link) = link else {
@@ -737,6 +759,17 @@ impl Dispatch for Head {
                 f.task.requeue();
             }
         }
+    }
+}
+
+impl Head {
+    /// Tracks `data`, now on `worker`, so that it is marked lost if `worker` dies.
+    fn locate(&self, worker: u32, data: &Arc<RemoteData>) {
+        lock(&self.state)
+            .located
+            .entry(worker)
+            .or_default()
+            .push(data);
     }
 }
 

@@ -118,7 +118,7 @@ impl Link {
 
 /// Handles what arrives on links.
 pub(crate) trait Handler: Send + Sync + 'static {
-    /// A message (and its payload, for `Data`) from `link.peer`.
+    /// A message (and its payload, for `Data` and `Put`) from `link.peer`.
     fn on_message(self: Arc<Self>, link: &Link, msg: Msg, payload: Option<Bytes>);
     /// The connection `link` ended (`err`: why, if not a clean close).
     fn on_closed(self: Arc<Self>, link: &Link, err: Option<NetError>);
@@ -186,7 +186,7 @@ async fn read_loop<H: Handler>(mut receiver: Receiver, link: Link, handler: Arc<
                 break Some(NetError::Config(why));
             }
         };
-        let payload = if matches!(msg, Msg::Data { .. }) {
+        let payload = if msg.has_payload() {
             match receiver.recv().await {
                 Ok(Some(p)) => Some(p),
                 Ok(None) => break Some(NetError::Closed),

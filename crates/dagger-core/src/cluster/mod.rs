@@ -271,7 +271,7 @@ impl Cluster {
     pub(crate) fn stats(&self, id: u32) -> Result<WorkerStats> {
         self.head
             .stats(id, Duration::from_secs(30))
-            .map_err(Error::Config)
+            .map_err(Error::Cluster)
     }
 
     /// Stops sending tasks to the workers, lets them finish, and ends them.
@@ -279,7 +279,7 @@ impl Cluster {
         for &id in ids {
             self.head
                 .retire(&self.node, id, Duration::from_secs(600))
-                .map_err(Error::Config)?;
+                .map_err(Error::Cluster)?;
         }
         let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = launched.as_mut() {

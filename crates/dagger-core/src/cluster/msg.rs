@@ -124,11 +124,32 @@ pub(crate) enum Msg {
         req: u64,
         message: String,
     },
+    /// Keep a value: the next transport message holds its encoded bytes. Answered by
+    /// `Stored` (or `DataError`).
+    Put {
+        req: u64,
+    },
+    /// Fetch the value at `from` from the process holding it and keep a copy. Answered by
+    /// `Stored` (or `DataError`).
+    Pull {
+        req: u64,
+        from: Location,
+    },
+    /// The answer to `Put` or `Pull`: where the value is kept now.
+    Stored {
+        req: u64,
+        loc: Location,
+    },
 }
 
 impl Msg {
     pub(crate) fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("messages always encode")
+    }
+
+    /// Whether a raw payload (the next transport message) follows this message.
+    pub(crate) fn has_payload(&self) -> bool {
+        matches!(self, Msg::Data { .. } | Msg::Put { .. })
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Msg, String> {

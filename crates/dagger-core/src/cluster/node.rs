@@ -25,7 +25,15 @@ pub(crate) trait Role: Send + Sync + 'static {
     }
 }
 
-type Pending = HashMap<u64, (Link, SyncSender<Result<Bytes, String>>)>;
+/// The answer to a request to another process.
+pub(crate) enum Reply {
+    /// A value's encoded bytes (answering `Fetch`).
+    Data(Bytes),
+    /// Where a value is kept now (answering `Put` and `Pull`).
+    Stored(Location),
+}
+
+type Pending = HashMap<u64, (Link, SyncSender<Result<Reply, String>>)>;
 
 pub(crate) struct Node {
     pub(crate) id: u32,
@@ -164,28 +172,67 @@ impl Node {
         })
     }
 
-    /// Fetches the encoded value at `loc` (blocks).
-    pub(crate) fn fetch_bytes(self: &Arc<Self>, loc: Location) -> Result<Bytes, String> {
-        if loc.worker == self.id {
-            return self.store.encode(loc.id).map_err(|e| e.to_string());
-        }
-        let link = self.link_to(loc.worker)?;
+    /// Sends a request to `peer` (connecting first if needed) and waits for its answer
+    /// (blocks; not for the I/O thread). `send` sends the request with the id it is given.
+    fn request(
+        self: &Arc<Self>,
+        peer: u32,
+        send: impl FnOnce(&Link, u64) -> bool,
+    ) -> Result<Reply, String> {
+        let link = self.link_to(peer)?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
         lock(&self.pending).insert(req, (link.clone(), tx));
-        if !link.send(Msg::Fetch { req, id: loc.id }) {
+        if !send(&link, req) {
             lock(&self.pending).remove(&req);
-            return Err(format!(
-                "the connection to process {} is closed",
-                loc.worker
-            ));
+            return Err(format!("the connection to process {peer} is closed"));
         }
         rx.recv()
             .unwrap_or_else(|_| Err("the cluster shut down".to_string()))
     }
 
+    /// Fetches the encoded value at `loc` (blocks).
+    pub(crate) fn fetch_bytes(self: &Arc<Self>, loc: Location) -> Result<Bytes, String> {
+        if loc.worker == self.id {
+            return self.store.encode(loc.id).map_err(|e| e.to_string());
+        }
+        match self.request(loc.worker, |l, req| l.send(Msg::Fetch { req, id: loc.id }))? {
+            Reply::Data(bytes) => Ok(bytes),
+            Reply::Stored(_) => Err(format!(
+                "process {} answered a fetch with something else",
+                loc.worker
+            )),
+        }
+    }
+
+    /// Has process `peer` keep `bytes` (an encoded value); returns where it is (blocks).
+    pub(crate) fn put_bytes(self: &Arc<Self>, peer: u32, bytes: Bytes) -> Result<Location, String> {
+        if peer == self.id {
+            return Ok(self.store.insert_bytes(bytes));
+        }
+        let reply = self.request(peer, |l, req| l.send_with_payload(Msg::Put { req }, bytes))?;
+        stored(peer, reply)
+    }
+
+    /// Has process `peer` fetch the value at `from` and keep a copy; returns where the copy
+    /// is (blocks). The bytes go from the holder to `peer` directly.
+    pub(crate) fn pull(self: &Arc<Self>, peer: u32, from: Location) -> Result<Location, String> {
+        if peer == self.id {
+            let bytes = self.fetch_bytes(from)?;
+            return Ok(self.store.insert_bytes(bytes));
+        }
+        let reply = self.request(peer, |l, req| l.send(Msg::Pull { req, from }))?;
+        stored(peer, reply)
+    }
+
+    fn answer(&self, req: u64, reply: Result<Reply, String>) {
+        if let Some((_, tx)) = lock(&self.pending).remove(&req) {
+            let _ = tx.send(reply);
+        }
+    }
+
     fn fail_pending(&self, on: impl Fn(&Link) -> bool, why: &str) {
-        let failed: Vec<SyncSender<Result<Bytes, String>>> = {
+        let failed: Vec<SyncSender<Result<Reply, String>>> = {
             let mut pending = lock(&self.pending);
             let reqs: Vec<u64> = pending
                 .iter()
@@ -228,20 +275,46 @@ impl Node {
     }
 }
 
+impl Node {
+    fn serve_pull(self: &Arc<Self>, link: &Link, req: u64, from: Location) {
+        let node = self.clone();
+        let link = link.clone();
+        self.io.spawn(async move {
+            let moved = tokio::task::spawn_blocking(move || node.pull(node.id, from)).await;
+            let reply = match moved {
+                Ok(Ok(loc)) => Msg::Stored { req, loc },
+                Ok(Err(message)) => Msg::DataError { req, message },
+                Err(e) => Msg::DataError {
+                    req,
+                    message: format!("copying the value failed: {e}"),
+                },
+            };
+            link.send(reply);
+        });
+    }
+}
+
+fn stored(peer: u32, reply: Reply) -> Result<Location, String> {
+    match reply {
+        Reply::Stored(loc) => Ok(loc),
+        Reply::Data(_) => Err(format!(
+            "process {peer} answered a request to keep a value with something else"
+        )),
+    }
+}
+
 impl Handler for Node {
     fn on_message(self: Arc<Self>, link: &Link, msg: Msg, payload: Option<Bytes>) {
         match msg {
             Msg::Fetch { req, id } => self.serve_fetch(link, req, id),
-            Msg::Data { req } => {
-                if let Some((_, tx)) = lock(&self.pending).remove(&req) {
-                    let _ = tx.send(Ok(payload.unwrap_or_default()));
-                }
+            Msg::Data { req } => self.answer(req, Ok(Reply::Data(payload.unwrap_or_default()))),
+            Msg::DataError { req, message } => self.answer(req, Err(message)),
+            Msg::Stored { req, loc } => self.answer(req, Ok(Reply::Stored(loc))),
+            Msg::Put { req } => {
+                let loc = self.store.insert_bytes(payload.unwrap_or_default());
+                link.send(Msg::Stored { req, loc });
             }
-            Msg::DataError { req, message } => {
-                if let Some((_, tx)) = lock(&self.pending).remove(&req) {
-                    let _ = tx.send(Err(message));
-                }
-            }
+            Msg::Pull { req, from } => self.serve_pull(link, req, from),
             Msg::Ping(n) => {
                 link.send(Msg::Pong(n));
             }

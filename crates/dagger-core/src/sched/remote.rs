@@ -5,7 +5,7 @@
 //! how to hand a task over.
 
 use crate::id::{NodeId, ProcessorId, WorkerId};
-use crate::remote::data::Input;
+use crate::remote::data::{Input, Label, RemoteData};
 use crate::remote::wire::WireCall;
 use crate::scope::{ProcessorInfo, Scope};
 use crate::task::JobRef;
@@ -106,6 +106,20 @@ impl std::fmt::Debug for RemoteTask {
 pub trait Dispatch: Send + Sync {
     /// Sends a task to `worker`. The cluster later completes or fails it.
     fn dispatch(&self, worker: &Arc<RemoteWorker>, task: RemoteTask);
+
+    /// Keeps `bytes` (an encoded value) on a worker in `scope` and returns its handle
+    /// (blocks until the worker has it). `label` names the value in errors.
+    fn put(
+        &self,
+        bytes: bytes::Bytes,
+        scope: &Scope,
+        label: Label,
+    ) -> Result<Arc<RemoteData>, String> {
+        let _ = (bytes, label);
+        Err(format!(
+            "no worker process in scope `{scope}` can keep a value"
+        ))
+    }
 }
 
 /// The workers of a head process.

@@ -60,6 +60,15 @@ impl<T: Send + Sync + 'static> DTask<T> {
         crate::sched::wait_for(self.cell.header(), &self.job());
     }
 
+    /// Waits for the task; its error if it failed. Unlike [`fetch_ref`](Self::fetch_ref)
+    /// this leaves a value that lives in another process there.
+    pub(crate) fn wait_ok(&self) -> Result<(), TaskError> {
+        if !self.is_ready() {
+            self.wait();
+        }
+        self.cell.error().map_or(Ok(()), Err)
+    }
+
     /// Waits for the task and returns a copy of its value, or the error it failed with.
     /// Can be called any number of times.
     pub fn fetch(&self) -> Result<T, TaskError>
@@ -140,7 +149,7 @@ where
 {
     let mut first = None;
     for t in tasks {
-        if let Err(e) = t.fetch_ref() {
+        if let Err(e) = t.wait_ok() {
             first.get_or_insert(e);
         }
     }
