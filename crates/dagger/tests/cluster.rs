@@ -47,6 +47,12 @@ fn total_where(xs: &[u64]) -> (u64, u32) {
     (xs.iter().sum(), current_processor().worker.0)
 }
 
+#[dagger::task]
+fn slow_square(x: u64) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(2));
+    (x * x, current_processor().worker.0)
+}
+
 fn cluster(workers: usize) -> Context {
     Context::builder()
         .threads(2)
@@ -175,5 +181,55 @@ fn chunks_put_on_workers_stay_there_until_dropped() {
                 ctx.worker_stats(WorkerId(w)).unwrap().live_values == 0
             });
         }
+    });
+}
+
+#[test]
+fn workers_join_and_leave_while_a_graph_runs() {
+    let ctx = cluster(1);
+    ctx.enter(|| {
+        let on_workers = Scope::spec().workers(1..=8).build().unwrap();
+        let batch = |from: u64| -> Vec<DTask<(u64, u32)>> {
+            (from..from + 100)
+                .map(|i| spawn!(slow_square(i); scope = on_workers.clone()))
+                .collect()
+        };
+        let first = batch(0);
+        // A value that cannot be made again: it must survive its worker's removal.
+        let kept = dagger::tochunk_on(vec![7u64; 100], on_workers.clone()).unwrap();
+        assert_eq!(kept.processor().worker, WorkerId(1));
+
+        let added = ctx
+            .add_workers(LaunchSpec::Local {
+                workers: 1,
+                threads: 2,
+            })
+            .unwrap();
+        assert_eq!(added, vec![WorkerId(2)]);
+        let second = batch(100);
+        let third = batch(200);
+        // Worker 1 finishes what it has, hands over its values and leaves.
+        ctx.remove_workers(&[WorkerId(1)]).unwrap();
+        let ids: Vec<WorkerId> = ctx.workers().iter().map(|w| w.id).collect();
+        assert_eq!(ids, vec![WorkerId(2)]);
+        let fourth = batch(300);
+
+        let mut ran_on = std::collections::BTreeMap::<u32, usize>::new();
+        for (i, t) in first
+            .iter()
+            .chain(&second)
+            .chain(&third)
+            .chain(&fourth)
+            .enumerate()
+        {
+            let (sq, w) = t.fetch().unwrap();
+            assert_eq!(sq, (i * i) as u64);
+            *ran_on.entry(w).or_default() += 1;
+        }
+        assert!(ran_on.get(&2).copied().unwrap_or(0) >= 100, "{ran_on:?}");
+        assert!(fourth.iter().all(|t| t.fetch().unwrap().1 == 2));
+        assert_eq!(spawn!(total(&kept)).fetch().unwrap(), 700);
+        assert_eq!(kept.processor().worker, WorkerId(2));
+        assert!(ctx.worker_stats(WorkerId(1)).is_err());
     });
 }

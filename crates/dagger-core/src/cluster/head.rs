@@ -99,6 +99,8 @@ struct State {
     /// Values made again only as inputs of other recomputations, kept until every
     /// recomputation under way ended, so that none is made twice.
     remade: Vec<Arc<RemoteData>>,
+    /// Workers asked to leave (their end is no fault).
+    retiring: Vec<u32>,
 }
 
 pub(crate) struct Head {
@@ -428,9 +430,14 @@ impl Head {
     /// A worker left or died: forget it, mark the values it held as lost (they are made again
     /// when needed), and run its tasks elsewhere.
     pub(crate) fn worker_lost(&self, node: &Arc<Node>, id: u32, why: String) {
-        log::warn!("worker {id} is lost: {why}");
         let (lost, others, values, parked, recoveries) = {
             let mut s = lock(&self.state);
+            if let Some(i) = s.retiring.iter().position(|r| *r == id) {
+                s.retiring.swap_remove(i);
+                log::info!("worker {id} left");
+            } else {
+                log::warn!("worker {id} is lost: {why}");
+            }
             if s.workers.remove(&id).is_none() {
                 s.gone.entry(id).or_insert(why.clone());
                 drop(s);
@@ -672,7 +679,8 @@ impl Head {
         }
     }
 
-    /// Stops sending tasks to worker `id` and asks it to exit once its tasks are done.
+    /// Stops sending tasks to worker `id`, lets it finish its tasks, copies the values it
+    /// holds to other workers (or to the head when none is left), and asks it to exit.
     pub(crate) fn retire(
         &self,
         node: &Arc<Node>,
@@ -680,8 +688,12 @@ impl Head {
         timeout: Duration,
     ) -> Result<(), String> {
         let remote = {
-            let s = lock(&self.state);
-            s.workers.get(&id).map(|w| w.remote.clone())
+            let mut s = lock(&self.state);
+            let remote = s.workers.get(&id).map(|w| w.remote.clone());
+            if remote.is_some() {
+                s.retiring.push(id);
+            }
+            remote
         }
         .ok_or_else(|| format!("there is no worker {id}"))?;
         if let Some(reg) = self.registry.upgrade() {
@@ -696,10 +708,47 @@ impl Head {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.evacuate(node, id);
         if let Some(l) = node.link(id) {
             l.send(Msg::Shutdown);
         }
         Ok(())
+    }
+
+    /// Copies every value worker `id` holds for this process to another worker, or here.
+    fn evacuate(&self, node: &Arc<Node>, id: u32) {
+        let values: Vec<Arc<RemoteData>> = {
+            let mut s = lock(&self.state);
+            let mut located = s.located.remove(&id).unwrap_or_default();
+            located.prune();
+            located.values.iter().filter_map(Weak::upgrade).collect()
+        };
+        for data in values {
+            let Ok(from) = data.try_location() else {
+                continue;
+            };
+            if from.worker != id {
+                continue;
+            }
+            let scope = data.lineage().map_or_else(Scope::any, |l| l.scope.clone());
+            let target = self
+                .pick(&scope)
+                .or_else(|| self.pick(&Scope::any()))
+                .map_or(node.id, |(w, _)| w.id);
+            match node.pull(target, from) {
+                Ok(to) => {
+                    if data.relocate(from, to) && to.worker != node.id {
+                        self.locate(to.worker, &data);
+                    }
+                }
+                // Left where it is: if it is needed after the worker exits, it is made again
+                // (or reported lost) like any value of a dead worker.
+                Err(e) => {
+                    log::warn!("{} stays on retiring worker {id}: {e}", data.label());
+                    self.locate(id, &data);
+                }
+            }
+        }
     }
 }
 

@@ -347,6 +347,16 @@ impl RemoteData {
         self.settle(State::Ready(loc));
     }
 
+    /// A copy of it was made at `to`: use that from now on, if it is still at `from`.
+    /// Returns false (and changes nothing) otherwise.
+    pub fn relocate(&self, from: Location, to: Location) -> bool {
+        if !matches!(&*lock(&self.state), State::Ready(l) if *l == from) {
+            return false;
+        }
+        self.settle(State::Ready(to));
+        true
+    }
+
     /// It cannot be made again.
     pub fn set_failed(&self, why: String) {
         self.settle(State::Failed(why));
