@@ -53,6 +53,32 @@ fn slow_square(x: u64) -> (u64, u32) {
     (x * x, current_processor().worker.0)
 }
 
+/// Runs in a worker and spawns tasks there: each reports where it ran and the options it
+/// ran with.
+#[dagger::task]
+fn fan_out(n: u64) -> Vec<(u64, u32, Option<i32>, Option<bool>)> {
+    let kids: Vec<DTask<(u64, u32, Option<i32>, Option<bool>)>> = (0..n)
+        .map(|i| {
+            dagger::spawn(move || {
+                let o = dagger::get_options();
+                (
+                    square(i),
+                    current_processor().worker.0,
+                    o.get_priority(),
+                    o.get_allow_errors(),
+                )
+            })
+        })
+        .collect();
+    dagger::fetch_all(&kids).unwrap()
+}
+
+#[dagger::task]
+fn my_options() -> (Option<String>, Option<i32>) {
+    let o = dagger::get_options();
+    (o.get_name().map(str::to_string), o.get_priority())
+}
+
 fn cluster(workers: usize) -> Context {
     Context::builder()
         .threads(2)
@@ -231,5 +257,34 @@ fn workers_join_and_leave_while_a_graph_runs() {
         assert_eq!(spawn!(total(&kept)).fetch().unwrap(), 700);
         assert_eq!(kept.processor().worker, WorkerId(2));
         assert!(ctx.worker_stats(WorkerId(1)).is_err());
+    });
+}
+
+#[test]
+fn remote_tasks_spawn_tasks_and_carry_options() {
+    let ctx = cluster(1);
+    ctx.enter(|| {
+        let kids = dagger::with_options(
+            Options::new().priority(3).allow_errors(true),
+            || spawn!(fan_out(6); scope = Scope::worker(1)),
+        );
+        let kids = kids.fetch().unwrap();
+        assert_eq!(kids.len(), 6);
+        for (i, (sq, worker, priority, allow)) in kids.into_iter().enumerate() {
+            assert_eq!(sq, (i * i) as u64);
+            assert_eq!(worker, 1, "nested tasks run in the worker");
+            assert_eq!(
+                priority,
+                Some(3),
+                "with_options reaches nested remote tasks"
+            );
+            assert_eq!(allow, Some(true));
+        }
+        let (name, priority) =
+            spawn!(my_options(); scope = Scope::worker(1), name = "mine", priority = 2)
+                .fetch()
+                .unwrap();
+        assert_eq!(name.as_deref(), Some("mine"));
+        assert_eq!(priority, Some(2));
     });
 }

@@ -648,6 +648,7 @@ impl Registry {
         match job.encode_remote() {
             Ok((mut call, inputs)) => {
                 call.thread = thread;
+                call.options = wire_options(job.header());
                 worker.backlog_ns.fetch_add(est, Ordering::Relaxed);
                 worker.inflight.fetch_add(1, Ordering::Relaxed);
                 dispatch.dispatch(
@@ -866,6 +867,18 @@ pub(crate) fn record_run_time(header: &Header, sig: TypeId, elapsed: Duration) {
 }
 
 /// The processor a task ran on (or a chunk lives on).
+/// The options a task sent to a worker runs with there, and passes on to the tasks it
+/// spawns (the `with_options` in force where it was spawned).
+fn wire_options(h: &Header) -> crate::remote::wire::WireOptions {
+    use crate::remote::store::options_to_wire;
+    let mut w = h.meta.as_deref().map(options_to_wire).unwrap_or_default();
+    if w.priority.is_none() && h.priority != 0 {
+        w.priority = Some(h.priority);
+    }
+    w.inherited = h.inherited.as_deref().map(|o| Box::new(options_to_wire(o)));
+    w
+}
+
 pub(crate) fn processor_of(header: &Header) -> Option<ProcessorId> {
     let index = header.ran_on.load(Ordering::Acquire);
     if index == NO_PROC {
