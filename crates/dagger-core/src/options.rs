@@ -306,6 +306,10 @@ impl Drop for Restore {
 /// inside those tasks, at any depth. Blocks nest; inner settings win; options given at a spawn
 /// site win over blocks.
 ///
+/// Tasks sent to worker processes carry the block's name, priority, hints and
+/// `allow_errors` there and pass them on to the tasks they spawn; scopes and checkpoint hooks
+/// apply in the spawning process only.
+///
 /// ```
 /// use dagger_core::{with_options, get_options, spawn, Options};
 /// let t = with_options(Options::new().priority(5), || {

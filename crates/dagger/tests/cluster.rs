@@ -55,9 +55,11 @@ fn slow_square(x: u64) -> (u64, u32) {
 
 /// Runs in a worker and spawns tasks there: each reports where it ran and the options it
 /// ran with.
+type Report = (u64, u32, Option<i32>, Option<bool>);
+
 #[dagger::task]
-fn fan_out(n: u64) -> Vec<(u64, u32, Option<i32>, Option<bool>)> {
-    let kids: Vec<DTask<(u64, u32, Option<i32>, Option<bool>)>> = (0..n)
+fn fan_out(n: u64) -> Vec<Report> {
+    let kids: Vec<DTask<Report>> = (0..n)
         .map(|i| {
             dagger::spawn(move || {
                 let o = dagger::get_options();
