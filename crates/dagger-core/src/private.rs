@@ -33,7 +33,9 @@ pub use linkme;
 /// Runs the worker side of a cluster if this process was started as a worker (never returns
 /// then); does nothing otherwise. Used by `#[dagger::main]` and `init_before_main!`.
 pub fn worker_hook() {
-    if std::env::var("DAGGER_ROLE").ok().as_deref() == Some("worker") {
+    let worker = std::env::var("DAGGER_ROLE").ok().as_deref() == Some("worker")
+        || dagger_net::launch::spmd_rank().is_some_and(|r| !r.is_head());
+    if worker {
         if let Err(e) = crate::init() {
             eprintln!("dagger worker: {e}");
             std::process::exit(1);

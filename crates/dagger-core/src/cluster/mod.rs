@@ -53,6 +53,8 @@ pub struct ClusterOptions {
     pub(crate) heartbeat_timeout: Duration,
     /// Workers that start by themselves and join (SPMD ranks), beside launched ones.
     pub(crate) expect: Vec<u32>,
+    /// Where to publish the head's address for them.
+    pub(crate) rendezvous: Option<std::path::PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -65,6 +67,7 @@ impl Default for ClusterOptions {
             join_timeout: Duration::from_secs(120),
             heartbeat_timeout: Duration::from_secs(10),
             expect: Vec::new(),
+            rendezvous: None,
         }
     }
 }
@@ -169,7 +172,11 @@ impl Cluster {
         let node = Node::new(0, io, config, hello);
         let head = Head::new(&node, ctx.registry_ref(), opts.heartbeat_timeout);
         node.set_role(head.clone());
-        let addr = node.listen(opts.bind.clone()).map_err(net_error)?;
+        let mut addr = node.listen(opts.bind.clone()).map_err(net_error)?;
+        if let Some(port) = addr.strip_prefix("0.0.0.0:") {
+            // Listening on every interface: workers reach it by this host's name.
+            addr = format!("{}:{port}", hostname());
+        }
         crate::remote::attach(ctx, head.clone());
         let heartbeat = {
             let head = Arc::downgrade(&head);
@@ -197,6 +204,18 @@ impl Cluster {
         if let Some(spec) = &opts.launch {
             cluster.launch(spec)?;
         }
+        // Removed (by dropping) once the ranks that read it joined.
+        let _published = match &opts.rendezvous {
+            Some(path) => Some(
+                dagger_net::launch::publish_head(
+                    path,
+                    &cluster.worker_env.head,
+                    cluster.worker_env.tls_fingerprint.as_deref(),
+                )
+                .map_err(net_error)?,
+            ),
+            None => None,
+        };
         if !opts.expect.is_empty() {
             cluster
                 .head
@@ -350,13 +369,18 @@ enum Start {
         threads: Option<usize>,
         fingerprint: Option<String>,
     },
+    /// A rank of an SPMD run (`mpirun`, `srun`): rank 0 is the head, the others its workers.
+    Spmd(dagger_net::launch::SpmdRank),
     /// Not a worker.
     Head,
 }
 
 fn start_from_env() -> Result<Start> {
     if std::env::var("DAGGER_ROLE").ok().as_deref() != Some("worker") {
-        return Ok(Start::Head);
+        return Ok(match dagger_net::launch::spmd_rank() {
+            Some(rank) => Start::Spmd(rank),
+            None => Start::Head,
+        });
     }
     let var = |name: &str| {
         std::env::var(name).map_err(|_| {
@@ -369,19 +393,53 @@ fn start_from_env() -> Result<Start> {
     let id = var("DAGGER_WORKER_ID")?
         .parse::<u32>()
         .map_err(|_| Error::Config("DAGGER_WORKER_ID must be a number".into()))?;
-    let threads = match std::env::var("DAGGER_THREADS") {
-        Ok(t) if t != "0" => Some(
-            t.parse::<usize>()
-                .map_err(|_| Error::Config("DAGGER_THREADS must be a number".into()))?,
-        ),
-        _ => None,
-    };
     Ok(Start::Worker {
         head,
         id,
-        threads,
+        threads: threads_from_env()?,
         fingerprint: std::env::var("DAGGER_TLS_FINGERPRINT").ok(),
     })
+}
+
+fn threads_from_env() -> Result<Option<usize>> {
+    match std::env::var("DAGGER_THREADS") {
+        Ok(t) if t != "0" => t
+            .parse::<usize>()
+            .map(Some)
+            .map_err(|_| Error::Config("DAGGER_THREADS must be a number".into())),
+        _ => Ok(None),
+    }
+}
+
+/// The secret of an SPMD run: every rank must be given the same one.
+fn spmd_secret(rank: &dagger_net::launch::SpmdRank) -> Result<Secret> {
+    Secret::from_env().map_err(net_error)?.ok_or_else(|| {
+        Error::Config(format!(
+            "rank {} of an SPMD run ({}) needs the cluster secret: set DAGGER_SECRET (or \
+             DAGGER_SECRET_FILE) for every rank, e.g. `mpirun -x DAGGER_SECRET`",
+            rank.rank, rank.kind
+        ))
+    })
+}
+
+/// Starts rank `rank` of an SPMD run: rank 0 becomes the head of the global context and
+/// waits for the other ranks; the others serve it as workers and never return.
+fn start_spmd(rank: dagger_net::launch::SpmdRank) -> Result<()> {
+    let secret = spmd_secret(&rank)?;
+    let path = dagger_net::launch::rendezvous_path().map_err(net_error)?;
+    if rank.is_head() {
+        let mut opts = ClusterOptions::new().secret(secret);
+        opts.expect = (1..rank.size).collect();
+        opts.rendezvous = Some(path);
+        Context::builder().cluster(opts).build_global()?;
+        return Ok(());
+    }
+    let timeout = ClusterOptions::new().join_timeout;
+    let (head, fingerprint) =
+        dagger_net::launch::wait_for_head(&path, timeout).map_err(net_error)?;
+    let e = run_worker(head, rank.rank, threads_from_env()?, fingerprint, secret).unwrap_err();
+    eprintln!("dagger rank {}: {e}", rank.rank);
+    std::process::exit(1);
 }
 
 fn worker_secret() -> Result<Secret> {
@@ -403,8 +461,8 @@ fn run_worker(
     id: u32,
     threads: Option<usize>,
     fingerprint: Option<String>,
+    secret: Secret,
 ) -> Result<std::convert::Infallible> {
-    let secret = worker_secret()?;
     let mut builder = Context::builder()
         .worker_id(WorkerId(id))
         .thread_name(format!("dagger-w{id}"));
@@ -473,6 +531,11 @@ fn run_worker(
 ///
 /// * started as a worker (`DAGGER_ROLE=worker`, set by the head's launcher): runs the worker
 ///   until the head ends it, then exits the process — this call never returns;
+/// * started as one rank of an SPMD run (`mpirun`/`mpiexec`, or an `srun` job step): rank 0
+///   makes the global context the head of a cluster, publishes its address in the
+///   rendezvous file (`DAGGER_RENDEZVOUS`, or a per-job file in the temporary directory) and
+///   returns once every other rank joined; the other ranks serve it as workers and never
+///   return. Every rank needs the same `DAGGER_SECRET` (or `DAGGER_SECRET_FILE`);
 /// * otherwise, with `DAGGER_WORKERS`, `DAGGER_HOSTS` or `DAGGER_LAUNCHER` set: makes the
 ///   global context the head of a cluster and starts its workers;
 /// * otherwise: nothing (the program runs on this process's threads).
@@ -486,10 +549,13 @@ pub fn init() -> Result<()> {
             threads,
             fingerprint,
         } => {
-            let e = run_worker(head, id, threads, fingerprint).unwrap_err();
+            let e = worker_secret()
+                .and_then(|secret| run_worker(head, id, threads, fingerprint, secret))
+                .unwrap_err();
             eprintln!("dagger worker {id}: {e}");
             std::process::exit(1);
         }
+        Start::Spmd(rank) => start_spmd(rank),
         Start::Head => {
             let launch = LaunchSpec::from_env().map_err(net_error)?;
             if let Some(spec) = launch {
