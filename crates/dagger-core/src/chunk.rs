@@ -46,6 +46,50 @@ pub fn tochunk<T: Send + Sync + 'static>(value: T) -> Chunk<T> {
     Chunk::new(value)
 }
 
+/// Calls `f` on one processor of this process in `scope` and returns its result as a chunk
+/// pinned to that processor (the reference's `mutable`): every task reading the chunk runs
+/// there, so all of them see the one value, which they may change through interior
+/// mutability (a `Mutex`, atomics). Successive calls spread over the processors in `scope`.
+///
+/// For a value made and pinned in a worker process, spawn a registered function with the
+/// same compute and result scope: `spawn!(make(); scope = w.clone(), result_scope = w)`,
+/// then [`DTask::into_chunk`].
+///
+/// ```
+/// use dagger_core::{mutable, spawn, Scope, current_processor};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// let counter = mutable(Scope::default(), || AtomicU64::new(0)).unwrap();
+/// let home = counter.processor();
+/// let bumps: Vec<_> = (0..10)
+///     .map(|_| {
+///         let c = counter.clone();
+///         dagger_core::spawn_with(dagger_core::Options::new().scope(c.scope()), move || {
+///             assert_eq!(current_processor(), c.processor());
+///             c.fetch_ref().unwrap().fetch_add(1, Ordering::Relaxed)
+///         })
+///     })
+///     .collect();
+/// dagger_core::wait_all(&bumps).unwrap();
+/// assert_eq!(counter.fetch_ref().unwrap().load(Ordering::Relaxed), 10);
+/// assert_eq!(counter.processor(), home);
+/// ```
+pub fn mutable<T, F>(scope: Scope, f: F) -> Result<Chunk<T>, TaskError>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let procs = crate::context::compatible_processors(&scope);
+    let pin = match procs.len() {
+        // Nothing here can run it: the task fails with a scheduling error naming `scope`.
+        0 => scope,
+        n => Scope::exact(procs[NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n]),
+    };
+    let opts = Options::new().scope(pin.clone()).result_scope(pin);
+    crate::task::spawn_with(opts, f).into_chunk()
+}
+
 /// Makes a chunk of `value` on a processor in `scope`, which may be in another process (the
 /// reference's `tochunk(x, proc, scope)`): in this process when one of its processors is in
 /// `scope`, otherwise on the least busy worker process in `scope`, where tasks reading it

@@ -34,7 +34,7 @@ mod tls;
 #[path = "private.rs"]
 pub mod __private;
 
-pub use chunk::{tochunk, tochunk_on, Chunk};
+pub use chunk::{mutable, tochunk, tochunk_on, Chunk};
 pub use cluster::{init, ClusterOptions, WorkerInfo, WorkerStats};
 pub use context::{
     all_processors, cancel_token, compatible_processors, current_processor, current_task_id,

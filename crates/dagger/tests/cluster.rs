@@ -3,6 +3,7 @@
 
 use dagger::prelude::*;
 use dagger::{current_processor, ErrorKind, LaunchSpec, WorkerId};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 dagger::init_before_main!();
@@ -79,6 +80,22 @@ fn fan_out(n: u64) -> Vec<Report> {
 fn my_options() -> (Option<String>, Option<i32>) {
     let o = dagger::get_options();
     (o.get_name().map(str::to_string), o.get_priority())
+}
+
+#[dagger::task]
+fn new_counter() -> AtomicU64 {
+    AtomicU64::new(0)
+}
+
+#[dagger::task]
+fn bump(c: &AtomicU64) -> u32 {
+    c.fetch_add(1, Ordering::Relaxed);
+    current_processor().worker.0
+}
+
+#[dagger::task]
+fn count(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
 }
 
 fn cluster(workers: usize) -> Context {
@@ -288,5 +305,22 @@ fn remote_tasks_spawn_tasks_and_carry_options() {
                 .unwrap();
         assert_eq!(name.as_deref(), Some("mine"));
         assert_eq!(priority, Some(2));
+    });
+}
+
+#[test]
+fn a_value_pinned_to_a_worker_is_changed_in_place_there() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        let w2 = Scope::worker(2);
+        let counter = spawn!(new_counter(); scope = w2.clone(), result_scope = w2)
+            .into_chunk()
+            .unwrap();
+        assert_eq!(counter.processor().worker, WorkerId(2));
+        let bumps: Vec<DTask<u32>> = (0..50).map(|_| spawn!(bump(&counter))).collect();
+        for b in &bumps {
+            assert_eq!(b.fetch().unwrap(), 2);
+        }
+        assert_eq!(spawn!(count(&counter)).fetch().unwrap(), 50);
     });
 }

@@ -196,3 +196,36 @@ fn results_live_where_they_were_computed() {
         assert_eq!(c.fetch().unwrap(), ProcessorId::thread(WorkerId(0), 1));
     });
 }
+
+#[test]
+fn mutable_pins_its_value_to_one_processor() {
+    let ctx = Context::builder().threads(2).build().unwrap();
+    ctx.enter(|| {
+        let a = dagger::mutable(
+            Scope::default(),
+            || std::sync::Mutex::new(Vec::<u32>::new()),
+        )
+        .unwrap();
+        let b = dagger::mutable(
+            Scope::default(),
+            || std::sync::Mutex::new(Vec::<u32>::new()),
+        )
+        .unwrap();
+        assert_ne!(a.processor(), b.processor(), "successive values spread out");
+        let pushes: Vec<DTask<ProcessorId>> = (0..20)
+            .map(|i| {
+                let a = a.clone();
+                dagger::spawn_with(Options::new().scope(a.scope()), move || {
+                    a.fetch_ref().unwrap().lock().unwrap().push(i);
+                    current_processor()
+                })
+            })
+            .collect();
+        for p in &pushes {
+            assert_eq!(p.fetch().unwrap(), a.processor());
+        }
+        assert_eq!(a.fetch_ref().unwrap().lock().unwrap().len(), 20);
+        let err = dagger::mutable(Scope::worker(5), || 1u8).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Scheduling, "{err}");
+    });
+}
