@@ -600,9 +600,11 @@ impl Registry {
             let Some(thread) = w.threads_in(&a.scope) else {
                 continue;
             };
-            let cost = est
-                + w.backlog_ns.load(Ordering::Relaxed) / u64::from(w.threads)
-                + w.rtt_ns.load(Ordering::Relaxed);
+            // Tasks in flight count at least their handling cost, so that tasks with no
+            // estimate yet spread over the workers instead of piling onto the first.
+            let queued = w.backlog_ns.load(Ordering::Relaxed)
+                + w.inflight.load(Ordering::Relaxed) as u64 * REMOTE_TASK_FLOOR_NS;
+            let cost = est + queued / u64::from(w.threads) + w.rtt_ns.load(Ordering::Relaxed);
             if best.as_ref().is_none_or(|(c, _, _)| cost < *c) {
                 best = Some((cost, w.clone(), thread));
             }
@@ -867,6 +869,10 @@ pub(crate) fn record_run_time(header: &Header, sig: TypeId, elapsed: Duration) {
 }
 
 /// The processor a task ran on (or a chunk lives on).
+/// The least a task in flight on a worker is assumed to cost it (receiving, running and
+/// reporting it), in nanoseconds.
+const REMOTE_TASK_FLOOR_NS: u64 = 10_000;
+
 /// The options a task sent to a worker runs with there, and passes on to the tasks it
 /// spawns (the `with_options` in force where it was spawned).
 fn wire_options(h: &Header) -> crate::remote::wire::WireOptions {
