@@ -324,3 +324,43 @@ fn a_value_pinned_to_a_worker_is_changed_in_place_there() {
         assert_eq!(spawn!(count(&counter)).fetch().unwrap(), 50);
     });
 }
+
+#[test]
+fn dropped_values_give_their_memory_back_on_every_worker() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        let stats = |w: u32| ctx.worker_stats(WorkerId(w)).unwrap();
+        let before: Vec<u64> = [1, 2].map(|w| stats(w).rss_bytes).to_vec();
+        assert!(before.iter().all(|&b| b > 0), "RSS is known on Linux");
+        // 80 MB on each worker, and 2,000 small results beside them.
+        let big: Vec<DTask<Vec<u64>>> = [1u32, 2]
+            .iter()
+            .map(|&w| spawn!(make(10_000_000); scope = Scope::worker(w)))
+            .collect();
+        let small: Vec<DTask<u64>> = (0..2_000)
+            .map(|i| spawn!(square(i); scope = Scope::worker(1 + (i % 2) as u32)))
+            .collect();
+        let sums: Vec<DTask<u64>> = big
+            .iter()
+            .zip([1u32, 2])
+            .map(|(b, w)| spawn!(total(b); scope = Scope::worker(w)))
+            .collect();
+        dagger::wait_all(&sums).unwrap();
+        dagger::wait_all(&small).unwrap();
+        for (w, b) in [1u32, 2].iter().zip(&before) {
+            let s = stats(*w);
+            assert!(
+                s.rss_bytes > b + 60_000_000,
+                "worker {w}: {s:?}, before {b}"
+            );
+            assert!(s.live_values > 1000, "worker {w}: {s:?}");
+        }
+        drop((big, small, sums));
+        for (w, b) in [1u32, 2].iter().zip(&before) {
+            eventually("the worker holds nothing and gave its memory back", || {
+                let s = stats(*w);
+                s.live_values == 0 && s.live_results == 0 && s.rss_bytes < b + 20_000_000
+            });
+        }
+    });
+}
