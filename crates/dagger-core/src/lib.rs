@@ -16,6 +16,7 @@
 mod chunk;
 mod cluster;
 mod context;
+mod datadeps;
 mod error;
 mod id;
 mod options;
@@ -42,6 +43,12 @@ pub use context::{
 };
 pub use dagger_net::launch::LaunchSpec;
 pub use dagger_net::Secret;
+pub use datadeps::{
+    spawn_datadeps, spawn_datadeps_with, Access, Block, BlockMut, BlockRef, Call, CostPlanner,
+    Data, DatadepsOptions, Declarations, In, InOut, Out, Output, Part, Parts, PlanData, PlanTask,
+    Planner, Region, RegionTask, RoundRobin, Slice, Target, Traversal, Val, WorkStealing,
+    DEFAULT_COST_NS,
+};
 pub use error::{BoxError, Error, ErrorKind, Result, ScopeError, TaskError};
 pub use id::{NodeId, ProcessorId, ProcessorKind, TaskId, WorkerId};
 pub use options::{

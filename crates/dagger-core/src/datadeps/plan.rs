@@ -1,0 +1,332 @@
+//! Planning a region before it launches: the order tasks are handed out in ([`Traversal`]) and
+//! the thread each one runs on ([`Planner`]).
+//!
+//! Every traversal is a topological order of the task graph, so a task is always planned and
+//! launched after the tasks it waits for: in-order is submission order; BFS and DFS are Kahn's
+//! algorithm with a queue (level by level) or a stack (follow one chain of dependents first).
+
+use std::collections::VecDeque;
+
+/// The order in which a region plans and launches its tasks (the reference's `traversal`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Traversal {
+    /// Submission order.
+    #[default]
+    InOrder,
+    /// Breadth first: all tasks whose inputs are ready, then their dependents, level by level.
+    Bfs,
+    /// Depth first: the dependents of the task just planned come next.
+    Dfs,
+}
+
+/// One piece of data a planned task accesses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanData {
+    /// The data's number within the region.
+    pub key: u32,
+    /// Whether the task writes it.
+    pub write: bool,
+}
+
+/// What a [`Planner`] knows about the task it places.
+#[derive(Debug)]
+pub struct PlanTask<'a> {
+    /// The task's number in submission order.
+    pub index: usize,
+    /// The task's name.
+    pub name: Option<&'a str>,
+    /// The tasks it waits for (numbers in submission order; all planned already).
+    pub preds: &'a [u32],
+    /// Estimated run time in nanoseconds: the task's `time_util` option, else what earlier
+    /// regions measured for the same function, else [`DEFAULT_COST_NS`].
+    pub cost_ns: u64,
+    /// The data it accesses.
+    pub data: &'a [PlanData],
+}
+
+/// Run-time estimate of a task never measured before.
+pub const DEFAULT_COST_NS: u64 = 10_000;
+
+/// Chooses the thread each task of a region runs on, before the region launches them.
+///
+/// `place` is called once per task, in the region's [`Traversal`] order; it returns a thread
+/// number below `threads` (as passed to `start`), or `None` to let any thread of the pool take
+/// the task (work stealing).
+///
+/// ```
+/// use dagger_core::{spawn_datadeps_with, DatadepsOptions, PlanTask, Planner};
+///
+/// /// Everything on thread 0.
+/// struct First;
+/// impl Planner for First {
+///     fn place(&mut self, _task: &PlanTask<'_>) -> Option<usize> { Some(0) }
+/// }
+///
+/// let mut x = 0;
+/// spawn_datadeps_with(DatadepsOptions::new().planner(First), |dd| {
+///     let x = dd.data(&mut x);
+///     dd.spawn(|x: &mut i32| *x += 1, (dagger_core::InOut(x),));
+/// })
+/// .unwrap();
+/// assert_eq!(x, 1);
+/// ```
+pub trait Planner: Send {
+    /// Called before the first task: the number of threads and of tasks.
+    fn start(&mut self, threads: usize, tasks: usize) {
+        let _ = (threads, tasks);
+    }
+
+    /// The thread for `task`, or `None` for any thread.
+    fn place(&mut self, task: &PlanTask<'_>) -> Option<usize>;
+}
+
+/// Places tasks on the threads in turn.
+#[derive(Clone, Debug, Default)]
+pub struct RoundRobin {
+    threads: usize,
+    next: usize,
+}
+
+impl Planner for RoundRobin {
+    fn start(&mut self, threads: usize, _tasks: usize) {
+        self.threads = threads.max(1);
+        self.next = 0;
+    }
+
+    fn place(&mut self, _task: &PlanTask<'_>) -> Option<usize> {
+        let t = self.next;
+        self.next = (self.next + 1) % self.threads.max(1);
+        Some(t)
+    }
+}
+
+/// Leaves every task to the pool: a ready task runs on whichever thread takes it first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WorkStealing;
+
+impl Planner for WorkStealing {
+    fn place(&mut self, _task: &PlanTask<'_>) -> Option<usize> {
+        None
+    }
+}
+
+/// Places each task on the thread where it is estimated to finish first (list scheduling by
+/// earliest finish time).
+///
+/// The model, in nanoseconds: a thread is free when the last task planned on it finishes; a
+/// task can start when its thread is free and every task it waits for finished; a task that
+/// accesses data last written on another thread pays `move_cost` (its run time times
+/// [`with_move_cost`](CostPlanner::with_move_cost), default 0.1) for moving it through the
+/// caches. Run times are [`PlanTask::cost_ns`].
+#[derive(Clone, Debug)]
+pub struct CostPlanner {
+    move_cost: f64,
+    free_at: Vec<u64>,
+    finish: Vec<u64>,
+    thread_of: Vec<u32>,
+    home: Vec<u32>,
+}
+
+impl Default for CostPlanner {
+    fn default() -> Self {
+        CostPlanner {
+            move_cost: 0.1,
+            free_at: Vec::new(),
+            finish: Vec::new(),
+            thread_of: Vec::new(),
+            home: Vec::new(),
+        }
+    }
+}
+
+impl CostPlanner {
+    /// A planner with the default model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the cost of using data last written on another thread, as a fraction of the task's
+    /// run time.
+    pub fn with_move_cost(mut self, fraction: f64) -> Self {
+        self.move_cost = fraction.max(0.0);
+        self
+    }
+}
+
+const NO_THREAD: u32 = u32::MAX;
+
+impl Planner for CostPlanner {
+    fn start(&mut self, threads: usize, tasks: usize) {
+        self.free_at = vec![0; threads.max(1)];
+        self.finish = vec![0; tasks];
+        self.thread_of = vec![NO_THREAD; tasks];
+        self.home.clear();
+    }
+
+    fn place(&mut self, task: &PlanTask<'_>) -> Option<usize> {
+        let ready = task
+            .preds
+            .iter()
+            .map(|&p| self.finish[p as usize])
+            .max()
+            .unwrap_or(0);
+        let mut best: Option<(u64, u64, usize)> = None;
+        for (t, &free) in self.free_at.iter().enumerate() {
+            let moved = task
+                .data
+                .iter()
+                .filter(|d| {
+                    let h = self.home.get(d.key as usize).copied().unwrap_or(NO_THREAD);
+                    h != NO_THREAD && h != t as u32
+                })
+                .count() as f64;
+            let extra = (task.cost_ns as f64 * self.move_cost * moved) as u64;
+            let finish = free.max(ready) + task.cost_ns + extra;
+            if best.is_none_or(|(f, fr, _)| finish < f || (finish == f && free < fr)) {
+                best = Some((finish, free, t));
+            }
+        }
+        let (finish, _, t) = best.expect("at least one thread");
+        self.free_at[t] = finish;
+        if let Some(f) = self.finish.get_mut(task.index) {
+            *f = finish;
+            self.thread_of[task.index] = t as u32;
+        }
+        for d in task.data {
+            let k = d.key as usize;
+            if self.home.len() <= k {
+                self.home.resize(k + 1, NO_THREAD);
+            }
+            if d.write || self.home[k] == NO_THREAD {
+                self.home[k] = t as u32;
+            }
+        }
+        Some(t)
+    }
+}
+
+/// A topological order of tasks `0..n` with predecessors `preds(i)` (all `< i`).
+pub(crate) fn order(traversal: Traversal, n: usize, pred_start: &[u32], preds: &[u32]) -> Vec<u32> {
+    if traversal == Traversal::InOrder {
+        return (0..n as u32).collect();
+    }
+    // successors in CSR form, and the number of unplanned predecessors of each task
+    let mut missing = vec![0u32; n];
+    let mut succ_count = vec![0u32; n + 1];
+    for i in 0..n {
+        let ps = &preds[pred_start[i] as usize..pred_start[i + 1] as usize];
+        missing[i] = ps.len() as u32;
+        for &p in ps {
+            succ_count[p as usize + 1] += 1;
+        }
+    }
+    for i in 0..n {
+        succ_count[i + 1] += succ_count[i];
+    }
+    let mut fill = succ_count.clone();
+    let mut succs = vec![0u32; preds.len()];
+    for i in 0..n {
+        for &p in &preds[pred_start[i] as usize..pred_start[i + 1] as usize] {
+            succs[fill[p as usize] as usize] = i as u32;
+            fill[p as usize] += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut work: VecDeque<u32> = (0..n as u32)
+        .filter(|&i| missing[i as usize] == 0)
+        .collect();
+    if traversal == Traversal::Dfs {
+        // a stack popping from the back: earliest submitted first
+        work.make_contiguous().reverse();
+    }
+    while let Some(i) = match traversal {
+        Traversal::Dfs => work.pop_back(),
+        _ => work.pop_front(),
+    } {
+        out.push(i);
+        let s = &succs[succ_count[i as usize] as usize..succ_count[i as usize + 1] as usize];
+        let before = work.len();
+        for &j in s {
+            missing[j as usize] -= 1;
+            if missing[j as usize] == 0 {
+                work.push_back(j);
+            }
+        }
+        if traversal == Traversal::Dfs {
+            work.make_contiguous()[before..].reverse();
+        }
+    }
+    debug_assert_eq!(out.len(), n, "the task graph of a region has no cycles");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 0 -> 1 -> 3, 0 -> 2, 4 alone
+    fn graph() -> (Vec<u32>, Vec<u32>) {
+        (vec![0, 0, 1, 2, 3, 3], vec![0, 0, 1])
+    }
+
+    fn check_topological(o: &[u32], starts: &[u32], preds: &[u32]) {
+        let pos: Vec<usize> = (0..o.len())
+            .map(|i| o.iter().position(|&x| x as usize == i).unwrap())
+            .collect();
+        for i in 0..o.len() {
+            for &p in &preds[starts[i] as usize..starts[i + 1] as usize] {
+                assert!(pos[p as usize] < pos[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn traversals_are_topological() {
+        let (starts, preds) = graph();
+        assert_eq!(
+            order(Traversal::InOrder, 5, &starts, &preds),
+            vec![0, 1, 2, 3, 4]
+        );
+        let bfs = order(Traversal::Bfs, 5, &starts, &preds);
+        assert_eq!(bfs, vec![0, 4, 1, 2, 3]);
+        let dfs = order(Traversal::Dfs, 5, &starts, &preds);
+        assert_eq!(dfs, vec![0, 1, 3, 2, 4]);
+        check_topological(&bfs, &starts, &preds);
+        check_topological(&dfs, &starts, &preds);
+    }
+
+    #[test]
+    fn planners() {
+        let mut rr = RoundRobin::default();
+        rr.start(2, 3);
+        let t = |i| PlanTask {
+            index: i,
+            name: None,
+            preds: &[],
+            cost_ns: 10,
+            data: &[],
+        };
+        assert_eq!(
+            (rr.place(&t(0)), rr.place(&t(1)), rr.place(&t(2))),
+            (Some(0), Some(1), Some(0))
+        );
+        // independent equal tasks spread over both threads; a dependent chain stays local
+        let mut cp = CostPlanner::new();
+        cp.start(2, 4);
+        let d = [PlanData {
+            key: 0,
+            write: true,
+        }];
+        let a = cp.place(&PlanTask { data: &d, ..t(0) });
+        let b = cp.place(&t(1));
+        assert_ne!(a, b);
+        let c = cp.place(&PlanTask {
+            index: 2,
+            preds: &[0],
+            data: &d,
+            ..t(2)
+        });
+        assert_eq!(c, a);
+        assert_eq!(WorkStealing.place(&t(3)), None);
+    }
+}

@@ -1,0 +1,1144 @@
+//! The region: records tasks with their accesses, derives the dependency graph, plans and
+//! launches the tasks when the closure returns, waits for all of them.
+
+use super::access::{Access, Call, Declarations, Declared, Sealed};
+use super::data::{Block, Data, KeyRef, Slice};
+use super::plan::{self, CostPlanner, PlanData, PlanTask, Planner, Traversal, DEFAULT_COST_NS};
+use super::tracker::KeyState;
+use crate::chunk::Chunk;
+use crate::error::{BoxError, ErrorKind, TaskError};
+use crate::id::TaskId;
+use crate::options::Options;
+use crate::sched::{Exec, Placement, Registry, WorkerThread};
+use crate::task::state::{TaskState, WAITING};
+use crate::task::wait_list::{Slot, WaitList};
+use crate::task::{abort_with, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
+
+/// How a region plans its tasks.
+///
+/// ```
+/// use dagger_core::{spawn_datadeps_with, DatadepsOptions, RoundRobin, Traversal};
+/// let opts = DatadepsOptions::new().planner(RoundRobin::default()).traversal(Traversal::Bfs);
+/// assert_eq!(spawn_datadeps_with(opts, |_dd| 7).unwrap(), 7);
+/// ```
+pub struct DatadepsOptions {
+    planner: Box<dyn Planner>,
+    traversal: Traversal,
+}
+
+impl Default for DatadepsOptions {
+    fn default() -> Self {
+        DatadepsOptions {
+            planner: Box::new(CostPlanner::new()),
+            traversal: Traversal::InOrder,
+        }
+    }
+}
+
+impl fmt::Debug for DatadepsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatadepsOptions")
+            .field("traversal", &self.traversal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatadepsOptions {
+    /// The defaults: the [`CostPlanner`], in-order traversal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the planner that chooses each task's thread.
+    pub fn planner(mut self, planner: impl Planner + 'static) -> Self {
+        self.planner = Box::new(planner);
+        self
+    }
+
+    /// Sets the order in which tasks are planned and launched.
+    pub fn traversal(mut self, traversal: Traversal) -> Self {
+        self.traversal = traversal;
+        self
+    }
+}
+
+/// State shared by a region and the tasks and handles it made (outlives the region).
+struct Shared {
+    /// Set when every task of the region finished; region task handles may be read after.
+    finished: AtomicBool,
+    /// Task bodies not yet dropped.
+    bodies: Mutex<usize>,
+    all_dropped: Condvar,
+    /// Measured run time of each task (ns), for the learned estimates.
+    times: OnceLock<Box<[AtomicU64]>>,
+}
+
+/// Decrements the body count when a task body is dropped (after running, or unrun).
+struct BodyGuard(Arc<Shared>);
+
+impl Drop for BodyGuard {
+    fn drop(&mut self) {
+        let mut n = self.0.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.0.all_dropped.notify_all();
+        }
+    }
+}
+
+/// The state of one task handle of a region.
+struct TaskSlot<R> {
+    id: TaskId,
+    index: u32,
+    region: u64,
+    name: Option<Arc<str>>,
+    task: OnceLock<DTask<R>>,
+    shared: Arc<Shared>,
+}
+
+/// The handle of a task spawned in a datadeps region.
+///
+/// Region tasks start when the region's closure returns, so their results can be read only
+/// after [`spawn_datadeps`] returned: return the handle from the closure. Reading it earlier
+/// (in the closure, or in another task of the region) is an error, not a deadlock. Inside the
+/// region, the handle (a clone) can be passed to later tasks, which then read the result
+/// (`&T`).
+///
+/// ```
+/// use dagger_core::{spawn_datadeps, In};
+/// let xs = vec![1.0, 2.0, 3.0];
+/// let (sum, n) = spawn_datadeps(|dd| {
+///     let xs = dd.read(&xs);
+///     let sum = dd.spawn(|xs: &Vec<f64>| xs.iter().sum::<f64>(), (In(xs),));
+///     assert!(sum.fetch().is_err()); // not inside the region
+///     let n = dd.spawn(|s: &f64, xs: &Vec<f64>| *s / xs.len() as f64, (sum.clone(), xs));
+///     (sum, n)
+/// })
+/// .unwrap();
+/// assert_eq!((sum.fetch().unwrap(), n.fetch().unwrap()), (6.0, 2.0));
+/// ```
+pub struct RegionTask<R> {
+    slot: Arc<TaskSlot<R>>,
+}
+
+impl<R> Clone for RegionTask<R> {
+    fn clone(&self) -> Self {
+        RegionTask {
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+impl<R: Send + Sync + 'static> fmt::Debug for RegionTask<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionTask")
+            .field("id", &self.slot.id.get())
+            .field("index", &self.slot.index)
+            .field("name", &self.slot.name)
+            .finish()
+    }
+}
+
+impl<R: Send + Sync + 'static> RegionTask<R> {
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.slot.id
+    }
+
+    /// The task's number in its region, in submission order.
+    pub fn index(&self) -> usize {
+        self.slot.index as usize
+    }
+
+    /// The task's name.
+    pub fn name(&self) -> Option<&str> {
+        self.slot.name.as_deref()
+    }
+
+    fn error(&self, msg: String) -> TaskError {
+        TaskError::with_message(
+            self.slot.id,
+            self.slot.name.clone(),
+            ErrorKind::Runtime,
+            msg,
+        )
+    }
+
+    /// The task, once its region finished.
+    pub fn task(&self) -> Result<DTask<R>, TaskError> {
+        if !self.slot.shared.finished.load(Ordering::Acquire) {
+            return Err(self.error(
+                "a task of a datadeps region was fetched inside its region: region tasks start \
+                 when the region's closure returns, so this would wait forever; return the \
+                 handle from the closure and fetch it after `spawn_datadeps` returns, or pass \
+                 `&handle` to a later task of the region"
+                    .into(),
+            ));
+        }
+        self.slot.task.get().cloned().ok_or_else(|| {
+            self.error("this task never ran: its region was refused or its closure panicked".into())
+        })
+    }
+
+    /// True once the region finished (successfully or not).
+    pub fn is_ready(&self) -> bool {
+        self.slot.shared.finished.load(Ordering::Acquire)
+    }
+
+    /// A copy of the result (after the region), or the error the task failed with.
+    pub fn fetch(&self) -> Result<R, TaskError>
+    where
+        R: Clone,
+    {
+        self.task()?.fetch()
+    }
+
+    /// The result, moved out when this is the last handle (after the region).
+    pub fn into_value(self) -> Result<R, TaskError>
+    where
+        R: Clone,
+    {
+        let task = self.task()?;
+        drop(self);
+        task.into_value()
+    }
+}
+
+impl<R> Sealed for RegionTask<R> {}
+
+/// An earlier task's result, read by a later task of the same region.
+impl<R: Send + Sync + 'static> Access for RegionTask<R> {
+    type Out<'a> = &'a R;
+
+    fn declare(&self, out: &mut Declarations) {
+        out.0.push(Declared::Result {
+            region: self.slot.region,
+            task: self.slot.index,
+        });
+    }
+
+    unsafe fn get<'a>(self) -> &'a R {
+        let value: &R = self
+            .slot
+            .task
+            .get()
+            .and_then(|t| t.cell.value())
+            .and_then(Result::ok)
+            .expect("a region task runs after the tasks whose results it reads succeeded");
+        // SAFETY: the value lives in the producing task, which the region keeps alive until
+        // every task of the region finished.
+        unsafe { &*(value as *const R) }
+    }
+}
+
+/// A value moved into a region, to be taken out after it ([`Region::output`]).
+///
+/// ```
+/// use dagger_core::{spawn_datadeps, InOut};
+/// let out = spawn_datadeps(|dd| {
+///     let v = dd.own(vec![1, 2]);
+///     dd.spawn(|v: &mut Vec<i32>| v.push(3), (InOut(v),));
+///     dd.output(v)
+/// })
+/// .unwrap();
+/// assert_eq!(out.into_inner(), Some(vec![1, 2, 3]));
+/// ```
+pub struct Output<T>(Arc<Mutex<Option<T>>>);
+
+impl<T> Output<T> {
+    /// The value, once the region returned (`None` before, or when it was taken already).
+    pub fn into_inner(self) -> Option<T> {
+        self.take()
+    }
+
+    /// Takes the value out, once the region returned.
+    pub fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The value as a chunk, once the region returned.
+    pub fn into_chunk(self) -> Option<Chunk<T>>
+    where
+        T: Send + Sync + 'static,
+    {
+        self.take().map(Chunk::new)
+    }
+}
+
+impl<T> fmt::Debug for Output<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Output").finish_non_exhaustive()
+    }
+}
+
+/// A value owned by the region (moved in with `own`): freed, or moved to its output, at the
+/// end.
+///
+/// Its `finish` closure may borrow data of the region's `'scope`; the lifetime is erased
+/// (the region drops every slot before it returns).
+struct OwnedSlot {
+    ptr: *mut (),
+    finish: Option<Box<dyn FnOnce(*mut ())>>,
+}
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        if let Some(f) = self.finish.take() {
+            f(self.ptr);
+        }
+    }
+}
+
+/// What launching a recorded task needs.
+struct LaunchCtx<'a> {
+    reg: &'a Arc<Registry>,
+    placement: Placement,
+    preds: &'a [JobRef],
+    inherited: Option<Arc<Options>>,
+}
+
+/// Launches a recorded task. It captures the task's function and arguments, which may borrow
+/// data of the region's `'scope`; the lifetime is erased (the region runs or drops every
+/// recorded task before it returns).
+type Launch = Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef>;
+
+/// Erases the `'scope` of a closure kept by the region.
+///
+/// # Safety
+/// The region must run or drop the result before `'scope` ends.
+unsafe fn erase<'scope, A: ?Sized + 'scope, B: ?Sized + 'static>(b: Box<A>) -> Box<B>
+where
+    Box<A>: Erasable<Box<B>>,
+{
+    // SAFETY: forwarded.
+    unsafe { b.erase() }
+}
+
+/// Conversion of a boxed closure with lifetime `'scope` to the same closure type with
+/// `'static`.
+trait Erasable<T> {
+    unsafe fn erase(self) -> T;
+}
+
+impl<'scope> Erasable<Launch> for Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef + 'scope> {
+    unsafe fn erase(self) -> Launch {
+        // SAFETY: same type up to the object lifetime bound; see `erase`.
+        unsafe { std::mem::transmute(self) }
+    }
+}
+
+impl<'scope> Erasable<Box<dyn FnOnce(*mut ())>> for Box<dyn FnOnce(*mut ()) + 'scope> {
+    unsafe fn erase(self) -> Box<dyn FnOnce(*mut ())> {
+        // SAFETY: same type up to the object lifetime bound; see `erase`.
+        unsafe { std::mem::transmute(self) }
+    }
+}
+
+/// A task recorded by `spawn`, launched when the closure returns.
+struct Recorded {
+    launch: Option<Launch>,
+    name: Option<Arc<str>>,
+    cost_ns: u64,
+    signature: &'static str,
+}
+
+struct State {
+    keys: Vec<KeyState>,
+    tasks: Vec<Recorded>,
+    pred_start: Vec<u32>,
+    preds: Vec<u32>,
+    data_start: Vec<u32>,
+    data: Vec<PlanData>,
+    owned: Vec<OwnedSlot>,
+    /// The key of each owned value's slot (`owned` index), by key.
+    owned_of_key: HashMap<u32, usize>,
+    refused: Option<TaskError>,
+    scratch: Declarations,
+}
+
+static NEXT_REGION: AtomicU64 = AtomicU64::new(1);
+
+/// Run-time estimates learned from earlier regions, by function.
+fn learned() -> &'static Mutex<HashMap<&'static str, f64>> {
+    static L: OnceLock<Mutex<HashMap<&'static str, f64>>> = OnceLock::new();
+    L.get_or_init(Default::default)
+}
+
+/// A data-dependency region (see [`spawn_datadeps`]): registers data and spawns tasks that
+/// declare how they access it.
+pub struct Region<'scope, 'env: 'scope> {
+    id: u64,
+    state: RefCell<State>,
+    shared: Arc<Shared>,
+    _scope: PhantomData<&'scope mut &'scope ()>,
+    _env: PhantomData<&'env mut &'env ()>,
+}
+
+impl fmt::Debug for Region<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.borrow();
+        f.debug_struct("Region")
+            .field("data", &s.keys.len())
+            .field("tasks", &s.tasks.len())
+            .finish()
+    }
+}
+
+impl<'scope, 'env> Region<'scope, 'env> {
+    fn new_key(&self, writable: bool) -> KeyRef {
+        let mut s = self.state.borrow_mut();
+        let key = s.keys.len() as u32;
+        s.keys.push(KeyState::default());
+        KeyRef {
+            region: self.id,
+            key,
+            writable,
+        }
+    }
+
+    /// Registers `value` (borrowed mutably for the region): tasks may read and write it;
+    /// after the region `value` holds what the tasks left in it.
+    pub fn data<T: Send + Sync + 'static>(&'scope self, value: &'env mut T) -> Data<'scope, T> {
+        Data {
+            key: self.new_key(true),
+            ptr: NonNull::from(value),
+            _scope: PhantomData,
+        }
+    }
+
+    /// Registers `value` for reading only: a task declaring `Out` or `InOut` on it is refused.
+    pub fn read<T: Send + Sync + 'static>(&'scope self, value: &'env T) -> Data<'scope, T> {
+        Data {
+            key: self.new_key(false),
+            ptr: NonNull::from(value),
+            _scope: PhantomData,
+        }
+    }
+
+    fn own_raw<T: Send + Sync + 'static>(&'scope self, value: T) -> (KeyRef, NonNull<T>) {
+        let key = self.new_key(true);
+        let ptr = Box::into_raw(Box::new(value));
+        let free: Box<dyn FnOnce(*mut ()) + 'scope> = Box::new(|p: *mut ()| {
+            // SAFETY: `p` came from `Box::into_raw` of a `Box<T>` and is freed once.
+            drop(unsafe { Box::from_raw(p as *mut T) })
+        });
+        // SAFETY: the region drops its owned slots before it returns.
+        let free = unsafe { erase::<'scope, _, dyn FnOnce(*mut ())>(free) };
+        let mut s = self.state.borrow_mut();
+        let slot = s.owned.len();
+        s.owned.push(OwnedSlot {
+            ptr: ptr as *mut (),
+            finish: Some(free),
+        });
+        s.owned_of_key.insert(key.key, slot);
+        // SAFETY: `Box::into_raw` never returns null.
+        (key, unsafe { NonNull::new_unchecked(ptr) })
+    }
+
+    /// Moves `value` into the region: tasks may read and write it; it is dropped at the end of
+    /// the region unless [`output`](Region::output) takes it out.
+    pub fn own<T: Send + Sync + 'static>(&'scope self, value: T) -> Data<'scope, T> {
+        let (key, ptr) = self.own_raw(value);
+        Data {
+            key,
+            ptr,
+            _scope: PhantomData,
+        }
+    }
+
+    /// Moves the value of a finished task into the region (moved out of the task when `task`
+    /// is its last handle, else cloned), like [`own`](Region::own). A failed task's error is
+    /// returned.
+    pub fn own_task<T: Clone + Send + Sync + 'static>(
+        &'scope self,
+        task: DTask<T>,
+    ) -> Result<Data<'scope, T>, TaskError> {
+        Ok(self.own(task.into_value()?))
+    }
+
+    /// Copies the value of a chunk (also one that lives in another process) into the region,
+    /// like [`own`](Region::own); the chunk itself is not changed. Take the final value out
+    /// with [`output`](Region::output) and [`Output::into_chunk`].
+    pub fn own_chunk<T: Clone + Send + Sync + 'static>(
+        &'scope self,
+        chunk: &Chunk<T>,
+    ) -> Result<Data<'scope, T>, TaskError> {
+        Ok(self.own(chunk.fetch()?))
+    }
+
+    /// Registers a slice (borrowed mutably for the region); views of it ([`Slice::view`]) are
+    /// ordered by their index ranges.
+    pub fn slice<T: Send + Sync + 'static>(&'scope self, value: &'env mut [T]) -> Slice<'scope, T> {
+        let len = value.len();
+        Slice {
+            key: self.new_key(true),
+            base: NonNull::from(value).cast(),
+            start: 0,
+            end: len,
+            _scope: PhantomData,
+        }
+    }
+
+    /// Registers a slice for reading only.
+    pub fn read_slice<T: Send + Sync + 'static>(
+        &'scope self,
+        value: &'env [T],
+    ) -> Slice<'scope, T> {
+        let len = value.len();
+        Slice {
+            key: self.new_key(false),
+            base: NonNull::from(value).cast(),
+            start: 0,
+            end: len,
+            _scope: PhantomData,
+        }
+    }
+
+    /// Moves a vector into the region as a slice (see [`slice`](Region::slice)).
+    pub fn own_slice<T: Send + Sync + 'static>(&'scope self, value: Vec<T>) -> Slice<'scope, T> {
+        let (key, ptr) = self.own_raw(value);
+        // SAFETY: the vector lives (and is never resized) until the end of the region.
+        let (base, len) = unsafe { ((*ptr.as_ptr()).as_mut_ptr(), (*ptr.as_ptr()).len()) };
+        Slice {
+            key,
+            // SAFETY: a vector's buffer pointer is never null.
+            base: unsafe { NonNull::new_unchecked(base) },
+            start: 0,
+            end: len,
+            _scope: PhantomData,
+        }
+    }
+
+    /// Registers a column-major `nrows` x `ncols` matrix stored in `value` (column `j` at
+    /// `value[j * nrows..(j + 1) * nrows]`); its blocks ([`Block::block`], [`Block::tile`]) are
+    /// ordered only when they share elements.
+    ///
+    /// # Panics
+    /// If `value` has fewer than `nrows * ncols` elements.
+    pub fn matrix<T: Send + Sync + 'static>(
+        &'scope self,
+        value: &'env mut [T],
+        nrows: usize,
+        ncols: usize,
+    ) -> Block<'scope, T> {
+        assert!(
+            value.len() >= nrows * ncols,
+            "a {nrows}x{ncols} matrix needs {} elements, the slice has {}",
+            nrows * ncols,
+            value.len()
+        );
+        Block {
+            key: self.new_key(true),
+            base: NonNull::from(value).cast(),
+            ld: nrows,
+            rows: (0, nrows),
+            cols: (0, ncols),
+            _scope: PhantomData,
+        }
+    }
+
+    /// Takes a value moved into the region with [`own`](Region::own) (or `own_task`,
+    /// `own_chunk`) out at the end of the region, with whatever the tasks left in it.
+    ///
+    /// # Panics
+    /// If `data` was not moved into this region (borrowed data stays with its owner).
+    pub fn output<T: Send + Sync + 'static>(&'scope self, data: Data<'scope, T>) -> Output<T> {
+        let out = Arc::new(Mutex::new(None));
+        let mut s = self.state.borrow_mut();
+        let slot = match (data.key.region == self.id)
+            .then(|| s.owned_of_key.get(&data.key.key).copied())
+            .flatten()
+        {
+            Some(slot) => slot,
+            None => panic!(
+                "Region::output takes data moved into this region with `own`; borrowed data \
+                 is already the caller's after the region"
+            ),
+        };
+        let o = out.clone();
+        s.owned[slot].finish = Some(Box::new(move |p: *mut ()| {
+            // SAFETY: `p` came from `Box::into_raw` of a `Box<T>` and is taken once.
+            let v = unsafe { Box::from_raw(p as *mut T) };
+            *o.lock().unwrap_or_else(|e| e.into_inner()) = Some(*v);
+        }));
+        Output(out)
+    }
+
+    /// Spawns `f(args..)` as a task of the region; see [`spawn_with`](Region::spawn_with).
+    pub fn spawn<F, A, R>(&'scope self, f: F, args: A) -> RegionTask<R>
+    where
+        F: Call<A, Output = R> + 'scope,
+        A: Send + 'scope,
+        R: Send + Sync + 'static,
+    {
+        self.spawn_inner(None, f, args)
+    }
+
+    /// Spawns `f(args..)` as a task of the region with options (`name`, `time_util` for the
+    /// planner; placement options are ignored: the region plans placement).
+    ///
+    /// `args` is a tuple of [`Access`] values: data handles wrapped in [`In`](super::In),
+    /// [`Out`](super::Out) or [`InOut`](super::InOut) (a bare handle is read), `&RegionTask`
+    /// (an earlier task's result, read) and [`Val`](super::Val) (a plain value).
+    /// The task runs after every earlier task of the region whose accesses conflict with its
+    /// own, so the region's effect equals running its tasks one by one in submission order.
+    /// A task that would access the same data twice with a writer among them, writes
+    /// read-only data, or names data of another region is refused: the region then runs none
+    /// of its tasks and returns the refusal.
+    pub fn spawn_with<F, A, R>(&'scope self, options: Options, f: F, args: A) -> RegionTask<R>
+    where
+        F: Call<A, Output = R> + 'scope,
+        A: Send + 'scope,
+        R: Send + Sync + 'static,
+    {
+        self.spawn_inner(Some(options), f, args)
+    }
+
+    fn spawn_inner<F, A, R>(&'scope self, options: Option<Options>, f: F, args: A) -> RegionTask<R>
+    where
+        F: Call<A, Output = R> + 'scope,
+        A: Send + 'scope,
+        R: Send + Sync + 'static,
+    {
+        let signature = std::any::type_name::<F>();
+        let name: Option<Arc<str>> = options
+            .as_ref()
+            .and_then(|o| o.name.clone())
+            .or_else(|| Some(Arc::from(short_name(signature))));
+        let hint = options.as_ref().and_then(|o| o.time_util);
+        let id = TaskId::next();
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let index = st.tasks.len() as u32;
+        let slot = Arc::new(TaskSlot {
+            id,
+            index,
+            region: self.id,
+            name: name.clone(),
+            task: OnceLock::new(),
+            shared: self.shared.clone(),
+        });
+
+        let mut decls = std::mem::take(&mut st.scratch);
+        decls.clear();
+        F::declare(&args, &mut decls);
+        if let Err(msg) = self.check(&decls.0) {
+            if st.refused.is_none() {
+                st.refused = Some(TaskError::with_message(
+                    id,
+                    name.clone(),
+                    ErrorKind::Runtime,
+                    format!("refused by its datadeps region: {msg}"),
+                ));
+            }
+        }
+        let first_pred = st.preds.len();
+        for d in &decls.0 {
+            match *d {
+                Declared::Data {
+                    key, span, write, ..
+                } if (key as usize) < st.keys.len() => {
+                    st.keys[key as usize].access(index, span, write, &mut st.preds);
+                    st.data.push(PlanData { key, write });
+                }
+                Declared::Result { task, .. } if task < index => st.preds.push(task),
+                _ => {}
+            }
+        }
+        let new = &mut st.preds[first_pred..];
+        new.sort_unstable();
+        let mut n = 0;
+        for i in 0..new.len() {
+            if i == 0 || new[i] != new[n - 1] {
+                new[n] = new[i];
+                n += 1;
+            }
+        }
+        st.preds.truncate(first_pred + n);
+        st.pred_start.push(st.preds.len() as u32);
+        st.data_start.push(st.data.len() as u32);
+        st.scratch = decls;
+
+        let shared = self.shared.clone();
+        let out = slot.clone();
+        let launch: Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef + 'scope> =
+            Box::new(move |ctx: &LaunchCtx<'_>| {
+                let guard = BodyGuard(shared.clone());
+                let body = move || -> Result<R, BoxError> {
+                    let _guard = guard;
+                    let start = Instant::now();
+                    // SAFETY: the region launched this task after every task whose accesses
+                    // conflict with its own, and they all finished before it runs.
+                    let r = unsafe { f.call(args) };
+                    if let Some(times) = shared.times.get() {
+                        times[index as usize]
+                            .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    }
+                    Ok(r)
+                };
+                let body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'scope> = Box::new(body);
+                // SAFETY: the region does not return before every body it launched was dropped
+                // (it waits for the body count to reach zero, also when unwinding), so nothing the
+                // body borrows for 'scope is used after 'scope.
+                let body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'static> =
+                    unsafe { std::mem::transmute(body) };
+                let task = launch_task(
+                    ctx,
+                    id,
+                    Some(short_name(signature)),
+                    options.map(Arc::new),
+                    body,
+                );
+                let job = task.job();
+                let _ = out.task.set(task);
+                job
+            });
+        // SAFETY: the region runs or drops every recorded task before it returns.
+        let launch = unsafe { erase::<'scope, _, dyn FnOnce(&LaunchCtx<'_>) -> JobRef>(launch) };
+        st.tasks.push(Recorded {
+            launch: Some(launch),
+            name,
+            cost_ns: hint.map_or(0, |d| d.as_nanos() as u64),
+            signature,
+        });
+        RegionTask { slot }
+    }
+
+    /// Why a task with these accesses must be refused.
+    fn check(&self, decls: &[Declared]) -> Result<(), String> {
+        for (i, d) in decls.iter().enumerate() {
+            match *d {
+                Declared::Data {
+                    region,
+                    key,
+                    span,
+                    write,
+                    writable,
+                } => {
+                    if region != self.id {
+                        return Err(format!(
+                            "argument {} is data of another datadeps region; register it with \
+                             this region",
+                            i + 1
+                        ));
+                    }
+                    if write && !writable {
+                        return Err(format!(
+                            "argument {} is declared Out/InOut but its data was registered read \
+                             only (`Region::read`); register it with `Region::data` to write it",
+                            i + 1
+                        ));
+                    }
+                    for (j, e) in decls[..i].iter().enumerate() {
+                        if let Declared::Data {
+                            key: k2,
+                            span: s2,
+                            write: w2,
+                            ..
+                        } = *e
+                        {
+                            if k2 == key && (write || w2) && span.overlaps(s2) {
+                                return Err(format!(
+                                    "arguments {} and {} access overlapping data and one of them \
+                                     writes it: the task would hold `&mut` and another borrow of \
+                                     the same data at once",
+                                    j + 1,
+                                    i + 1
+                                ));
+                            }
+                        }
+                    }
+                }
+                Declared::Result { region, .. } => {
+                    if region != self.id {
+                        return Err(format!(
+                            "argument {} is the result of a task of another datadeps region, \
+                             which can be read only after that region",
+                            i + 1
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tasks that task `index` waits for (numbers in submission order), as derived from
+    /// the declared accesses.
+    ///
+    /// ```
+    /// use dagger_core::{spawn_datadeps, In, InOut};
+    /// let mut v = vec![0u8; 4];
+    /// spawn_datadeps(|dd| {
+    ///     let v = dd.slice(&mut v);
+    ///     let a = dd.spawn(|x: &mut [u8]| x.fill(1), (InOut(v.view(0..2)),));
+    ///     let b = dd.spawn(|x: &mut [u8]| x.fill(2), (InOut(v.view(2..4)),));
+    ///     let c = dd.spawn(|x: &[u8]| x.len(), (In(v.view(1..3)),));
+    ///     assert!(dd.dependencies(b.index()).is_empty()); // disjoint views: parallel
+    ///     assert_eq!(dd.dependencies(c.index()), vec![a.index(), b.index()]);
+    /// })
+    /// .unwrap();
+    /// assert_eq!(v, [1, 1, 2, 2]);
+    /// ```
+    pub fn dependencies(&self, index: usize) -> Vec<usize> {
+        let s = self.state.borrow();
+        if index >= s.tasks.len() {
+            return Vec::new();
+        }
+        let start = if index == 0 {
+            0
+        } else {
+            s.pred_start[index - 1] as usize
+        };
+        s.preds[start..s.pred_start[index] as usize]
+            .iter()
+            .map(|&p| p as usize)
+            .collect()
+    }
+
+    /// Launches every recorded task (planned in traversal order) and waits for all of them.
+    fn run(&self, opts: &mut DatadepsOptions) -> Result<(), TaskError> {
+        let mut st = self.state.borrow_mut();
+        if let Some(e) = st.refused.take() {
+            st.tasks.clear();
+            return Err(e);
+        }
+        let n = st.tasks.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let _ = self
+            .shared
+            .times
+            .set((0..n).map(|_| AtomicU64::new(0)).collect());
+        let mut pred_start = Vec::with_capacity(n + 1);
+        pred_start.push(0u32);
+        pred_start.extend_from_slice(&st.pred_start);
+        let mut data_start = Vec::with_capacity(n + 1);
+        data_start.push(0u32);
+        data_start.extend_from_slice(&st.data_start);
+        let order = plan::order(opts.traversal, n, &pred_start, &st.preds);
+
+        {
+            let learned = learned().lock().unwrap_or_else(|e| e.into_inner());
+            for t in st.tasks.iter_mut() {
+                if t.cost_ns == 0 {
+                    t.cost_ns = learned
+                        .get(t.signature)
+                        .map_or(DEFAULT_COST_NS, |&ns| ns.max(1.0) as u64);
+                }
+            }
+        }
+
+        let reg = crate::context::with_spawn_registry(|r| r.clone());
+        let threads: Vec<Arc<[u32]>> = reg
+            .procs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.exec, Exec::Thread(_)))
+            .map(|(i, _)| Arc::from(vec![i as u32]))
+            .collect();
+        opts.planner.start(threads.len(), n);
+        let inherited = crate::tls::spawn_env().options;
+
+        *self.shared.bodies.lock().unwrap_or_else(|e| e.into_inner()) += n;
+        let mut jobs: Vec<Option<JobRef>> = vec![None; n];
+        // Wait for whatever was launched even if planning or launching unwinds.
+        let waiter = WaitOnDrop {
+            shared: &self.shared,
+            unlaunched: n,
+        };
+        let mut waiter = waiter;
+        let mut preds: Vec<JobRef> = Vec::new();
+        for &i in &order {
+            let i = i as usize;
+            let ps = &st.preds[pred_start[i] as usize..pred_start[i + 1] as usize];
+            let choice = {
+                let t = &st.tasks[i];
+                opts.planner.place(&PlanTask {
+                    index: i,
+                    name: t.name.as_deref(),
+                    preds: ps,
+                    cost_ns: t.cost_ns,
+                    data: &st.data[data_start[i] as usize..data_start[i + 1] as usize],
+                })
+            };
+            let placement = match choice {
+                Some(t) if !threads.is_empty() => {
+                    Placement::Choose(threads[t % threads.len()].clone())
+                }
+                _ => Placement::Pool,
+            };
+            preds.clear();
+            preds.extend(ps.iter().map(|&p| {
+                jobs[p as usize]
+                    .clone()
+                    .expect("a traversal plans predecessors first")
+            }));
+            let launch = st.tasks[i].launch.take().expect("launched once");
+            let ctx = LaunchCtx {
+                reg: &reg,
+                placement,
+                preds: &preds,
+                inherited: inherited.clone(),
+            };
+            waiter.unlaunched -= 1;
+            jobs[i] = Some(launch(&ctx));
+        }
+        drop(preds);
+        drop(st);
+
+        for job in jobs.iter().flatten() {
+            crate::sched::wait_for(job.header(), job);
+        }
+        drop(waiter); // waits for the bodies
+        self.learn();
+        // the first failure in submission order is a root failure (dependents come later)
+        for job in jobs.iter().flatten() {
+            if let Some(e) = job.error() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the region once no task body is left: drops unlaunched tasks, frees owned data or
+    /// moves it to its outputs, and lets task handles be read.
+    fn close(&self) {
+        let (tasks, owned) = {
+            let mut st = self.state.borrow_mut();
+            (std::mem::take(&mut st.tasks), std::mem::take(&mut st.owned))
+        };
+        drop(tasks);
+        drop(owned);
+        self.shared.finished.store(true, Ordering::Release);
+    }
+
+    /// Folds this region's measured run times into the learned estimates.
+    fn learn(&self) {
+        let Some(times) = self.shared.times.get() else {
+            return;
+        };
+        let st = self.state.borrow();
+        let mut sums: HashMap<&'static str, (f64, u32)> = HashMap::new();
+        for (t, ns) in st.tasks.iter().zip(times.iter()) {
+            let ns = ns.load(Ordering::Relaxed);
+            if ns > 0 {
+                let e = sums.entry(t.signature).or_default();
+                e.0 += ns as f64;
+                e.1 += 1;
+            }
+        }
+        let mut learned = learned().lock().unwrap_or_else(|e| e.into_inner());
+        for (sig, (sum, n)) in sums {
+            let mean = sum / f64::from(n);
+            learned
+                .entry(sig)
+                .and_modify(|v| *v = 0.5 * *v + 0.5 * mean)
+                .or_insert(mean);
+        }
+    }
+}
+
+/// Waits (when dropped) until every launched task body was dropped.
+struct WaitOnDrop<'a> {
+    shared: &'a Arc<Shared>,
+    /// Bodies counted but never launched (their launch closures are dropped unrun).
+    unlaunched: usize,
+}
+
+impl Drop for WaitOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut n = self.shared.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= self.unlaunched;
+        while *n > 0 {
+            n = self
+                .shared
+                .all_dropped
+                .wait(n)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The name shown for a task: the function's path without its crate, for closures the
+/// enclosing function.
+fn short_name(type_name: &'static str) -> &'static str {
+    let s = type_name.trim_end_matches("::{{closure}}");
+    match s.find("::") {
+        Some(i) if !s.starts_with('<') => &s[i + 2..],
+        _ => s,
+    }
+}
+
+/// Creates and launches one region task: pinned as planned, after `ctx.preds`.
+fn launch_task<R: Send + Sync + 'static>(
+    ctx: &LaunchCtx<'_>,
+    id: TaskId,
+    static_name: Option<&'static str>,
+    meta: Option<Arc<Options>>,
+    body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'static>,
+) -> DTask<R> {
+    let task = Arc::new(TaskInner::<R, _>::new(
+        Header {
+            id,
+            state: TaskState::new(WAITING),
+            pending: AtomicU32::new(ctx.preds.len() as u32 + 1),
+            waiters: WaitList::new(),
+            edge: Slot::new(),
+            ran_on: AtomicU32::new(NO_PROC),
+            registry: ctx.reg.id,
+            placement: match &ctx.placement {
+                Placement::Choose(c) => Placement::Choose(c.clone()),
+                _ => Placement::Pool,
+            },
+            priority: 0,
+            static_name,
+            meta,
+            inherited: ctx.inherited.clone(),
+        },
+        Some(body),
+        None,
+    ));
+    let job: JobRef = task.clone();
+    let handle = DTask { cell: task };
+    let mut arrived = 1u32;
+    let mut failed: Option<TaskError> = None;
+    let mut edge_used = false;
+    for dep in ctx.preds {
+        let dh = dep.header();
+        let registered = !dh.state.is_done() && {
+            let waiter = Waiter::Task(job.clone());
+            if edge_used {
+                dh.waiters.push(waiter).is_ok()
+            } else {
+                // SAFETY: the slot is this task's own, used once; the waiter holds a reference
+                // to this task, which keeps the slot alive until the input takes it out.
+                let pushed = unsafe { dh.waiters.push_in(&job.header().edge, waiter) }.is_ok();
+                edge_used |= pushed;
+                pushed
+            }
+        };
+        if !registered {
+            arrived += 1;
+            if failed.is_none() {
+                failed = dep.error();
+            }
+        }
+    }
+    if let Some(cause) = failed {
+        let h = job.header();
+        abort_with(&job, TaskError::upstream(h.id, h.name(), &cause));
+        return handle;
+    }
+    let h = job.header();
+    if h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready() {
+        let pushed = WorkerThread::with_current(|w| match w {
+            Some(w) if Arc::ptr_eq(&w.registry, ctx.reg) => {
+                w.push_new(job.clone());
+                true
+            }
+            _ => false,
+        });
+        if !pushed {
+            ctx.reg.inject(job);
+        }
+    }
+    handle
+}
+
+/// Runs `f` in a data-dependency region (the reference's `spawn_datadeps`) with the default
+/// [`DatadepsOptions`], and returns its value once every task it spawned finished, or the
+/// first task error (in submission order; it names the task).
+///
+/// Inside `f`, register data with the region ([`Region::data`], [`read`](Region::read),
+/// [`own`](Region::own), [`slice`](Region::slice), [`matrix`](Region::matrix)) and spawn tasks
+/// with [`Region::spawn`], declaring how each argument is used: [`In`](super::In) (`&T`),
+/// [`Out`](super::Out) or [`InOut`](super::InOut) (`&mut T`). The region derives the task
+/// graph from these declarations: readers of the same data run in parallel; a writer waits for
+/// every earlier reader and writer of overlapping data; a reader waits for the last earlier
+/// writer. The result equals running the tasks one by one in submission order.
+///
+/// Tasks start when `f` returns (the region plans them first), so waiting for one inside `f`
+/// is an error rather than a deadlock.
+///
+/// ```
+/// use dagger_core::{spawn_datadeps, In, InOut, Out};
+///
+/// fn add(dst: &mut [f64], src: &[f64]) {
+///     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+/// }
+/// fn copy(dst: &mut [f64], src: &[f64]) {
+///     dst.copy_from_slice(src);
+/// }
+///
+/// let a = vec![1.0; 4];
+/// let (mut b, mut c, mut d) = (vec![2.0; 4], vec![3.0; 4], vec![0.0; 4]);
+/// spawn_datadeps(|dd| {
+///     let a = dd.read_slice(&a);
+///     let (b, c, d) = (dd.slice(&mut b), dd.slice(&mut c), dd.slice(&mut d));
+///     dd.spawn(add, (InOut(b), In(a))); // B += A
+///     dd.spawn(add, (InOut(c), In(a))); // C += A (in parallel with the first)
+///     dd.spawn(add, (InOut(c), In(b))); // C += B (after both)
+///     dd.spawn(copy, (Out(d), In(c)));  // D = C
+/// })
+/// .unwrap();
+/// assert_eq!(c, vec![7.0; 4]);
+/// assert_eq!(c, d);
+/// ```
+pub fn spawn_datadeps<'env, F, T>(f: F) -> Result<T, TaskError>
+where
+    F: for<'scope> FnOnce(&'scope Region<'scope, 'env>) -> T,
+{
+    spawn_datadeps_with(DatadepsOptions::default(), f)
+}
+
+/// Like [`spawn_datadeps`], with a planner and traversal order.
+pub fn spawn_datadeps_with<'env, F, T>(mut options: DatadepsOptions, f: F) -> Result<T, TaskError>
+where
+    F: for<'scope> FnOnce(&'scope Region<'scope, 'env>) -> T,
+{
+    let region = Region {
+        id: NEXT_REGION.fetch_add(1, Ordering::Relaxed),
+        state: RefCell::new(State {
+            keys: Vec::new(),
+            tasks: Vec::new(),
+            pred_start: Vec::new(),
+            preds: Vec::new(),
+            data_start: Vec::new(),
+            data: Vec::new(),
+            owned: Vec::new(),
+            owned_of_key: HashMap::new(),
+            refused: None,
+            scratch: Declarations::default(),
+        }),
+        shared: Arc::new(Shared {
+            finished: AtomicBool::new(false),
+            bodies: Mutex::new(0),
+            all_dropped: Condvar::new(),
+            times: OnceLock::new(),
+        }),
+        _scope: PhantomData,
+        _env: PhantomData,
+    };
+    let value = match catch_unwind(AssertUnwindSafe(|| f(&region))) {
+        Ok(v) => v,
+        Err(payload) => {
+            // nothing was launched: drop the recorded tasks and owned data, then unwind
+            region.close();
+            resume_unwind(payload);
+        }
+    };
+    let result = region.run(&mut options);
+    region.close();
+    result.map(|()| value)
+}
