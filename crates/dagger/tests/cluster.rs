@@ -364,3 +364,20 @@ fn dropped_values_give_their_memory_back_on_every_worker() {
         }
     });
 }
+
+#[test]
+fn tasks_go_where_their_inputs_are() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        for w in [1u32, 2] {
+            let data = spawn!(make(100_000); scope = Scope::worker(w));
+            // No scope: the reader runs where the value is rather than moving it.
+            let (sum, ran_on) = spawn!(total_where(&data)).fetch().unwrap();
+            assert_eq!(sum, (0..100_000u64).sum::<u64>());
+            assert_eq!(ran_on, w);
+        }
+        // A value of this process: read here, not shipped to a worker.
+        let here = dagger::tochunk((0..1000u64).collect::<Vec<_>>());
+        assert_eq!(spawn!(total_where(&here)).fetch().unwrap().1, 0);
+    });
+}

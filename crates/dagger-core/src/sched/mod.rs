@@ -27,7 +27,7 @@ use crate::processor::{OsProc, Processor, TaskSignature, ThreadProc};
 use crate::remote::data::PendingInput;
 use crate::remote::functions::TaskFn;
 use crate::scope::{ProcessorInfo, Scope};
-use crate::task::{fail_job, Header, JobRef, NO_PROC};
+use crate::task::{fail_job, Header, Held, JobRef, NO_PROC};
 use crossbeam_deque::{Injector, Steal, Stealer};
 use estimate::Estimates;
 use remote::{RemoteSet, RemoteTask, RemoteWorker};
@@ -55,6 +55,8 @@ pub(crate) struct Anywhere {
     pub(crate) local: Option<Placement>,
     /// Its execution scope, to match worker processors when it becomes ready.
     pub(crate) scope: Scope,
+    /// Its inputs, to weigh where their values are when it becomes ready.
+    pub(crate) inputs: Box<[Weak<dyn crate::task::Job>]>,
 }
 
 impl Placement {
@@ -509,7 +511,11 @@ impl Registry {
                  (live workers: {ids:?})"
             ));
         }
-        Ok(Placement::Anywhere(Arc::new(Anywhere { local, scope })))
+        Ok(Placement::Anywhere(Arc::new(Anywhere {
+            local,
+            scope,
+            inputs: Box::new([]),
+        })))
     }
 
     /// Picks the cheapest candidate: queued work on it plus the task's estimated run time there.
@@ -592,8 +598,36 @@ impl Registry {
                 self.estimates
                     .estimate(job.signature(), &[ProcessorKind::THREAD])[0]
             });
+        let inputs: Vec<Held> = a
+            .inputs
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|j| j.held())
+            .collect();
         let mut best: Option<(u64, Arc<RemoteWorker>, Option<u32>)> = None;
-        for w in self.remote.snapshot().iter() {
+        let workers = self.remote.snapshot();
+        let rtt_of = |id: u32| {
+            workers
+                .iter()
+                .find(|w| w.id == id)
+                .map_or(0, |w| w.rtt_ns.load(Ordering::Relaxed))
+        };
+        // Nanoseconds to bring the inputs to worker `to` (`None`: here).
+        let moving = |to: Option<u32>| -> u64 {
+            inputs
+                .iter()
+                .map(|h| match (h, to) {
+                    (Held::Here, None) => 0,
+                    (Held::At(l), None) if l.worker == self.worker.0 => 0,
+                    (Held::At(l), Some(w)) if l.worker == w => 0,
+                    // Sent along with the call.
+                    (Held::Here, Some(_)) => remote::transfer_ns(0),
+                    // Fetched from its holder: a round trip, then the bytes.
+                    (Held::At(l), _) => rtt_of(l.worker) + remote::transfer_ns(l.bytes),
+                })
+                .sum()
+        };
+        for w in workers.iter() {
             if !w.alive.load(Ordering::Acquire) {
                 continue;
             }
@@ -604,14 +638,20 @@ impl Registry {
             // estimate yet spread over the workers instead of piling onto the first.
             let queued = w.backlog_ns.load(Ordering::Relaxed)
                 + w.inflight.load(Ordering::Relaxed) as u64 * REMOTE_TASK_FLOOR_NS;
-            let cost = est + queued / u64::from(w.threads) + w.rtt_ns.load(Ordering::Relaxed);
+            let cost = est
+                + queued / u64::from(w.threads)
+                + w.rtt_ns.load(Ordering::Relaxed)
+                + moving(Some(w.id));
             if best.as_ref().is_none_or(|(c, _, _)| cost < *c) {
                 best = Some((cost, w.clone(), thread));
             }
         }
-        let local_cost = a.local.as_ref().map(|p| match p {
-            Placement::Choose(cands) => self.choose(&job, cands, current).1 + est,
-            _ => est + (self.injector.len() as u64 * est) / self.slots.len() as u64,
+        let local_cost = a.local.as_ref().map(|p| {
+            moving(None)
+                + match p {
+                    Placement::Choose(cands) => self.choose(&job, cands, current).1 + est,
+                    _ => est + (self.injector.len() as u64 * est) / self.slots.len() as u64,
+                }
         });
         let go_remote = match (&best, local_cost) {
             (Some(_), None) => true,

@@ -27,7 +27,7 @@ use crate::id::TaskId;
 use crate::options::{Options, TaskInfo};
 use crate::remote::data::Input;
 use crate::remote::functions::TaskFn;
-use crate::remote::wire::WireCall;
+use crate::remote::wire::{Location, WireCall};
 use crate::sched::Placement;
 use crate::stats;
 use crate::tls::CTX;
@@ -161,6 +161,17 @@ pub(crate) trait Job: Send + Sync + 'static {
         &self,
         result: Result<Arc<crate::remote::data::RemoteData>, (ErrorKind, String)>,
     );
+
+    /// Where the value of a finished task is: `None` while it runs or if it failed.
+    fn held(&self) -> Option<Held>;
+}
+
+/// Where a finished task's value is.
+pub(crate) enum Held {
+    /// In this process.
+    Here,
+    /// In another process (or this one's store), with its size when known.
+    At(Location),
 }
 
 /// What a task runs: a closure, or a call of a function with arguments (which may also be
@@ -468,6 +479,14 @@ where
 
     fn unclaim(&self) -> bool {
         self.header.state.unclaim()
+    }
+
+    fn held(&self) -> Option<Held> {
+        match self.outcome()? {
+            Outcome::Value(_) => Some(Held::Here),
+            Outcome::Remote(r) => r.data.try_location().ok().map(Held::At),
+            Outcome::Failed(_) => None,
+        }
     }
 
     fn complete_remote(

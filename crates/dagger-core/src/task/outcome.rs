@@ -62,8 +62,12 @@ fn fetch(data: &Arc<RemoteData>) -> Result<bytes::Bytes, BoxError> {
     let mut last = None;
     for _ in 0..8 {
         let loc = data.location()?;
+        let started = std::time::Instant::now();
         match data.link().fetch(loc) {
-            Ok(b) => return Ok(b),
+            Ok(b) => {
+                crate::sched::remote::record_transfer(b.len() as u64, started.elapsed());
+                return Ok(b);
+            }
             Err(e) => {
                 if !data.wait_moved(loc, std::time::Duration::from_secs(2)) {
                     return Err(e);

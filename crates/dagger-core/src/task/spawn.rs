@@ -162,6 +162,17 @@ where
         reg.place(scope.as_ref(), &sig, remote)
     };
     let (placement, unschedulable) = match placement {
+        Ok(crate::sched::Placement::Anywhere(mut a)) => {
+            if let Some(a) = Arc::get_mut(&mut a) {
+                a.inputs = site
+                    .args
+                    .iter()
+                    .flat_map(|a| a.deps.as_slice())
+                    .map(Arc::downgrade)
+                    .collect();
+            }
+            (crate::sched::Placement::Anywhere(a), None)
+        }
         Ok(p) => (p, None),
         Err(msg) => (crate::sched::Placement::Pool, Some(msg)),
     };
