@@ -805,3 +805,112 @@ fn tiled_cholesky_matches_faer() {
         }
     });
 }
+
+// ---- task queues ----
+
+#[test]
+fn sequential_queue_orders_tasks_without_data_edges() {
+    use std::sync::{Arc, Mutex};
+    two_threads().enter(|| {
+        for _ in 0..20 {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let tasks = dagger::spawn_sequential(|| {
+                (0..50)
+                    .map(|i| {
+                        let log = log.clone();
+                        dagger::spawn(move || log.lock().unwrap().push(i))
+                    })
+                    .collect::<Vec<_>>()
+            });
+            dagger::wait_all(&tasks).unwrap();
+            assert_eq!(*log.lock().unwrap(), (0..50).collect::<Vec<_>>());
+        }
+        // a failure stops the tasks after it
+        let (a, b) = dagger::spawn_sequential(|| {
+            let a = dagger::try_spawn(|| Err::<(), _>("first fails"));
+            (a, dagger::spawn(|| 1))
+        });
+        assert!(a.fetch().is_err());
+        assert_eq!(b.fetch().unwrap_err().kind(), ErrorKind::DependencyFailed);
+    });
+}
+
+#[test]
+fn bulk_queue_holds_tasks_and_refuses_waits() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    two_threads().enter(|| {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let gate = Gate::default();
+        let tasks = dagger::spawn_bulk(|| {
+            let ts: Vec<_> = (0..10)
+                .map(|_| {
+                    let (ran, gate) = (ran.clone(), gate.clone());
+                    dagger::spawn(move || {
+                        gate.wait();
+                        ran.fetch_add(1, Ordering::SeqCst)
+                    })
+                })
+                .collect();
+            gate.open(); // if a task had started it would only now be let through
+            let err = ts[0].fetch().unwrap_err();
+            assert!(err.to_string().contains("spawn_bulk"), "{err}");
+            assert!(
+                ts.iter().all(|t| !t.is_ready()),
+                "held until the block ends"
+            );
+            ts
+        });
+        dagger::wait_all(&tasks).unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 10);
+        // wait() inside the block panics with the same explanation
+        let r = std::panic::catch_unwind(|| dagger::spawn_bulk(|| dagger::spawn(|| 1).wait()));
+        assert!(r.is_err());
+    });
+}
+
+#[test]
+fn queues_nest() {
+    use std::sync::{Arc, Mutex};
+    two_threads().enter(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let push = |i: u32| {
+            let log = log.clone();
+            dagger::spawn(move || log.lock().unwrap().push(i))
+        };
+        let mut all = Vec::new();
+        dagger::spawn_sequential(|| {
+            all.push(push(0));
+            // a bulk block inside a sequential one: held, then still in order
+            dagger::spawn_bulk(|| {
+                all.push(push(1));
+                all.push(push(2));
+                assert!(!all[1].is_ready());
+            });
+            all.push(push(3));
+        });
+        dagger::wait_all(&all).unwrap();
+        assert_eq!(*log.lock().unwrap(), vec![0, 1, 2, 3]);
+        // sequential inside bulk: ordered, and held until the outer block ends
+        log.lock().unwrap().clear();
+        let ts = dagger::spawn_bulk(|| {
+            let ts = dagger::spawn_sequential(|| (10..15).map(push).collect::<Vec<_>>());
+            assert!(ts.iter().all(|t| !t.is_ready()));
+            ts
+        });
+        dagger::wait_all(&ts).unwrap();
+        assert_eq!(*log.lock().unwrap(), vec![10, 11, 12, 13, 14]);
+        // tasks of a queue inside a sync block are waited for by the block
+        let n = Arc::new(Mutex::new(0));
+        dagger::sync(|| {
+            dagger::spawn_sequential(|| {
+                for _ in 0..5 {
+                    let n = n.clone();
+                    dagger::spawn(move || *n.lock().unwrap() += 1);
+                }
+            })
+        })
+        .unwrap();
+        assert_eq!(*n.lock().unwrap(), 5);
+    });
+}

@@ -8,6 +8,7 @@
 //! * [`plan`]: traversal orders and planners choosing each task's thread before launch.
 //! * [`region`]: the region itself: records tasks, launches them when the closure returns,
 //!   waits, reports the first error.
+//! * [`queue`]: `spawn_sequential` and `spawn_bulk` blocks for ordinary tasks.
 //!
 //! Soundness rests on three facts: a handle is only dereferenced by the region inside a task
 //! body, after every task with a conflicting access finished (failed predecessors make their
@@ -18,6 +19,7 @@
 mod access;
 mod data;
 mod plan;
+mod queue;
 mod region;
 mod tracker;
 
@@ -26,6 +28,7 @@ pub use data::{Block, BlockMut, BlockRef, Data, Part, Parts, Slice, Target};
 pub use plan::{
     CostPlanner, PlanData, PlanTask, Planner, RoundRobin, Traversal, WorkStealing, DEFAULT_COST_NS,
 };
+pub use queue::{spawn_bulk, spawn_sequential};
 pub use region::{
     spawn_datadeps, spawn_datadeps_with, DatadepsOptions, Output, Region, RegionTask,
 };

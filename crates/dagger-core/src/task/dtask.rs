@@ -56,7 +56,14 @@ impl<T: Send + Sync + 'static> DTask<T> {
     /// Blocks until the task finished. Inside a task this never deadlocks the thread pool:
     /// the thread runs the awaited task itself if it has not started, and otherwise lends its
     /// place to another thread while it waits.
+    ///
+    /// # Panics
+    /// Inside a [`spawn_bulk`](crate::spawn_bulk) block, if the task has not finished: its
+    /// tasks are held until the block ends, so the wait could never finish.
     pub fn wait(&self) {
+        if !self.is_ready() && in_bulk_block() {
+            panic!("{BULK_WAIT}");
+        }
         crate::sched::wait_for(self.cell.header(), &self.job());
     }
 
@@ -79,8 +86,19 @@ impl<T: Send + Sync + 'static> DTask<T> {
     }
 
     /// Waits for the task and borrows its value, or returns the error it failed with.
+    /// Inside a [`spawn_bulk`](crate::spawn_bulk) block, fetching an unfinished task is an
+    /// error.
     pub fn fetch_ref(&self) -> Result<&T, TaskError> {
         if !self.is_ready() {
+            if in_bulk_block() {
+                let h = self.cell.header();
+                return Err(TaskError::with_message(
+                    h.id,
+                    h.name(),
+                    crate::error::ErrorKind::Runtime,
+                    BULK_WAIT.into(),
+                ));
+            }
             self.wait();
         }
         self.cell.value().expect("a waited-for task is done")
@@ -113,6 +131,13 @@ impl<T: Send + Sync + 'static> DTask<T> {
     pub fn processor(&self) -> Option<ProcessorId> {
         crate::sched::processor_of(self.cell.header())
     }
+}
+
+const BULK_WAIT: &str = "waited for a task inside a spawn_bulk block: the block holds its tasks \
+                         until it ends, so the wait would never finish; wait after the block";
+
+fn in_bulk_block() -> bool {
+    super::current_group().is_some_and(|g| g.in_bulk())
 }
 
 impl<T: Send + Sync + 'static> fmt::Debug for DTask<T> {

@@ -15,6 +15,7 @@ mod spawn;
 
 pub use dtask::{fetch_all, wait_all, DTask, TaskFuture};
 pub use group::sync;
+pub(crate) use group::{current as current_group, Queue};
 pub(crate) use group::{with_group, Group};
 pub(crate) use outcome::{Outcome, RemoteValue};
 pub(crate) use spawn::ArgDeps;
