@@ -26,6 +26,12 @@ pub fn run(name: &str, cfg: &Config) -> Option<Result<(), String>> {
     }
 }
 
+/// A planner variant: its name and how to make the region options.
+type Variant = (&'static str, fn() -> DatadepsOptions);
+
+/// One task of the overhead program: a buffer and whether it is written, maybe a second one.
+type Step = (usize, bool, Option<(usize, bool)>);
+
 fn context(cfg: &Config) -> Result<Context, String> {
     Context::builder()
         .threads(cfg.threads)
@@ -175,7 +181,7 @@ fn cholesky(cfg: &Config) -> Result<(), String> {
         .into_iter()
         .filter(|nb| n % nb == 0)
         .collect();
-    let planners: [(&str, fn() -> DatadepsOptions); 3] = [
+    let planners: [Variant; 3] = [
         ("cost", || {
             DatadepsOptions::new().planner(CostPlanner::new())
         }),
@@ -258,7 +264,7 @@ fn overhead(cfg: &Config) -> Result<(), String> {
         s ^= s << 17;
         s
     };
-    let prog: Vec<(usize, bool, Option<(usize, bool)>)> = (0..tasks)
+    let prog: Vec<Step> = (0..tasks)
         .map(|_| {
             let a = (next() % nbuf as u64) as usize;
             let wa = next() % 2 == 0;
@@ -269,7 +275,7 @@ fn overhead(cfg: &Config) -> Result<(), String> {
             (a, wa, b)
         })
         .collect();
-    let planners: [(&str, fn() -> DatadepsOptions); 3] = [
+    let planners: [Variant; 3] = [
         ("cost", || {
             DatadepsOptions::new().planner(CostPlanner::new())
         }),
