@@ -35,8 +35,7 @@ pub struct Out<D>(pub D);
 #[derive(Clone, Copy, Debug)]
 pub struct InOut<D>(pub D);
 
-/// A plain value moved into the task (no dependency). The `datadeps!` macro wraps arguments
-/// that are not data handles in `Val` by itself.
+/// A plain value moved into the task (no dependency); closures can also capture values.
 #[derive(Debug)]
 pub struct Val<X>(pub X);
 
