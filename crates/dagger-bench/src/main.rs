@@ -2,19 +2,25 @@
 //!
 //! ```text
 //! cargo run --release -p dagger-bench -- <scenario> [--threads N] [--runs R] [--n N]
-//! cargo run --release -p dagger-bench -- taskbench [Task Bench flags]
+//!     [--workers W [--worker-threads T]]
+//! cargo run --release -p dagger-bench -- taskbench [Task Bench flags] [--workers W]
 //! ```
 //!
 //! Scenarios: `independent`, `chain`, `tree`, `fib`, `memory`, `scale`, `idle`, `all`.
+//! With `--workers W` this process becomes the head of a cluster of W local worker processes
+//! (this same binary, `--worker-threads` compute threads each, default 1) and the scenarios
+//! `independent`, `chain`, `tree`, `transfer` and `all` run their tasks on the workers.
 //! Every scenario prints one JSON object per line with at least `scenario`, `system`, `tasks`,
 //! `seconds`, `us_per_task` and `workers` (0: one process). Timed scenarios run `--runs`
 //! times (default 7) after one warm-up, alternating dagger and its baseline, and report the
 //! median; `runs` lists every measurement.
 
+mod datadeps;
 mod json;
 mod scenarios;
 mod sys;
 mod taskbench;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -24,10 +30,14 @@ pub struct Config {
     pub threads: usize,
     pub runs: usize,
     pub n: Option<usize>,
+    /// Worker processes (0: everything in this process).
+    pub workers: usize,
+    /// Compute threads of each worker process.
+    pub worker_threads: usize,
 }
 
 fn usage() -> &'static str {
-    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg]"
+    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
 }
 
 fn parse(args: &[String]) -> Result<Config, String> {
@@ -35,6 +45,8 @@ fn parse(args: &[String]) -> Result<Config, String> {
         threads: 2,
         runs: 7,
         n: None,
+        workers: 0,
+        worker_threads: 1,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -48,6 +60,8 @@ fn parse(args: &[String]) -> Result<Config, String> {
             "--threads" => cfg.threads = value("--threads")?.max(1),
             "--runs" => cfg.runs = value("--runs")?.max(1),
             "--n" => cfg.n = Some(value("--n")?.max(1)),
+            "--workers" => cfg.workers = value("--workers")?,
+            "--worker-threads" => cfg.worker_threads = value("--worker-threads")?.max(1),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -55,6 +69,12 @@ fn parse(args: &[String]) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // In a worker process (started by the head with `--workers`) this runs the worker and
+    // never returns.
+    if let Err(e) = dagger::init() {
+        eprintln!("dagger-bench: {e}");
+        return ExitCode::from(1);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(scenario) = args.first() else {
         eprintln!("{}", usage());
@@ -63,7 +83,9 @@ fn main() -> ExitCode {
     let result = if scenario == "taskbench" {
         taskbench::main(&args[1..])
     } else {
-        parse(&args[1..]).and_then(|cfg| scenarios::run(scenario, &cfg))
+        parse(&args[1..]).and_then(|cfg| {
+            datadeps::run(scenario, &cfg).unwrap_or_else(|| scenarios::run(scenario, &cfg))
+        })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

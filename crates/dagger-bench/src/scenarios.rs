@@ -8,6 +8,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 pub fn run(name: &str, cfg: &Config) -> Result<(), String> {
+    if cfg.workers > 0 {
+        return crate::workers::run(name, cfg);
+    }
     match name {
         "independent" => independent(cfg),
         "chain" => chain(cfg),
@@ -48,7 +51,7 @@ fn rayon_pool(cfg: &Config) -> Result<rayon::ThreadPool, String> {
         .map_err(|e| e.to_string())
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
     if n % 2 == 1 {
@@ -59,13 +62,16 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Times `f` once as a warm-up, then `runs` times; returns every measured duration.
-fn measure(runs: usize, mut f: impl FnMut() -> Duration) -> Vec<f64> {
+pub(crate) fn measure(runs: usize, mut f: impl FnMut() -> Duration) -> Vec<f64> {
     f();
     (0..runs).map(|_| f().as_secs_f64()).collect()
 }
 
 /// Runs the systems in turn (a, b, a, b, ...) so machine noise hits both alike.
-fn interleaved(runs: usize, systems: &mut [&mut dyn FnMut() -> Duration]) -> Vec<Vec<f64>> {
+pub(crate) fn interleaved(
+    runs: usize,
+    systems: &mut [&mut dyn FnMut() -> Duration],
+) -> Vec<Vec<f64>> {
     for s in systems.iter_mut() {
         s();
     }

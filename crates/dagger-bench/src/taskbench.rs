@@ -20,7 +20,9 @@ mod exec;
 mod graph;
 mod kernel;
 
+#[cfg(test)]
 use exec::run_graphs;
+use exec::run_graphs_placed;
 use graph::{Counts, DependenceType, TaskGraph};
 use kernel::{bytes_per_task, flops_per_task, KernelType};
 
@@ -34,15 +36,19 @@ pub fn main(args: &[String]) -> Result<(), String> {
         print!("{}", help());
         return Ok(());
     }
-    let ctx = dagger::Context::builder()
-        .threads(args.threads)
-        .build()
-        .map_err(|e| format!("cannot start {} threads: {e}", args.threads))?;
+    let ctx = if args.workers > 0 {
+        crate::workers::cluster(args.threads, args.workers, args.worker_threads)?
+    } else {
+        dagger::Context::builder()
+            .threads(args.threads)
+            .build()
+            .map_err(|e| format!("cannot start {} threads: {e}", args.threads))?
+    };
     match &args.metg {
         Some(m) => metg(&ctx, &args, m),
         None => {
             print!("{}", display(&args.graphs, args.verbose));
-            let stats = run_graphs(&ctx, &args.graphs)?;
+            let stats = run_graphs_placed(&ctx, &args.graphs, args.free_placement)?;
             let counts = total_counts(&args.graphs, args.nodes);
             if stats.tasks != counts.tasks || stats.inputs != counts.deps {
                 return Err(format!(
@@ -72,6 +78,13 @@ pub struct Args {
     pub help: bool,
     /// `metg`: sweep `-iter` and report METG(50%) instead of one run.
     pub metg: Option<MetgOptions>,
+    /// `-workers` / `--workers`: worker processes that run the tasks (0: this process).
+    pub workers: usize,
+    /// `-worker-threads` / `--worker-threads`: compute threads per worker (default 1).
+    pub worker_threads: usize,
+    /// `-placement any`: with workers, let the scheduler place each task on any worker
+    /// (default `block`: point `p` on worker `1 + p * workers / width`).
+    pub free_placement: bool,
 }
 
 /// Settings of the `metg` sweep.
@@ -147,6 +160,9 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
     let mut graphs = Vec::new();
     let mut g = TaskGraph::new(0);
     let mut threads = 2usize;
+    let mut workers = 0usize;
+    let mut worker_threads = 1usize;
+    let mut free_placement = false;
     let mut nodes = 0;
     let mut verbose = 0;
     let mut help = false;
@@ -174,6 +190,25 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                     "in 1..=4096",
                 )?;
                 threads = v as usize;
+            }
+            "-workers" | "--workers" => {
+                let ok = |v| (0..=1024).contains(&v);
+                workers = int(flag, value(&mut it, flag)?, ok, "in 0..=1024")? as usize;
+            }
+            "-worker-threads" | "--worker-threads" => {
+                let ok = |v| (1..=4096).contains(&v);
+                worker_threads = int(flag, value(&mut it, flag)?, ok, "in 1..=4096")? as usize;
+            }
+            "-placement" | "--placement" => {
+                free_placement = match value(&mut it, flag)? {
+                    "any" => true,
+                    "block" => false,
+                    other => {
+                        return Err(format!(
+                            "invalid flag \"{flag} {other}\": expected block or any"
+                        ))
+                    }
+                }
             }
             "-nodes" => nodes = int(flag, value(&mut it, flag)?, |v| v > 0, "> 0")?,
             "-steps" => g.timesteps = int(flag, value(&mut it, flag)?, |v| v > 0, "> 0")?,
@@ -237,6 +272,9 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         verbose,
         help,
         metg: metg.then_some(m),
+        workers,
+        worker_threads,
+        free_placement,
     })
 }
 
@@ -257,6 +295,18 @@ pub fn help() -> String {
                 (
                     "-threads [INT]",
                     "dagger compute threads (default 2; also --threads)",
+                ),
+                (
+                    "-workers [INT]",
+                    "run the tasks on this many worker processes (also --workers)",
+                ),
+                (
+                    "-worker-threads [INT]",
+                    "compute threads per worker process (default 1)",
+                ),
+                (
+                    "-placement [block|any]",
+                    "with workers: point p on worker 1+p*workers/width, or any",
                 ),
             ],
         ),
@@ -583,21 +633,28 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
     }
     let unit = if use_flops { "FLOP/s" } else { "B/s" };
     let tasks = total_counts(&graphs, 0).tasks;
-    let threads = ctx.num_threads();
+    // Across processes the tasks run on the workers' threads only.
+    let workers = ctx.workers();
+    let threads = if workers.is_empty() {
+        ctx.num_threads()
+    } else {
+        workers.iter().map(|w| w.threads as usize).sum()
+    };
     let types: Vec<&str> = graphs.iter().map(|g| g.dependence.name()).collect();
     println!(
-        "# taskbench metg: type {} width {} steps {} kernel {} threads {threads}; {tasks} tasks \
-         per run; best of {} runs per point",
+        "# taskbench metg: type {} width {} steps {} kernel {} threads {threads} (worker \
+         processes: {}); {tasks} tasks per run; best of {} runs per point",
         types.join("+"),
         graphs[0].max_width,
         graphs[0].timesteps,
         graphs[0].kernel.kind.name(),
+        workers.len(),
         m.runs
     );
     // Warm-up: start the threads and fill the allocator's caches.
     let mut warm = graphs.clone();
     set_iter(&mut warm, m.start_iter.min(1024));
-    run_graphs(ctx, &warm)?;
+    run_graphs_placed(ctx, &warm, args.free_placement)?;
 
     let mut points: Vec<MetgPoint> = Vec::new();
     let mut iter = m.start_iter;
@@ -610,7 +667,7 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
         } as f64;
         let mut runs = Vec::with_capacity(m.runs);
         for _ in 0..m.runs {
-            runs.push(run_graphs(ctx, &graphs)?.elapsed);
+            runs.push(run_graphs_placed(ctx, &graphs, args.free_placement)?.elapsed);
         }
         let seconds = runs.iter().copied().fold(f64::INFINITY, f64::min);
         let rate = work / seconds;
@@ -648,7 +705,15 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
         .int("steps", graphs[0].timesteps as u64)
         .str("kernel", graphs[0].kernel.kind.name())
         .int("threads", threads as u64)
-        .int("workers", 0)
+        .int("workers", workers.len() as u64)
+        .str(
+            "placement",
+            match (workers.is_empty(), args.free_placement) {
+                (true, _) => "local",
+                (false, false) => "block",
+                (false, true) => "any",
+            },
+        )
         .int("tasks", tasks as u64)
         .num("seconds", metg.seconds)
         .num("us_per_task", metg.seconds * 1e6 / tasks as f64)

@@ -12,7 +12,7 @@ pub const STAMP_BYTES: usize = 16;
 
 /// What a task produces: `-output` bytes filled with its (timestep, point) stamp, repeated
 /// (any bytes after the last whole stamp stay zero, as the reference leaves them unwritten).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Output(Box<[u8]>);
 
 impl Output {
@@ -148,6 +148,18 @@ pub(crate) fn point_task(
     execute_point(&graph, timestep, point, &inputs)
 }
 
+/// The body of each task when the graph runs on worker processes (`--workers`): the same as
+/// [`point_task`], registered so that it can run in another process.
+#[dagger::task]
+pub(crate) fn point_task_remote(
+    graph: TaskGraph,
+    timestep: i64,
+    point: i64,
+    inputs: Vec<&Output>,
+) -> Result<Output, String> {
+    execute_point(&graph, timestep, point, &inputs)
+}
+
 /// Touches this thread's scratch memory so that it is allocated before timing starts.
 fn warm_scratch(bytes: usize) {
     with_scratch(bytes, |s| black_box(s.len()));
@@ -179,12 +191,19 @@ struct Builder {
     picked: Vec<DTask<Output>>,
     tasks: i64,
     inputs: i64,
+    /// Worker processes: with any, point `p` runs on worker `1 + p * workers / max_width`
+    /// (blocks of neighbouring points per worker, like the reference's MPI mapping), or on
+    /// any worker the scheduler picks when `free_placement`.
+    workers: usize,
+    free_placement: Option<Scope>,
 }
 
 impl Builder {
-    fn new(graph: TaskGraph) -> Builder {
+    fn new(graph: TaskGraph, workers: usize, free_placement: Option<Scope>) -> Builder {
         Builder {
             graph,
+            workers,
+            free_placement,
             prev: Vec::new(),
             prev_offset: 0,
             consumed: Vec::new(),
@@ -211,7 +230,18 @@ impl Builder {
                 self.consumed[i] = true;
             }
             let contiguous = self.idx.windows(2).all(|w| w[1] == w[0] + 1);
-            let task = if contiguous {
+            let task = if self.workers > 0 {
+                let scope = match &self.free_placement {
+                    Some(any) => any.clone(),
+                    None => Scope::worker(
+                        1 + (p as usize * self.workers / graph.max_width as usize) as u32,
+                    ),
+                };
+                self.picked.clear();
+                self.picked
+                    .extend(self.idx.iter().map(|&i| self.prev[i].clone()));
+                spawn!(point_task_remote(graph, t, p, &self.picked)?; scope = scope)
+            } else if contiguous {
                 let inputs: &[DTask<Output>] = match (self.idx.first(), self.idx.last()) {
                     (Some(&a), Some(&b)) => &self.prev[a..=b],
                     _ => &[],
@@ -247,8 +277,20 @@ impl Builder {
 }
 
 /// Runs `graphs` concurrently on `ctx` and times them (from before the first spawn to the
-/// end of the last task), like the reference's main loop.
+/// end of the last task), like the reference's main loop. When `ctx` has worker processes
+/// the tasks run on them (registered task function, each point pinned to one worker).
+#[cfg(test)]
 pub fn run_graphs(ctx: &Context, graphs: &[TaskGraph]) -> Result<RunStats, String> {
+    run_graphs_placed(ctx, graphs, false)
+}
+
+/// [`run_graphs`]; with worker processes and `free_placement`, each task may run on any
+/// worker (the scheduler picks) instead of its point's worker.
+pub fn run_graphs_placed(
+    ctx: &Context,
+    graphs: &[TaskGraph],
+    free_placement: bool,
+) -> Result<RunStats, String> {
     ctx.enter(|| {
         let scratch = graphs
             .iter()
@@ -262,8 +304,17 @@ pub fn run_graphs(ctx: &Context, graphs: &[TaskGraph]) -> Result<RunStats, Strin
             dagger::wait_all(&warm).map_err(|e| e.to_string())?;
         }
 
+        let workers = ctx.workers().len();
+        let free = if free_placement && workers > 0 {
+            Some(crate::workers::on_workers(workers)?)
+        } else {
+            None
+        };
         let start = Instant::now();
-        let mut builders: Vec<Builder> = graphs.iter().copied().map(Builder::new).collect();
+        let mut builders: Vec<Builder> = graphs
+            .iter()
+            .map(|g| Builder::new(*g, workers, free.clone()))
+            .collect();
         let steps = graphs.iter().map(|g| g.timesteps).max().unwrap_or(0);
         for t in 0..steps {
             for b in builders.iter_mut().filter(|b| t < b.graph.timesteps) {

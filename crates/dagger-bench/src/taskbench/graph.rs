@@ -9,7 +9,7 @@ use super::kernel::{random_uniform, Kernel};
 use std::collections::BTreeSet;
 
 /// The dependence pattern of a graph (`-type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DependenceType {
     /// No dependencies.
     Trivial,
@@ -111,7 +111,7 @@ impl DependenceType {
 }
 
 /// One task graph and its kernel (the reference's `task_graph_t`). Integers are C `long`s.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TaskGraph {
     /// Position of the graph among those of the run (0 for the first, +1 per `-and`).
     pub graph_index: i64,

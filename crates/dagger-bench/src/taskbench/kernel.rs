@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::hint::black_box;
 
 /// The kernel a task runs (`-kernel`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KernelType {
     /// Does nothing.
     Empty,
@@ -78,7 +78,7 @@ impl KernelType {
 }
 
 /// A kernel and its parameters (the reference's `kernel_t`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Kernel {
     /// Which kernel.
     pub kind: KernelType,
