@@ -687,8 +687,17 @@ impl Listener {
     /// The next incoming connection that passed the handshake, or the error of one that
     /// did not (already logged with the peer's address). An error concerns that one
     /// connection only: keep calling `accept`. Cancel-safe.
+    /// [`NetError::Closed`] means the listener itself ended; a peer that hung up during its
+    /// handshake is reported as an I/O error.
     pub async fn accept(&mut self) -> Result<(Connection, PeerHello), NetError> {
-        self.incoming.recv().await.unwrap_or(Err(NetError::Closed))
+        match self.incoming.recv().await {
+            Some(Err(NetError::Closed)) => Err(NetError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer hung up during the handshake",
+            ))),
+            Some(r) => r,
+            None => Err(NetError::Closed),
+        }
     }
 
     /// Changes the hello sent to peers connecting from now on (e.g. once this process got

@@ -546,8 +546,6 @@ fn hang_up(addr: &str, bytes: &[u8], reply: usize) {
 }
 
 #[test]
-#[ignore = "runtime bug: cluster/node.rs accept_loop stops listening when a client hangs up \
-            during the handshake (the listener reports it as NetError::Closed)"]
 fn clients_hanging_up_during_the_handshake_do_not_stop_the_listeners() {
     let ctx = Context::builder()
         .threads(2)
