@@ -189,6 +189,24 @@ impl Head {
         }
     }
 
+    /// Waits until worker `id` left (its connection closed), for at most `timeout`.
+    pub(crate) fn wait_left(&self, id: u32, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        while state.workers.contains_key(&id) {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("worker {id} did not exit within {timeout:?}"));
+            }
+            state = self
+                .joined
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
     pub(crate) fn worker_ids(&self) -> Vec<u32> {
         let mut ids: Vec<u32> = lock(&self.state).workers.keys().copied().collect();
         ids.sort();

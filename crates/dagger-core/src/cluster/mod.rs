@@ -300,6 +300,11 @@ impl Cluster {
                 .retire(&self.node, id, Duration::from_secs(600))
                 .map_err(Error::Cluster)?;
         }
+        for &id in ids {
+            self.head
+                .wait_left(id, self.join_timeout)
+                .map_err(Error::Cluster)?;
+        }
         let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = launched.as_mut() {
             for &id in ids {
@@ -455,6 +460,25 @@ fn worker_secret() -> Result<Secret> {
         .ok_or_else(|| Error::Config("a worker needs the cluster secret (DAGGER_SECRET)".into()))
 }
 
+/// Writing to a connection whose peer died must be an error, not the end of this process.
+/// Rust's runtime sets this up before `main`, but a worker may start before `main` (from
+/// `init_before_main!`), and never reaches it.
+fn ignore_sigpipe() {
+    #[cfg(unix)]
+    {
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_IGN: usize = 1;
+        // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions; it only changes how
+        // the process reacts to writes on closed sockets and pipes.
+        unsafe {
+            signal(SIGPIPE, SIG_IGN);
+        }
+    }
+}
+
 /// Runs this process as worker `id` of the head at `head` until the head ends it.
 fn run_worker(
     head: String,
@@ -463,6 +487,7 @@ fn run_worker(
     fingerprint: Option<String>,
     secret: Secret,
 ) -> Result<std::convert::Infallible> {
+    ignore_sigpipe();
     let mut builder = Context::builder()
         .worker_id(WorkerId(id))
         .thread_name(format!("dagger-w{id}"));

@@ -129,10 +129,13 @@ impl WorkerThread {
         let mut spinning = false;
         loop {
             if self.spare && self.should_retire() {
+                self.hand_back_work();
                 if spinning {
                     reg.sleep.stop_spinning();
+                    // Work published while this thread spun woke nobody (a spinner was
+                    // counted on to take it): pass it on.
+                    reg.sleep.notify_one();
                 }
-                self.hand_back_work();
                 return;
             }
             if let Some(found) = self.find_work() {
