@@ -85,6 +85,32 @@ fn slurm_workers_run_tasks() {
 /// Set in the ranks `mpirun_ranks_form_a_cluster` starts: rank 0 runs that test's head part.
 const RANK_ZERO: &str = "DAGGER_TEST_RANK_ZERO";
 
+/// Runs `mpirun -n ranks` of this test binary, whose rank 0 runs
+/// `mpirun_ranks_form_a_cluster` as the head; `secret`: the `DAGGER_SECRET` of every rank.
+fn mpirun_this_test(ranks: u32, secret: Option<&str>) -> std::process::Output {
+    // Open MPI races with a concurrent mpirun over its session directory: one per run.
+    let tmp = TempDir::new("dagger-mpi-tmp");
+    let mut cmd = Command::new("mpirun");
+    cmd.env("TMPDIR", tmp.path())
+        .args(["-n", &ranks.to_string(), "--oversubscribe", "-x", RANK_ZERO])
+        .env(RANK_ZERO, "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env_remove("DAGGER_RENDEZVOUS")
+        .env_remove("DAGGER_SECRET_FILE");
+    match secret {
+        Some(s) => cmd.args(["-x", "DAGGER_SECRET"]).env("DAGGER_SECRET", s),
+        None => cmd.env_remove("DAGGER_SECRET"),
+    };
+    cmd.arg(std::env::current_exe().unwrap()).args([
+        "--exact",
+        "mpirun_ranks_form_a_cluster",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    run_bounded(&mut cmd, PATIENCE).unwrap()
+}
+
 #[test]
 fn mpirun_ranks_form_a_cluster() {
     if std::env::var_os(RANK_ZERO).is_some() {
@@ -100,33 +126,7 @@ fn mpirun_ranks_form_a_cluster() {
     if !ready("mpirun ranks", missing(&["mpirun"])) {
         return;
     }
-    // Open MPI races with a concurrent mpirun over its session directory: one per run.
-    let tmp = TempDir::new("dagger-mpi-tmp");
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("mpirun");
-    cmd.env("TMPDIR", tmp.path())
-        .args([
-            "-n",
-            "3",
-            "--oversubscribe",
-            "-x",
-            "DAGGER_SECRET",
-            "-x",
-            RANK_ZERO,
-        ])
-        .env("DAGGER_SECRET", random_hex(32))
-        .env(RANK_ZERO, "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env_remove("DAGGER_RENDEZVOUS")
-        .arg(exe)
-        .args([
-            "--exact",
-            "mpirun_ranks_form_a_cluster",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-    let out = run_bounded(&mut cmd, PATIENCE).unwrap();
+    let out = mpirun_this_test(3, Some(&random_hex(32)));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("RANK0 OK"),
@@ -141,24 +141,7 @@ fn an_spmd_rank_without_the_secret_says_what_is_missing() {
     if !ready("mpirun ranks", missing(&["mpirun"])) {
         return;
     }
-    let tmp = TempDir::new("dagger-mpi-tmp");
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("mpirun");
-    cmd.env("TMPDIR", tmp.path())
-        .args(["-n", "2", "--oversubscribe", "-x", RANK_ZERO])
-        .env(RANK_ZERO, "1")
-        .env_remove("DAGGER_SECRET")
-        .env_remove("DAGGER_SECRET_FILE")
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .arg(exe)
-        .args([
-            "--exact",
-            "mpirun_ranks_form_a_cluster",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-    let out = run_bounded(&mut cmd, PATIENCE).unwrap();
+    let out = mpirun_this_test(2, None);
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
