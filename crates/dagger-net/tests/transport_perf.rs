@@ -97,14 +97,14 @@ fn latency(tls: bool) {
 }
 
 #[test]
-#[ignore]
+#[ignore = "a loopback timing measurement printed for docs/benchmarks.md, not a pass/fail test; run it with `--ignored --release` on a quiet machine"]
 fn perf_latency_two_threads() {
     latency(false);
     latency(true);
 }
 
 #[test]
-#[ignore]
+#[ignore = "a loopback timing measurement printed for docs/benchmarks.md, not a pass/fail test; run it with `--ignored --release` on a quiet machine"]
 fn perf_latency_one_runtime() {
     block_on(async {
         let config = NetConfig::new(Secret::from_bytes(vec![1; 32]).unwrap());
@@ -137,7 +137,7 @@ fn perf_latency_one_runtime() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "a loopback timing measurement printed for docs/benchmarks.md, not a pass/fail test; run it with `--ignored --release` on a quiet machine"]
 fn perf_latency_raw_tcp() {
     block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -171,7 +171,7 @@ fn perf_latency_raw_tcp() {
 }
 
 #[test]
-#[ignore]
+#[ignore = "a loopback timing measurement printed for docs/benchmarks.md, not a pass/fail test; run it with `--ignored --release` on a quiet machine"]
 fn perf_small_message_rate() {
     let n = 1_000_000u32;
     let el = run_pair(
@@ -273,7 +273,7 @@ fn raw_throughput(reuse: bool) -> Duration {
 }
 
 #[test]
-#[ignore]
+#[ignore = "a loopback timing measurement printed for docs/benchmarks.md, not a pass/fail test; run it with `--ignored --release` on a quiet machine"]
 fn perf_throughput() {
     let gib = (MSG * COUNT) as f64 / (1u64 << 30) as f64;
     for _ in 0..2 {
