@@ -126,7 +126,7 @@ where
         std::any::type_name::<T>()
     ));
     let bytes = postcard::to_allocvec(&value).map_err(|e| {
-        crate::Error::Config(format!(
+        crate::Error::Cluster(format!(
             "cannot encode a {} for another process: {e}",
             std::any::type_name::<T>()
         ))

@@ -908,7 +908,6 @@ pub(crate) fn record_run_time(header: &Header, sig: TypeId, elapsed: Duration) {
     });
 }
 
-/// The processor a task ran on (or a chunk lives on).
 /// The least a task in flight on a worker is assumed to cost it (receiving, running and
 /// reporting it), in nanoseconds.
 const REMOTE_TASK_FLOOR_NS: u64 = 10_000;
@@ -925,6 +924,7 @@ fn wire_options(h: &Header) -> crate::remote::wire::WireOptions {
     w
 }
 
+/// The processor a task ran on (or a chunk lives on).
 pub(crate) fn processor_of(header: &Header) -> Option<ProcessorId> {
     let index = header.ran_on.load(Ordering::Acquire);
     if index == NO_PROC {
