@@ -98,6 +98,16 @@ fn count(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+/// Keeps its thread busy until `gate` exists (or a minute passed).
+#[dagger::task]
+fn wait_for(gate: String) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(&gate).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    current_processor().worker.0
+}
+
 fn cluster(workers: usize) -> Context {
     Context::builder()
         .threads(2)
@@ -380,4 +390,51 @@ fn tasks_go_where_their_inputs_are() {
         let here = dagger::tochunk((0..1000u64).collect::<Vec<_>>());
         assert_eq!(spawn!(total_where(&here)).fetch().unwrap().1, 0);
     });
+}
+
+#[test]
+fn idle_workers_take_waiting_tasks_from_busy_ones() {
+    let ctx = Context::builder()
+        .threads(1)
+        .workers(LaunchSpec::Local {
+            workers: 2,
+            threads: 1,
+        })
+        .build()
+        .expect("the cluster starts");
+    let gate = std::env::temp_dir()
+        .join(format!("dagger-steal-gate-{}", std::process::id()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = std::fs::remove_file(&gate);
+    let on_workers = Scope::worker(1).union(&Scope::worker(2));
+    ctx.enter(|| {
+        // Worker 1's only thread is taken until the gate opens: the tasks placed there can
+        // only finish if worker 2 takes them.
+        let blocker = spawn!(wait_for(gate.clone()); scope = Scope::worker(1));
+        let tasks: Vec<_> = (0..40u64)
+            .map(|i| spawn!(slow_square(i); scope = on_workers.clone()))
+            .collect();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let opener = {
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let timed_out = done_rx.recv_timeout(Duration::from_secs(60)).is_err();
+                std::fs::write(&gate, b"").unwrap();
+                timed_out
+            })
+        };
+        let results = dagger::fetch_all(&tasks).unwrap();
+        let _ = done_tx.send(());
+        assert!(
+            !opener.join().unwrap(),
+            "the tasks waiting behind the blocked worker were not taken by the idle one"
+        );
+        for (i, (sq, _)) in results.iter().enumerate() {
+            assert_eq!(*sq, (i * i) as u64);
+        }
+        assert_eq!(blocker.fetch().unwrap(), 1);
+    });
+    let _ = std::fs::remove_file(&gate);
 }

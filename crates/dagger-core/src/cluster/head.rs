@@ -15,7 +15,7 @@ use crate::task::JobRef;
 use bytes::Bytes;
 use dagger_net::NetError;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, Weak};
@@ -101,6 +101,8 @@ struct State {
     remade: Vec<Arc<RemoteData>>,
     /// Workers asked to leave (their end is no fault).
     retiring: Vec<u32>,
+    /// Workers asked to give back tasks, not answered yet.
+    stealing: HashSet<u32>,
 }
 
 pub(crate) struct Head {
@@ -463,6 +465,7 @@ impl Head {
                 return;
             }
             s.gone.insert(id, why.clone());
+            s.stealing.remove(&id);
             let ids: Vec<u64> = s
                 .inflight
                 .iter()
@@ -829,6 +832,112 @@ impl Dispatch for Head {
     }
 }
 
+/// Work stealing: a worker with idle threads relieves one whose tasks wait in its queue.
+/// The head asks the busy worker to give back some tasks that have not started and may run
+/// elsewhere; the worker revokes those it can, and the head sends them to the idlest worker.
+impl Head {
+    fn balance(&self, node: &Arc<Node>) {
+        let Some(reg) = self.registry.upgrade() else {
+            return;
+        };
+        let workers = reg.remote.snapshot();
+        let load = |w: &RemoteWorker| w.inflight.load(Ordering::Relaxed) as i64 - w.threads as i64;
+        let alive = workers.iter().filter(|w| w.alive.load(Ordering::Acquire));
+        let Some(thief) = alive.clone().min_by_key(|w| load(w)) else {
+            return;
+        };
+        let idle = -load(thief);
+        if idle <= 0 {
+            return;
+        }
+        let Some(victim) = alive.filter(|w| w.id != thief.id).max_by_key(|w| load(w)) else {
+            return;
+        };
+        let waiting = load(victim);
+        if waiting <= 0 {
+            return;
+        }
+        let want = ((waiting + 1) / 2).min(idle + thief.threads as i64) as usize;
+        let ids: Vec<u64> = {
+            let mut s = lock(&self.state);
+            if s.stealing.contains(&victim.id) {
+                return;
+            }
+            let ids: Vec<u64> = s
+                .inflight
+                .iter()
+                .filter(|(_, f)| {
+                    f.worker == victim.id
+                        && f.task.call.thread.is_none()
+                        && thief.threads_in(&f.task.scope) == Some(None)
+                })
+                .map(|(id, _)| *id)
+                .take(want)
+                .collect();
+            if ids.is_empty() {
+                return;
+            }
+            s.stealing.insert(victim.id);
+            ids
+        };
+        let sent = node
+            .link(victim.id)
+            .is_some_and(|l| l.send(Msg::Steal(ids)));
+        if !sent {
+            lock(&self.state).stealing.remove(&victim.id);
+        }
+    }
+
+    /// Worker `victim` gave back tasks: run them on the idlest other worker that may.
+    fn on_stolen(&self, victim: u32, ids: Vec<u64>) {
+        let tasks: Vec<RemoteTask> = {
+            let mut s = lock(&self.state);
+            s.stealing.remove(&victim);
+            ids.iter()
+                .filter_map(|id| match s.inflight.get(id) {
+                    Some(f) if f.worker == victim => s.inflight.remove(id),
+                    _ => None,
+                })
+                .map(|f| f.task)
+                .collect()
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        let Some(reg) = self.registry.upgrade() else {
+            return;
+        };
+        let workers = reg.remote.snapshot();
+        if let Some(v) = workers.iter().find(|w| w.id == victim) {
+            for t in &tasks {
+                v.inflight.fetch_sub(1, Ordering::Relaxed);
+                v.backlog_ns.fetch_sub(
+                    t.cost_ns.min(v.backlog_ns.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        log::debug!("took {} tasks back from worker {victim}", tasks.len());
+        for task in tasks {
+            let target = workers
+                .iter()
+                .filter(|w| w.id != victim && w.alive.load(Ordering::Acquire))
+                .filter(|w| w.threads_in(&task.scope) == Some(None))
+                .min_by_key(|w| w.inflight.load(Ordering::Relaxed) as i64 - w.threads as i64);
+            match target {
+                Some(w) => {
+                    w.backlog_ns.fetch_add(task.cost_ns, Ordering::Relaxed);
+                    w.inflight.fetch_add(1, Ordering::Relaxed);
+                    self.dispatch(w, task);
+                }
+                None => {
+                    task.requeue();
+                }
+            }
+        }
+    }
+}
+
 impl Head {
     /// Tracks `data`, now on `worker`, so that it is marked lost if `worker` dies.
     fn locate(&self, worker: u32, data: &Arc<RemoteData>) {
@@ -864,7 +973,11 @@ impl Role for Head {
                 hostname,
                 pid,
             ),
-            Msg::Done(done) => self.on_done(node, done),
+            Msg::Done(done) => {
+                self.on_done(node, done);
+                self.balance(node);
+            }
+            Msg::Stolen(ids) => self.on_stolen(link.peer, ids),
             Msg::Stats(req, stats) => {
                 if let Some(tx) = lock(&self.state).stats.remove(&req) {
                     let _ = tx.send(stats);

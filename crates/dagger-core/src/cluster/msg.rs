@@ -140,6 +140,10 @@ pub(crate) enum Msg {
         req: u64,
         loc: Location,
     },
+    // head -> worker: give back these tasks if they have not started (work stealing)
+    Steal(Vec<u64>),
+    // worker -> head: the tasks of a `Steal` it gave back (it will not run them)
+    Stolen(Vec<u64>),
 }
 
 impl Msg {

@@ -5,14 +5,21 @@ use super::io::Link;
 use super::msg::{Done, FailKind, Msg, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
-use crate::remote::store::{run_call, Fetch, InputLost};
+use crate::remote::store::{run_claimed, Claim, Fetch, InputLost};
 use dagger_net::NetError;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub(crate) struct Worker {
     pub(crate) ctx: Context,
     running: AtomicU64,
+    /// The head's tasks sent here and not finished, which it may take back until they start.
+    claims: Mutex<HashMap<u64, Arc<Claim>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Worker {
@@ -20,6 +27,7 @@ impl Worker {
         Arc::new(Worker {
             ctx,
             running: AtomicU64::new(0),
+            claims: Mutex::new(HashMap::new()),
         })
     }
 
@@ -27,13 +35,28 @@ impl Worker {
         for r in runs {
             let fetch: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
             let task = r.task;
-            match run_call(&self.ctx, r.call, node.store.clone(), fetch) {
+            let claim = Arc::new(Claim::new());
+            lock(&self.claims).insert(task, claim.clone());
+            let run = run_claimed(
+                &self.ctx,
+                r.call,
+                node.store.clone(),
+                fetch,
+                Some(claim.clone()),
+            );
+            match run {
                 Ok(dtask) => {
                     self.running.fetch_add(1, Ordering::Relaxed);
                     let link = link.clone();
                     let me = self.clone();
                     node.io.spawn(async move {
-                        let done = match dtask.await {
+                        let result = dtask.await;
+                        me.running.fetch_sub(1, Ordering::Relaxed);
+                        if claim.is_revoked() {
+                            return; // the head runs it elsewhere
+                        }
+                        lock(&me.claims).remove(&task);
+                        let done = match result {
                             Ok((loc, run_ns)) => Done {
                                 task,
                                 result: Ok(loc),
@@ -51,11 +74,11 @@ impl Worker {
                                 }
                             }
                         };
-                        me.running.fetch_sub(1, Ordering::Relaxed);
                         link.send(Msg::Done(vec![done]));
                     });
                 }
                 Err(e) => {
+                    lock(&self.claims).remove(&task);
                     link.send(Msg::Done(vec![Done {
                         task,
                         result: Err((FailKind::Runtime, e.to_string())),
@@ -84,6 +107,21 @@ impl Role for Worker {
                 }
             }
             Msg::Cancel(_) => {}
+            Msg::Steal(ids) => {
+                let taken: Vec<u64> = {
+                    let mut claims = lock(&self.claims);
+                    ids.into_iter()
+                        .filter(|id| match claims.get(id) {
+                            Some(c) if c.revoke() => {
+                                claims.remove(id);
+                                true
+                            }
+                            _ => false,
+                        })
+                        .collect()
+                };
+                link.send(Msg::Stolen(taken));
+            }
             Msg::StatsRequest(req) => {
                 let stats = WorkerStats {
                     live_values: node.store.len() as u64,

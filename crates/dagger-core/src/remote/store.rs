@@ -10,7 +10,7 @@ use crate::remote::data::DataLink;
 use crate::scope::Scope;
 use crate::task::DTask;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -267,6 +267,53 @@ pub fn run_call(
     store: Arc<Store>,
     fetch: Arc<dyn Fetch>,
 ) -> Result<DTask<(Location, u64)>, BoxError> {
+    run_claimed(ctx, call, store, fetch, None)
+}
+
+/// Whether a call sent to this process has started, or was taken back before it did (so
+/// that another process runs it: work stealing).
+#[derive(Debug, Default)]
+pub struct Claim(AtomicU8);
+
+const QUEUED: u8 = 0;
+const STARTED: u8 = 1;
+const REVOKED: u8 = 2;
+
+impl Claim {
+    /// A call not started yet.
+    pub fn new() -> Self {
+        Claim(AtomicU8::new(QUEUED))
+    }
+
+    /// Marks the call started; false if it was taken back.
+    pub fn start(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Takes the call back; false if it already started.
+    pub fn revoke(&self) -> bool {
+        self.0
+            .compare_exchange(QUEUED, REVOKED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether the call was taken back.
+    pub fn is_revoked(&self) -> bool {
+        self.0.load(Ordering::Acquire) == REVOKED
+    }
+}
+
+/// Like [`run_call`]; the call does nothing if `claim` is revoked before it starts (its task
+/// then fails with a message saying so, which the caller does not report).
+pub fn run_claimed(
+    ctx: &Context,
+    call: WireCall,
+    store: Arc<Store>,
+    fetch: Arc<dyn Fetch>,
+    claim: Option<Arc<Claim>>,
+) -> Result<DTask<(Location, u64)>, BoxError> {
     let entry = table()
         .get(call.func)
         .ok_or_else(|| format!("no task function has id {}", call.func))?;
@@ -279,6 +326,9 @@ pub fn run_call(
     }
     let inherited = call.options.inherited.as_deref().map(options_from_wire);
     let body = move || -> Result<(Location, u64), BoxError> {
+        if claim.as_ref().is_some_and(|c| !c.start()) {
+            return Err("taken back to run in another process".into());
+        }
         let values = resolve_args(entry, &call.args, &store, &*fetch)?;
         let started = std::time::Instant::now();
         let stored = (entry.invoke)(&Args::new(entry.name, &values))?;
