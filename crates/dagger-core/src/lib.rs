@@ -25,6 +25,7 @@ mod processor;
 pub mod remote;
 mod sched;
 mod scope;
+mod shard;
 mod stats;
 mod sync;
 mod task;
@@ -56,6 +57,7 @@ pub use options::{
 };
 pub use processor::{ArgType, ExecTask, OsProc, Processor, TaskSignature, ThreadProc};
 pub use scope::{register_scope_key, Scope, ScopeKeyFn, ScopeSpec, ScopeValue};
+pub use shard::{shard, shard_per_thread, Shard};
 pub use stats::live_results;
 pub use task::{
     fetch_all, spawn, spawn_with, sync, try_spawn, try_spawn_with, wait_all, DTask, TaskFuture,

@@ -12,6 +12,7 @@
 //! | `&DTask<T>`, `&Chunk<T>`, `&Thunk<T>` | `&T` |
 //! | `Vec<DTask<T>>` (or of chunks, thunks) | `Vec<T>` |
 //! | `&Vec<DTask<T>>`, `&[DTask<T>]` (or of chunks, thunks) | `Vec<&T>` |
+//! | `&Shard<T>` | `&T`: the piece where the task runs |
 //! | anything else | the value |
 
 use crate::chunk::Chunk;
@@ -21,6 +22,7 @@ use crate::processor::ArgType;
 use crate::remote::data::{Input, NotReady, PendingInput};
 use crate::remote::wire::{WireArg, WireCall};
 use crate::scope::Scope;
+use crate::shard::Shard;
 use crate::task::{spawn_raw, ArgDeps, DTask, Header, JobRef, Site, TaskBody, TaskCell};
 use crate::thunk::Thunk;
 use std::any::{Any, TypeId};
@@ -564,6 +566,66 @@ pub struct OwnedManyTag;
 pub struct BorrowedManyTag;
 /// Argument class: a plain value.
 pub struct ValueTag;
+/// Argument class: a shard by reference.
+pub struct ShardTag;
+
+impl<T> ViaDep for &Probe<'_, &Shard<T>> {
+    type Tag = ShardTag;
+    fn __dagger_tag(&self) -> ShardTag {
+        ShardTag
+    }
+}
+
+/// `&Shard<T>`: the function borrows the piece of the process or thread it runs on.
+pub struct ShardArg<T>(Shard<T>);
+
+impl<T: Send + Sync + 'static> Arg for ShardArg<T> {
+    type Out<'a> = &'a T;
+
+    fn info(&self) -> ArgInfo {
+        ArgInfo {
+            deps: ArgDeps::None,
+            scope: Some(self.0.scope()),
+            ty: ArgType::of::<&T>(),
+        }
+    }
+
+    fn get(&mut self) -> Result<&T, BoxError> {
+        self.0.local_piece().map_err(Into::into)
+    }
+
+    fn compatible(&self, p: &Param) -> bool {
+        p.codec.is(TypeId::of::<T>())
+    }
+
+    fn encode(&self, _p: &Param, _inputs: &mut Vec<Input>) -> Result<WireArg, BoxError> {
+        Ok(WireArg::Local(self.0.remote_pieces()))
+    }
+}
+
+impl ShardTag {
+    /// For `spawn!`.
+    pub fn wrap<T: Send + Sync + 'static>(self, s: &Shard<T>) -> ShardArg<T> {
+        ShardArg(s.clone())
+    }
+    /// For `delayed!`.
+    pub fn capture<T: Send + Sync + 'static>(
+        self,
+        s: &Shard<T>,
+    ) -> (Vec<Arc<ThunkNode>>, ShardCapture<T>) {
+        (Vec::new(), ShardCapture(s.clone()))
+    }
+}
+
+/// A shard of a `delayed!` call.
+pub struct ShardCapture<T>(Shard<T>);
+
+impl<T: Send + Sync + 'static> Capture for ShardCapture<T> {
+    type Arg = ShardArg<T>;
+    fn instantiate(&self, _inputs: &[&ErasedTask]) -> ShardArg<T> {
+        ShardArg(self.0.clone())
+    }
+}
 
 macro_rules! classify {
     ($($probe:ty => $tag:ident;)*) => {$(

@@ -438,3 +438,53 @@ fn idle_workers_take_waiting_tasks_from_busy_ones() {
     });
     let _ = std::fs::remove_file(&gate);
 }
+
+#[test]
+fn a_shard_gives_each_task_the_piece_where_it_runs() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        for per_thread in [false, true] {
+            let make = |scope| spawn!(new_counter(); scope = scope);
+            let counters = if per_thread {
+                dagger::shard_per_thread(make).unwrap()
+            } else {
+                dagger::shard(make).unwrap()
+            };
+            // This process and two workers, each with two threads.
+            assert_eq!(counters.len(), if per_thread { 6 } else { 3 });
+            let tasks: Vec<_> = (0..60u32)
+                .map(|i| match i % 3 {
+                    0 => spawn!(bump(&counters)),
+                    w => spawn!(bump(&counters); scope = Scope::worker(w)),
+                })
+                .collect();
+            let ran_on = dagger::fetch_all(&tasks).unwrap();
+            let mut counted = [0u64; 3];
+            for piece in counters.pieces() {
+                let w = piece.processor().worker.0 as usize;
+                counted[w] += spawn!(count(&piece)).fetch().unwrap();
+            }
+            for (w, n) in counted.iter().enumerate() {
+                let ran = ran_on.iter().filter(|r| **r as usize == w).count() as u64;
+                assert_eq!(
+                    *n, ran,
+                    "process {w}'s pieces count the tasks that ran there"
+                );
+            }
+            assert_eq!(counted.iter().sum::<u64>(), 60);
+            assert!(counted[1] >= 20 && counted[2] >= 20);
+        }
+    });
+}
+
+#[test]
+fn a_shard_of_closures_cannot_reach_worker_processes() {
+    let ctx = cluster(1);
+    ctx.enter(|| {
+        let err =
+            dagger::shard(|scope| dagger::spawn_with(dagger::Options::new().scope(scope), || 1u8))
+                .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Scheduling, "{err}");
+        assert!(err.to_string().contains("worker"), "{err}");
+    });
+}

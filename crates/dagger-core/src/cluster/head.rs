@@ -1025,7 +1025,7 @@ fn substitute(args: &mut [WireArg], locs: &mut impl Iterator<Item = Location>) {
                 }
             }
             WireArg::Many(items) => substitute(items, locs),
-            WireArg::Value(_) => {}
+            WireArg::Value(_) | WireArg::Local(_) => {}
         }
     }
 }

@@ -160,6 +160,17 @@ fn resolve_one(
             (codec.decode)(&bytes)
         }
         WireArg::Many(_) => Err("a nested collection cannot be one value".into()),
+        WireArg::Local(pieces) => {
+            let here = crate::context::current_processor();
+            let thread = here.thread_index();
+            let (loc, _) = pieces
+                .iter()
+                .find(|(loc, t)| {
+                    loc.worker == store.worker() && t.is_none_or(|t| Some(t) == thread)
+                })
+                .ok_or_else(|| format!("the shard has no piece on {here}, where the task runs"))?;
+            store.get(loc.id, codec)
+        }
     }
 }
 

@@ -23,6 +23,9 @@ pub enum WireArg {
     Ref(Location),
     /// A collection of values (from a collection of tasks or chunks), each `Value` or `Ref`.
     Many(Vec<WireArg>),
+    /// The piece of a shard kept by the process (and, where given, the thread) that runs the
+    /// call.
+    Local(Vec<(Location, Option<u32>)>),
 }
 
 /// Options a remote task runs with (the serialisable ones: hooks stay home).

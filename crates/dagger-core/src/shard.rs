@@ -1,0 +1,224 @@
+//! Sharded values: one piece per process (or per thread), each made and kept where it lives;
+//! a task given the shard receives the piece of the process or thread it runs on.
+
+use crate::chunk::Chunk;
+use crate::context::{current_processor, Context};
+use crate::error::TaskError;
+use crate::id::ProcessorKind;
+use crate::scope::Scope;
+use crate::task::DTask;
+use std::fmt;
+use std::sync::Arc;
+
+/// One value per process or per thread of the context, made by [`shard`] or
+/// [`shard_per_thread`] (the reference's `shard`).
+///
+/// Pass `&shard` to a `spawn!` call and the function receives `&T`: the piece of the process
+/// (or thread) the task runs on, wherever that is, without moving any piece. Tasks given a
+/// shard run only where it has a piece. Inside a closure task on this process,
+/// [`local`](Self::local) gives the piece of the current processor. Cloning a shard is
+/// cheap; the pieces are freed with the last clone.
+///
+/// ```
+/// use dagger_core::{shard_per_thread, spawn_with, Options, Scope};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// // One counter per thread: tasks count without contending for one counter.
+/// let counters = shard_per_thread(|scope| {
+///     spawn_with(Options::new().scope(scope), || AtomicU64::new(0))
+/// })
+/// .unwrap();
+/// let tasks: Vec<_> = (0..100)
+///     .map(|_| {
+///         let c = counters.clone();
+///         spawn_with(Options::new().scope(c.scope()), move || {
+///             c.local().unwrap().fetch_add(1, Ordering::Relaxed);
+///         })
+///     })
+///     .collect();
+/// dagger_core::wait_all(&tasks).unwrap();
+/// let total: u64 = counters
+///     .pieces()
+///     .iter()
+///     .map(|p| p.fetch_ref().unwrap().load(Ordering::Relaxed))
+///     .sum();
+/// assert_eq!(total, 100);
+/// ```
+pub struct Shard<T> {
+    inner: Arc<Inner<T>>,
+}
+
+struct Inner<T> {
+    pieces: Vec<Piece<T>>,
+    scope: Scope,
+}
+
+struct Piece<T> {
+    worker: u32,
+    /// The thread, for a shard with a piece per thread.
+    thread: Option<u32>,
+    chunk: Chunk<T>,
+}
+
+impl<T> Clone for Shard<T> {
+    fn clone(&self) -> Self {
+        Shard {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// Makes one value in each process of the context (this one and every worker process): calls
+/// `make` with the scope of each process and waits for the tasks it returns. Their results
+/// stay where they were made.
+///
+/// With worker processes, `make` must spawn a registered function (`#[dagger::task]`), since
+/// a closure cannot run in another process:
+///
+/// ```text
+/// let caches = shard(|scope| spawn!(new_cache(); scope = scope))?;
+/// let hits = spawn!(lookup(&caches, key)); // `lookup(cache: &Cache, key: u64)`
+/// ```
+///
+/// The first piece that fails to be made is the error (the others are freed).
+///
+/// ```
+/// use dagger_core::{shard, spawn_with, Options};
+/// let s = shard(|scope| spawn_with(Options::new().scope(scope), || vec![0u8; 16])).unwrap();
+/// assert_eq!(s.len(), 1); // no worker processes: one piece, here
+/// ```
+pub fn shard<T, F>(make: F) -> Result<Shard<T>, TaskError>
+where
+    T: Send + Sync + 'static,
+    F: FnMut(Scope) -> DTask<T>,
+{
+    let ctx = Context::current();
+    let mut places = vec![(0, None)];
+    places.extend(live_workers(&ctx).into_iter().map(|(w, _)| (w, None)));
+    Shard::make(places, make)
+}
+
+/// Like [`shard`], with one piece per thread of every process: `make` gets the scope of each
+/// thread.
+///
+/// ```
+/// use dagger_core::{shard_per_thread, spawn_with, Options};
+/// let s = shard_per_thread(|scope| spawn_with(Options::new().scope(scope), || 0u32)).unwrap();
+/// assert_eq!(s.len(), dagger_core::Context::current().num_threads());
+/// ```
+pub fn shard_per_thread<T, F>(make: F) -> Result<Shard<T>, TaskError>
+where
+    T: Send + Sync + 'static,
+    F: FnMut(Scope) -> DTask<T>,
+{
+    let ctx = Context::current();
+    let threads = Scope::worker(0).constrain(&Scope::kind(ProcessorKind::THREAD));
+    let mut places: Vec<(u32, Option<u32>)> = ctx
+        .compatible_processors(&threads)
+        .into_iter()
+        .filter_map(|p| p.thread_index().map(|t| (0, Some(t))))
+        .collect();
+    for (w, n) in live_workers(&ctx) {
+        places.extend((0..n).map(|t| (w, Some(t))));
+    }
+    Shard::make(places, make)
+}
+
+fn live_workers(ctx: &Context) -> Vec<(u32, u32)> {
+    let mut ws: Vec<(u32, u32)> = crate::remote::workers(ctx)
+        .iter()
+        .filter(|w| w.alive.load(std::sync::atomic::Ordering::Acquire))
+        .map(|w| (w.id, w.threads))
+        .collect();
+    ws.sort();
+    ws
+}
+
+fn scope_of(worker: u32, thread: Option<u32>) -> Scope {
+    match thread {
+        Some(t) => Scope::worker(worker).thread(t),
+        None => Scope::worker(worker),
+    }
+}
+
+impl<T: Send + Sync + 'static> Shard<T> {
+    fn make(
+        places: Vec<(u32, Option<u32>)>,
+        mut make: impl FnMut(Scope) -> DTask<T>,
+    ) -> Result<Shard<T>, TaskError> {
+        let tasks: Vec<(u32, Option<u32>, DTask<T>)> = places
+            .into_iter()
+            .map(|(w, t)| (w, t, make(scope_of(w, t))))
+            .collect();
+        let mut pieces = Vec::with_capacity(tasks.len());
+        for (worker, thread, task) in tasks {
+            pieces.push(Piece {
+                worker,
+                thread,
+                chunk: task.into_chunk()?,
+            });
+        }
+        let scope = Scope::union_of(pieces.iter().map(|p| scope_of(p.worker, p.thread)))
+            .unwrap_or_else(|_| Scope::worker(0));
+        Ok(Shard {
+            inner: Arc::new(Inner { pieces, scope }),
+        })
+    }
+
+    /// How many pieces there are.
+    pub fn len(&self) -> usize {
+        self.inner.pieces.len()
+    }
+
+    /// Whether there is no piece (never, for a shard [`shard`] made).
+    pub fn is_empty(&self) -> bool {
+        self.inner.pieces.is_empty()
+    }
+
+    /// Where the pieces are: tasks using the shard must run there.
+    pub fn scope(&self) -> Scope {
+        self.inner.scope.clone()
+    }
+
+    /// Every piece, for instance to combine them (`spawn!(merge(&shard.pieces()))`).
+    pub fn pieces(&self) -> Vec<Chunk<T>> {
+        self.inner.pieces.iter().map(|p| p.chunk.clone()).collect()
+    }
+
+    /// The piece of the processor running the caller, if it has one in this process.
+    pub fn local(&self) -> Option<&T> {
+        self.local_piece().ok()
+    }
+
+    pub(crate) fn local_piece(&self) -> Result<&T, String> {
+        let here = current_processor();
+        let thread = here.thread_index();
+        self.inner
+            .pieces
+            .iter()
+            .find(|p| p.worker == here.worker.0 && p.thread.is_none_or(|t| Some(t) == thread))
+            .and_then(|p| p.chunk.fetch_ref().ok())
+            .ok_or_else(|| format!("the shard has no piece on {here}, where the task runs"))
+    }
+
+    /// The pieces held by worker processes, as the wire names them.
+    pub(crate) fn remote_pieces(&self) -> Vec<(crate::remote::wire::Location, Option<u32>)> {
+        self.inner
+            .pieces
+            .iter()
+            .filter_map(|p| {
+                let data = p.chunk.cell.remote_data()?;
+                data.try_location().ok().map(|loc| (loc, p.thread))
+            })
+            .collect()
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Shard<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shard")
+            .field("pieces", &self.len())
+            .field("scope", &self.inner.scope)
+            .finish()
+    }
+}
