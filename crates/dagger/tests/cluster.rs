@@ -488,3 +488,30 @@ fn a_shard_of_closures_cannot_reach_worker_processes() {
         assert!(err.to_string().contains("worker"), "{err}");
     });
 }
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.starts_with(prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn dropping_the_context_ends_its_cluster_threads() {
+    let io_before = threads_named("dagger-io");
+    let heartbeat_before = threads_named("dagger-heartbe");
+    {
+        let ctx = cluster(1);
+        assert_eq!(ctx.enter(|| spawn!(square(3)).fetch().unwrap()), 9);
+        assert!(threads_named("dagger-io") > io_before);
+    }
+    eventually("the cluster's threads ended", || {
+        threads_named("dagger-io") == io_before
+            && threads_named("dagger-heartbe") == heartbeat_before
+    });
+}

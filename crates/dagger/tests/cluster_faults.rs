@@ -264,3 +264,24 @@ fn losing_every_worker_fails_pending_work_clearly() {
         assert!(err.to_string().contains("no live worker"), "{err}");
     });
 }
+
+#[test]
+fn a_worker_that_exits_before_joining_is_reported_at_once() {
+    // Launched workers inherit this and cannot listen on it; the head is told its own address.
+    std::env::set_var("DAGGER_BIND", "not-an-address");
+    let err = Context::builder()
+        .threads(1)
+        .cluster(
+            ClusterOptions::new()
+                .bind("127.0.0.1:0")
+                .launch(LaunchSpec::Local {
+                    workers: 1,
+                    threads: 1,
+                })
+                .join_timeout(Duration::from_secs(3600)),
+        )
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("worker 1 exited before it joined"), "{err}");
+}

@@ -158,8 +158,14 @@ impl Head {
         })
     }
 
-    /// Waits until every worker in `ids` joined (or left), for at most `timeout`.
-    pub(crate) fn wait_joined(&self, ids: &[u32], timeout: Duration) -> Result<(), String> {
+    /// Waits until every worker in `ids` joined (or left), for at most `timeout`. Every
+    /// 100 ms, `failed` may say why one of them never will (its process exited).
+    pub(crate) fn wait_joined(
+        &self,
+        ids: &[u32],
+        timeout: Duration,
+        failed: &dyn Fn(&[u32]) -> Option<String>,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.state);
         loop {
@@ -177,15 +183,19 @@ impl Head {
             if missing.is_empty() {
                 return Ok(());
             }
+            if let Some(why) = failed(&missing) {
+                return Err(why);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(format!(
                     "workers {missing:?} did not join within {timeout:?}"
                 ));
             }
+            let slice = (deadline - now).min(Duration::from_millis(100));
             state = self
                 .joined
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, slice)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }

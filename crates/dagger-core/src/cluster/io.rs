@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 /// The runtime thread that owns every socket of this process.
 pub(crate) struct Io {
     handle: tokio::runtime::Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -26,12 +26,16 @@ impl Io {
             .spawn(move || {
                 rt.block_on(async {
                     let _ = stop_rx.await;
+                    // Let the writers send what is queued (a shutdown, a close) first.
+                    for _ in 0..64 {
+                        tokio::task::yield_now().await;
+                    }
                 });
                 rt.shutdown_background();
             })?;
         Ok(Io {
             handle,
-            stop: Some(stop_tx),
+            stop: std::sync::Mutex::new(Some(stop_tx)),
             thread: Some(thread),
         })
     }
@@ -43,8 +47,9 @@ impl Io {
         self.handle.spawn(fut);
     }
 
-    /// Runs `fut` on the I/O thread and waits for its result (from a non-I/O thread).
-    pub(crate) fn run<F, R>(&self, fut: F) -> R
+    /// Runs `fut` on the I/O thread and waits for its result (from a non-I/O thread); `None`
+    /// once the I/O thread stopped.
+    pub(crate) fn run<F, R>(&self, fut: F) -> Option<R>
     where
         F: Future<Output = R> + Send + 'static,
         R: Send + 'static,
@@ -53,16 +58,21 @@ impl Io {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv()
-            .expect("the I/O thread runs until the cluster is dropped")
+        rx.recv().ok()
+    }
+
+    /// Stops the I/O thread: every connection closes and every task on it is dropped.
+    pub(crate) fn stop(&self) {
+        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
     }
 }
 
 impl Drop for Io {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop();
         if let Some(t) = self.thread.take() {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();

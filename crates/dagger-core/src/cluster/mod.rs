@@ -219,7 +219,7 @@ impl Cluster {
         if !opts.expect.is_empty() {
             cluster
                 .head
-                .wait_joined(&opts.expect, cluster.join_timeout)
+                .wait_joined(&opts.expect, cluster.join_timeout, &|_| None)
                 .map_err(Error::Config)?;
         }
         Ok(cluster)
@@ -245,11 +245,24 @@ impl Cluster {
             None => *launched = Some(more),
         }
         drop(launched);
-        if let Err(e) = self.head.wait_joined(&ids, self.join_timeout) {
+        if let Err(e) = self
+            .head
+            .wait_joined(&ids, self.join_timeout, &|missing| self.exited(missing))
+        {
             let detail = self.stderr_of(&ids);
             return Err(Error::Config(format!("{e}{detail}")));
         }
         Ok(ids.into_iter().map(WorkerId).collect())
+    }
+
+    /// Why one of the launched workers `ids` will never join: its process exited.
+    fn exited(&self, ids: &[u32]) -> Option<String> {
+        let launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
+        let l = launched.as_ref()?;
+        ids.iter().find_map(|id| match l.get(*id)?.try_wait() {
+            Ok(Some(status)) => Some(format!("worker {id} exited before it joined ({status})")),
+            _ => None,
+        })
     }
 
     fn stderr_of(&self, ids: &[u32]) -> String {
@@ -338,6 +351,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.head.shutdown(&self.node);
+        // The I/O tasks hold the node: stopping them frees it, and with it the head.
+        self.node.io.stop();
         // Launched processes are killed when `launched` drops, if they did not exit yet.
     }
 }
@@ -520,7 +535,9 @@ fn run_worker(
         }
         .to_string()
     });
-    let mut addr = node.listen(bind).map_err(net_error)?;
+    let mut addr = node
+        .listen(bind.clone())
+        .map_err(|e| Error::Config(format!("worker {id} cannot listen on {bind}: {e}")))?;
     let link = {
         let node2 = node.clone();
         let head2 = head.clone();
@@ -530,6 +547,7 @@ fn run_worker(
                 let local_ip = conn.local_addr().ip();
                 Ok::<_, dagger_net::NetError>((io::open_link(conn, 0, node2), local_ip))
             })
+            .unwrap_or(Err(dagger_net::NetError::Closed))
             .map_err(|e| {
                 Error::Config(format!("worker {id} cannot reach the head at {head}: {e}"))
             })?

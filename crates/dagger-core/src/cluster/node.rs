@@ -78,11 +78,14 @@ impl Node {
     /// Listens for other processes on `bind`; returns the address they should use.
     pub(crate) fn listen(self: &Arc<Self>, bind: String) -> Result<String, NetError> {
         let node = self.clone();
-        let (listener, addr) = self.io.run(async move {
-            let listener = Listener::bind(bind, &node.config, node.hello).await?;
-            let addr = listener.local_addr().to_string();
-            Ok::<_, NetError>((listener, addr))
-        })?;
+        let (listener, addr) = self
+            .io
+            .run(async move {
+                let listener = Listener::bind(bind, &node.config, node.hello).await?;
+                let addr = listener.local_addr().to_string();
+                Ok::<_, NetError>((listener, addr))
+            })
+            .unwrap_or(Err(NetError::Closed))?;
         let _ = self.addr.set(addr.clone());
         let node = self.clone();
         self.io
@@ -162,14 +165,16 @@ impl Node {
         };
         let hello = self.hello;
         let addr = info.addr.clone();
-        self.io.run(async move {
-            let (conn, _) = dagger_net::connect(addr.as_str(), &config, hello)
-                .await
-                .map_err(|e| format!("cannot reach process {peer} at {addr}: {e}"))?;
-            let link = open_link(conn, peer, node.clone());
-            node.add_link(link.clone());
-            Ok(link)
-        })
+        self.io
+            .run(async move {
+                let (conn, _) = dagger_net::connect(addr.as_str(), &config, hello)
+                    .await
+                    .map_err(|e| format!("cannot reach process {peer} at {addr}: {e}"))?;
+                let link = open_link(conn, peer, node.clone());
+                node.add_link(link.clone());
+                Ok(link)
+            })
+            .unwrap_or_else(|| Err("the cluster shut down".into()))
     }
 
     /// Sends a request to `peer` (connecting first if needed) and waits for its answer
