@@ -167,20 +167,11 @@ fn workers_configured_by_environment_die_with_a_killed_head() {
     )
     .unwrap();
     assert_eq!(program.ids, "1,2");
-    let mut conns = head.accept(2, PATIENCE).unwrap();
-    for (conn, id) in conns.iter().zip(1..) {
+    let mut conns = head.accept_workers(2, &secret);
+    for conn in &conns {
         let r = &conn.report;
-        assert_eq!(
-            (r.id(), r.get("threads"), r.get("args")),
-            (id, "3", "head"),
-            "{r:?}"
-        );
-        assert_eq!(r.get("secret"), sha256_hex(&secret));
+        assert_eq!((r.get("threads"), r.get("args")), ("3", "head"), "{r:?}");
     }
     // The head crashes: no destructor runs, yet its workers go (Linux: parent-death signal).
-    program.kill();
-    for conn in &mut conns {
-        conn.wait_closed(PATIENCE).unwrap();
-        assert!(process_gone(conn.report.pid(), PATIENCE));
-    }
+    program.kill_and_expect_workers_gone(&mut conns);
 }

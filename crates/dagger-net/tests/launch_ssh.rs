@@ -210,20 +210,11 @@ fn ssh_workers_configured_by_environment_die_with_a_killed_head() {
     )
     .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
     assert_eq!(program.ids, "1,2");
-    let mut conns = head.accept(2, PATIENCE).unwrap();
-    for (conn, id) in conns.iter().zip(1..) {
+    let mut conns = head.accept_workers(2, &secret);
+    for conn in &conns {
         let r = &conn.report;
-        assert_eq!(
-            (r.id(), r.get("via"), r.get("args")),
-            (id, "stdin", "head"),
-            "{r:?}"
-        );
-        assert_eq!(r.get("secret"), sha256_hex(&secret));
+        assert_eq!((r.get("via"), r.get("args")), ("stdin", "head"), "{r:?}");
     }
     // The head crashes: its ssh clients die with it, and sshd ends the remote workers.
-    program.kill();
-    for conn in &mut conns {
-        conn.wait_closed(PATIENCE).unwrap();
-        assert!(process_gone(conn.report.pid(), PATIENCE));
-    }
+    program.kill_and_expect_workers_gone(&mut conns);
 }

@@ -212,6 +212,18 @@ impl Head {
     }
 
     /// Waits for `n` probes to connect and report; returns them by id (or rank).
+    /// Accepts the `n` workers a head program started and checks that they are workers 1..=n
+    /// and got `secret`.
+    pub fn accept_workers(&self, n: usize, secret: &str) -> Vec<Conn> {
+        let conns = self.accept(n, PATIENCE).unwrap();
+        for (conn, id) in conns.iter().zip(1..) {
+            let r = &conn.report;
+            assert_eq!(r.id(), id, "{r:?}");
+            assert_eq!(r.get("secret"), sha256_hex(secret), "{r:?}");
+        }
+        conns
+    }
+
     pub fn accept(&self, n: usize, timeout: Duration) -> Result<Vec<Conn>, String> {
         let deadline = Instant::now() + timeout;
         let mut conns = Vec::new();
@@ -416,6 +428,20 @@ impl HeadProgram {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills it (no destructor runs) and checks that the workers it started go with it: each
+    /// one's connection closes and its process ends.
+    pub fn kill_and_expect_workers_gone(&mut self, workers: &mut [Conn]) {
+        self.kill();
+        for conn in workers {
+            conn.wait_closed(PATIENCE).unwrap();
+            let pid = conn.report.pid();
+            assert!(
+                process_gone(pid, PATIENCE),
+                "worker {pid} outlived its head"
+            );
+        }
     }
 
     /// Closes its standard input (it then drops its workers and exits); its exit status.
