@@ -57,7 +57,7 @@ pub use options::{
 };
 pub use processor::{ArgType, ExecTask, OsProc, Processor, TaskSignature, ThreadProc};
 pub use scope::{register_scope_key, Scope, ScopeKeyFn, ScopeSpec, ScopeValue};
-pub use shard::{shard, shard_per_thread, Shard};
+pub use shard::{shard, shard_in, shard_per_thread, Shard};
 pub use stats::live_results;
 pub use task::{
     fetch_all, spawn, spawn_with, sync, try_spawn, try_spawn_with, wait_all, DTask, TaskFuture,

@@ -92,10 +92,7 @@ where
     T: Send + Sync + 'static,
     F: FnMut(Scope) -> DTask<T>,
 {
-    let ctx = Context::current();
-    let mut places = vec![(0, None)];
-    places.extend(live_workers(&ctx).into_iter().map(|(w, _)| (w, None)));
-    Shard::make(places, make)
+    shard_in(&Scope::any(), false, make)
 }
 
 /// Like [`shard`], with one piece per thread of every process: `make` gets the scope of each
@@ -111,27 +108,64 @@ where
     T: Send + Sync + 'static,
     F: FnMut(Scope) -> DTask<T>,
 {
-    let ctx = Context::current();
-    let threads = Scope::worker(0).constrain(&Scope::kind(ProcessorKind::THREAD));
-    let mut places: Vec<(u32, Option<u32>)> = ctx
-        .compatible_processors(&threads)
-        .into_iter()
-        .filter_map(|p| p.thread_index().map(|t| (0, Some(t))))
-        .collect();
-    for (w, n) in live_workers(&ctx) {
-        places.extend((0..n).map(|t| (w, Some(t))));
-    }
-    Shard::make(places, make)
+    shard_in(&Scope::any(), true, make)
 }
 
-fn live_workers(ctx: &Context) -> Vec<(u32, u32)> {
-    let mut ws: Vec<(u32, u32)> = crate::remote::workers(ctx)
+/// Like [`shard`] (or, `per_thread`, [`shard_per_thread`]), with pieces only in the processes
+/// (threads) that `within` covers (the reference's `workers` and `procs` keywords). Fails with
+/// a scheduling error when `within` covers none.
+///
+/// ```
+/// use dagger_core::{shard_in, spawn_with, Options, Scope};
+/// let one = shard_in(&Scope::worker(0).thread(0), true, |scope| {
+///     spawn_with(Options::new().scope(scope), || 1u8)
+/// })
+/// .unwrap();
+/// assert_eq!(one.len(), 1);
+/// assert!(shard_in(&Scope::worker(9), false, |s| spawn_with(Options::new().scope(s), || 1u8))
+///     .is_err());
+/// ```
+pub fn shard_in<T, F>(within: &Scope, per_thread: bool, make: F) -> Result<Shard<T>, TaskError>
+where
+    T: Send + Sync + 'static,
+    F: FnMut(Scope) -> DTask<T>,
+{
+    let ctx = Context::current();
+    let here = Scope::worker(0)
+        .constrain(&Scope::kind(ProcessorKind::THREAD))
+        .constrain(within);
+    let here: Vec<u32> = ctx
+        .compatible_processors(&here)
+        .into_iter()
+        .filter_map(|p| p.thread_index())
+        .collect();
+    let mut places: Vec<(u32, Option<u32>)> = match (per_thread, here.is_empty()) {
+        (true, _) => here.into_iter().map(|t| (0, Some(t))).collect(),
+        (false, false) => vec![(0, None)],
+        (false, true) => Vec::new(),
+    };
+    let mut workers = crate::remote::workers(&ctx);
+    workers.sort_by_key(|w| w.id);
+    for w in workers
         .iter()
         .filter(|w| w.alive.load(std::sync::atomic::Ordering::Acquire))
-        .map(|w| (w.id, w.threads))
-        .collect();
-    ws.sort();
-    ws
+    {
+        let threads = w.all_threads_in(within);
+        match (per_thread, threads.is_empty()) {
+            (true, _) => places.extend(threads.into_iter().map(|t| (w.id, Some(t)))),
+            (false, false) => places.push((w.id, None)),
+            (false, true) => {}
+        }
+    }
+    if places.is_empty() {
+        return Err(TaskError::with_message(
+            crate::id::TaskId::next(),
+            Some("shard".into()),
+            crate::error::ErrorKind::Scheduling,
+            format!("no process of the cluster has a processor in scope `{within}` for a piece"),
+        ));
+    }
+    Shard::make(places, make)
 }
 
 fn scope_of(worker: u32, thread: Option<u32>) -> Scope {

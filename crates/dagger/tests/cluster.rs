@@ -474,6 +474,19 @@ fn a_shard_gives_each_task_the_piece_where_it_runs() {
             assert_eq!(counted.iter().sum::<u64>(), 60);
             assert!(counted[1] >= 20 && counted[2] >= 20);
         }
+        // Pieces only on worker 2: tasks using the shard run there.
+        let on_two = dagger::shard_in(
+            &Scope::worker(2),
+            false,
+            |scope| spawn!(new_counter(); scope = scope),
+        )
+        .unwrap();
+        assert_eq!(on_two.len(), 1);
+        let ran_on: Vec<u32> = (0..10)
+            .map(|_| spawn!(bump(&on_two)).fetch().unwrap())
+            .collect();
+        assert_eq!(ran_on, vec![2; 10]);
+        assert_eq!(spawn!(count(&on_two.pieces()[0])).fetch().unwrap(), 10);
     });
 }
 

@@ -52,12 +52,17 @@ impl RemoteWorker {
         }
     }
 
+    /// Every thread of this worker in `scope`.
+    pub(crate) fn all_threads_in(&self, scope: &Scope) -> Vec<u32> {
+        (0..self.threads)
+            .filter(|&t| scope.contains(&self.info(t)))
+            .collect()
+    }
+
     /// The threads of this worker in `scope`: `None` when none is, `Some(None)` when every
     /// thread is (any may run the task), `Some(Some(t))` for the first of only some threads.
     pub(crate) fn threads_in(&self, scope: &Scope) -> Option<Option<u32>> {
-        let inside: Vec<u32> = (0..self.threads)
-            .filter(|&t| scope.contains(&self.info(t)))
-            .collect();
+        let inside = self.all_threads_in(scope);
         match inside.len() {
             0 => None,
             n if n == self.threads as usize => Some(None),
