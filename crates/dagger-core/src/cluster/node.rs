@@ -366,7 +366,7 @@ impl DataLink for NodeLink {
         if loc.worker == self.0.id {
             self.0.store.free(loc.id);
         } else if let Some(link) = self.0.link(loc.worker) {
-            link.send(Msg::Free(vec![loc.id]));
+            link.send_free(loc.id);
         }
     }
 

@@ -120,6 +120,16 @@ impl Store {
         removed.is_some()
     }
 
+    /// Drops the values with ids `ids` (those not here are skipped), under one lock.
+    pub fn free_many(&self, ids: &[u64]) {
+        let removed: Vec<Entry> = {
+            let mut map = self.map();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        // The values are dropped after the lock is released.
+        drop(removed);
+    }
+
     /// Number of values held.
     pub fn len(&self) -> usize {
         self.map().len()
