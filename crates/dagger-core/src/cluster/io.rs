@@ -274,6 +274,9 @@ async fn read_loop<H: Handler>(mut receiver: Receiver, link: Link, handler: Arc<
             }
         };
         let payload = if msg.has_payload() {
+            if let Some(len) = msg.payload_len() {
+                receiver.expect_next(len);
+            }
             match receiver.recv().await {
                 Ok(Some(p)) => Some(p),
                 Ok(None) => break Some(NetError::Closed),

@@ -116,9 +116,11 @@ pub(crate) enum Msg {
         req: u64,
         id: u64,
     },
-    /// The answer to a fetch: the next transport message holds the encoded value.
+    /// The answer to a fetch: the next transport message holds the encoded value, `len`
+    /// bytes long (the receiver reads it into one buffer of that size).
     Data {
         req: u64,
+        len: u64,
     },
     DataError {
         req: u64,
@@ -185,6 +187,14 @@ impl Msg {
     /// Whether a raw payload (the next transport message) follows this message.
     pub(crate) fn has_payload(&self) -> bool {
         matches!(self, Msg::Data { .. } | Msg::Put { .. })
+    }
+
+    /// The announced size of the payload that follows, when the message gives it.
+    pub(crate) fn payload_len(&self) -> Option<u64> {
+        match self {
+            Msg::Data { len, .. } => Some(*len),
+            _ => None,
+        }
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Msg, String> {
