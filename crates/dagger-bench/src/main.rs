@@ -6,7 +6,8 @@
 //! cargo run --release -p dagger-bench -- taskbench [Task Bench flags] [--workers W]
 //! ```
 //!
-//! Scenarios: `independent`, `chain`, `tree`, `fib`, `memory`, `scale`, `idle`, `all`.
+//! Scenarios: `independent`, `chain`, `tree`, `fib`, `memory`, `scale`, `idle`, `all`;
+//! `transport` measures the transport alone (`dagger-net` over loopback against raw TCP).
 //! With `--workers W` this process becomes the head of a cluster of W local worker processes
 //! (this same binary, `--worker-threads` compute threads each, default 1) and the scenarios
 //! `independent`, `chain`, `tree`, `transfer` and `all` run their tasks on the workers.
@@ -20,6 +21,7 @@ mod json;
 mod scenarios;
 mod sys;
 mod taskbench;
+mod transport;
 mod workers;
 
 use std::process::ExitCode;
@@ -37,7 +39,7 @@ pub struct Config {
 }
 
 fn usage() -> &'static str {
-    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
+    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench transport [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
 }
 
 fn parse(args: &[String]) -> Result<Config, String> {
@@ -84,6 +86,9 @@ fn main() -> ExitCode {
         taskbench::main(&args[1..])
     } else {
         parse(&args[1..]).and_then(|cfg| {
+            if scenario == "transport" {
+                return transport::run(&cfg);
+            }
             datadeps::run(scenario, &cfg).unwrap_or_else(|| scenarios::run(scenario, &cfg))
         })
     };

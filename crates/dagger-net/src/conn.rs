@@ -419,6 +419,12 @@ impl Receiver {
         }
     }
 
+    /// Says that the next message is expected to be `len` bytes long, so that a large one is
+    /// read into one buffer of that size (see [`MessageCodec::expect_next`]).
+    pub fn expect_next(&mut self, len: u64) {
+        self.reader.expect_next(len);
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.peer

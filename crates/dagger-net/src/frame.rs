@@ -181,6 +181,8 @@ pub struct MessageCodec {
     msg: BytesMut,
     frame: Option<FrameState>,
     poisoned: bool,
+    /// The size the next message is expected to have (see [`expect_next`](Self::expect_next)).
+    size_hint: usize,
 }
 
 impl MessageCodec {
@@ -199,7 +201,18 @@ impl MessageCodec {
             msg: BytesMut::new(),
             frame: None,
             poisoned: false,
+            size_hint: 0,
         }
+    }
+
+    /// Says that the next message is expected to be `len` bytes long (the application
+    /// learned it from an earlier message of the authenticated peer). If it spans several
+    /// frames, its buffer is then allocated once, at that size (at most the maximum message
+    /// size), instead of growing frame by frame: the message is read into its final buffer.
+    /// The hint only sizes the allocation; it changes nothing about which messages are
+    /// accepted.
+    pub fn expect_next(&mut self, len: u64) {
+        self.size_hint = len.min(self.max_message) as usize;
     }
 
     /// The largest message this codec accepts.
@@ -308,6 +321,10 @@ impl Decoder for MessageCodec {
                         });
                     }
                     src.advance(HEADER_LEN);
+                    let hint = std::mem::take(&mut self.size_hint);
+                    if more && self.msg.is_empty() {
+                        self.msg.reserve(hint);
+                    }
                     let whole = !more && self.msg.is_empty();
                     if whole && src.len() >= len {
                         return Ok(Some(src.split_to(len).freeze()));
@@ -430,6 +447,11 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
     /// leaves the reader unusable.
     pub async fn read(&mut self) -> Result<Option<Bytes>, NetError> {
         read_message(&mut self.io, &mut self.buf, &mut self.codec, &mut self.eof).await
+    }
+
+    /// See [`MessageCodec::expect_next`].
+    pub fn expect_next(&mut self, len: u64) {
+        self.codec.expect_next(len);
     }
 
     /// The underlying stream.
@@ -885,6 +907,7 @@ mod tests {
             frame in prop_oneof![1usize..64, 1000usize..40_000],
             chunks in proptest::collection::vec(prop_oneof![1usize..16, 1000usize..100_000], 1..5),
             batch in any::<bool>(),
+            hint in any::<bool>(),
         ) {
             let msgs: Vec<Vec<u8>> = sizes.iter().enumerate()
                 .map(|(i, &n)| (0..n).map(|j| (i * 31 + j * 7) as u8).collect())
@@ -906,7 +929,13 @@ mod tests {
             let out = block_on(async {
                 let mut r = MessageReader::new(reader, MessageCodec::with_frame_size(1 << 20, frame));
                 let mut out = Vec::new();
-                while let Some(m) = r.read().await.unwrap() {
+                loop {
+                    if hint {
+                        // Right, too small (0) or too large: only the allocation differs.
+                        let n = sizes.get(out.len()).copied().unwrap_or(5) as u64;
+                        r.expect_next(n * (out.len() % 3) as u64);
+                    }
+                    let Some(m) = r.read().await.unwrap() else { break };
                     out.push(m);
                 }
                 out

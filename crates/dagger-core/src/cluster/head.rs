@@ -2,19 +2,18 @@
 //! the values they hold for it.
 
 use super::io::Link;
-use super::msg::{Done, FailKind, Msg, PeerInfo, Run, WorkerStats};
+use super::msg::{encode_run, Done, FailKind, Msg, PeerInfo, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::error::ErrorKind;
 use crate::id::NodeId;
-use crate::remote::data::{Label, Lineage};
-use crate::remote::wire::{Location, WireArg, WireCall};
+use crate::remote::data::{DataLink, Label, Lineage};
+use crate::remote::wire::{Location, WireArg};
 use crate::remote::{Dispatch, RemoteData, RemoteTask, RemoteWorker};
 use crate::sched::Registry;
 use crate::scope::Scope;
 use crate::task::JobRef;
 use bytes::Bytes;
 use dagger_net::NetError;
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -116,26 +115,6 @@ pub(crate) struct Head {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The serialised form of `Msg::Run` for one task, written without cloning the call.
-#[derive(Serialize)]
-enum RunRef<'a> {
-    #[allow(dead_code)]
-    Join(()),
-    #[allow(dead_code)]
-    Welcome(()),
-    #[allow(dead_code)]
-    PeerJoined(()),
-    #[allow(dead_code)]
-    PeerLeft(()),
-    Run(&'a [RunOne<'a>]),
-}
-
-#[derive(Serialize)]
-struct RunOne<'a> {
-    task: u64,
-    call: &'a WireCall,
 }
 
 impl Head {
@@ -366,58 +345,66 @@ impl Head {
         self.joined.notify_all();
     }
 
-    fn on_done(&self, node: &Arc<Node>, done: Vec<Done>) {
-        let mut finished = Vec::with_capacity(done.len());
+    /// Tasks ended on worker `peer` (one batch): takes the state lock once for the whole
+    /// batch, then completes the tasks outside it.
+    fn on_done(&self, node: &Arc<Node>, peer: u32, done: Vec<Done>) {
+        let link: Arc<dyn DataLink> = Arc::new(NodeLink(node.clone()));
+        let mut completed = Vec::with_capacity(done.len());
+        let mut failed = Vec::new();
         let mut recovered = Vec::new();
         {
             let mut s = lock(&self.state);
+            let s = &mut *s;
+            if let Some(w) = s.workers.get_mut(&peer) {
+                w.last_pong = Instant::now();
+            }
             for d in done {
-                if let Some(f) = s.inflight.remove(&d.task) {
-                    finished.push((f, d));
-                } else if let Some(r) = s.recovering.remove(&d.task) {
-                    recovered.push((r, d.result));
+                let Some(f) = s.inflight.remove(&d.task) else {
+                    if let Some(r) = s.recovering.remove(&d.task) {
+                        recovered.push((r, d.result));
+                    }
+                    continue;
+                };
+                if let Some(w) = s.workers.get(&f.worker) {
+                    let w = &w.remote;
+                    w.inflight.fetch_sub(1, Ordering::Relaxed);
+                    w.backlog_ns.fetch_sub(
+                        f.task.cost_ns.min(w.backlog_ns.load(Ordering::Relaxed)),
+                        Ordering::Relaxed,
+                    );
+                }
+                match d.result {
+                    Ok(loc) => {
+                        let (job, lineage) = f.task.into_parts();
+                        let label = lineage.label.clone();
+                        let data =
+                            RemoteData::new(loc, link.clone(), Some(Arc::new(lineage)), label);
+                        s.located.entry(loc.worker).or_default().push(&data);
+                        if !s.retries.is_empty() {
+                            s.retries.remove(&d.task);
+                        }
+                        completed.push((job, data, d.run_ns));
+                    }
+                    Err((FailKind::InputLost(holder), msg)) => {
+                        failed.push((f.task, Some(holder), FailKind::Runtime, msg))
+                    }
+                    Err((kind, msg)) => {
+                        s.retries.remove(&d.task);
+                        failed.push((f.task, None, kind, msg));
+                    }
                 }
             }
         }
         for (r, result) in recovered {
             let _ = r.done.send(result);
         }
-        for (f, d) in finished {
-            let w = {
-                let s = lock(&self.state);
-                s.workers.get(&f.worker).map(|w| w.remote.clone())
-            };
-            if let Some(w) = &w {
-                w.inflight.fetch_sub(1, Ordering::Relaxed);
-                w.backlog_ns.fetch_sub(
-                    f.task.cost_ns.min(w.backlog_ns.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
-            }
-            match d.result {
-                Ok(loc) => {
-                    let (job, lineage) = f.task.into_parts();
-                    let label = lineage.label.clone();
-                    let data = RemoteData::new(
-                        loc,
-                        Arc::new(NodeLink(node.clone())),
-                        Some(Arc::new(lineage)),
-                        label,
-                    );
-                    {
-                        let mut s = lock(&self.state);
-                        s.located.entry(loc.worker).or_default().push(&data);
-                        if !s.retries.is_empty() {
-                            s.retries.remove(&d.task);
-                        }
-                    }
-                    crate::remote::complete_job(&job, data, d.run_ns);
-                }
-                Err((FailKind::InputLost(holder), msg)) => self.input_lost(f.task, holder, msg),
-                Err((kind, msg)) => {
-                    lock(&self.state).retries.remove(&d.task);
-                    f.task.fail(kind.kind(), msg)
-                }
+        for (job, data, run_ns) in completed {
+            crate::remote::complete_job(&job, data, run_ns);
+        }
+        for (task, lost_on, kind, msg) in failed {
+            match lost_on {
+                Some(holder) => self.input_lost(task, holder, msg),
+                None => task.fail(kind.kind(), msg),
             }
         }
     }
@@ -819,11 +806,7 @@ impl Dispatch for Head {
             return;
         };
         let id = task.id();
-        let encoded = postcard::to_allocvec(&RunRef::Run(&[RunOne {
-            task: id,
-            call: &task.call,
-        }]))
-        .expect("calls always encode");
+        let encoded = encode_run(id, &task.call);
         lock(&self.state).inflight.insert(
             id,
             InFlight {
@@ -831,7 +814,7 @@ impl Dispatch for Head {
                 task,
             },
         );
-        if !link.send_encoded(encoded) {
+        if !link.send_run(encoded) {
             let f = lock(&self.state).inflight.remove(&id);
             if let Some(f) = f {
                 worker.alive.store(false, Ordering::Release);
@@ -961,6 +944,11 @@ impl Head {
 
 impl Role for Head {
     fn on_message(self: Arc<Self>, node: &Arc<Node>, link: &Link, msg: Msg) {
+        if let Msg::Done(done) = msg {
+            // Hears from the worker under the same lock as the batch.
+            self.on_done(node, link.peer, done);
+            return self.balance(node);
+        }
         if let Some(w) = lock(&self.state).workers.get_mut(&link.peer) {
             w.last_pong = Instant::now();
         }
@@ -983,10 +971,6 @@ impl Role for Head {
                 hostname,
                 pid,
             ),
-            Msg::Done(done) => {
-                self.on_done(node, done);
-                self.balance(node);
-            }
             Msg::Stolen(ids) => self.on_stolen(link.peer, ids),
             Msg::Stats(req, stats) => {
                 if let Some(tx) = lock(&self.state).stats.remove(&req) {
@@ -1037,27 +1021,5 @@ fn substitute(args: &mut [WireArg], locs: &mut impl Iterator<Item = Location>) {
             WireArg::Many(items) => substitute(items, locs),
             WireArg::Value(_) | WireArg::Local(_) => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn run_ref_encodes_like_run() {
-        let call = WireCall {
-            func: 3,
-            args: vec![crate::remote::wire::WireArg::Value(vec![1, 2])],
-            thread: Some(1),
-            options: Default::default(),
-        };
-        let by_ref = postcard::to_allocvec(&RunRef::Run(&[RunOne {
-            task: 9,
-            call: &call,
-        }]))
-        .unwrap();
-        let owned = Msg::Run(vec![Run { task: 9, call }]).encode();
-        assert_eq!(by_ref, owned);
     }
 }

@@ -1,6 +1,6 @@
 //! The I/O thread of a process (a current-thread tokio runtime) and connections to peers.
 
-use super::msg::Msg;
+use super::msg::{run_batch, Done, Msg};
 use bytes::Bytes;
 use dagger_net::{Connection, NetError, Receiver, Sender};
 use std::future::Future;
@@ -84,10 +84,15 @@ impl Drop for Io {
 /// What a link carries.
 pub(crate) enum Out {
     Msg(Msg),
-    /// An already encoded message.
-    Encoded(Vec<u8>),
     /// A message followed by a raw payload (sent without copying).
     WithPayload(Msg, Bytes),
+    /// One task to run, encoded by [`encode_run`](super::msg::encode_run); sent in one
+    /// `Msg::Run` with the tasks queued next to it.
+    Run(Vec<u8>),
+    /// A finished task; sent in one `Msg::Done` with those queued next to it.
+    Done(Done),
+    /// A freed value; sent in one `Msg::Free` with those queued next to it.
+    Free(u64),
     Close,
 }
 
@@ -104,12 +109,24 @@ impl Link {
         self.tx.send(Out::Msg(msg)).is_ok()
     }
 
-    pub(crate) fn send_encoded(&self, bytes: Vec<u8>) -> bool {
-        self.tx.send(Out::Encoded(bytes)).is_ok()
-    }
-
     pub(crate) fn send_with_payload(&self, msg: Msg, payload: Bytes) -> bool {
         self.tx.send(Out::WithPayload(msg, payload)).is_ok()
+    }
+
+    /// Sends one task to run (encoded by [`encode_run`](super::msg::encode_run)), batched
+    /// with the others queued at the same time.
+    pub(crate) fn send_run(&self, encoded: Vec<u8>) -> bool {
+        self.tx.send(Out::Run(encoded)).is_ok()
+    }
+
+    /// Reports a finished task, batched with the others queued at the same time.
+    pub(crate) fn send_done(&self, done: Done) -> bool {
+        self.tx.send(Out::Done(done)).is_ok()
+    }
+
+    /// Frees a value held by the peer, batched with the others queued at the same time.
+    pub(crate) fn send_free(&self, id: u64) -> bool {
+        self.tx.send(Out::Free(id)).is_ok()
     }
 
     pub(crate) fn close(&self) {
@@ -144,34 +161,104 @@ pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>
     link
 }
 
-async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
-    let feed = |sender: &mut Sender, out: Out| -> Result<bool, NetError> {
+/// Most items in one batch message (a batch also ends at [`MAX_RUN_BATCH_BYTES`] of runs).
+const MAX_BATCH: usize = 4096;
+const MAX_RUN_BATCH_BYTES: usize = 1 << 20;
+
+/// Coalesces the `Run`, `Done` and `Free` items queued on a link into one message of each
+/// kind. At most one kind is pending at a time: an item of another kind (or any other
+/// message) sends the pending batch first, so messages keep their order on the wire.
+#[derive(Default)]
+struct Batch {
+    runs: Vec<u8>,
+    run_count: usize,
+    done: Vec<Done>,
+    free: Vec<u64>,
+}
+
+impl Batch {
+    /// Queues `out` on `sender`, batching what can be; false once the link is to close.
+    fn feed(&mut self, sender: &mut Sender, out: Out) -> Result<bool, NetError> {
         match out {
-            Out::Msg(m) => sender.feed(m.encode())?,
-            Out::Encoded(b) => sender.feed(b)?,
-            Out::WithPayload(m, p) => {
-                sender.feed(m.encode())?;
-                sender.feed(p)?;
+            Out::Run(r) => {
+                if !self.done.is_empty() || !self.free.is_empty() {
+                    self.send(sender)?;
+                }
+                self.runs.extend_from_slice(&r);
+                self.run_count += 1;
+                if self.run_count >= MAX_BATCH || self.runs.len() >= MAX_RUN_BATCH_BYTES {
+                    self.send(sender)?;
+                }
             }
-            Out::Close => return Ok(false),
+            Out::Done(d) => {
+                if self.run_count > 0 || !self.free.is_empty() {
+                    self.send(sender)?;
+                }
+                self.done.push(d);
+                if self.done.len() >= MAX_BATCH {
+                    self.send(sender)?;
+                }
+            }
+            Out::Free(id) => {
+                if self.run_count > 0 || !self.done.is_empty() {
+                    self.send(sender)?;
+                }
+                self.free.push(id);
+                if self.free.len() >= MAX_BATCH {
+                    self.send(sender)?;
+                }
+            }
+            other => {
+                self.send(sender)?;
+                match other {
+                    Out::Msg(m) => sender.feed(m.encode())?,
+                    Out::WithPayload(m, p) => {
+                        sender.feed(m.encode())?;
+                        sender.feed(p)?;
+                    }
+                    _ => return Ok(false),
+                }
+            }
         }
         Ok(true)
-    };
+    }
+
+    /// Queues the pending batch, if any, on `sender`.
+    fn send(&mut self, sender: &mut Sender) -> Result<(), NetError> {
+        if self.run_count > 0 {
+            sender.feed(run_batch(self.run_count, &self.runs))?;
+            self.runs.clear();
+            self.run_count = 0;
+        }
+        if !self.done.is_empty() {
+            sender.feed(Msg::Done(std::mem::take(&mut self.done)).encode())?;
+        }
+        if !self.free.is_empty() {
+            sender.feed(Msg::Free(std::mem::take(&mut self.free)).encode())?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends what is queued for a link: everything queued when it wakes up goes out with one
+/// flush, `Run`/`Done`/`Free` items coalesced into batch messages.
+async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
+    let mut batch = Batch::default();
     while let Some(out) = rx.recv().await {
-        let mut open = match feed(&mut sender, out) {
+        let mut open = match batch.feed(&mut sender, out) {
             Ok(open) => open,
             Err(_) => break,
         };
         while open {
             match rx.try_recv() {
-                Ok(out) => match feed(&mut sender, out) {
+                Ok(out) => match batch.feed(&mut sender, out) {
                     Ok(o) => open = o,
                     Err(_) => return,
                 },
                 Err(_) => break,
             }
         }
-        if sender.flush().await.is_err() {
+        if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
             return;
         }
         if !open {
@@ -197,6 +284,9 @@ async fn read_loop<H: Handler>(mut receiver: Receiver, link: Link, handler: Arc<
             }
         };
         let payload = if msg.has_payload() {
+            if let Some(len) = msg.payload_len() {
+                receiver.expect_next(len);
+            }
             match receiver.recv().await {
                 Ok(Some(p)) => Some(p),
                 Ok(None) => break Some(NetError::Closed),

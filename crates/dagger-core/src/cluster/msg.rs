@@ -116,9 +116,11 @@ pub(crate) enum Msg {
         req: u64,
         id: u64,
     },
-    /// The answer to a fetch: the next transport message holds the encoded value.
+    /// The answer to a fetch: the next transport message holds the encoded value, `len`
+    /// bytes long (the receiver reads it into one buffer of that size).
     Data {
         req: u64,
+        len: u64,
     },
     DataError {
         req: u64,
@@ -146,6 +148,41 @@ pub(crate) enum Msg {
     Stolen(Vec<u64>),
 }
 
+/// The serialised form of one [`Run`], written without cloning the call. A `Run` batch on
+/// the wire is the batch header ([`run_batch`]) followed by these, concatenated.
+#[derive(Serialize)]
+struct RunRef<'a> {
+    task: u64,
+    call: &'a WireCall,
+}
+
+/// One task to run, encoded alone, to be sent in a batch with its neighbours.
+pub(crate) fn encode_run(task: u64, call: &WireCall) -> Vec<u8> {
+    postcard::to_allocvec(&RunRef { task, call }).expect("calls always encode")
+}
+
+/// Index of `Msg::Run` in the enum (postcard writes it as a varint before the variant).
+const RUN_TAG: u64 = 4;
+
+/// Appends `v` as postcard writes integers and lengths: LEB128, 7 bits a byte.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The encoded `Msg::Run` of `count` tasks whose [`encode_run`] forms are `runs`,
+/// concatenated.
+pub(crate) fn run_batch(count: usize, runs: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(runs.len() + 12);
+    put_varint(&mut out, RUN_TAG);
+    put_varint(&mut out, count as u64);
+    out.extend_from_slice(runs);
+    out
+}
+
 impl Msg {
     pub(crate) fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("messages always encode")
@@ -154,6 +191,14 @@ impl Msg {
     /// Whether a raw payload (the next transport message) follows this message.
     pub(crate) fn has_payload(&self) -> bool {
         matches!(self, Msg::Data { .. } | Msg::Put { .. })
+    }
+
+    /// The announced size of the payload that follows, when the message gives it.
+    pub(crate) fn payload_len(&self) -> Option<u64> {
+        match self {
+            Msg::Data { len, .. } => Some(*len),
+            _ => None,
+        }
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Msg, String> {
@@ -176,10 +221,73 @@ mod tests {
         assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
     }
 
+    fn call(func: u32, arg: Vec<u8>) -> WireCall {
+        WireCall {
+            func,
+            args: vec![crate::remote::wire::WireArg::Value(arg)],
+            thread: Some(1),
+            options: Default::default(),
+        }
+    }
+
+    #[test]
+    fn run_batches_encode_like_run() {
+        for count in [0usize, 1, 2, 200] {
+            let runs: Vec<Run> = (0..count)
+                .map(|i| Run {
+                    task: (i as u64) << 40 | 9,
+                    call: call(i as u32, vec![i as u8; i % 7]),
+                })
+                .collect();
+            let parts: Vec<u8> = runs
+                .iter()
+                .flat_map(|r| encode_run(r.task, &r.call))
+                .collect();
+            let batch = run_batch(count, &parts);
+            assert_eq!(batch, Msg::Run(runs.clone()).encode());
+            assert_eq!(Msg::decode(&batch).unwrap(), Msg::Run(runs));
+        }
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Msg::decode(&bytes);
+        }
+
+        /// Batches (what the writer coalesces) survive the trip, and any damage to them is
+        /// an error, never a panic.
+        #[test]
+        fn batches_round_trip_and_damage_never_panics(
+            tasks in proptest::collection::vec(any::<u64>(), 0..64),
+            cut in any::<usize>(),
+            flip in any::<(usize, u8)>(),
+        ) {
+            let done: Vec<Done> = tasks
+                .iter()
+                .map(|&task| Done {
+                    task,
+                    result: if task % 3 == 0 {
+                        Err((FailKind::InputLost(task as u32), "lost".into()))
+                    } else {
+                        Ok(Location { worker: 1, id: task, bytes: task / 2 })
+                    },
+                    run_ns: task / 7,
+                })
+                .collect();
+            let runs: Vec<u8> = tasks.iter().flat_map(|&t| encode_run(t, &call(t as u32, vec![]))).collect();
+            for m in [Msg::Done(done), Msg::Free(tasks.clone())] {
+                let bytes = m.encode();
+                prop_assert_eq!(Msg::decode(&bytes).unwrap(), m);
+                let _ = Msg::decode(&bytes[..cut % (bytes.len() + 1)]);
+                let mut damaged = bytes.clone();
+                let i = flip.0 % damaged.len();
+                damaged[i] ^= flip.1;
+                let _ = Msg::decode(&damaged);
+            }
+            let batch = run_batch(tasks.len(), &runs);
+            prop_assert!(matches!(Msg::decode(&batch), Ok(Msg::Run(r)) if r.len() == tasks.len()));
+            let _ = Msg::decode(&batch[..cut % (batch.len() + 1)]);
         }
     }
 }

@@ -12,7 +12,7 @@ use dagger_net::{Hello, Listener, NetConfig, NetError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// The part of a process's behaviour that depends on its role (head or worker).
 pub(crate) trait Role: Send + Sync + 'static {
@@ -35,6 +35,45 @@ pub(crate) enum Reply {
 
 type Pending = HashMap<u64, (Link, SyncSender<Result<Reply, String>>)>;
 
+/// Most fetches of values from other processes that one process has in flight at once:
+/// more wait their turn, so that a burst of reads (a task per chunk, all ready together)
+/// does not have every value encoded, sent and buffered at the same time.
+const MAX_FETCHES: usize = 4;
+
+/// A counting semaphore for blocking threads.
+struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a slot; it is given back when the guard drops.
+    fn take(&self) -> SlotGuard<'_> {
+        let mut free = lock(&self.free);
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 pub(crate) struct Node {
     pub(crate) id: u32,
     pub(crate) io: Io,
@@ -48,6 +87,8 @@ pub(crate) struct Node {
     pending: Mutex<Pending>,
     next_req: AtomicU64,
     role: OnceLock<Arc<dyn Role>>,
+    /// Fetches from other processes in flight (at most [`MAX_FETCHES`]).
+    fetches: Slots,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,6 +109,7 @@ impl Node {
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             role: OnceLock::new(),
+            fetches: Slots::new(MAX_FETCHES),
         })
     }
 
@@ -201,6 +243,7 @@ impl Node {
         if loc.worker == self.id {
             return self.store.encode(loc.id).map_err(|e| e.to_string());
         }
+        let _slot = self.fetches.take();
         match self.request(loc.worker, |l, req| l.send(Msg::Fetch { req, id: loc.id }))? {
             Reply::Data(bytes) => Ok(bytes),
             Reply::Stored(_) => Err(format!(
@@ -254,6 +297,18 @@ impl Node {
     }
 
     fn serve_fetch(self: &Arc<Self>, link: &Link, req: u64, id: u64) {
+        // Encoded already (kept from an earlier fetch, or arrived as bytes): sent at once,
+        // without copying.
+        if let Some(bytes) = self.store.encoded(id) {
+            link.send_with_payload(
+                Msg::Data {
+                    req,
+                    len: bytes.len() as u64,
+                },
+                bytes,
+            );
+            return;
+        }
         let store = self.store.clone();
         let link = link.clone();
         // Encoding may take long (large values): off the I/O thread.
@@ -261,7 +316,13 @@ impl Node {
             let encoded = tokio::task::spawn_blocking(move || store.encode(id)).await;
             match encoded {
                 Ok(Ok(bytes)) => {
-                    link.send_with_payload(Msg::Data { req }, bytes);
+                    link.send_with_payload(
+                        Msg::Data {
+                            req,
+                            len: bytes.len() as u64,
+                        },
+                        bytes,
+                    );
                 }
                 Ok(Err(e)) => {
                     link.send(Msg::DataError {
@@ -312,7 +373,7 @@ impl Handler for Node {
     fn on_message(self: Arc<Self>, link: &Link, msg: Msg, payload: Option<Bytes>) {
         match msg {
             Msg::Fetch { req, id } => self.serve_fetch(link, req, id),
-            Msg::Data { req } => self.answer(req, Ok(Reply::Data(payload.unwrap_or_default()))),
+            Msg::Data { req, .. } => self.answer(req, Ok(Reply::Data(payload.unwrap_or_default()))),
             Msg::DataError { req, message } => self.answer(req, Err(message)),
             Msg::Stored { req, loc } => self.answer(req, Ok(Reply::Stored(loc))),
             Msg::Put { req } => {
@@ -371,7 +432,7 @@ impl DataLink for NodeLink {
         if loc.worker == self.0.id {
             self.0.store.free(loc.id);
         } else if let Some(link) = self.0.link(loc.worker) {
-            link.send(Msg::Free(vec![loc.id]));
+            link.send_free(loc.id);
         }
     }
 

@@ -74,16 +74,16 @@ impl Worker {
                                 }
                             }
                         };
-                        link.send(Msg::Done(vec![done]));
+                        link.send_done(done);
                     });
                 }
                 Err(e) => {
                     lock(&self.claims).remove(&task);
-                    link.send(Msg::Done(vec![Done {
+                    link.send_done(Done {
                         task,
                         result: Err((FailKind::Runtime, e.to_string())),
                         run_ns: 0,
-                    }]));
+                    });
                 }
             }
         }
@@ -101,11 +101,7 @@ impl Role for Worker {
             Msg::PeerJoined(p) => node.set_peer(p),
             Msg::PeerLeft(id) => node.forget_peer(id),
             Msg::Run(runs) => self.run(node, link, runs),
-            Msg::Free(ids) => {
-                for id in ids {
-                    node.store.free(id);
-                }
-            }
+            Msg::Free(ids) => node.store.free_many(&ids),
             Msg::Cancel(_) => {}
             Msg::Steal(ids) => {
                 let taken: Vec<u64> = {

@@ -14,27 +14,68 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A value held for others: decoded, or still as the bytes it arrived as (a value put here
-/// or moved here, decoded by the first task that reads it).
+/// A value held for others: decoded (with its encoded bytes, once a fetch made them or if it
+/// arrived as bytes, so that later fetches send them again without encoding), or still as
+/// the bytes it arrived as (a value put here or moved here, decoded by the first task that
+/// reads it).
 enum Entry {
-    Typed(Stored),
+    Typed(Stored, Option<bytes::Bytes>),
     Raw(bytes::Bytes),
 }
+
+impl Entry {
+    /// Bytes of encodings kept beside a decoded value.
+    fn cached(&self) -> usize {
+        match self {
+            Entry::Typed(_, Some(b)) => b.len(),
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Values {
+    map: HashMap<u64, Entry>,
+    /// Sum of [`Entry::cached`] over `map`.
+    cached: usize,
+}
+
+impl Values {
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let e = self.map.remove(&id)?;
+        self.cached -= e.cached();
+        Some(e)
+    }
+}
+
+/// Default bound of the encodings a store keeps beside decoded values (1 GiB).
+pub const DEFAULT_ENCODED_CACHE: usize = 1 << 30;
 
 /// The values one process holds, by id.
 pub struct Store {
     worker: u32,
-    values: Mutex<HashMap<u64, Entry>>,
+    values: Mutex<Values>,
     next: AtomicU64,
+    /// At most this many bytes of encodings are kept beside decoded values; past it, a
+    /// value is encoded again for every fetch.
+    cache_limit: usize,
 }
 
 impl Store {
     /// An empty store of process `worker`.
     pub fn new(worker: u32) -> Self {
+        Self::with_cache_limit(worker, DEFAULT_ENCODED_CACHE)
+    }
+
+    /// An empty store keeping at most `cache_limit` bytes of encodings beside decoded
+    /// values (encoded once, sent again to every process that fetches them, freed with the
+    /// value).
+    pub fn with_cache_limit(worker: u32, cache_limit: usize) -> Self {
         Store {
             worker,
-            values: Mutex::new(HashMap::new()),
+            values: Mutex::new(Values::default()),
             next: AtomicU64::new(1),
+            cache_limit,
         }
     }
 
@@ -43,7 +84,7 @@ impl Store {
         self.worker
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Values> {
         self.values.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -58,7 +99,7 @@ impl Store {
     /// Keeps `value`; returns where it is.
     pub fn insert(&self, value: Stored) -> Location {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.map().insert(id, Entry::Typed(value));
+        self.map().map.insert(id, Entry::Typed(value, None));
         self.location(id)
     }
 
@@ -66,10 +107,25 @@ impl Store {
     pub fn insert_bytes(&self, bytes: bytes::Bytes) -> Location {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let len = bytes.len() as u64;
-        self.map().insert(id, Entry::Raw(bytes));
+        self.map().map.insert(id, Entry::Raw(bytes));
         Location {
             bytes: len,
             ..self.location(id)
+        }
+    }
+
+    fn freed(&self, id: u64) -> BoxError {
+        format!("process {} holds no value {id} (it was freed)", self.worker).into()
+    }
+
+    /// Keeps `bytes`, the encoding of value `id`, beside it if the bound allows.
+    fn keep_encoding(&self, values: &mut Values, id: u64, bytes: &bytes::Bytes) {
+        if values.cached + bytes.len() > self.cache_limit {
+            return;
+        }
+        if let Some(Entry::Typed(_, slot @ None)) = values.map.get_mut(&id) {
+            *slot = Some(bytes.clone());
+            values.cached += bytes.len();
         }
     }
 
@@ -79,50 +135,74 @@ impl Store {
         id: u64,
         codec: &Codec,
     ) -> Result<Arc<dyn std::any::Any + Send + Sync>, BoxError> {
-        let raw = match self.map().get(&id) {
-            Some(Entry::Typed(s)) => return Ok(s.value.clone()),
+        let raw = match self.map().map.get(&id) {
+            Some(Entry::Typed(s, _)) => return Ok(s.value.clone()),
             Some(Entry::Raw(b)) => b.clone(),
-            None => {
-                return Err(
-                    format!("process {} holds no value {id} (it was freed)", self.worker).into(),
-                )
-            }
+            None => return Err(self.freed(id)),
         };
         let value = (codec.decode)(&raw)?;
-        let mut map = self.map();
-        if let Some(e) = map.get_mut(&id) {
-            *e = Entry::Typed(Stored {
-                value: value.clone(),
-                encode: codec.encode,
-                type_name: (codec.type_name)(),
-            });
+        let mut values = self.map();
+        if let Some(e) = values.map.get_mut(&id) {
+            if matches!(e, Entry::Raw(_)) {
+                *e = Entry::Typed(
+                    Stored {
+                        value: value.clone(),
+                        encode: codec.encode,
+                        type_name: (codec.type_name)(),
+                    },
+                    None,
+                );
+                self.keep_encoding(&mut values, id, &raw);
+            }
         }
         Ok(value)
     }
 
-    /// The encoded bytes of the value with id `id`.
+    /// The encoded bytes of the value with id `id`, if they are at hand (no encoding needed).
+    pub fn encoded(&self, id: u64) -> Option<bytes::Bytes> {
+        match self.map().map.get(&id) {
+            Some(Entry::Typed(_, Some(b)) | Entry::Raw(b)) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// The encoded bytes of the value with id `id` (encoded once: the bytes are kept for
+    /// later fetches, within the store's bound).
     pub fn encode(&self, id: u64) -> Result<bytes::Bytes, BoxError> {
-        let typed = match self.map().get(&id) {
-            Some(Entry::Typed(s)) => s.clone(),
-            Some(Entry::Raw(b)) => return Ok(b.clone()),
-            None => {
-                return Err(
-                    format!("process {} holds no value {id} (it was freed)", self.worker).into(),
-                )
-            }
+        let typed = match self.map().map.get(&id) {
+            Some(Entry::Typed(_, Some(b)) | Entry::Raw(b)) => return Ok(b.clone()),
+            Some(Entry::Typed(s, None)) => s.clone(),
+            None => return Err(self.freed(id)),
         };
-        typed.to_bytes().map(bytes::Bytes::from)
+        let bytes = bytes::Bytes::from(typed.to_bytes()?);
+        self.keep_encoding(&mut self.map(), id, &bytes);
+        Ok(bytes)
+    }
+
+    /// Bytes of encodings kept beside decoded values.
+    pub fn cached_bytes(&self) -> usize {
+        self.map().cached
     }
 
     /// Drops the value with id `id`; false if it was not here.
     pub fn free(&self, id: u64) -> bool {
-        let removed = self.map().remove(&id);
+        let removed = self.map().remove(id);
         removed.is_some()
+    }
+
+    /// Drops the values with ids `ids` (those not here are skipped), under one lock.
+    pub fn free_many(&self, ids: &[u64]) {
+        let removed: Vec<Entry> = {
+            let mut values = self.map();
+            ids.iter().filter_map(|&id| values.remove(id)).collect()
+        };
+        // The values are dropped after the lock is released.
+        drop(removed);
     }
 
     /// Number of values held.
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.map().map.len()
     }
 
     /// Whether no value is held.
@@ -350,4 +430,50 @@ pub fn run_claimed(
         Some(inh) => crate::options::with_options(inh, || crate::task::try_spawn_with(opts, body)),
         None => crate::task::try_spawn_with(opts, body),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_encoded_once_within_the_bound_and_freed_with_their_encoding() {
+        let store = Store::with_cache_limit(1, 100);
+        let a = store.insert(Stored::new(vec![7u8; 60])).id;
+        let b = store.insert(Stored::new(vec![8u8; 60])).id;
+        assert!(store.encoded(a).is_none());
+        let first = store.encode(a).unwrap();
+        let again = store.encode(a).unwrap();
+        // The same bytes, not a second encoding.
+        assert_eq!(first.as_ptr(), again.as_ptr());
+        assert_eq!(store.encoded(a).unwrap(), first);
+        assert_eq!(store.cached_bytes(), first.len());
+        // Past the bound: encoded on every fetch, nothing kept.
+        let b1 = store.encode(b).unwrap();
+        let b2 = store.encode(b).unwrap();
+        assert_eq!(b1, b2);
+        assert_ne!(b1.as_ptr(), b2.as_ptr());
+        assert_eq!(store.cached_bytes(), first.len());
+        assert!(store.free(a));
+        assert_eq!(store.cached_bytes(), 0);
+        store.encode(b).unwrap();
+        assert_eq!(store.cached_bytes(), b1.len());
+        store.free_many(&[b, a, 99]);
+        assert_eq!(store.cached_bytes(), 0);
+        assert!(store.is_empty());
+        assert!(store.encode(b).is_err());
+    }
+
+    #[test]
+    fn values_that_arrived_encoded_keep_their_bytes_once_decoded() {
+        let store = Store::new(1);
+        let bytes = bytes::Bytes::from(postcard::to_allocvec(&vec![1u32, 2, 3]).unwrap());
+        let id = store.insert_bytes(bytes.clone()).id;
+        let v = store.get(id, &Codec::of::<Vec<u32>>()).unwrap();
+        assert_eq!(v.downcast_ref::<Vec<u32>>(), Some(&vec![1, 2, 3]));
+        assert_eq!(store.encode(id).unwrap().as_ptr(), bytes.as_ptr());
+        assert_eq!(store.cached_bytes(), bytes.len());
+        assert!(store.free(id));
+        assert_eq!(store.cached_bytes(), 0);
+    }
 }
