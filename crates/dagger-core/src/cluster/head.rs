@@ -856,7 +856,7 @@ impl Head {
             if s.stealing.contains(&victim.id) {
                 return;
             }
-            let ids: Vec<u64> = s
+            let mut ids: Vec<u64> = s
                 .inflight
                 .iter()
                 .filter(|(_, f)| {
@@ -865,10 +865,14 @@ impl Head {
                         && thief.threads_in(&f.task.scope) == Some(None)
                 })
                 .map(|(id, _)| *id)
-                .take(want)
                 .collect();
             if ids.is_empty() {
                 return;
+            }
+            // The last ones sent wait longest in the worker's queue: take those.
+            if ids.len() > want {
+                ids.select_nth_unstable_by(want - 1, |a, b| b.cmp(a));
+                ids.truncate(want);
             }
             s.stealing.insert(victim.id);
             ids
