@@ -276,6 +276,8 @@ enum ParamShape {
     Owned(syn::Type),
     /// `&T` (with `&[T]` stored as `Vec<T>`, `&str` as `String`).
     Borrowed(syn::Type),
+    /// `&mut T` (with `&mut [T]` stored as `Vec<T>`): only datadeps regions pass these.
+    BorrowedMut(syn::Type),
     /// `Vec<T>`: one `Vec<T>` value, or a collection of `T` values.
     OwnedVec(syn::Type),
     /// `Vec<&T>`: a collection of `T` values, borrowed.
@@ -300,14 +302,24 @@ fn vec_elem(ty: &syn::Type) -> Option<&syn::Type> {
 fn param_shape(ty: &syn::Type) -> syn::Result<ParamShape> {
     match ty {
         syn::Type::Reference(r) => {
-            if r.mutability.is_some() {
-                return Err(syn::Error::new_spanned(
-                    ty,
-                    "task functions cannot take `&mut` parameters (every task sees its inputs \
-                     read-only; use a data-dependency region to mutate data)",
-                ));
-            }
             let inner = &*r.elem;
+            if r.mutability.is_some() {
+                if let syn::Type::Path(p) = inner {
+                    if p.path.is_ident("str") {
+                        return Err(syn::Error::new_spanned(
+                            ty,
+                            "`&mut str` cannot be a task parameter; take `&mut String`",
+                        ));
+                    }
+                }
+                return Ok(ParamShape::BorrowedMut(match inner {
+                    syn::Type::Slice(s) => {
+                        let elem = &s.elem;
+                        syn::parse_quote!(::std::vec::Vec<#elem>)
+                    }
+                    other => other.clone(),
+                }));
+            }
             Ok(ParamShape::Borrowed(match inner {
                 syn::Type::Slice(s) => {
                     let elem = &s.elem;
@@ -404,9 +416,14 @@ fn task_entry(func: &syn::ItemFn, subst: &[(Ident, syn::Type)]) -> syn::Result<T
     let mut inputs = Vec::new();
     for (i, ty) in params.iter().enumerate() {
         let x = format_ident!("__dagger_p{}", i);
-        let (codec_ty, elem, fetch) = match param_shape(ty)? {
+        let shape = param_shape(ty)?;
+        let mutable = matches!(shape, ParamShape::BorrowedMut(_));
+        let (codec_ty, elem, fetch) = match shape {
             ParamShape::Owned(t) => (t.clone(), None, quote!(__dagger_args.take::<#t>(#i)?)),
             ParamShape::Borrowed(t) => (t.clone(), None, quote!(__dagger_args.borrow::<#t>(#i)?)),
+            ParamShape::BorrowedMut(t) => {
+                (t.clone(), None, quote!(__dagger_args.borrow_mut::<#t>(#i)?))
+            }
             ParamShape::OwnedVec(t) => (
                 syn::parse_quote!(::std::vec::Vec<#t>),
                 Some(t.clone()),
@@ -425,6 +442,7 @@ fn task_entry(func: &syn::ItemFn, subst: &[(Ident, syn::Type)]) -> syn::Result<T
         param_defs.push(quote!(::dagger::__private::Param {
             codec: ::dagger::__private::Codec::of::<#codec_ty>(),
             elem: #elem,
+            mutable: #mutable,
         }));
         fetches.push(quote!(let #x = #fetch;));
         inputs.push(x);

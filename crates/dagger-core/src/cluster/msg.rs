@@ -140,6 +140,24 @@ pub(crate) enum Msg {
         req: u64,
         loc: Location,
     },
+    /// Run a task of a data-dependency region: the arguments marked in `writes` are values
+    /// this process holds that the function changes in place. Answered by `Ran` or
+    /// `RanError`.
+    RunInPlace {
+        req: u64,
+        call: WireCall,
+        writes: Vec<bool>,
+    },
+    /// The answer to `RunInPlace`: the next transport message holds the encoded result.
+    Ran {
+        req: u64,
+        run_ns: u64,
+    },
+    RanError {
+        req: u64,
+        kind: FailKind,
+        message: String,
+    },
 }
 
 impl Msg {
@@ -149,7 +167,7 @@ impl Msg {
 
     /// Whether a raw payload (the next transport message) follows this message.
     pub(crate) fn has_payload(&self) -> bool {
-        matches!(self, Msg::Data { .. } | Msg::Put { .. })
+        matches!(self, Msg::Data { .. } | Msg::Put { .. } | Msg::Ran { .. })
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Msg, String> {
