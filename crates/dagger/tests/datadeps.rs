@@ -204,6 +204,32 @@ fn failing_task_surfaces_naming_the_task() {
 }
 
 #[test]
+fn the_spawn_macro_reads_bare_handles_and_moves_plain_values() {
+    fn axpy(y: &mut [f64], x: &[f64], a: f64) {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+    }
+    fn sum(x: &[f64]) -> f64 {
+        x.iter().sum()
+    }
+    let x = vec![1.0; 8];
+    let mut y = vec![0.0; 8];
+    let s = two_threads().enter(|| {
+        spawn_datadeps(|dd| {
+            let (x, y) = (dd.read_slice(&x), dd.slice(&mut y));
+            // the two halves are independent; the sum waits for both
+            dagger::spawn!(dd, axpy(InOut(y.view(..4)), x.view(..4), 2.0));
+            dagger::spawn!(dd, axpy(InOut(y.view(4..)), x.view(4..), 3.0); name = "right");
+            let s = dagger::spawn!(dd, sum(y));
+            assert_eq!(dd.dependencies(s.index()), vec![0, 1]);
+            s
+        })
+        .unwrap()
+    });
+    assert_eq!(s.fetch().unwrap(), 4.0 * 2.0 + 4.0 * 3.0);
+    assert_eq!(y[..4], [2.0; 4]);
+}
+
+#[test]
 fn fetching_a_region_task_inside_the_region_is_an_error() {
     two_threads().enter(|| {
         let t = spawn_datadeps(|dd| {

@@ -152,6 +152,37 @@ fn remote_task_errors_name_the_task() {
 }
 
 #[test]
+fn the_spawn_macro_sends_registered_functions_to_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut acc = Buf(vec![0; 4]);
+        let x = Buf(vec![1, 2, 3, 4]);
+        let t = Transfers::new();
+        let (sum, local) = spawn_datadeps_with(spread().transfers(&t), |dd| {
+            let (acc, x) = (dd.data(&mut acc), dd.read(&x));
+            for _ in 0..6 {
+                // `x` unannotated: read
+                dagger::spawn!(dd, add_into(InOut(acc), x));
+            }
+            let on2 = Scope::worker(2);
+            let sum = dagger::spawn!(dd, total(acc); scope = on2, name = "sum");
+            // not registered: runs here; `3` is a plain value
+            let local = dagger::spawn!(dd, scaled_total(acc, 3));
+            (sum, local)
+        })
+        .unwrap();
+        assert_eq!(acc.0, vec![6, 12, 18, 24]);
+        assert_eq!(sum.fetch().unwrap(), 60);
+        assert_eq!(local.fetch().unwrap(), 180);
+        assert!(t.stats().remote_tasks >= 1, "{:?}", t.stats());
+    });
+}
+
+fn scaled_total(x: &Buf, k: u64) -> u64 {
+    k * x.0.iter().sum::<u64>()
+}
+
+#[test]
 fn closures_cannot_be_scoped_to_workers() {
     let ctx = cluster();
     ctx.enter(|| {
