@@ -18,7 +18,7 @@ use crate::sched::{Exec, Placement, Registry, WorkerThread};
 use crate::scope::{ProcessorInfo, Scope};
 use crate::task::state::{TaskState, WAITING};
 use crate::task::wait_list::{Slot, WaitList};
-use crate::task::{abort_with, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC};
+use crate::task::{link_inputs, DTask, Header, JobRef, TaskInner, NO_PROC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::TypeId;
@@ -1302,37 +1302,7 @@ fn launch_task<R: Send + Sync + 'static>(
     ));
     let job: JobRef = task.clone();
     let handle = DTask { cell: task };
-    let mut arrived = 1u32;
-    let mut failed: Option<TaskError> = None;
-    let mut edge_used = false;
-    for dep in ctx.preds {
-        let dh = dep.header();
-        let registered = !dh.state.is_done() && {
-            let waiter = Waiter::Task(job.clone());
-            if edge_used {
-                dh.waiters.push(waiter).is_ok()
-            } else {
-                // SAFETY: the slot is this task's own, used once; the waiter holds a reference
-                // to this task, which keeps the slot alive until the input takes it out.
-                let pushed = unsafe { dh.waiters.push_in(&job.header().edge, waiter) }.is_ok();
-                edge_used |= pushed;
-                pushed
-            }
-        };
-        if !registered {
-            arrived += 1;
-            if failed.is_none() {
-                failed = dep.error();
-            }
-        }
-    }
-    if let Some(cause) = failed {
-        let h = job.header();
-        abort_with(&job, TaskError::upstream(h.id, h.name(), &cause));
-        return handle;
-    }
-    let h = job.header();
-    if h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready() {
+    if link_inputs(&job, ctx.preds) {
         let pushed = WorkerThread::with_current(|w| match w {
             Some(w) if Arc::ptr_eq(&w.registry, ctx.reg) => {
                 w.push_new(job.clone());
