@@ -392,164 +392,31 @@ fn random_programs_across_workers_equal_a_sequential_run() {
 
 // ---- tiled Cholesky across worker processes ----
 
-/// A column-major square tile.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Tile(Vec<f64>);
-
-mod kernels {
-    use super::Tile;
-    use faer::linalg::matmul::triangular::BlockStructure;
-    use faer::{Accum, MatMut, MatRef, Par};
-
-    fn n(t: &Tile) -> usize {
-        (t.0.len() as f64).sqrt() as usize
-    }
-
-    fn r(t: &Tile) -> MatRef<'_, f64> {
-        MatRef::from_column_major_slice(&t.0, n(t), n(t))
-    }
-
-    fn w(t: &mut Tile) -> MatMut<'_, f64> {
-        let n = n(t);
-        MatMut::from_column_major_slice_mut(&mut t.0, n, n)
-    }
-
-    #[dagger::task]
-    pub fn potrf(a: &mut Tile) {
-        let nb = n(a);
-        let req = faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(
-            nb,
-            Par::Seq,
-            Default::default(),
-        );
-        let mut mem = faer::dyn_stack::MemBuffer::new(req);
-        faer::linalg::cholesky::llt::factor::cholesky_in_place(
-            w(a),
-            Default::default(),
-            Par::Seq,
-            faer::dyn_stack::MemStack::new(&mut mem),
-            Default::default(),
-        )
-        .expect("the matrix is positive definite");
-    }
-
-    /// A := A L^-T
-    #[dagger::task]
-    pub fn trsm(l: &Tile, a: &mut Tile) {
-        faer::linalg::triangular_solve::solve_lower_triangular_in_place(
-            r(l),
-            w(a).transpose_mut(),
-            Par::Seq,
-        );
-    }
-
-    /// C := C - A A^T (lower triangle)
-    #[dagger::task]
-    pub fn syrk(a: &Tile, c: &mut Tile) {
-        faer::linalg::matmul::triangular::matmul(
-            w(c),
-            BlockStructure::TriangularLower,
-            Accum::Add,
-            r(a),
-            BlockStructure::Rectangular,
-            r(a).transpose(),
-            BlockStructure::Rectangular,
-            -1.0,
-            Par::Seq,
-        );
-    }
-
-    /// C := C - A B^T
-    #[dagger::task]
-    pub fn gemm(a: &Tile, b: &Tile, c: &mut Tile) {
-        faer::linalg::matmul::matmul(w(c), Accum::Add, r(a), r(b).transpose(), -1.0, Par::Seq);
-    }
-}
-
-fn spd(n: usize) -> faer::Mat<f64> {
-    let mut s = 0x2545f4914f6cdd1du64;
-    let b = faer::Mat::from_fn(n, n, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    });
-    let mut a = faer::Mat::<f64>::identity(n, n);
-    faer::linalg::matmul::matmul(
-        a.as_mut(),
-        faer::Accum::Add,
-        b.as_ref(),
-        b.as_ref().transpose(),
-        1.0 / n as f64,
-        faer::Par::Seq,
-    );
-    a
-}
+#[path = "../../dagger-bench/src/tile_cholesky.rs"]
+mod tile_cholesky;
 
 #[test]
 fn tiled_cholesky_across_workers_matches_faer() {
+    use tile_cholesky::{factor, potrf_par, rel_error, spd, tiles};
     let (n, nb) = (1024, 128);
-    let nt = n / nb;
-    let a = spd(n);
-    let mut whole = Tile((0..n * n).map(|e| a[(e % n, e / n)]).collect());
-    kernels::potrf(&mut whole);
+    let a = spd(n, faer::Par::Seq);
+    let mut whole = a.clone();
+    potrf_par(&mut whole, faer::Par::Seq);
     let ctx = cluster();
     ctx.enter(|| {
-        let mut tiles: Vec<Vec<Tile>> = (0..nt)
-            .map(|i| {
-                (0..=i)
-                    .map(|j| {
-                        Tile(
-                            (0..nb * nb)
-                                .map(|e| a[(i * nb + e % nb, j * nb + e / nb)])
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
-        let t = Transfers::new();
-        spawn_datadeps_with(spread().transfers(&t), |dd| {
-            let h: Vec<Vec<_>> = tiles
-                .iter_mut()
-                .map(|row| row.iter_mut().map(|m| dd.data(m)).collect())
-                .collect();
-            for k in 0..nt {
-                dd.spawn_task(kernels::potrf, (InOut(h[k][k]),));
-                for i in k + 1..nt {
-                    dd.spawn_task(kernels::trsm, (In(h[k][k]), InOut(h[i][k])));
-                }
-                for i in k + 1..nt {
-                    dd.spawn_task(kernels::syrk, (In(h[i][k]), InOut(h[i][i])));
-                    for j in k + 1..i {
-                        dd.spawn_task(kernels::gemm, (In(h[i][k]), In(h[j][k]), InOut(h[i][j])));
-                    }
-                }
-            }
-        })
-        .unwrap();
-        let (mut diff, mut norm) = (0.0f64, 0.0f64);
-        for (i, row) in tiles.iter().enumerate() {
-            for (j, t) in row.iter().enumerate() {
-                for e in 0..nb * nb {
-                    let (gi, gj) = (i * nb + e % nb, j * nb + e / nb);
-                    if gi < gj {
-                        continue; // the upper part of diagonal tiles is not the factor
-                    }
-                    let want = whole.0[gj * n + gi];
-                    diff += (t.0[e] - want).powi(2);
-                    norm += want * want;
-                }
-            }
+        for traversal in [Traversal::InOrder, Traversal::Dfs] {
+            let mut t = tiles(&a, nb);
+            let transfers = Transfers::new();
+            factor(&mut t, spread().traversal(traversal).transfers(&transfers)).unwrap();
+            let rel = rel_error(&t, &whole);
+            assert!(rel < 1e-10, "relative error {rel:e} ({traversal:?})");
+            let s = transfers.stats();
+            assert!(
+                s.remote_tasks > 60,
+                "most of the 120 tasks ran in workers: {s:?}"
+            );
+            // every tile last written in a worker goes back once; never more than all 36
+            assert!(s.written_back > 0 && s.written_back <= 36, "{s:?}");
         }
-        let rel = (diff / norm).sqrt();
-        assert!(rel < 1e-10, "relative error {rel:e}");
-        let s = t.stats();
-        assert!(
-            s.remote_tasks > 60,
-            "most of the 120 tasks ran in workers: {s:?}"
-        );
-        // every tile written in a worker last goes back once; never more than all 36
-        assert!(s.written_back > 0 && s.written_back <= 36, "{s:?}");
     });
 }

@@ -118,7 +118,10 @@ struct TaskSlot<R> {
     id: TaskId,
     index: u32,
     region: u64,
+    /// The name given in the options, if any.
     name: Option<Arc<str>>,
+    /// The name derived from the function (used when none was given).
+    static_name: &'static str,
     task: OnceLock<DTask<R>>,
     shared: Arc<Shared>,
 }
@@ -161,7 +164,7 @@ impl<R: Send + Sync + 'static> fmt::Debug for RegionTask<R> {
         f.debug_struct("RegionTask")
             .field("id", &self.slot.id.get())
             .field("index", &self.slot.index)
-            .field("name", &self.slot.name)
+            .field("name", &self.name())
             .finish()
     }
 }
@@ -179,13 +182,18 @@ impl<R: Send + Sync + 'static> RegionTask<R> {
 
     /// The task's name.
     pub fn name(&self) -> Option<&str> {
-        self.slot.name.as_deref()
+        Some(self.slot.name.as_deref().unwrap_or(self.slot.static_name))
     }
 
     fn error(&self, msg: String) -> TaskError {
         TaskError::with_message(
             self.slot.id,
-            self.slot.name.clone(),
+            Some(
+                self.slot
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| Arc::from(self.slot.static_name)),
+            ),
             ErrorKind::Runtime,
             msg,
         )
@@ -369,7 +377,9 @@ impl<'scope> Erasable<Box<dyn FnOnce(*mut ())>> for Box<dyn FnOnce(*mut ()) + 's
 /// A task recorded by `spawn`, launched when the closure returns.
 struct Recorded {
     launch: Option<Launch>,
+    /// The name given in the options, if any.
     name: Option<Arc<str>>,
+    static_name: &'static str,
     cost_ns: u64,
     signature: &'static str,
     /// Whether it may run in a worker process.
@@ -746,10 +756,8 @@ impl<'scope, 'env> Region<'scope, 'env> {
         R: Send + Sync + 'static,
     {
         let signature = std::any::type_name::<F>();
-        let name: Option<Arc<str>> = options
-            .as_ref()
-            .and_then(|o| o.name.clone())
-            .or_else(|| Some(Arc::from(short_name(signature))));
+        let static_name = short_name(signature);
+        let name: Option<Arc<str>> = options.as_ref().and_then(|o| o.name.clone());
         let hint = options.as_ref().and_then(|o| o.time_util);
         let scope = options.as_ref().and_then(|o| o.scope.clone());
         let id = TaskId::next();
@@ -761,6 +769,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
             index,
             region: self.id,
             name: name.clone(),
+            static_name,
             task: OnceLock::new(),
             shared: self.shared.clone(),
         });
@@ -778,7 +787,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 if st.refused.is_none() {
                     st.refused = Some(TaskError::with_message(
                         id,
-                        name.clone(),
+                        Some(name.clone().unwrap_or_else(|| Arc::from(static_name))),
                         ErrorKind::Runtime,
                         format!("refused by its datadeps region: {msg}"),
                     ));
@@ -831,7 +840,8 @@ impl<'scope, 'env> Region<'scope, 'env> {
                     }
                     let r = match (at, &remote, decode, &copies) {
                         (Some((worker, thread)), Some(spec), Some(decode), Some(c)) => {
-                            decode(&c.run(worker, thread, spec, task_name.as_deref())?)?
+                            let name = task_name.as_deref().unwrap_or(static_name);
+                            decode(&c.run(worker, thread, spec, Some(name))?)?
                         }
                         // SAFETY: the region launched this task after every task whose
                         // accesses conflict with its own, and they all finished before it
@@ -850,13 +860,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 // body borrows for 'scope is used after 'scope.
                 let body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'static> =
                     unsafe { std::mem::transmute(body) };
-                let task = launch_task(
-                    ctx,
-                    id,
-                    Some(short_name(signature)),
-                    options.map(Arc::new),
-                    body,
-                );
+                let task = launch_task(ctx, id, Some(static_name), options.map(Arc::new), body);
                 let job = task.job();
                 let _ = out.task.set(task);
                 job
@@ -866,6 +870,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
         st.tasks.push(Recorded {
             launch: Some(launch),
             name,
+            static_name,
             cost_ns: hint.map_or(0, |d| d.as_nanos() as u64),
             signature,
             remote: may_run_remote,
@@ -1068,10 +1073,10 @@ impl<'scope, 'env> Region<'scope, 'env> {
                          `spawn_task`, cannot run in another process"
                     )
                 };
-                let name = t.name.as_deref().unwrap_or("a task");
+                let name = t.name.as_deref().unwrap_or(t.static_name);
                 let e = TaskError::with_message(
                     TaskId::next(),
-                    t.name.clone(),
+                    Some(Arc::from(name)),
                     ErrorKind::Scheduling,
                     format!("{name} was refused by its datadeps region: {why}"),
                 );
@@ -1101,7 +1106,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
             let t = &st.tasks[i];
             let mut choice = opts.planner.place(&PlanTask {
                 index: i,
-                name: t.name.as_deref(),
+                name: Some(t.name.as_deref().unwrap_or(t.static_name)),
                 preds: ps,
                 cost_ns: t.cost_ns,
                 data,
@@ -1264,10 +1269,17 @@ fn decode_result<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BoxError> {
 /// The name shown for a task: the function's path without its crate, for closures the
 /// enclosing function.
 fn short_name(type_name: &'static str) -> &'static str {
-    let s = type_name.trim_end_matches("::{{closure}}");
-    match s.find("::") {
-        Some(i) if !s.starts_with('<') => &s[i + 2..],
-        _ => s,
+    // (byte comparisons: this runs for every task, and `str` pattern searches are slow)
+    let mut s = type_name;
+    while let Some(t) = s.strip_suffix("::{{closure}}") {
+        s = t;
+    }
+    if s.starts_with('<') {
+        return s;
+    }
+    match s.as_bytes().windows(2).position(|w| w == b"::") {
+        Some(i) => &s[i + 2..],
+        None => s,
     }
 }
 
