@@ -2,19 +2,22 @@
 //!
 //! * `cholesky`: tiled Cholesky written with `spawn_datadeps` (faer tile kernels, In/InOut)
 //!   against one multithreaded faer Cholesky of the same matrix, in the same process, runs
-//!   interleaved. GFLOP/s count N³/3 flops. The matrix is split into tiles before the clock
+//!   interleaved. With `--workers W` the region's planner may also place the tile kernels
+//!   (registered functions) in W local worker processes; `bytes_moved` counts what the region
+//!   copied between processes in the last run. GFLOP/s count N³/3 flops. The matrix is split into tiles before the clock
 //!   starts (the tiled layout is the input of a tiled algorithm).
 //! * `datadeps`: 100,000 trivial tasks over 100 buffers (one or two buffers each, random
 //!   In/InOut): recording, planning, launching and running them, per task.
 
 use crate::json::Line;
 use crate::scenarios::median;
+use crate::tile_cholesky::{factor, potrf_par, rel_error, spd, tiles};
 use crate::Config;
 use dagger::{
-    spawn_datadeps_with, Context, CostPlanner, DatadepsOptions, In, InOut, RoundRobin, WorkStealing,
+    spawn_datadeps_with, Context, CostPlanner, DatadepsOptions, In, InOut, RoundRobin, Transfers,
+    WorkStealing,
 };
-use faer::linalg::matmul::triangular::BlockStructure;
-use faer::{Accum, Mat, Par};
+use faer::Par;
 use std::time::Instant;
 
 /// Runs a datadeps scenario, if `name` is one.
@@ -33,138 +36,13 @@ type Variant = (&'static str, fn() -> DatadepsOptions);
 type Step = (usize, bool, Option<(usize, bool)>);
 
 fn context(cfg: &Config) -> Result<Context, String> {
+    if cfg.workers > 0 {
+        return crate::workers::cluster(cfg.threads, cfg.workers, cfg.worker_threads);
+    }
     Context::builder()
         .threads(cfg.threads)
         .build()
         .map_err(|e| e.to_string())
-}
-
-fn potrf_with(a: &mut Mat<f64>, par: Par) {
-    let n = a.nrows();
-    let req = faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(
-        n,
-        par,
-        Default::default(),
-    );
-    let mut mem = faer::dyn_stack::MemBuffer::new(req);
-    faer::linalg::cholesky::llt::factor::cholesky_in_place(
-        a.as_mut(),
-        Default::default(),
-        par,
-        faer::dyn_stack::MemStack::new(&mut mem),
-        Default::default(),
-    )
-    .expect("the matrix is positive definite");
-}
-
-fn potrf(a: &mut Mat<f64>) {
-    potrf_with(a, Par::Seq)
-}
-
-fn trsm(l: &Mat<f64>, a: &mut Mat<f64>) {
-    faer::linalg::triangular_solve::solve_lower_triangular_in_place(
-        l.as_ref(),
-        a.as_mut().transpose_mut(),
-        Par::Seq,
-    );
-}
-
-fn syrk(a: &Mat<f64>, c: &mut Mat<f64>) {
-    faer::linalg::matmul::triangular::matmul(
-        c.as_mut(),
-        BlockStructure::TriangularLower,
-        Accum::Add,
-        a.as_ref(),
-        BlockStructure::Rectangular,
-        a.as_ref().transpose(),
-        BlockStructure::Rectangular,
-        -1.0,
-        Par::Seq,
-    );
-}
-
-fn gemm(a: &Mat<f64>, b: &Mat<f64>, c: &mut Mat<f64>) {
-    faer::linalg::matmul::matmul(
-        c.as_mut(),
-        Accum::Add,
-        a.as_ref(),
-        b.as_ref().transpose(),
-        -1.0,
-        Par::Seq,
-    );
-}
-
-fn spd(n: usize) -> Mat<f64> {
-    let mut s = 0x2545f4914f6cdd1du64;
-    let b = Mat::from_fn(n, n, |_, _| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-    });
-    let mut a = Mat::<f64>::identity(n, n);
-    faer::linalg::matmul::matmul(
-        a.as_mut(),
-        Accum::Add,
-        b.as_ref(),
-        b.as_ref().transpose(),
-        1.0 / n as f64,
-        Par::rayon(0),
-    );
-    a
-}
-
-fn tiles(a: &Mat<f64>, nb: usize) -> Vec<Vec<Mat<f64>>> {
-    let nt = a.nrows() / nb;
-    (0..nt)
-        .map(|i| {
-            (0..=i)
-                .map(|j| a.submatrix(i * nb, j * nb, nb, nb).to_owned())
-                .collect()
-        })
-        .collect()
-}
-
-fn factor(t: &mut [Vec<Mat<f64>>], opts: DatadepsOptions) {
-    let nt = t.len();
-    spawn_datadeps_with(opts, |dd| {
-        let h: Vec<Vec<_>> = t
-            .iter_mut()
-            .map(|row| row.iter_mut().map(|m| dd.data(m)).collect())
-            .collect();
-        for k in 0..nt {
-            dd.spawn(potrf, (InOut(h[k][k]),));
-            for i in k + 1..nt {
-                dd.spawn(trsm, (In(h[k][k]), InOut(h[i][k])));
-            }
-            for i in k + 1..nt {
-                dd.spawn(syrk, (In(h[i][k]), InOut(h[i][i])));
-                for j in k + 1..i {
-                    dd.spawn(gemm, (In(h[i][k]), In(h[j][k]), InOut(h[i][j])));
-                }
-            }
-        }
-    })
-    .expect("the tiled factorisation succeeds");
-}
-
-/// Largest relative difference of the tiled factor from faer's (lower triangle).
-fn check(t: &[Vec<Mat<f64>>], l: &Mat<f64>, nb: usize) -> f64 {
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
-    for (i, row) in t.iter().enumerate() {
-        for (j, m) in row.iter().enumerate() {
-            for c in 0..nb {
-                for r in 0..nb {
-                    let (gi, gj) = (i * nb + r, j * nb + c);
-                    if gi >= gj {
-                        diff += (m[(r, c)] - l[(gi, gj)]).powi(2);
-                        norm += l[(gi, gj)].powi(2);
-                    }
-                }
-            }
-        }
-    }
-    (diff / norm).sqrt()
 }
 
 fn cholesky(cfg: &Config) -> Result<(), String> {
@@ -176,7 +54,7 @@ fn cholesky(cfg: &Config) -> Result<(), String> {
         .num_threads(cfg.threads)
         .build()
         .map_err(|e| e.to_string())?;
-    let a = spd(n);
+    let a = spd(n, Par::rayon(0));
     let sizes: Vec<usize> = [128usize, 256, 512]
         .into_iter()
         .filter(|nb| n % nb == 0)
@@ -194,14 +72,15 @@ fn cholesky(cfg: &Config) -> Result<(), String> {
     ];
     let mut faer_s = Vec::new();
     let mut ours: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); planners.len()]; sizes.len()];
+    let mut moved: Vec<Vec<u64>> = vec![vec![0; planners.len()]; sizes.len()];
     let mut reference = a.clone();
-    pool.install(|| potrf_with(&mut reference, Par::rayon(cfg.threads)));
+    pool.install(|| potrf_par(&mut reference, Par::rayon(cfg.threads)));
     let mut err: f64 = 0.0;
     // one warm-up round, then `runs` measured rounds, everything interleaved
     for round in 0..=runs {
         let mut m = a.clone();
         let t0 = Instant::now();
-        pool.install(|| potrf_with(&mut m, Par::rayon(cfg.threads)));
+        pool.install(|| potrf_par(&mut m, Par::rayon(cfg.threads)));
         let s = t0.elapsed().as_secs_f64();
         if round > 0 {
             faer_s.push(s);
@@ -209,13 +88,18 @@ fn cholesky(cfg: &Config) -> Result<(), String> {
         for (si, &nb) in sizes.iter().enumerate() {
             for (pi, (_, make)) in planners.iter().enumerate() {
                 let mut t = tiles(&a, nb);
+                let transfers = Transfers::new();
                 let t0 = Instant::now();
-                ctx.enter(|| factor(&mut t, make()));
+                ctx.enter(|| factor(&mut t, make().transfers(&transfers)))
+                    .map_err(|e| e.to_string())?;
                 let s = t0.elapsed().as_secs_f64();
                 if round > 0 {
                     ours[si][pi].push(s);
+                    let st = transfers.stats();
+                    moved[si][pi] =
+                        st.sent_bytes + st.moved_bytes + st.fetched_bytes + st.written_back_bytes;
                 } else {
-                    err = err.max(check(&t, &reference, nb));
+                    err = err.max(rel_error(&t, &reference));
                 }
             }
         }
@@ -245,7 +129,8 @@ fn cholesky(cfg: &Config) -> Result<(), String> {
                 .num("ratio_to_faer", faer_med / med)
                 .num("max_rel_error", err)
                 .nums("runs", &ours[si][pi])
-                .int("workers", 0)
+                .int("workers", cfg.workers as u64)
+                .int("bytes_moved", moved[si][pi])
                 .print();
         }
     }

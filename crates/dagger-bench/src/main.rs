@@ -10,7 +10,8 @@
 //! `transport` measures the transport alone (`dagger-net` over loopback against raw TCP).
 //! With `--workers W` this process becomes the head of a cluster of W local worker processes
 //! (this same binary, `--worker-threads` compute threads each, default 1) and the scenarios
-//! `independent`, `chain`, `tree`, `transfer` and `all` run their tasks on the workers.
+//! `independent`, `chain`, `tree`, `transfer` and `all` run their tasks on the workers;
+//! `cholesky` lets its datadeps planner place tile kernels on them too.
 //! Every scenario prints one JSON object per line with at least `scenario`, `system`, `tasks`,
 //! `seconds`, `us_per_task` and `workers` (0: one process). Timed scenarios run `--runs`
 //! times (default 7) after one warm-up, alternating dagger and its baseline, and report the
@@ -21,6 +22,7 @@ mod json;
 mod scenarios;
 mod sys;
 mod taskbench;
+mod tile_cholesky;
 mod transport;
 mod workers;
 
@@ -39,7 +41,7 @@ pub struct Config {
 }
 
 fn usage() -> &'static str {
-    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench transport [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
+    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench transport [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|cholesky|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
 }
 
 fn parse(args: &[String]) -> Result<Config, String> {

@@ -47,8 +47,9 @@ pub use dagger_net::Secret;
 pub use datadeps::{
     spawn_bulk, spawn_datadeps, spawn_datadeps_with, spawn_sequential, Access, Block, BlockMut,
     BlockRef, Call, CostPlanner, Data, DatadepsOptions, Declarations, In, InOut, Out, Output, Part,
-    Parts, PlanData, PlanTask, Planner, Region, RegionTask, RoundRobin, Slice, Target, Traversal,
-    Val, WorkStealing, DEFAULT_COST_NS,
+    Parts, PlanData, PlanProc, PlanTask, Planner, Region, RegionTask, RemoteAccess, RemoteArg,
+    RemoteArgs, RoundRobin, Slice, Target, TransferStats, Transfers, Traversal, Val, WorkStealing,
+    DEFAULT_COST_NS,
 };
 pub use error::{BoxError, Error, ErrorKind, Result, ScopeError, TaskError};
 pub use id::{NodeId, ProcessorId, ProcessorKind, TaskId, WorkerId};

@@ -904,3 +904,135 @@ impl<T: Send + Sync + 'static> Capture for HandlesCapture<T, false> {
         }
     }
 }
+
+// ---- `spawn!(dd, f(args..))`: tasks of data-dependency regions ----
+//
+// Each argument is classified like the arguments of ordinary calls: a value that is already a
+// region argument ([`Access`](crate::Access): a data handle, `In`/`Out`/`InOut` of one, `Val`,
+// a region task) is passed as it is (a bare handle is read), anything else is wrapped in
+// `Val`. Then the call itself: a `'static` function whose arguments can all cross processes
+// goes through [`Region::spawn_task`](crate::Region::spawn_task) when it is registered with
+// `#[dagger::task]`, everything else through [`Region::spawn`](crate::Region::spawn).
+
+use crate::datadeps::{Access, Call as RegionCall, Region, RegionTask, RemoteArgs, Val};
+
+/// Probe for one argument of a region call.
+pub struct DdProbe<'a, T>(pub &'a T);
+
+/// The argument is a region argument already.
+pub struct AsAccess;
+/// The argument is a plain value.
+pub struct AsVal;
+
+/// Chosen when the argument implements `Access`.
+pub trait DdViaAccess {
+    /// The tag.
+    fn __dagger_dd_tag(&self) -> AsAccess {
+        AsAccess
+    }
+}
+impl<T: Access> DdViaAccess for &DdProbe<'_, T> {}
+
+/// Chosen otherwise.
+pub trait DdViaVal {
+    /// The tag.
+    fn __dagger_dd_tag(&self) -> AsVal {
+        AsVal
+    }
+}
+impl<T> DdViaVal for DdProbe<'_, T> {}
+
+impl AsAccess {
+    /// The argument itself.
+    pub fn wrap<T: Access>(self, v: T) -> T {
+        v
+    }
+}
+
+impl AsVal {
+    /// The value, moved into the task.
+    pub fn wrap<T: Send>(self, v: T) -> Val<T> {
+        Val(v)
+    }
+}
+
+/// Probe for a region call.
+pub struct DdCallProbe<'a, F, A>(pub &'a F, pub &'a A);
+
+/// The call may run in a worker process (if its function is registered).
+pub struct AsTask;
+/// The call runs in this process.
+pub struct AsLocal;
+
+/// Chosen when the call could cross processes.
+pub trait DdViaTask {
+    /// The tag.
+    fn __dagger_dd_how(&self) -> AsTask {
+        AsTask
+    }
+}
+impl<F, A, R> DdViaTask for &DdCallProbe<'_, F, A>
+where
+    F: RegionCall<A, Output = R> + Copy + 'static,
+    A: RemoteArgs,
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+}
+
+/// Chosen otherwise.
+pub trait DdViaLocal {
+    /// The tag.
+    fn __dagger_dd_how(&self) -> AsLocal {
+        AsLocal
+    }
+}
+impl<F, A> DdViaLocal for DdCallProbe<'_, F, A> {}
+
+impl AsTask {
+    /// Spawns through `spawn_task` if `f` is registered, else through `spawn`.
+    pub fn spawn<'scope, 'env, F, A, R>(
+        self,
+        dd: &'scope Region<'scope, 'env>,
+        options: Option<Options>,
+        f: F,
+        args: A,
+    ) -> RegionTask<R>
+    where
+        F: RegionCall<A, Output = R> + Copy + 'static,
+        A: RemoteArgs + 'scope,
+        R: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        if crate::remote::functions::table()
+            .lookup(TypeId::of::<F>())
+            .is_some()
+        {
+            match options {
+                Some(o) => dd.spawn_task_with(o, f, args),
+                None => dd.spawn_task(f, args),
+            }
+        } else {
+            AsLocal.spawn(dd, options, f, args)
+        }
+    }
+}
+
+impl AsLocal {
+    /// Spawns through `spawn`.
+    pub fn spawn<'scope, 'env, F, A, R>(
+        self,
+        dd: &'scope Region<'scope, 'env>,
+        options: Option<Options>,
+        f: F,
+        args: A,
+    ) -> RegionTask<R>
+    where
+        F: RegionCall<A, Output = R> + 'scope,
+        A: Send + 'scope,
+        R: Send + Sync + 'static,
+    {
+        match options {
+            Some(o) => dd.spawn_with(o, f, args),
+            None => dd.spawn(f, args),
+        }
+    }
+}

@@ -38,6 +38,36 @@ struct CallSpec {
 impl Parse for CallSpec {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let expr: Expr = input.parse()?;
+        CallSpec::from_expr(expr, input)
+    }
+}
+
+/// `spawn!` input: `f(args..)..`, or `region, f(args..)..` for a task of a datadeps region.
+struct SpawnInput {
+    region: Option<Expr>,
+    call: CallSpec,
+}
+
+impl Parse for SpawnInput {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let first: Expr = input.parse()?;
+        if input.peek(Token![,]) {
+            input.parse::<Token![,]>()?;
+            let expr: Expr = input.parse()?;
+            return Ok(SpawnInput {
+                region: Some(first),
+                call: CallSpec::from_expr(expr, input)?,
+            });
+        }
+        Ok(SpawnInput {
+            region: None,
+            call: CallSpec::from_expr(first, input)?,
+        })
+    }
+}
+
+impl CallSpec {
+    fn from_expr(expr: Expr, input: ParseStream<'_>) -> syn::Result<Self> {
         let (call, fallible) = match expr {
             Expr::Try(t) => (*t.expr, true),
             other => (other, false),
@@ -79,9 +109,7 @@ impl Parse for CallSpec {
             options,
         })
     }
-}
 
-impl CallSpec {
     fn name(&self) -> String {
         match &self.func {
             Expr::Path(p) => p
@@ -142,10 +170,47 @@ fn idents(prefix: &str, n: usize) -> Vec<Ident> {
         .collect()
 }
 
+/// A task of a datadeps region: `region, f(args..)`.
+fn spawn_in_region(region: &Expr, spec: &CallSpec) -> syn::Result<TokenStream2> {
+    if spec.fallible {
+        return Err(syn::Error::new_spanned(
+            &spec.func,
+            "`?` is not for region tasks: a region task's value is its function's value, \
+             `Result` included",
+        ));
+    }
+    let func = &spec.func;
+    let exprs = &spec.args;
+    let n = exprs.len();
+    let vals = idents("v", n);
+    let args = idents("a", n);
+    let opts = spec.options();
+    Ok(quote!({
+        #[allow(unused_imports)]
+        use ::dagger::__private::{
+            DdViaAccess as _, DdViaLocal as _, DdViaTask as _, DdViaVal as _,
+        };
+        let __dagger_dd = #region;
+        let __dagger_f = #func;
+        #( #[allow(clippy::let_unit_value)] let #vals = #exprs; )*
+        #( let #args = (&&::dagger::__private::DdProbe(&#vals)).__dagger_dd_tag().wrap(#vals); )*
+        let __dagger_args = (#(#args,)*);
+        (&&::dagger::__private::DdCallProbe(&__dagger_f, &__dagger_args))
+            .__dagger_dd_how()
+            .spawn(__dagger_dd, #opts, __dagger_f, __dagger_args)
+    }))
+}
+
 /// Spawns a call as a task; see the `dagger` crate.
 #[proc_macro]
 pub fn spawn(input: TokenStream) -> TokenStream {
-    let spec = syn::parse_macro_input!(input as CallSpec);
+    let SpawnInput { region, call: spec } = syn::parse_macro_input!(input as SpawnInput);
+    if let Some(region) = region {
+        return match spawn_in_region(&region, &spec) {
+            Ok(t) => t.into(),
+            Err(e) => e.to_compile_error().into(),
+        };
+    }
     let name = spec.name();
     let func = &spec.func;
     let exprs = &spec.args;
@@ -276,6 +341,8 @@ enum ParamShape {
     Owned(syn::Type),
     /// `&T` (with `&[T]` stored as `Vec<T>`, `&str` as `String`).
     Borrowed(syn::Type),
+    /// `&mut T` (with `&mut [T]` stored as `Vec<T>`): only datadeps regions pass these.
+    BorrowedMut(syn::Type),
     /// `Vec<T>`: one `Vec<T>` value, or a collection of `T` values.
     OwnedVec(syn::Type),
     /// `Vec<&T>`: a collection of `T` values, borrowed.
@@ -300,14 +367,24 @@ fn vec_elem(ty: &syn::Type) -> Option<&syn::Type> {
 fn param_shape(ty: &syn::Type) -> syn::Result<ParamShape> {
     match ty {
         syn::Type::Reference(r) => {
-            if r.mutability.is_some() {
-                return Err(syn::Error::new_spanned(
-                    ty,
-                    "task functions cannot take `&mut` parameters (every task sees its inputs \
-                     read-only; use a data-dependency region to mutate data)",
-                ));
-            }
             let inner = &*r.elem;
+            if r.mutability.is_some() {
+                if let syn::Type::Path(p) = inner {
+                    if p.path.is_ident("str") {
+                        return Err(syn::Error::new_spanned(
+                            ty,
+                            "`&mut str` cannot be a task parameter; take `&mut String`",
+                        ));
+                    }
+                }
+                return Ok(ParamShape::BorrowedMut(match inner {
+                    syn::Type::Slice(s) => {
+                        let elem = &s.elem;
+                        syn::parse_quote!(::std::vec::Vec<#elem>)
+                    }
+                    other => other.clone(),
+                }));
+            }
             Ok(ParamShape::Borrowed(match inner {
                 syn::Type::Slice(s) => {
                     let elem = &s.elem;
@@ -404,9 +481,14 @@ fn task_entry(func: &syn::ItemFn, subst: &[(Ident, syn::Type)]) -> syn::Result<T
     let mut inputs = Vec::new();
     for (i, ty) in params.iter().enumerate() {
         let x = format_ident!("__dagger_p{}", i);
-        let (codec_ty, elem, fetch) = match param_shape(ty)? {
+        let shape = param_shape(ty)?;
+        let mutable = matches!(shape, ParamShape::BorrowedMut(_));
+        let (codec_ty, elem, fetch) = match shape {
             ParamShape::Owned(t) => (t.clone(), None, quote!(__dagger_args.take::<#t>(#i)?)),
             ParamShape::Borrowed(t) => (t.clone(), None, quote!(__dagger_args.borrow::<#t>(#i)?)),
+            ParamShape::BorrowedMut(t) => {
+                (t.clone(), None, quote!(__dagger_args.borrow_mut::<#t>(#i)?))
+            }
             ParamShape::OwnedVec(t) => (
                 syn::parse_quote!(::std::vec::Vec<#t>),
                 Some(t.clone()),
@@ -425,6 +507,7 @@ fn task_entry(func: &syn::ItemFn, subst: &[(Ident, syn::Type)]) -> syn::Result<T
         param_defs.push(quote!(::dagger::__private::Param {
             codec: ::dagger::__private::Codec::of::<#codec_ty>(),
             elem: #elem,
+            mutable: #mutable,
         }));
         fetches.push(quote!(let #x = #fetch;));
         inputs.push(x);

@@ -87,6 +87,36 @@ pub use dagger_core::*;
 /// let y = spawn!(add(x, 10); name = "add ten", priority = 1);
 /// assert_eq!(y.fetch().unwrap(), 13);
 /// ```
+///
+/// # Tasks of a data-dependency region
+///
+/// `spawn!(dd, f(args..))` spawns a task of the region `dd` (the reference's
+/// `Dagger.@spawn f(In(a), InOut(b), c)` inside `spawn_datadeps`; Rust has no method macros,
+/// so the region comes first). Each argument is classified like this: data handles
+/// ([`Region::data`], ...), [`In`], [`Out`], [`InOut`], [`Val`] and region task handles are
+/// passed as they are, a bare handle being read (`In`); any other value is moved into the task
+/// (as if wrapped in [`Val`]). A function registered with [`macro@task`] whose arguments can
+/// cross processes is spawned with [`Region::spawn_task`] (it may run in a worker process),
+/// anything else with [`Region::spawn`]. Options follow a `;` as above.
+///
+/// ```
+/// use dagger::prelude::*;
+/// use dagger::{spawn_datadeps, InOut};
+///
+/// fn axpy(y: &mut Vec<f64>, x: &Vec<f64>, a: f64) {
+///     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+/// }
+///
+/// let x = vec![1.0, 2.0];
+/// let mut y = vec![10.0, 10.0];
+/// spawn_datadeps(|dd| {
+///     let (x, y) = (dd.read(&x), dd.data(&mut y));
+///     spawn!(dd, axpy(InOut(y), x, 2.0)); // `x` is read, `2.0` a plain value
+///     spawn!(dd, axpy(InOut(y), x, 1.0); name = "second");
+/// })
+/// .unwrap();
+/// assert_eq!(y, vec![13.0, 16.0]);
+/// ```
 pub use dagger_macros::spawn;
 
 /// Builds a lazy task ([`Thunk`]) from a function call without running it.

@@ -204,6 +204,32 @@ fn failing_task_surfaces_naming_the_task() {
 }
 
 #[test]
+fn the_spawn_macro_reads_bare_handles_and_moves_plain_values() {
+    fn axpy(y: &mut [f64], x: &[f64], a: f64) {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+    }
+    fn sum(x: &[f64]) -> f64 {
+        x.iter().sum()
+    }
+    let x = vec![1.0; 8];
+    let mut y = vec![0.0; 8];
+    let s = two_threads().enter(|| {
+        spawn_datadeps(|dd| {
+            let (x, y) = (dd.read_slice(&x), dd.slice(&mut y));
+            // the two halves are independent; the sum waits for both
+            dagger::spawn!(dd, axpy(InOut(y.view(..4)), x.view(..4), 2.0));
+            dagger::spawn!(dd, axpy(InOut(y.view(4..)), x.view(4..), 3.0); name = "right");
+            let s = dagger::spawn!(dd, sum(y));
+            assert_eq!(dd.dependencies(s.index()), vec![0, 1]);
+            s
+        })
+        .unwrap()
+    });
+    assert_eq!(s.fetch().unwrap(), 4.0 * 2.0 + 4.0 * 3.0);
+    assert_eq!(y[..4], [2.0; 4]);
+}
+
+#[test]
 fn fetching_a_region_task_inside_the_region_is_an_error() {
     two_threads().enter(|| {
         let t = spawn_datadeps(|dd| {
@@ -655,153 +681,22 @@ proptest! {
 
 // ---- tiled Cholesky with faer kernels ----
 
-mod cholesky {
-    use super::*;
-    use faer::linalg::matmul::triangular::BlockStructure;
-    use faer::{Accum, Mat, Par};
-
-    pub fn potrf(a: &mut Mat<f64>) {
-        let n = a.nrows();
-        let par = Par::Seq;
-        let req = faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(
-            n,
-            par,
-            Default::default(),
-        );
-        let mut mem = faer::dyn_stack::MemBuffer::new(req);
-        faer::linalg::cholesky::llt::factor::cholesky_in_place(
-            a.as_mut(),
-            Default::default(),
-            par,
-            faer::dyn_stack::MemStack::new(&mut mem),
-            Default::default(),
-        )
-        .expect("the matrix is positive definite");
-    }
-
-    /// A := A L^-T
-    pub fn trsm(l: &Mat<f64>, a: &mut Mat<f64>) {
-        faer::linalg::triangular_solve::solve_lower_triangular_in_place(
-            l.as_ref(),
-            a.as_mut().transpose_mut(),
-            Par::Seq,
-        );
-    }
-
-    /// C := C - A A^T (lower triangle)
-    pub fn syrk(a: &Mat<f64>, c: &mut Mat<f64>) {
-        faer::linalg::matmul::triangular::matmul(
-            c.as_mut(),
-            BlockStructure::TriangularLower,
-            Accum::Add,
-            a.as_ref(),
-            BlockStructure::Rectangular,
-            a.as_ref().transpose(),
-            BlockStructure::Rectangular,
-            -1.0,
-            Par::Seq,
-        );
-    }
-
-    /// C := C - A B^T
-    pub fn gemm(a: &Mat<f64>, b: &Mat<f64>, c: &mut Mat<f64>) {
-        faer::linalg::matmul::matmul(
-            c.as_mut(),
-            Accum::Add,
-            a.as_ref(),
-            b.as_ref().transpose(),
-            -1.0,
-            Par::Seq,
-        );
-    }
-
-    /// Lower tiles of `a` (tile (i, j) at `tiles[i][j]`, j <= i).
-    pub fn to_tiles(a: &Mat<f64>, nb: usize) -> Vec<Vec<Mat<f64>>> {
-        let nt = a.nrows() / nb;
-        (0..nt)
-            .map(|i| {
-                (0..=i)
-                    .map(|j| a.submatrix(i * nb, j * nb, nb, nb).to_owned())
-                    .collect()
-            })
-            .collect()
-    }
-
-    pub fn factor(tiles: &mut [Vec<Mat<f64>>], opts: DatadepsOptions) {
-        let nt = tiles.len();
-        spawn_datadeps_with(opts, |dd| {
-            let t: Vec<Vec<_>> = tiles
-                .iter_mut()
-                .map(|row| row.iter_mut().map(|m| dd.data(m)).collect())
-                .collect();
-            for k in 0..nt {
-                dd.spawn(potrf, (InOut(t[k][k]),));
-                for i in k + 1..nt {
-                    dd.spawn(trsm, (In(t[k][k]), InOut(t[i][k])));
-                }
-                for i in k + 1..nt {
-                    dd.spawn(syrk, (In(t[i][k]), InOut(t[i][i])));
-                    for j in k + 1..i {
-                        dd.spawn(gemm, (In(t[i][k]), In(t[j][k]), InOut(t[i][j])));
-                    }
-                }
-            }
-        })
-        .unwrap();
-    }
-
-    pub fn spd(n: usize) -> Mat<f64> {
-        // B B^T / n + I with a deterministic pseudo-random B
-        let mut s = 0x2545f4914f6cdd1du64;
-        let b = Mat::from_fn(n, n, |_, _| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        });
-        let mut a = Mat::<f64>::identity(n, n);
-        faer::linalg::matmul::matmul(
-            a.as_mut(),
-            Accum::Add,
-            b.as_ref(),
-            b.as_ref().transpose(),
-            1.0 / n as f64,
-            Par::Seq,
-        );
-        a
-    }
-}
+#[path = "../../dagger-bench/src/tile_cholesky.rs"]
+mod tile_cholesky;
 
 #[test]
 fn tiled_cholesky_matches_faer() {
-    use faer::Mat;
+    use tile_cholesky::{factor, potrf_par, rel_error, spd, tiles};
     let (n, nb) = (1024, 128);
-    let a = cholesky::spd(n);
+    let a = spd(n, faer::Par::Seq);
     let mut whole = a.clone();
-    cholesky::potrf(&mut whole);
+    potrf_par(&mut whole, faer::Par::Seq);
     two_threads().enter(|| {
         for tr in [Traversal::InOrder, Traversal::Dfs] {
-            let mut tiles = cholesky::to_tiles(&a, nb);
-            cholesky::factor(&mut tiles, DatadepsOptions::new().traversal(tr));
-            let (mut diff, mut norm) = (0.0f64, 0.0f64);
-            for (i, row) in tiles.iter().enumerate() {
-                for (j, t) in row.iter().enumerate() {
-                    for c in 0..nb {
-                        for r in 0..nb {
-                            let (gi, gj) = (i * nb + r, j * nb + c);
-                            if gi < gj {
-                                continue; // the upper part of diagonal tiles is not the factor
-                            }
-                            let want = whole[(gi, gj)];
-                            diff += (t[(r, c)] - want).powi(2);
-                            norm += want * want;
-                        }
-                    }
-                }
-            }
-            let rel = (diff / norm).sqrt();
+            let mut t = tiles(&a, nb);
+            factor(&mut t, DatadepsOptions::new().traversal(tr)).unwrap();
+            let rel = rel_error(&t, &whole);
             assert!(rel < 1e-10, "relative error {rel:e} with {tr:?}");
-            let _: &Mat<f64> = &tiles[0][0];
         }
     });
 }

@@ -178,6 +178,9 @@ impl Cluster {
             addr = format!("{}:{port}", hostname());
         }
         crate::remote::attach(ctx, head.clone());
+        ctx.registry_ref()
+            .remote
+            .set_mover(Arc::new(node::NodeMover(Arc::downgrade(&node))));
         let heartbeat = {
             let head = Arc::downgrade(&head);
             std::thread::Builder::new()

@@ -146,6 +146,24 @@ pub(crate) enum Msg {
     Steal(Vec<u64>),
     // worker -> head: the tasks of a `Steal` it gave back (it will not run them)
     Stolen(Vec<u64>),
+    /// Run a task of a data-dependency region: the arguments marked in `writes` are values
+    /// this process holds that the function changes in place. Answered by `Ran` or
+    /// `RanError`.
+    RunInPlace {
+        req: u64,
+        call: WireCall,
+        writes: Vec<bool>,
+    },
+    /// The answer to `RunInPlace`: the next transport message holds the encoded result.
+    Ran {
+        req: u64,
+        run_ns: u64,
+    },
+    RanError {
+        req: u64,
+        kind: FailKind,
+        message: String,
+    },
 }
 
 /// The serialised form of one [`Run`], written without cloning the call. A `Run` batch on
@@ -190,7 +208,7 @@ impl Msg {
 
     /// Whether a raw payload (the next transport message) follows this message.
     pub(crate) fn has_payload(&self) -> bool {
-        matches!(self, Msg::Data { .. } | Msg::Put { .. })
+        matches!(self, Msg::Data { .. } | Msg::Put { .. } | Msg::Ran { .. })
     }
 
     /// The announced size of the payload that follows, when the message gives it.

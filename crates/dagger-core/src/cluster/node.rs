@@ -31,6 +31,10 @@ pub(crate) enum Reply {
     Data(Bytes),
     /// Where a value is kept now (answering `Put` and `Pull`).
     Stored(Location),
+    /// The encoded result of a call run in place and its run time (answering `RunInPlace`).
+    Ran(Bytes, u64),
+    /// How a call run in place failed.
+    RanError(super::msg::FailKind, String),
 }
 
 type Pending = HashMap<u64, (Link, SyncSender<Result<Reply, String>>)>;
@@ -246,7 +250,7 @@ impl Node {
         let _slot = self.fetches.take();
         match self.request(loc.worker, |l, req| l.send(Msg::Fetch { req, id: loc.id }))? {
             Reply::Data(bytes) => Ok(bytes),
-            Reply::Stored(_) => Err(format!(
+            _ => Err(format!(
                 "process {} answered a fetch with something else",
                 loc.worker
             )),
@@ -271,6 +275,24 @@ impl Node {
         }
         let reply = self.request(peer, |l, req| l.send(Msg::Pull { req, from }))?;
         stored(peer, reply)
+    }
+
+    /// Has worker `peer` run a call of a data-dependency region on the values it holds,
+    /// changing those marked in `writes` in place (blocks). The outer error says the worker
+    /// could not be asked or did not answer (it left); the inner one how the call failed.
+    pub(crate) fn run_in_place(
+        self: &Arc<Self>,
+        peer: u32,
+        call: crate::remote::wire::WireCall,
+        writes: Vec<bool>,
+    ) -> crate::remote::RanInPlace {
+        match self.request(peer, |l, req| l.send(Msg::RunInPlace { req, call, writes }))? {
+            Reply::Ran(bytes, ns) => Ok(Ok((bytes, ns))),
+            Reply::RanError(kind, message) => Ok(Err((kind.kind(), message))),
+            _ => Err(format!(
+                "process {peer} answered a call with something else"
+            )),
+        }
     }
 
     fn answer(&self, req: u64, reply: Result<Reply, String>) {
@@ -363,7 +385,7 @@ impl Node {
 fn stored(peer: u32, reply: Reply) -> Result<Location, String> {
     match reply {
         Reply::Stored(loc) => Ok(loc),
-        Reply::Data(_) => Err(format!(
+        _ => Err(format!(
             "process {peer} answered a request to keep a value with something else"
         )),
     }
@@ -376,6 +398,12 @@ impl Handler for Node {
             Msg::Data { req, .. } => self.answer(req, Ok(Reply::Data(payload.unwrap_or_default()))),
             Msg::DataError { req, message } => self.answer(req, Err(message)),
             Msg::Stored { req, loc } => self.answer(req, Ok(Reply::Stored(loc))),
+            Msg::Ran { req, run_ns } => {
+                self.answer(req, Ok(Reply::Ran(payload.unwrap_or_default(), run_ns)))
+            }
+            Msg::RanError { req, kind, message } => {
+                self.answer(req, Ok(Reply::RanError(kind, message)))
+            }
             Msg::Put { req } => {
                 let loc = self.store.insert_bytes(payload.unwrap_or_default());
                 link.send(Msg::Stored { req, loc });
@@ -441,5 +469,45 @@ impl DataLink for NodeLink {
             Some(role) => role.clone().recover(&self.0, data),
             None => data.set_failed("this process cannot recompute values".into()),
         }
+    }
+}
+
+/// The data movements of data-dependency regions, through the head's connections.
+pub(crate) struct NodeMover(pub(crate) std::sync::Weak<Node>);
+
+impl NodeMover {
+    fn node(&self) -> Result<Arc<Node>, String> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| "the cluster is shut down".to_string())
+    }
+}
+
+impl crate::remote::Mover for NodeMover {
+    fn put(&self, worker: u32, bytes: Bytes) -> Result<Location, String> {
+        self.node()?.put_bytes(worker, bytes)
+    }
+
+    fn pull(&self, worker: u32, from: Location) -> Result<Location, String> {
+        self.node()?.pull(worker, from)
+    }
+
+    fn fetch(&self, loc: Location) -> Result<Bytes, String> {
+        self.node()?.fetch_bytes(loc)
+    }
+
+    fn free(&self, loc: Location) {
+        if let Ok(node) = self.node() {
+            NodeLink(node).free(loc);
+        }
+    }
+
+    fn run_in_place(
+        &self,
+        worker: u32,
+        call: crate::remote::wire::WireCall,
+        writes: Vec<bool>,
+    ) -> crate::remote::RanInPlace {
+        self.node()?.run_in_place(worker, call, writes)
     }
 }

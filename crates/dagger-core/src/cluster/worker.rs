@@ -5,7 +5,7 @@ use super::io::Link;
 use super::msg::{Done, FailKind, Msg, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
-use crate::remote::store::{run_claimed, Claim, Fetch, InputLost};
+use crate::remote::store::{run_claimed, run_in_place, Claim, Fetch, InputLost};
 use dagger_net::NetError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +90,49 @@ impl Worker {
     }
 }
 
+impl Worker {
+    fn run_in_place(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        link: &Link,
+        req: u64,
+        call: crate::remote::wire::WireCall,
+        writes: Vec<bool>,
+    ) {
+        let fetch: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
+        match run_in_place(&self.ctx, call, writes, node.store.clone(), fetch) {
+            Ok(dtask) => {
+                self.running.fetch_add(1, Ordering::Relaxed);
+                let link = link.clone();
+                let me = self.clone();
+                node.io.spawn(async move {
+                    let done = dtask.await;
+                    me.running.fetch_sub(1, Ordering::Relaxed);
+                    match done {
+                        Ok((bytes, run_ns)) => {
+                            link.send_with_payload(Msg::Ran { req, run_ns }, bytes.into());
+                        }
+                        Err(e) => {
+                            link.send(Msg::RanError {
+                                req,
+                                kind: FailKind::from_kind(e.kind()),
+                                message: e.message(),
+                            });
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                link.send(Msg::RanError {
+                    req,
+                    kind: FailKind::Runtime,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
 impl Role for Worker {
     fn on_message(self: Arc<Self>, node: &Arc<Node>, link: &Link, msg: Msg) {
         match msg {
@@ -101,6 +144,9 @@ impl Role for Worker {
             Msg::PeerJoined(p) => node.set_peer(p),
             Msg::PeerLeft(id) => node.forget_peer(id),
             Msg::Run(runs) => self.run(node, link, runs),
+            Msg::RunInPlace { req, call, writes } => {
+                self.run_in_place(node, link, req, call, writes)
+            }
             Msg::Free(ids) => node.store.free_many(&ids),
             Msg::Cancel(_) => {}
             Msg::Steal(ids) => {

@@ -9,6 +9,7 @@
 //! * [`region`]: the region itself: records tasks, launches them when the closure returns,
 //!   waits, reports the first error.
 //! * [`queue`]: `spawn_sequential` and `spawn_bulk` blocks for ordinary tasks.
+//! * [`remote`]: tasks in worker processes: which may go there, versions and copies of data.
 //!
 //! Soundness rests on three facts: a handle is only dereferenced by the region inside a task
 //! body, after every task with a conflicting access finished (failed predecessors make their
@@ -21,14 +22,17 @@ mod data;
 mod plan;
 mod queue;
 mod region;
+mod remote;
 mod tracker;
 
 pub use access::{Access, Call, Declarations, In, InOut, Out, Val};
 pub use data::{Block, BlockMut, BlockRef, Data, Part, Parts, Slice, Target};
 pub use plan::{
-    CostPlanner, PlanData, PlanTask, Planner, RoundRobin, Traversal, WorkStealing, DEFAULT_COST_NS,
+    CostPlanner, PlanData, PlanProc, PlanTask, Planner, RoundRobin, Traversal, WorkStealing,
+    DEFAULT_COST_NS,
 };
 pub use queue::{spawn_bulk, spawn_sequential};
 pub use region::{
     spawn_datadeps, spawn_datadeps_with, DatadepsOptions, Output, Region, RegionTask,
 };
+pub use remote::{RemoteAccess, RemoteArg, RemoteArgs, TransferStats, Transfers};

@@ -1,5 +1,6 @@
 //! Planning a region before it launches: the order tasks are handed out in ([`Traversal`]) and
-//! the thread each one runs on ([`Planner`]).
+//! the processor each one runs on ([`Planner`]): a thread of this process, or, for tasks that
+//! may run in another process, a thread of a worker process.
 //!
 //! Every traversal is a topological order of the task graph, so a task is always planned and
 //! launched after the tasks it waits for: in-order is submission order; BFS and DFS are Kahn's
@@ -42,16 +43,31 @@ pub struct PlanTask<'a> {
     pub cost_ns: u64,
     /// The data it accesses.
     pub data: &'a [PlanData],
+    /// Whether it may run in a worker process (a `#[dagger::task]` function spawned with
+    /// `spawn_task`); other tasks must get a processor of this process.
+    pub remote: bool,
+}
+
+/// A processor a region can place tasks on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanProc {
+    /// The process: 0 for this one, else the worker's id.
+    pub process: u32,
+    /// The thread within that process.
+    pub thread: u32,
 }
 
 /// Run-time estimate of a task never measured before.
 pub const DEFAULT_COST_NS: u64 = 10_000;
 
-/// Chooses the thread each task of a region runs on, before the region launches them.
+/// Chooses the processor each task of a region runs on, before the region launches them.
 ///
-/// `place` is called once per task, in the region's [`Traversal`] order; it returns a thread
-/// number below `threads` (as passed to `start`), or `None` to let any thread of the pool take
-/// the task (work stealing).
+/// `place` is called once per task, in the region's [`Traversal`] order; it returns an index
+/// into the processors passed to [`start_procs`](Planner::start_procs) (the threads of this
+/// process first, then those of worker processes when a cluster is attached and the region has
+/// tasks that may run there), or `None` to let any thread of this process take the task (work
+/// stealing). A task that may not run in another process ([`PlanTask::remote`] false) placed on
+/// a worker's processor runs in this process's pool instead.
 ///
 /// ```
 /// use dagger_core::{spawn_datadeps_with, DatadepsOptions, PlanTask, Planner};
@@ -76,26 +92,52 @@ pub trait Planner: Send {
         let _ = (threads, tasks);
     }
 
-    /// The thread for `task`, or `None` for any thread.
+    /// Called before the first task with every processor (this process's threads first)
+    /// and the number of tasks; by default calls [`start`](Planner::start) with their number.
+    fn start_procs(&mut self, procs: &[PlanProc], tasks: usize) {
+        self.start(procs.len(), tasks);
+    }
+
+    /// The processor for `task`, or `None` for any thread of this process.
     fn place(&mut self, task: &PlanTask<'_>) -> Option<usize>;
 }
 
-/// Places tasks on the threads in turn.
+/// The number of processors of this process at the start of `procs`.
+fn local_count(procs: &[PlanProc]) -> usize {
+    procs.iter().take_while(|p| p.process == 0).count()
+}
+
+/// Places tasks on the processors in turn: tasks that may run in worker processes on every
+/// processor, the others on this process's threads.
 #[derive(Clone, Debug, Default)]
 pub struct RoundRobin {
     threads: usize,
+    all: usize,
     next: usize,
+    next_local: usize,
 }
 
 impl Planner for RoundRobin {
     fn start(&mut self, threads: usize, _tasks: usize) {
         self.threads = threads.max(1);
+        self.all = self.threads;
         self.next = 0;
+        self.next_local = 0;
     }
 
-    fn place(&mut self, _task: &PlanTask<'_>) -> Option<usize> {
-        let t = self.next;
-        self.next = (self.next + 1) % self.threads.max(1);
+    fn start_procs(&mut self, procs: &[PlanProc], tasks: usize) {
+        self.start(local_count(procs), tasks);
+        self.all = procs.len().max(self.threads);
+    }
+
+    fn place(&mut self, task: &PlanTask<'_>) -> Option<usize> {
+        if task.remote && self.all > self.threads {
+            let t = self.next;
+            self.next = (self.next + 1) % self.all;
+            return Some(t);
+        }
+        let t = self.next_local;
+        self.next_local = (self.next_local + 1) % self.threads.max(1);
         Some(t)
     }
 }
@@ -117,24 +159,33 @@ impl Planner for WorkStealing {
 /// task can start when its thread is free and every task it waits for finished; a task that
 /// accesses data last written on another thread pays `move_cost` (its run time times
 /// [`with_move_cost`](CostPlanner::with_move_cost), default 0.1) for moving it through the
-/// caches. Run times are [`PlanTask::cost_ns`].
+/// caches, and for data last written (or, at first, registered) in another process
+/// [`with_remote_move_cost`](CostPlanner::with_remote_move_cost) (default 200 µs) for copying
+/// it there. Run times are [`PlanTask::cost_ns`]. Tasks that may not run in worker processes
+/// are only placed on this process's threads.
 #[derive(Clone, Debug)]
 pub struct CostPlanner {
     move_cost: f64,
+    remote_move_ns: u64,
     free_at: Vec<u64>,
     finish: Vec<u64>,
     thread_of: Vec<u32>,
     home: Vec<u32>,
+    process: Vec<u32>,
+    local: usize,
 }
 
 impl Default for CostPlanner {
     fn default() -> Self {
         CostPlanner {
             move_cost: 0.1,
+            remote_move_ns: 200_000,
             free_at: Vec::new(),
             finish: Vec::new(),
             thread_of: Vec::new(),
             home: Vec::new(),
+            process: Vec::new(),
+            local: 0,
         }
     }
 }
@@ -151,6 +202,13 @@ impl CostPlanner {
         self.move_cost = fraction.max(0.0);
         self
     }
+
+    /// Sets the cost (nanoseconds) of using data that another process holds the latest
+    /// version of.
+    pub fn with_remote_move_cost(mut self, ns: u64) -> Self {
+        self.remote_move_ns = ns;
+        self
+    }
 }
 
 const NO_THREAD: u32 = u32::MAX;
@@ -161,6 +219,16 @@ impl Planner for CostPlanner {
         self.finish = vec![0; tasks];
         self.thread_of = vec![NO_THREAD; tasks];
         self.home.clear();
+        self.process = vec![0; threads.max(1)];
+        self.local = threads.max(1);
+    }
+
+    fn start_procs(&mut self, procs: &[PlanProc], tasks: usize) {
+        self.start(procs.len(), tasks);
+        if !procs.is_empty() {
+            self.process = procs.iter().map(|p| p.process).collect();
+            self.local = local_count(procs).max(1);
+        }
     }
 
     fn place(&mut self, task: &PlanTask<'_>) -> Option<usize> {
@@ -171,16 +239,30 @@ impl Planner for CostPlanner {
             .max()
             .unwrap_or(0);
         let mut best: Option<(u64, u64, usize)> = None;
-        for (t, &free) in self.free_at.iter().enumerate() {
-            let moved = task
-                .data
-                .iter()
-                .filter(|d| {
-                    let h = self.home.get(d.key as usize).copied().unwrap_or(NO_THREAD);
-                    h != NO_THREAD && h != t as u32
-                })
-                .count() as f64;
-            let extra = (task.cost_ns as f64 * self.move_cost * moved) as u64;
+        let candidates = if task.remote {
+            self.free_at.len()
+        } else {
+            self.local.min(self.free_at.len())
+        };
+        for (t, &free) in self.free_at[..candidates].iter().enumerate() {
+            let here = self.process[t];
+            let mut moved = 0u32;
+            let mut remote = 0u64;
+            for d in task.data {
+                let h = self.home.get(d.key as usize).copied().unwrap_or(NO_THREAD);
+                let at = if h == NO_THREAD {
+                    0
+                } else {
+                    self.process[h as usize]
+                };
+                if at != here {
+                    remote += 1;
+                } else if h != NO_THREAD && h != t as u32 {
+                    moved += 1;
+                }
+            }
+            let extra = (task.cost_ns as f64 * self.move_cost * f64::from(moved)) as u64
+                + remote * self.remote_move_ns;
             let finish = free.max(ready) + task.cost_ns + extra;
             if best.is_none_or(|(f, fr, _)| finish < f || (finish == f && free < fr)) {
                 best = Some((finish, free, t));
@@ -305,6 +387,7 @@ mod tests {
             preds: &[],
             cost_ns: 10,
             data: &[],
+            remote: false,
         };
         assert_eq!(
             (rr.place(&t(0)), rr.place(&t(1)), rr.place(&t(2))),

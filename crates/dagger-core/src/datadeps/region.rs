@@ -3,16 +3,25 @@
 
 use super::access::{Access, Call, Declarations, Declared, Sealed};
 use super::data::{Block, Data, KeyRef, Slice};
-use super::plan::{self, CostPlanner, PlanData, PlanTask, Planner, Traversal, DEFAULT_COST_NS};
+use super::plan::{
+    self, CostPlanner, PlanData, PlanProc, PlanTask, Planner, Traversal, DEFAULT_COST_NS,
+};
+use super::remote::{
+    self as rm, Copies, Home, Need, RemoteArgs, RemoteSpec, Transfers, VersionPlan,
+};
 use super::tracker::KeyState;
 use crate::chunk::Chunk;
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::Options;
 use crate::sched::{Exec, Placement, Registry, WorkerThread};
+use crate::scope::{ProcessorInfo, Scope};
 use crate::task::state::{TaskState, WAITING};
 use crate::task::wait_list::{Slot, WaitList};
-use crate::task::{abort_with, DTask, Header, JobRef, TaskInner, Waiter, NO_PROC};
+use crate::task::{link_inputs, DTask, Header, JobRef, TaskInner, NO_PROC};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
@@ -33,6 +42,7 @@ use std::time::Instant;
 pub struct DatadepsOptions {
     planner: Box<dyn Planner>,
     traversal: Traversal,
+    transfers: Transfers,
 }
 
 impl Default for DatadepsOptions {
@@ -40,6 +50,7 @@ impl Default for DatadepsOptions {
         DatadepsOptions {
             planner: Box::new(CostPlanner::new()),
             traversal: Traversal::InOrder,
+            transfers: Transfers::new(),
         }
     }
 }
@@ -67,6 +78,13 @@ impl DatadepsOptions {
     /// Sets the order in which tasks are planned and launched.
     pub fn traversal(mut self, traversal: Traversal) -> Self {
         self.traversal = traversal;
+        self
+    }
+
+    /// Counts the values the region copies between processes into `transfers` (a handle:
+    /// read it after the region).
+    pub fn transfers(mut self, transfers: &Transfers) -> Self {
+        self.transfers = transfers.clone();
         self
     }
 }
@@ -100,7 +118,10 @@ struct TaskSlot<R> {
     id: TaskId,
     index: u32,
     region: u64,
+    /// The name given in the options, if any.
     name: Option<Arc<str>>,
+    /// The name derived from the function (used when none was given).
+    static_name: &'static str,
     task: OnceLock<DTask<R>>,
     shared: Arc<Shared>,
 }
@@ -143,7 +164,7 @@ impl<R: Send + Sync + 'static> fmt::Debug for RegionTask<R> {
         f.debug_struct("RegionTask")
             .field("id", &self.slot.id.get())
             .field("index", &self.slot.index)
-            .field("name", &self.slot.name)
+            .field("name", &self.name())
             .finish()
     }
 }
@@ -161,13 +182,18 @@ impl<R: Send + Sync + 'static> RegionTask<R> {
 
     /// The task's name.
     pub fn name(&self) -> Option<&str> {
-        self.slot.name.as_deref()
+        Some(self.slot.name.as_deref().unwrap_or(self.slot.static_name))
     }
 
     fn error(&self, msg: String) -> TaskError {
         TaskError::with_message(
             self.slot.id,
-            self.slot.name.clone(),
+            Some(
+                self.slot
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| Arc::from(self.slot.static_name)),
+            ),
             ErrorKind::Runtime,
             msg,
         )
@@ -304,6 +330,11 @@ struct LaunchCtx<'a> {
     placement: Placement,
     preds: &'a [JobRef],
     inherited: Option<Arc<Options>>,
+    /// Copies to make before the task runs.
+    needs: &'a [Need],
+    copies: Option<&'a Arc<Copies>>,
+    /// The worker and thread the task runs on, if not here.
+    remote: Option<(u32, u32)>,
 }
 
 /// Launches a recorded task. It captures the task's function and arguments, which may borrow
@@ -346,9 +377,14 @@ impl<'scope> Erasable<Box<dyn FnOnce(*mut ())>> for Box<dyn FnOnce(*mut ()) + 's
 /// A task recorded by `spawn`, launched when the closure returns.
 struct Recorded {
     launch: Option<Launch>,
+    /// The name given in the options, if any.
     name: Option<Arc<str>>,
+    static_name: &'static str,
     cost_ns: u64,
     signature: &'static str,
+    /// Whether it may run in a worker process.
+    remote: bool,
+    scope: Option<Scope>,
 }
 
 struct State {
@@ -361,6 +397,9 @@ struct State {
     owned: Vec<OwnedSlot>,
     /// The key of each owned value's slot (`owned` index), by key.
     owned_of_key: HashMap<u32, usize>,
+    /// How to copy each key to and from workers (known once a task that may run there
+    /// uses it).
+    homes: Vec<Option<Home>>,
     refused: Option<TaskError>,
     scratch: Declarations,
 }
@@ -398,6 +437,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
         let mut s = self.state.borrow_mut();
         let key = s.keys.len() as u32;
         s.keys.push(KeyState::default());
+        s.homes.push(None);
         KeyRef {
             region: self.id,
             key,
@@ -580,11 +620,14 @@ impl<'scope, 'env> Region<'scope, 'env> {
         A: Send + 'scope,
         R: Send + Sync + 'static,
     {
-        self.spawn_inner(None, f, args)
+        self.spawn_inner(None, f, args, Ok(None), None)
     }
 
     /// Spawns `f(args..)` as a task of the region with options (`name`, `time_util` for the
-    /// planner; placement options are ignored: the region plans placement).
+    /// planner, `scope` to restrict where it runs; other placement options are ignored: the
+    /// region plans placement). The task runs in this process: a scope naming only worker
+    /// processes makes the region refuse it (closures cannot run in another process; see
+    /// [`spawn_task`](Region::spawn_task)).
     ///
     /// `args` is a tuple of [`Access`] values: data handles wrapped in [`In`](super::In),
     /// [`Out`](super::Out) or [`InOut`](super::InOut) (a bare handle is read), `&RegionTask`
@@ -600,21 +643,123 @@ impl<'scope, 'env> Region<'scope, 'env> {
         A: Send + 'scope,
         R: Send + Sync + 'static,
     {
-        self.spawn_inner(Some(options), f, args)
+        self.spawn_inner(Some(options), f, args, Ok(None), None)
     }
 
-    fn spawn_inner<F, A, R>(&'scope self, options: Option<Options>, f: F, args: A) -> RegionTask<R>
+    /// Spawns a call of a `#[dagger::task]` function as a task of the region that may run in a
+    /// worker process; see [`spawn_task_with`](Region::spawn_task_with).
+    pub fn spawn_task<F, A, R>(&'scope self, f: F, args: A) -> RegionTask<R>
+    where
+        F: Call<A, Output = R> + Copy + 'static,
+        A: RemoteArgs + 'scope,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.spawn_task_inner(None, f, args)
+    }
+
+    /// Spawns `f(args..)`, a call of a function registered with `#[dagger::task]`, as a task
+    /// of the region that the planner may place in a worker process (when the context has
+    /// workers), with options as for [`spawn_with`](Region::spawn_with) (a `scope` may name
+    /// workers).
+    ///
+    /// The function takes `&T` for data declared [`In`](super::In) and `&mut T` for data
+    /// declared [`Out`](super::Out) or [`InOut`](super::InOut); the arguments are whole values
+    /// ([`Data`]) and [`Val`](super::Val)s of serde types. When it runs in a worker, the region
+    /// first copies there the data the worker does not hold in its latest version (once per
+    /// version and worker, directly from the worker that wrote it), the function changes the
+    /// worker's copies in place, and the data it wrote is copied back home only when a task
+    /// here needs it or at the end of the region. In this process it runs like
+    /// [`spawn`](Region::spawn), on the data itself. [`Transfers`] counts the copies.
+    ///
+    /// A function that is not registered, or whose parameters do not match the arguments'
+    /// types and modes, is refused (the region then runs none of its tasks).
+    ///
+    /// ```
+    /// use dagger_core::{spawn_datadeps, In, InOut};
+    ///
+    /// // with `#[dagger::task]` (from the `dagger` crate) on it, this may run in a worker
+    /// fn add_into(acc: &mut Vec<u64>, xs: &Vec<u64>) {
+    ///     acc.iter_mut().zip(xs).for_each(|(a, x)| *a += x);
+    /// }
+    ///
+    /// let xs = vec![1u64, 2, 3];
+    /// let mut acc = vec![10u64; 3];
+    /// let err = spawn_datadeps(|dd| {
+    ///     let (xs, acc) = (dd.read(&xs), dd.data(&mut acc));
+    ///     dd.spawn_task(add_into, (InOut(acc), In(xs)));
+    /// })
+    /// .unwrap_err();
+    /// // not registered here: refused, and nothing ran
+    /// assert!(err.to_string().contains("not a #[dagger::task] function"), "{err}");
+    /// assert_eq!(acc, vec![10; 3]);
+    /// ```
+    pub fn spawn_task_with<F, A, R>(&'scope self, options: Options, f: F, args: A) -> RegionTask<R>
+    where
+        F: Call<A, Output = R> + Copy + 'static,
+        A: RemoteArgs + 'scope,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        self.spawn_task_inner(Some(options), f, args)
+    }
+
+    fn spawn_task_inner<F, A, R>(
+        &'scope self,
+        options: Option<Options>,
+        f: F,
+        args: A,
+    ) -> RegionTask<R>
+    where
+        F: Call<A, Output = R> + Copy + 'static,
+        A: RemoteArgs + 'scope,
+        R: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut remote = Vec::new();
+        args.remote(&mut remote);
+        let reprs: Vec<rm::Repr> = remote.into_iter().map(|r| r.0).collect();
+        let spec = match crate::remote::functions::table().lookup(TypeId::of::<F>()) {
+            None => Err(format!(
+                "`{}` is not a #[dagger::task] function, so it cannot run in another process; \
+                 register it with #[dagger::task], or spawn it with `Region::spawn` to run it \
+                 here",
+                short_name(std::any::type_name::<F>())
+            )),
+            Some((id, entry)) => rm::check_call(entry, &reprs).map(|()| RemoteSpec {
+                func: id,
+                fn_name: entry.name,
+                args: reprs,
+            }),
+        };
+        if let Ok(spec) = &spec {
+            let mut st = self.state.borrow_mut();
+            for a in &spec.args {
+                if let rm::Repr::Data { key, home, .. } = a {
+                    if let Some(h) = st.homes.get_mut(*key as usize) {
+                        *h = Some(*home);
+                    }
+                }
+            }
+        }
+        self.spawn_inner(options, f, args, spec.map(Some), Some(decode_result::<R>))
+    }
+
+    fn spawn_inner<F, A, R>(
+        &'scope self,
+        options: Option<Options>,
+        f: F,
+        args: A,
+        remote: Result<Option<RemoteSpec>, String>,
+        decode: Option<Decode<R>>,
+    ) -> RegionTask<R>
     where
         F: Call<A, Output = R> + 'scope,
         A: Send + 'scope,
         R: Send + Sync + 'static,
     {
         let signature = std::any::type_name::<F>();
-        let name: Option<Arc<str>> = options
-            .as_ref()
-            .and_then(|o| o.name.clone())
-            .or_else(|| Some(Arc::from(short_name(signature))));
+        let static_name = short_name(signature);
+        let name: Option<Arc<str>> = options.as_ref().and_then(|o| o.name.clone());
         let hint = options.as_ref().and_then(|o| o.time_util);
+        let scope = options.as_ref().and_then(|o| o.scope.clone());
         let id = TaskId::next();
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
@@ -624,6 +769,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
             index,
             region: self.id,
             name: name.clone(),
+            static_name,
             task: OnceLock::new(),
             shared: self.shared.clone(),
         });
@@ -631,16 +777,25 @@ impl<'scope, 'env> Region<'scope, 'env> {
         let mut decls = std::mem::take(&mut st.scratch);
         decls.clear();
         F::declare(&args, &mut decls);
-        if let Err(msg) = self.check(&decls.0) {
-            if st.refused.is_none() {
-                st.refused = Some(TaskError::with_message(
-                    id,
-                    name.clone(),
-                    ErrorKind::Runtime,
-                    format!("refused by its datadeps region: {msg}"),
-                ));
+        let remote = match remote {
+            Ok(r) => self.check(&decls.0).map(|()| r),
+            Err(e) => Err(e),
+        };
+        let remote = match remote {
+            Ok(r) => r,
+            Err(msg) => {
+                if st.refused.is_none() {
+                    st.refused = Some(TaskError::with_message(
+                        id,
+                        Some(name.clone().unwrap_or_else(|| Arc::from(static_name))),
+                        ErrorKind::Runtime,
+                        format!("refused by its datadeps region: {msg}"),
+                    ));
+                }
+                None
             }
-        }
+        };
+        let may_run_remote = remote.is_some();
         let first_pred = st.preds.len();
         for d in &decls.0 {
             match *d {
@@ -670,15 +825,29 @@ impl<'scope, 'env> Region<'scope, 'env> {
 
         let shared = self.shared.clone();
         let out = slot.clone();
+        let task_name = name.clone();
         let launch: Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef + 'scope> =
             Box::new(move |ctx: &LaunchCtx<'_>| {
                 let guard = BodyGuard(shared.clone());
+                let needs: Vec<Need> = ctx.needs.to_vec();
+                let copies = ctx.copies.cloned();
+                let at = ctx.remote;
                 let body = move || -> Result<R, BoxError> {
                     let _guard = guard;
                     let start = Instant::now();
-                    // SAFETY: the region launched this task after every task whose accesses
-                    // conflict with its own, and they all finished before it runs.
-                    let r = unsafe { f.call(args) };
+                    if let Some(c) = &copies {
+                        c.ensure(&needs)?;
+                    }
+                    let r = match (at, &remote, decode, &copies) {
+                        (Some((worker, thread)), Some(spec), Some(decode), Some(c)) => {
+                            let name = task_name.as_deref().unwrap_or(static_name);
+                            decode(&c.run(worker, thread, spec, Some(name))?)?
+                        }
+                        // SAFETY: the region launched this task after every task whose
+                        // accesses conflict with its own, and they all finished before it
+                        // runs.
+                        _ => unsafe { f.call(args) },
+                    };
                     if let Some(times) = shared.times.get() {
                         times[index as usize]
                             .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -691,13 +860,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 // body borrows for 'scope is used after 'scope.
                 let body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'static> =
                     unsafe { std::mem::transmute(body) };
-                let task = launch_task(
-                    ctx,
-                    id,
-                    Some(short_name(signature)),
-                    options.map(Arc::new),
-                    body,
-                );
+                let task = launch_task(ctx, id, Some(static_name), options.map(Arc::new), body);
                 let job = task.job();
                 let _ = out.task.set(task);
                 job
@@ -707,8 +870,11 @@ impl<'scope, 'env> Region<'scope, 'env> {
         st.tasks.push(Recorded {
             launch: Some(launch),
             name,
+            static_name,
             cost_ns: hint.map_or(0, |d| d.as_nanos() as u64),
             signature,
+            remote: may_run_remote,
+            scope,
         });
         RegionTask { slot }
     }
@@ -840,15 +1006,89 @@ impl<'scope, 'env> Region<'scope, 'env> {
         }
 
         let reg = crate::context::with_spawn_registry(|r| r.clone());
-        let threads: Vec<Arc<[u32]>> = reg
+        let local: Vec<(Arc<[u32]>, ProcessorInfo)> = reg
             .procs
             .iter()
             .enumerate()
             .filter(|(_, p)| matches!(p.exec, Exec::Thread(_)))
-            .map(|(i, _)| Arc::from(vec![i as u32]))
+            .map(|(i, p)| (Arc::from(vec![i as u32]), p.info))
             .collect();
-        opts.planner.start(threads.len(), n);
+        // Worker processes take part when the region has tasks that may run there.
+        let mover = reg
+            .remote
+            .mover()
+            .filter(|_| st.tasks.iter().any(|t| t.remote))
+            .cloned();
+        let mut procs: Vec<(PlanProc, ProcessorInfo)> = local
+            .iter()
+            .enumerate()
+            .map(|(t, (_, info))| {
+                (
+                    PlanProc {
+                        process: 0,
+                        thread: t as u32,
+                    },
+                    *info,
+                )
+            })
+            .collect();
+        if mover.is_some() {
+            for w in reg.remote.snapshot().iter() {
+                if w.alive.load(Ordering::Acquire) {
+                    procs.extend((0..w.threads).map(|t| {
+                        (
+                            PlanProc {
+                                process: w.id,
+                                thread: t,
+                            },
+                            w.info(t),
+                        )
+                    }));
+                }
+            }
+        }
+        let copies = match mover {
+            Some(m) if procs.len() > local.len() => Some(Arc::new(Copies::new(
+                m,
+                st.homes.clone(),
+                opts.transfers.clone(),
+            ))),
+            _ => None,
+        };
+        // A task's scope must leave it somewhere to run.
+        for t in st.tasks.iter() {
+            let Some(scope) = &t.scope else { continue };
+            let candidates = if t.remote {
+                &procs[..]
+            } else {
+                &procs[..local.len()]
+            };
+            if !candidates.iter().any(|(_, info)| scope.contains(info)) {
+                let why = if t.remote {
+                    format!("no processor of this process or its workers is in its scope `{scope}`")
+                } else {
+                    format!(
+                        "its scope `{scope}` names no thread of this process, and it can run \
+                         only here: a closure, or a function spawned with `spawn` rather than \
+                         `spawn_task`, cannot run in another process"
+                    )
+                };
+                let name = t.name.as_deref().unwrap_or(t.static_name);
+                let e = TaskError::with_message(
+                    TaskId::next(),
+                    Some(Arc::from(name)),
+                    ErrorKind::Scheduling,
+                    format!("{name} was refused by its datadeps region: {why}"),
+                );
+                st.tasks.clear();
+                return Err(e);
+            }
+        }
+        let plan_procs: Vec<PlanProc> = procs.iter().map(|(p, _)| *p).collect();
+        opts.planner.start_procs(&plan_procs, n);
         let inherited = crate::tls::spawn_env().options;
+        let mut versions = copies.as_ref().map(|_| VersionPlan::new(st.keys.len()));
+        let mut needs: Vec<Need> = Vec::new();
 
         *self.shared.bodies.lock().unwrap_or_else(|e| e.into_inner()) += n;
         let mut jobs: Vec<Option<JobRef>> = vec![None; n];
@@ -862,22 +1102,45 @@ impl<'scope, 'env> Region<'scope, 'env> {
         for &i in &order {
             let i = i as usize;
             let ps = &st.preds[pred_start[i] as usize..pred_start[i + 1] as usize];
-            let choice = {
-                let t = &st.tasks[i];
-                opts.planner.place(&PlanTask {
-                    index: i,
-                    name: t.name.as_deref(),
-                    preds: ps,
-                    cost_ns: t.cost_ns,
-                    data: &st.data[data_start[i] as usize..data_start[i + 1] as usize],
-                })
+            let data = &st.data[data_start[i] as usize..data_start[i + 1] as usize];
+            let t = &st.tasks[i];
+            let mut choice = opts.planner.place(&PlanTask {
+                index: i,
+                name: Some(t.name.as_deref().unwrap_or(t.static_name)),
+                preds: ps,
+                cost_ns: t.cost_ns,
+                data,
+                remote: t.remote && copies.is_some(),
+            });
+            let usable = if t.remote && copies.is_some() {
+                procs.len()
+            } else {
+                local.len()
             };
-            let placement = match choice {
-                Some(t) if !threads.is_empty() => {
-                    Placement::Choose(threads[t % threads.len()].clone())
+            if let Some(scope) = &t.scope {
+                // the planner's choice if the scope allows it, else the first one it allows
+                if !choice.is_some_and(|c| c < usable && scope.contains(&procs[c].1)) {
+                    choice = procs[..usable]
+                        .iter()
+                        .position(|(_, info)| scope.contains(info));
                 }
-                _ => Placement::Pool,
+            }
+            let (placement, at) = match choice {
+                Some(c) if c < local.len() => (Placement::Choose(local[c].0.clone()), None),
+                Some(c) if c < usable => {
+                    let p = procs[c].0;
+                    (Placement::Pool, Some((p.process, p.thread)))
+                }
+                _ => (Placement::Pool, None),
             };
+            needs.clear();
+            if let Some(v) = versions.as_mut() {
+                v.task(
+                    at.map_or(0, |(w, _)| w),
+                    data.iter().map(|d| (d.key, d.write)),
+                    &mut needs,
+                );
+            }
             preds.clear();
             preds.extend(ps.iter().map(|&p| {
                 jobs[p as usize]
@@ -890,6 +1153,9 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 placement,
                 preds: &preds,
                 inherited: inherited.clone(),
+                needs: &needs,
+                copies: copies.as_ref(),
+                remote: at,
             };
             waiter.unlaunched -= 1;
             jobs[i] = Some(launch(&ctx));
@@ -903,12 +1169,28 @@ impl<'scope, 'env> Region<'scope, 'env> {
         drop(waiter); // waits for the bodies
         self.learn();
         // the first failure in submission order is a root failure (dependents come later)
-        for job in jobs.iter().flatten() {
-            if let Some(e) = job.error() {
-                return Err(e);
+        let failed = jobs.iter().flatten().find_map(|job| job.error());
+        if let Some(c) = copies {
+            // data whose latest version is on a worker goes home (after a failure the data
+            // is left as it is)
+            let written = match (&failed, versions) {
+                (None, Some(v)) => c.write_back(&v.write_backs()),
+                _ => Ok(()),
+            };
+            c.free_all();
+            if let Err(e) = written {
+                return Err(TaskError::with_message(
+                    TaskId::next(),
+                    Some(Arc::from("datadeps write-back")),
+                    ErrorKind::Runtime,
+                    format!("writing region data back from the workers failed: {e}"),
+                ));
             }
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Ends the region once no task body is left: drops unlaunched tasks, frees owned data or
@@ -970,13 +1252,34 @@ impl Drop for WaitOnDrop<'_> {
     }
 }
 
+/// Decodes the result of a task that ran in another process.
+type Decode<R> = fn(&[u8]) -> Result<R, BoxError>;
+
+/// Decodes the encoded result of a task that ran in another process.
+fn decode_result<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BoxError> {
+    postcard::from_bytes(bytes).map_err(|e| {
+        format!(
+            "cannot decode a {} sent by a worker: {e}",
+            std::any::type_name::<R>()
+        )
+        .into()
+    })
+}
+
 /// The name shown for a task: the function's path without its crate, for closures the
 /// enclosing function.
 fn short_name(type_name: &'static str) -> &'static str {
-    let s = type_name.trim_end_matches("::{{closure}}");
-    match s.find("::") {
-        Some(i) if !s.starts_with('<') => &s[i + 2..],
-        _ => s,
+    // (byte comparisons: this runs for every task, and `str` pattern searches are slow)
+    let mut s = type_name;
+    while let Some(t) = s.strip_suffix("::{{closure}}") {
+        s = t;
+    }
+    if s.starts_with('<') {
+        return s;
+    }
+    match s.as_bytes().windows(2).position(|w| w == b"::") {
+        Some(i) => &s[i + 2..],
+        None => s,
     }
 }
 
@@ -1011,37 +1314,7 @@ fn launch_task<R: Send + Sync + 'static>(
     ));
     let job: JobRef = task.clone();
     let handle = DTask { cell: task };
-    let mut arrived = 1u32;
-    let mut failed: Option<TaskError> = None;
-    let mut edge_used = false;
-    for dep in ctx.preds {
-        let dh = dep.header();
-        let registered = !dh.state.is_done() && {
-            let waiter = Waiter::Task(job.clone());
-            if edge_used {
-                dh.waiters.push(waiter).is_ok()
-            } else {
-                // SAFETY: the slot is this task's own, used once; the waiter holds a reference
-                // to this task, which keeps the slot alive until the input takes it out.
-                let pushed = unsafe { dh.waiters.push_in(&job.header().edge, waiter) }.is_ok();
-                edge_used |= pushed;
-                pushed
-            }
-        };
-        if !registered {
-            arrived += 1;
-            if failed.is_none() {
-                failed = dep.error();
-            }
-        }
-    }
-    if let Some(cause) = failed {
-        let h = job.header();
-        abort_with(&job, TaskError::upstream(h.id, h.name(), &cause));
-        return handle;
-    }
-    let h = job.header();
-    if h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready() {
+    if link_inputs(&job, ctx.preds) {
         let pushed = WorkerThread::with_current(|w| match w {
             Some(w) if Arc::ptr_eq(&w.registry, ctx.reg) => {
                 w.push_new(job.clone());
@@ -1118,6 +1391,7 @@ where
             data: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
+            homes: Vec::new(),
             refused: None,
             scratch: Declarations::default(),
         }),

@@ -119,6 +119,10 @@ pub struct Param {
     /// For `Vec<T>` / `Vec<&T>` parameters: the element type, so the argument may also be a
     /// collection of tasks or chunks, one value each.
     pub elem: Option<Codec>,
+    /// Whether the function takes the parameter as `&mut T`: only a task of a data-dependency
+    /// region can pass it (declared `Out` or `InOut`), and the function changes the value in
+    /// place where it lives.
+    pub mutable: bool,
 }
 
 /// A function registered with `#[dagger::task]`.
@@ -228,12 +232,54 @@ pub fn table() -> &'static FnTable {
 }
 
 /// One argument as a worker receives it: one value, or one value per task of a collection.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum ArgValue {
     /// A single value.
     One(Arc<dyn Any + Send + Sync>),
     /// The values of a collection of tasks or chunks, in order.
     Many(Vec<Arc<dyn Any + Send + Sync>>),
+    /// A value the function changes in place (a `&mut T` parameter).
+    Mut(MutArg),
+}
+
+/// A value lent to one call for changing (a `&mut T` parameter): borrowed mutably at most
+/// once, then taken back with [`MutArg::into_inner`]. The value must not be shared (its `Arc`
+/// has no other handle), else borrowing it fails.
+pub struct MutArg {
+    value: std::cell::UnsafeCell<AnyValue>,
+    lent: std::cell::Cell<bool>,
+}
+
+impl MutArg {
+    /// Lends `value`.
+    pub fn new(value: AnyValue) -> Self {
+        MutArg {
+            value: std::cell::UnsafeCell::new(value),
+            lent: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The value back, with the changes the call made.
+    pub fn into_inner(self) -> AnyValue {
+        self.value.into_inner()
+    }
+
+    /// The value borrowed mutably; `None` when it was lent already or is shared.
+    #[allow(clippy::mut_from_ref)] // handed out once, guarded by `lent`
+    fn lend(&self) -> Option<&mut (dyn Any + Send + Sync)> {
+        if self.lent.replace(true) {
+            return None;
+        }
+        // SAFETY: the flag above hands out this borrow once, and `into_inner` (which consumes
+        // `self`) cannot run while it lives.
+        Arc::get_mut(unsafe { &mut *self.value.get() })
+    }
+}
+
+impl fmt::Debug for MutArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutArg").finish_non_exhaustive()
+    }
 }
 
 /// The decoded arguments of a call, handed to [`TaskFn::invoke`].
@@ -275,6 +321,12 @@ impl<'a> Args<'a> {
     fn one(&self, i: usize) -> Result<&'a Arc<dyn Any + Send + Sync>, BoxError> {
         match self.values.get(i) {
             Some(ArgValue::One(v)) => Ok(v),
+            Some(ArgValue::Mut(_)) => Err(format!(
+                "argument {} of task function {} is lent for changing (`&mut`), not for reading",
+                i + 1,
+                self.fn_name
+            )
+            .into()),
             Some(ArgValue::Many(_)) => Err(format!(
                 "argument {} of task function {} is a collection, not one value",
                 i + 1,
@@ -297,6 +349,31 @@ impl<'a> Args<'a> {
             .ok_or_else(|| type_error::<P>(self.fn_name, i))
     }
 
+    /// Borrows argument `i` (lent for changing) as a `&mut P`; once per call.
+    pub fn borrow_mut<P: 'static>(&self, i: usize) -> Result<&'a mut P, BoxError> {
+        match self.values.get(i) {
+            Some(ArgValue::Mut(m)) => m
+                .lend()
+                .ok_or_else(|| {
+                    format!(
+                        "argument {} of task function {} was borrowed mutably twice, or is \
+                         shared",
+                        i + 1,
+                        self.fn_name
+                    )
+                })?
+                .downcast_mut::<P>()
+                .ok_or_else(|| type_error::<P>(self.fn_name, i)),
+            _ => Err(format!(
+                "argument {} of task function {} is a `&mut` parameter: only a task of a \
+                 data-dependency region declaring it `Out` or `InOut` can pass it",
+                i + 1,
+                self.fn_name
+            )
+            .into()),
+        }
+    }
+
     /// Argument `i` as an owned `P` (a copy of the shared value).
     pub fn take<P: Clone + 'static>(&self, i: usize) -> Result<P, BoxError> {
         self.borrow::<P>(i).cloned()
@@ -312,6 +389,7 @@ impl<'a> Args<'a> {
                         .ok_or_else(|| type_error::<P>(self.fn_name, i))
                 })
                 .collect(),
+            Some(ArgValue::Mut(_)) => Err(type_error::<Vec<P>>(self.fn_name, i)),
             Some(ArgValue::One(v)) => {
                 let all = v
                     .downcast_ref::<Vec<P>>()

@@ -13,6 +13,27 @@ use crate::context::Context;
 use crate::error::ErrorKind;
 use std::sync::Arc;
 
+/// What running a call in place gives: the encoded result and run time, or how the call
+/// failed; the outer error says the worker could not be asked or did not answer.
+pub(crate) type RanInPlace = Result<Result<(bytes::Bytes, u64), (ErrorKind, String)>, String>;
+
+/// How a data-dependency region moves values between the head and its workers (blocking
+/// calls; implemented by the cluster layer).
+pub(crate) trait Mover: Send + Sync {
+    /// Has worker `worker` keep `bytes` (an encoded value).
+    fn put(&self, worker: u32, bytes: bytes::Bytes) -> Result<wire::Location, String>;
+    /// Has worker `worker` copy the value at `from` (directly from the worker holding it).
+    fn pull(&self, worker: u32, from: wire::Location) -> Result<wire::Location, String>;
+    /// The encoded value at `loc`.
+    fn fetch(&self, loc: wire::Location) -> Result<bytes::Bytes, String>;
+    /// Drops the value at `loc`.
+    fn free(&self, loc: wire::Location);
+    /// Runs `call` on worker `worker`, changing the arguments marked in `writes` in place
+    /// there; the encoded result and the run time. The outer error: the worker could not be
+    /// asked or did not answer; the inner one: how the call failed.
+    fn run_in_place(&self, worker: u32, call: wire::WireCall, writes: Vec<bool>) -> RanInPlace;
+}
+
 /// Makes `ctx` a head process: tasks calling registered functions may now be sent to worker
 /// processes through `dispatch`. Returns false if a cluster was already attached.
 pub fn attach(ctx: &Context, dispatch: Arc<dyn Dispatch>) -> bool {

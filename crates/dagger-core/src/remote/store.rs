@@ -1,7 +1,7 @@
 //! The values a process holds for others, and running calls that arrive from other
 //! processes.
 
-use super::functions::{table, ArgValue, Args, Codec, Stored, TaskFn};
+use super::functions::{table, AnyValue, ArgValue, Args, Codec, MutArg, Stored, TaskFn};
 use super::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
@@ -156,6 +156,36 @@ impl Store {
             }
         }
         Ok(value)
+    }
+
+    /// Takes the value with id `id` out, decoded with `codec`, unshared (so it can be
+    /// changed in place); put it back with [`put_back`](Store::put_back).
+    pub fn take_unique(&self, id: u64, codec: &Codec) -> Result<AnyValue, BoxError> {
+        let entry = self.map().remove(id).ok_or_else(|| self.freed(id))?;
+        match entry {
+            Entry::Raw(b) => (codec.decode)(&b),
+            // Someone else holds the value still (an encoding for a fetch): change a copy.
+            Entry::Typed(s, _) => match Arc::strong_count(&s.value) {
+                1 => Ok(s.value),
+                _ => (codec.decode)(&s.to_bytes()?),
+            },
+        }
+    }
+
+    /// Keeps `value` (of the type of `codec`) under id `id` again.
+    pub fn put_back(&self, id: u64, value: AnyValue, codec: &Codec) {
+        let entry = Entry::Typed(
+            Stored {
+                value,
+                encode: codec.encode,
+                type_name: (codec.type_name)(),
+            },
+            None,
+        );
+        let mut values = self.map();
+        if let Some(old) = values.map.insert(id, entry) {
+            values.cached -= old.cached();
+        }
     }
 
     /// The encoded bytes of the value with id `id`, if they are at hand (no encoding needed).
@@ -430,6 +460,93 @@ pub fn run_claimed(
         Some(inh) => crate::options::with_options(inh, || crate::task::try_spawn_with(opts, body)),
         None => crate::task::try_spawn_with(opts, body),
     }))
+}
+
+/// Runs a call of a data-dependency region that arrived from the head, as a task on `ctx`:
+/// the arguments marked in `writes` are values of `store` (`Ref`s to this process) that the
+/// function changes in place; they stay here, changed. Yields the encoded result and how long
+/// the function ran (nanoseconds).
+pub fn run_in_place(
+    ctx: &Context,
+    call: WireCall,
+    writes: Vec<bool>,
+    store: Arc<Store>,
+    fetch: Arc<dyn Fetch>,
+) -> Result<DTask<(Vec<u8>, u64)>, BoxError> {
+    let entry = table()
+        .get(call.func)
+        .ok_or_else(|| format!("no task function has id {}", call.func))?;
+    if call.args.len() != entry.params.len() || writes.len() != call.args.len() {
+        return Err(format!(
+            "task function {} takes {} arguments but the call has {}",
+            entry.name,
+            entry.params.len(),
+            call.args.len()
+        )
+        .into());
+    }
+    let mut opts = options_from_wire(&call.options);
+    if opts.name.is_none() {
+        opts = opts.name(entry.name);
+    }
+    if let Some(t) = call.thread {
+        opts = opts.scope(Scope::worker(store.worker()).thread(t));
+    }
+    let body = move || -> Result<(Vec<u8>, u64), BoxError> {
+        let mut values = Vec::with_capacity(call.args.len());
+        let mut lent: Vec<(usize, u64)> = Vec::new();
+        let mut failed = None;
+        for (i, ((p, a), &w)) in entry.params.iter().zip(&call.args).zip(&writes).enumerate() {
+            let v = match (w, a) {
+                (true, WireArg::Ref(loc)) if loc.worker == store.worker() => {
+                    store.take_unique(loc.id, &p.codec).map(|v| {
+                        lent.push((i, loc.id));
+                        ArgValue::Mut(MutArg::new(v))
+                    })
+                }
+                (true, _) => Err(format!(
+                    "argument {} of {} is changed in place, so it must be held here",
+                    i + 1,
+                    entry.name
+                )
+                .into()),
+                (false, other) => resolve_one(other, &p.codec, &store, &*fetch).map(ArgValue::One),
+            };
+            match v {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let ran = match failed {
+            Some(e) => Err(e),
+            None => {
+                let started = std::time::Instant::now();
+                // A panic is caught by the task and reported; the lent values are then lost,
+                // which only matters to the region that already fails.
+                let r = (entry.invoke)(&Args::new(entry.name, &values));
+                r.map(|stored| (stored, started.elapsed().as_nanos() as u64))
+            }
+        };
+        // the changed values stay here, under the ids the head knows them by
+        for (v, (i, id)) in values
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| match v {
+                ArgValue::Mut(m) => Some((i, m)),
+                _ => None,
+            })
+            .map(|(_, m)| m)
+            .zip(lent)
+        {
+            store.put_back(id, v.into_inner(), &entry.params[i].codec);
+        }
+        let (stored, run_ns) = ran?;
+        Ok((stored.to_bytes()?, run_ns))
+    };
+    Ok(ctx.enter(|| crate::task::try_spawn_with(opts, body)))
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ impl RemoteWorker {
         }
     }
 
-    fn info(&self, thread: u32) -> ProcessorInfo {
+    pub(crate) fn info(&self, thread: u32) -> ProcessorInfo {
         ProcessorInfo {
             id: ProcessorId::thread(WorkerId(self.id), thread),
             node: self.node,
@@ -132,6 +132,7 @@ pub(crate) struct RemoteSet {
     workers: RwLock<Arc<Vec<Arc<RemoteWorker>>>>,
     active: AtomicBool,
     dispatch: OnceLock<Arc<dyn Dispatch>>,
+    mover: OnceLock<Arc<dyn crate::remote::Mover>>,
 }
 
 impl RemoteSet {
@@ -140,6 +141,7 @@ impl RemoteSet {
             workers: RwLock::new(Arc::new(Vec::new())),
             active: AtomicBool::new(false),
             dispatch: OnceLock::new(),
+            mover: OnceLock::new(),
         }
     }
 
@@ -154,6 +156,15 @@ impl RemoteSet {
             self.active.store(true, Ordering::Release);
         }
         ok
+    }
+
+    pub(crate) fn set_mover(&self, mover: Arc<dyn crate::remote::Mover>) {
+        let _ = self.mover.set(mover);
+    }
+
+    /// How data-dependency regions move data to and from workers, when a cluster is attached.
+    pub(crate) fn mover(&self) -> Option<&Arc<dyn crate::remote::Mover>> {
+        self.mover.get()
     }
 
     pub(crate) fn dispatcher(&self) -> Option<&Arc<dyn Dispatch>> {

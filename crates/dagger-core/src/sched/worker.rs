@@ -130,6 +130,11 @@ impl WorkerThread {
         loop {
             if self.spare && self.should_retire() {
                 self.hand_back_work();
+                // A wake-up for work pinned to this slot may have picked this thread while
+                // the thread it stood in for sleeps too: pass it on.
+                if reg.has_queued(self.slot.get()) {
+                    reg.sleep.notify_slot(self.slot.get());
+                }
                 if spinning {
                     reg.sleep.stop_spinning();
                     // Work published while this thread spun woke nobody (a spinner was

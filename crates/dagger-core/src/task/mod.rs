@@ -20,8 +20,8 @@ pub(crate) use group::{with_group, Group};
 pub(crate) use outcome::{Outcome, RemoteValue};
 pub(crate) use spawn::ArgDeps;
 pub use spawn::ArgInfo;
+pub(crate) use spawn::{link_inputs, spawn_raw, Site};
 pub use spawn::{spawn, spawn_with, try_spawn, try_spawn_with};
-pub(crate) use spawn::{spawn_raw, Site};
 
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;

@@ -225,10 +225,24 @@ where
         return handle;
     }
 
+    if link_inputs(&job, site.args.iter().flat_map(|a| a.deps.as_slice())) {
+        match worker {
+            Some(w) => w.push_new(job),
+            None => reg.inject(job),
+        }
+    }
+    handle
+}
+
+/// Makes a new task (its `pending` count: one per input, plus one for its spawner) wait for
+/// its inputs: registers it with each unfinished input and counts the finished ones as
+/// arrived. When an input failed the task fails at once (naming it). Returns true when the
+/// task became ready here, and the caller must queue it.
+pub(crate) fn link_inputs<'a>(job: &JobRef, inputs: impl IntoIterator<Item = &'a JobRef>) -> bool {
     let mut arrived = 1u32;
     let mut failed: Option<TaskError> = None;
     let mut edge_used = false;
-    for dep in site.args.iter().flat_map(|a| a.deps.as_slice()) {
+    for dep in inputs {
         let dh = dep.header();
         let registered = !dh.state.is_done() && {
             let waiter = Waiter::Task(job.clone());
@@ -249,19 +263,12 @@ where
             }
         }
     }
-    if let Some(cause) = failed {
-        let h = job.header();
-        abort_with(&job, TaskError::upstream(h.id, h.name(), &cause));
-        return handle;
-    }
     let h = job.header();
-    if h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready() {
-        match worker {
-            Some(w) => w.push_new(job),
-            None => reg.inject(job),
-        }
+    if let Some(cause) = failed {
+        abort_with(job, TaskError::upstream(h.id, h.name(), &cause));
+        return false;
     }
-    handle
+    h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready()
 }
 
 /// Spawns `f` as a task and returns its handle (the reference's `Dagger.spawn`).

@@ -1,0 +1,645 @@
+//! Regions across worker processes: which tasks may run on a worker, and the copies that
+//! keep every process's view of region data consistent.
+//!
+//! A closure cannot run in another process, so only calls of `#[dagger::task]` functions
+//! spawned with [`Region::spawn_task`](super::Region::spawn_task) may be placed on a worker,
+//! and only when every argument can be encoded: whole values ([`Data`]) of serde types and
+//! [`Val`]s. Views, blocks, parts and closures stay in this process.
+//!
+//! The home copy of every piece of data is the one registered with the region (in this
+//! process). The planner walks the tasks in a topological order and gives every write a new
+//! *version* of the data it writes; a task that needs a version its process does not hold gets
+//! a copy first: from home (sent to the worker), from the worker that wrote it (pulled by the
+//! worker directly from that worker), or back home from a worker. Copies of one version to one
+//! process are made once, by whichever task needing it runs first (the others wait for it).
+//! Workers change their copies in place. At the end, data whose latest version is not home is
+//! written back; data no remote task wrote is never sent back.
+
+use super::access::{Access, In, InOut, Out, Val};
+use super::data::Data;
+use crate::error::BoxError;
+use crate::remote::wire::{Location, WireArg, WireCall, WireOptions};
+use crate::remote::Mover;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// How to encode a region's home copy of a value and decode a worker's version into it.
+#[derive(Clone, Copy)]
+pub(crate) struct Home {
+    ptr: *mut (),
+    encode: unsafe fn(*const ()) -> Result<Vec<u8>, BoxError>,
+    decode_into: unsafe fn(*mut (), &[u8]) -> Result<(), BoxError>,
+    pub(crate) type_id: TypeId,
+    pub(crate) type_name: &'static str,
+}
+
+// SAFETY: the pointer is a region's data, which the region only reads or writes through a
+// `Home` while no task accesses it in a conflicting way (the copy protocol in this module).
+unsafe impl Send for Home {}
+unsafe impl Sync for Home {}
+
+/// # Safety
+/// `p` points to a live `T` nobody writes meanwhile.
+unsafe fn encode_home<T: Serialize>(p: *const ()) -> Result<Vec<u8>, BoxError> {
+    // SAFETY: forwarded.
+    let v = unsafe { &*(p as *const T) };
+    postcard::to_allocvec(v)
+        .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
+}
+
+/// # Safety
+/// `p` points to a live `T` nobody else accesses meanwhile.
+unsafe fn decode_home<T: DeserializeOwned>(p: *mut (), bytes: &[u8]) -> Result<(), BoxError> {
+    let v: T = postcard::from_bytes(bytes)
+        .map_err(|e| format!("cannot decode a {}: {e}", std::any::type_name::<T>()))?;
+    // SAFETY: forwarded.
+    unsafe { *(p as *mut T) = v };
+    Ok(())
+}
+
+/// One argument of a task that may run in another process (opaque).
+#[doc(hidden)]
+pub struct RemoteArg(pub(crate) Repr);
+
+#[derive(Clone)]
+pub(crate) enum Repr {
+    Data {
+        key: u32,
+        write: bool,
+        home: Home,
+    },
+    Val {
+        bytes: Result<Vec<u8>, String>,
+        type_id: TypeId,
+        type_name: &'static str,
+    },
+}
+
+/// An argument that a task running in another process can receive: [`Data`] of a serde type
+/// (bare or in [`In`], [`Out`], [`InOut`]) and [`Val`] of a serde type.
+pub trait RemoteAccess: Access {
+    #[doc(hidden)]
+    fn remote(&self) -> RemoteArg;
+}
+
+fn data_arg<T: Serialize + DeserializeOwned + 'static>(d: &Data<'_, T>, write: bool) -> RemoteArg {
+    RemoteArg(Repr::Data {
+        key: d.key.key,
+        write,
+        home: Home {
+            ptr: d.ptr.as_ptr() as *mut (),
+            encode: encode_home::<T>,
+            decode_into: decode_home::<T>,
+            type_id: TypeId::of::<T>(),
+            type_name: std::any::type_name::<T>(),
+        },
+    })
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for Data<'_, T> {
+    fn remote(&self) -> RemoteArg {
+        data_arg(self, false)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for In<Data<'_, T>> {
+    fn remote(&self) -> RemoteArg {
+        data_arg(&self.0, false)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for Out<Data<'_, T>> {
+    fn remote(&self) -> RemoteArg {
+        data_arg(&self.0, true)
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for InOut<Data<'_, T>> {
+    fn remote(&self) -> RemoteArg {
+        data_arg(&self.0, true)
+    }
+}
+
+impl<X: Serialize + Send + 'static> RemoteAccess for Val<X> {
+    fn remote(&self) -> RemoteArg {
+        RemoteArg(Repr::Val {
+            bytes: postcard::to_allocvec(&self.0)
+                .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<X>())),
+            type_id: TypeId::of::<X>(),
+            type_name: std::any::type_name::<X>(),
+        })
+    }
+}
+
+/// The arguments of a task that may run in another process: a tuple of [`RemoteAccess`]
+/// values.
+pub trait RemoteArgs: Send {
+    #[doc(hidden)]
+    fn remote(&self, out: &mut Vec<RemoteArg>);
+}
+
+macro_rules! remote_args {
+    ($( ($($a:ident $i:tt),*) )*) => {$(
+        impl<$($a: RemoteAccess),*> RemoteArgs for ($($a,)*) {
+            #[allow(unused_variables)]
+            fn remote(&self, out: &mut Vec<RemoteArg>) {
+                $(out.push(self.$i.remote());)*
+            }
+        }
+    )*};
+}
+
+remote_args! {
+    ()
+    (A0 0)
+    (A0 0, A1 1)
+    (A0 0, A1 1, A2 2)
+    (A0 0, A1 1, A2 2, A3 3)
+    (A0 0, A1 1, A2 2, A3 3, A4 4)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10)
+    (A0 0, A1 1, A2 2, A3 3, A4 4, A5 5, A6 6, A7 7, A8 8, A9 9, A10 10, A11 11)
+}
+
+/// A registered function call a region may send to a worker.
+pub(crate) struct RemoteSpec {
+    pub(crate) func: u32,
+    pub(crate) fn_name: &'static str,
+    pub(crate) args: Vec<Repr>,
+}
+
+/// Checks a call of registered function `entry` with `args`: the description of what does
+/// not match, if anything.
+pub(crate) fn check_call(
+    entry: &crate::remote::functions::TaskFn,
+    args: &[Repr],
+) -> Result<(), String> {
+    if entry.params.len() != args.len() {
+        return Err(format!(
+            "{} takes {} arguments, the task passes {}",
+            entry.name,
+            entry.params.len(),
+            args.len()
+        ));
+    }
+    if entry.fallible {
+        return Err(format!(
+            "{} returns a `Result` whose error fails a task, while a region task returns its \
+             function's value as it is; wrap it in a function that returns the `Result` as a \
+             value, or panics",
+            entry.name
+        ));
+    }
+    for (i, (p, a)) in entry.params.iter().zip(args).enumerate() {
+        let (type_id, type_name, write) = match a {
+            Repr::Data { home, write, .. } => (home.type_id, home.type_name, *write),
+            Repr::Val {
+                type_id, type_name, ..
+            } => (*type_id, *type_name, false),
+        };
+        if !p.codec.is(type_id) {
+            return Err(format!(
+                "argument {} is a {type_name}, but {} takes a {} there",
+                i + 1,
+                entry.name,
+                (p.codec.type_name)()
+            ));
+        }
+        if p.mutable != write {
+            return Err(format!(
+                "argument {} is declared {} but parameter {} of {} is {}",
+                i + 1,
+                if write { "Out/InOut" } else { "In" },
+                i + 1,
+                entry.name,
+                if p.mutable { "`&mut`" } else { "not `&mut`" }
+            ));
+        }
+        if let Repr::Val { bytes: Err(e), .. } = a {
+            return Err(format!("argument {}: {e}", i + 1));
+        }
+    }
+    Ok(())
+}
+
+/// Counts of the values a region copied between processes. Pass one to
+/// [`DatadepsOptions::transfers`](super::DatadepsOptions::transfers), read it after the region.
+///
+/// ```
+/// use dagger_core::{spawn_datadeps_with, DatadepsOptions, Transfers};
+/// let t = Transfers::new();
+/// spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |_dd| ()).unwrap();
+/// assert_eq!(t.stats().sent, 0); // no worker processes here: nothing moved
+/// ```
+#[derive(Clone, Default)]
+pub struct Transfers(Arc<Counters>);
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    sent_bytes: AtomicU64,
+    moved: AtomicU64,
+    moved_bytes: AtomicU64,
+    fetched: AtomicU64,
+    fetched_bytes: AtomicU64,
+    written_back: AtomicU64,
+    written_back_bytes: AtomicU64,
+    remote_tasks: AtomicU64,
+}
+
+/// What [`Transfers`] counted (values and their encoded bytes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Values sent from their home (this process) to a worker.
+    pub sent: u64,
+    /// Their bytes.
+    pub sent_bytes: u64,
+    /// Values copied from one worker to another (directly, worker to worker).
+    pub moved: u64,
+    /// Their bytes.
+    pub moved_bytes: u64,
+    /// Values copied back home during the region, for tasks running here.
+    pub fetched: u64,
+    /// Their bytes.
+    pub fetched_bytes: u64,
+    /// Values written back home at the end of the region (those whose latest version was on a
+    /// worker).
+    pub written_back: u64,
+    /// Their bytes.
+    pub written_back_bytes: u64,
+    /// Tasks that ran on worker processes.
+    pub remote_tasks: u64,
+}
+
+impl Transfers {
+    /// Counters at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> TransferStats {
+        let c = &self.0;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransferStats {
+            sent: l(&c.sent),
+            sent_bytes: l(&c.sent_bytes),
+            moved: l(&c.moved),
+            moved_bytes: l(&c.moved_bytes),
+            fetched: l(&c.fetched),
+            fetched_bytes: l(&c.fetched_bytes),
+            written_back: l(&c.written_back),
+            written_back_bytes: l(&c.written_back_bytes),
+            remote_tasks: l(&c.remote_tasks),
+        }
+    }
+
+    fn add(count: &AtomicU64, bytes_counter: &AtomicU64, bytes: usize) {
+        count.fetch_add(1, Ordering::Relaxed);
+        bytes_counter.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Transfers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.stats().fmt(f)
+    }
+}
+
+/// A copy a task needs before it runs: version `version` of data `key`, from process `from`
+/// (0: home) to process `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Need {
+    pub(crate) key: u32,
+    pub(crate) version: u32,
+    pub(crate) from: u32,
+    pub(crate) to: u32,
+}
+
+type Cell = Arc<OnceLock<Result<(), String>>>;
+
+/// The copies of one region at run time.
+pub(crate) struct Copies {
+    mover: Arc<dyn Mover>,
+    homes: Vec<Option<Home>>,
+    /// Where each process keeps its copy of each key: (key, process) -> location.
+    slots: Mutex<HashMap<(u32, u32), Location>>,
+    made: Mutex<HashMap<(u32, u32, u32), Cell>>,
+    transfers: Transfers,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Copies {
+    pub(crate) fn new(
+        mover: Arc<dyn Mover>,
+        homes: Vec<Option<Home>>,
+        transfers: Transfers,
+    ) -> Self {
+        Copies {
+            mover,
+            homes,
+            slots: Mutex::new(HashMap::new()),
+            made: Mutex::new(HashMap::new()),
+            transfers,
+        }
+    }
+
+    /// Makes every copy in `needs` (or waits for the task making it).
+    pub(crate) fn ensure(&self, needs: &[Need]) -> Result<(), BoxError> {
+        for n in needs {
+            let cell = lock(&self.made)
+                .entry((n.key, n.version, n.to))
+                .or_default()
+                .clone();
+            crate::sched::blocking(|| cell.get_or_init(|| self.copy(n, false)).clone())?;
+        }
+        Ok(())
+    }
+
+    /// Writes the latest version of each of `needs` (all to home) back.
+    pub(crate) fn write_back(&self, needs: &[Need]) -> Result<(), String> {
+        for n in needs {
+            self.copy(n, true)?;
+        }
+        Ok(())
+    }
+
+    fn home(&self, key: u32) -> Result<Home, String> {
+        self.homes
+            .get(key as usize)
+            .copied()
+            .flatten()
+            .ok_or_else(|| format!("region data {key} has no encoding (internal error)"))
+    }
+
+    fn slot(&self, key: u32, process: u32) -> Result<Location, String> {
+        lock(&self.slots)
+            .get(&(key, process))
+            .copied()
+            .ok_or_else(|| format!("process {process} holds no copy of region data {key}"))
+    }
+
+    fn set_slot(&self, key: u32, process: u32, loc: Location) {
+        if let Some(old) = lock(&self.slots).insert((key, process), loc) {
+            self.mover.free(old);
+        }
+    }
+
+    fn copy(&self, n: &Need, final_write: bool) -> Result<(), String> {
+        let c = &self.transfers.0;
+        let what = |e: String| {
+            format!(
+                "copying region data {} from process {} to process {} failed: {e}",
+                n.key, n.from, n.to
+            )
+        };
+        match (n.from, n.to) {
+            (0, 0) => Ok(()),
+            (0, to) => {
+                let home = self.home(n.key)?;
+                // SAFETY: a copy from home runs while no task writes the data (see module
+                // docs: the tasks needing this version run after its writer, before the next).
+                let bytes = unsafe { (home.encode)(home.ptr) }.map_err(|e| what(e.to_string()))?;
+                let len = bytes.len();
+                let loc = self.mover.put(to, bytes.into()).map_err(what)?;
+                Transfers::add(&c.sent, &c.sent_bytes, len);
+                self.set_slot(n.key, to, loc);
+                Ok(())
+            }
+            (from, 0) => {
+                let home = self.home(n.key)?;
+                let src = self.slot(n.key, from)?;
+                let bytes = self.mover.fetch(src).map_err(what)?;
+                // SAFETY: as above, and no task of this process reads the data meanwhile:
+                // those needing this version wait for this copy, older readers finished.
+                unsafe { (home.decode_into)(home.ptr, &bytes) }.map_err(|e| what(e.to_string()))?;
+                if final_write {
+                    Transfers::add(&c.written_back, &c.written_back_bytes, bytes.len());
+                } else {
+                    Transfers::add(&c.fetched, &c.fetched_bytes, bytes.len());
+                }
+                Ok(())
+            }
+            (from, to) => {
+                let src = self.slot(n.key, from)?;
+                let loc = self.mover.pull(to, src).map_err(what)?;
+                Transfers::add(&c.moved, &c.moved_bytes, loc.bytes as usize);
+                self.set_slot(n.key, to, loc);
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `spec` on thread `thread` of worker `worker` (after its copies were made): the
+    /// encoded result.
+    pub(crate) fn run(
+        &self,
+        worker: u32,
+        thread: u32,
+        spec: &RemoteSpec,
+        name: Option<&str>,
+    ) -> Result<bytes::Bytes, BoxError> {
+        let mut args = Vec::with_capacity(spec.args.len());
+        let mut writes = Vec::with_capacity(spec.args.len());
+        for a in &spec.args {
+            match a {
+                Repr::Data { key, write, .. } => {
+                    args.push(WireArg::Ref(self.slot(*key, worker)?));
+                    writes.push(*write);
+                }
+                Repr::Val { bytes, .. } => {
+                    args.push(WireArg::Value(bytes.clone()?));
+                    writes.push(false);
+                }
+            }
+        }
+        let call = WireCall {
+            func: spec.func,
+            args,
+            thread: Some(thread),
+            options: WireOptions {
+                name: name.map(str::to_string),
+                ..WireOptions::default()
+            },
+        };
+        let ran = crate::sched::blocking(|| self.mover.run_in_place(worker, call, writes))
+            .map_err(|e| format!("{} could not run on worker {worker}: {e}", spec.fn_name))?;
+        match ran {
+            Ok((bytes, _run_ns)) => {
+                self.transfers
+                    .0
+                    .remote_tasks
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(bytes)
+            }
+            Err((kind, message)) => Err(format!(
+                "{} failed on worker {worker} ({kind:?}): {message}",
+                spec.fn_name
+            )
+            .into()),
+        }
+    }
+
+    /// Drops every copy the workers hold.
+    pub(crate) fn free_all(&self) {
+        for (_, loc) in lock(&self.slots).drain() {
+            self.mover.free(loc);
+        }
+    }
+}
+
+/// Plans the copies of a region: given each task's process (0: home) in a topological order,
+/// which copies each task needs, and which data must be written back at the end.
+pub(crate) struct VersionPlan {
+    version: Vec<u32>,
+    source: Vec<u32>,
+    held: HashMap<(u32, u32), u32>,
+}
+
+impl VersionPlan {
+    pub(crate) fn new(keys: usize) -> Self {
+        VersionPlan {
+            version: vec![0; keys],
+            source: vec![0; keys],
+            held: HashMap::new(),
+        }
+    }
+
+    /// A task on process `at` accessing `data` (key, write): the copies it needs go to `out`.
+    ///
+    /// A process that got a version by a copy lists that copy for every task reading it
+    /// there: the first such task to run makes it, the others (which may run at the same
+    /// time) wait for it rather than for nothing.
+    pub(crate) fn task(
+        &mut self,
+        at: u32,
+        data: impl Iterator<Item = (u32, bool)> + Clone,
+        out: &mut Vec<Need>,
+    ) {
+        let start = out.len();
+        for (key, _) in data.clone() {
+            let k = key as usize;
+            let v = self.version[k];
+            let made_here = self.source[k] == at;
+            let has = self
+                .held
+                .get(&(key, at))
+                .copied()
+                .or((at == 0).then_some(0));
+            if (has != Some(v) || !made_here) && !out[start..].iter().any(|n| n.key == key) {
+                out.push(Need {
+                    key,
+                    version: v,
+                    from: self.source[k],
+                    to: at,
+                });
+                self.held.insert((key, at), v);
+            }
+        }
+        for (key, write) in data {
+            if write {
+                let k = key as usize;
+                self.version[k] += 1;
+                self.source[k] = at;
+                self.held.insert((key, at), self.version[k]);
+            }
+        }
+    }
+
+    /// The data whose latest version is not home, as copies to home.
+    pub(crate) fn write_backs(&self) -> Vec<Need> {
+        (0..self.version.len())
+            .filter(|&k| {
+                let home = self.held.get(&(k as u32, 0)).copied().unwrap_or(0);
+                self.source[k] != 0 && home != self.version[k]
+            })
+            .map(|k| Need {
+                key: k as u32,
+                version: self.version[k],
+                from: self.source[k],
+                to: 0,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_copy_only_what_is_missing() {
+        let mut p = VersionPlan::new(2);
+        let mut n = Vec::new();
+        // a reader on worker 1 gets key 0 from home; a second reader there waits for the
+        // same copy (made once at run time)
+        p.task(1, [(0, false)].into_iter(), &mut n);
+        p.task(1, [(0, false)].into_iter(), &mut n);
+        let copy = Need {
+            key: 0,
+            version: 0,
+            from: 0,
+            to: 1,
+        };
+        assert_eq!(n, vec![copy, copy]);
+        // a writer on worker 2 pulls it from... home (the version's source)
+        n.clear();
+        p.task(2, [(0, true)].into_iter(), &mut n);
+        assert_eq!(n[0].from, 0);
+        // a reader on worker 1 now needs version 1 from worker 2; a home task too
+        n.clear();
+        p.task(1, [(0, false), (1, false)].into_iter(), &mut n);
+        assert_eq!(
+            n,
+            vec![
+                Need {
+                    key: 0,
+                    version: 1,
+                    from: 2,
+                    to: 1
+                },
+                Need {
+                    key: 1,
+                    version: 0,
+                    from: 0,
+                    to: 1
+                }
+            ]
+        );
+        // key 1 was only read remotely: only key 0 goes back
+        assert_eq!(
+            p.write_backs(),
+            vec![Need {
+                key: 0,
+                version: 1,
+                from: 2,
+                to: 0
+            }]
+        );
+        // a home reader fetches key 0: then nothing is left to write back
+        n.clear();
+        p.task(0, [(0, false)].into_iter(), &mut n);
+        assert_eq!(n.len(), 1);
+        assert!(p.write_backs().is_empty());
+        // a worker writes it again, then a home write (fetching it first: it may read it)
+        // makes home the latest again
+        p.task(1, [(0, true)].into_iter(), &mut n);
+        assert_eq!(p.write_backs().len(), 1);
+        n.clear();
+        p.task(0, [(0, true)].into_iter(), &mut n);
+        assert_eq!((n.len(), n[0].from, n[0].to), (1, 1, 0));
+        assert!(p.write_backs().is_empty());
+    }
+}

@@ -1,0 +1,422 @@
+//! Data-dependency regions across worker processes: registered tasks run in 2 worker processes
+//! started from this test binary, on copies of region data that the region keeps consistent
+//! (copies once per version and process, writes back only what changed).
+
+use dagger::prelude::*;
+use dagger::{
+    spawn_datadeps, spawn_datadeps_with, CostPlanner, DatadepsOptions, In, InOut, LaunchSpec, Out,
+    RoundRobin, TransferStats, Transfers, Traversal, Val, WorkerId,
+};
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+dagger::init_before_main!();
+
+fn cluster() -> Context {
+    Context::builder()
+        .threads(2)
+        .workers(LaunchSpec::Local {
+            workers: 2,
+            threads: 2,
+        })
+        .build()
+        .expect("the cluster starts")
+}
+
+/// Round robin over the head's 2 threads and the workers' 4: most tasks run in workers.
+fn spread() -> DatadepsOptions {
+    DatadepsOptions::new().planner(RoundRobin::default())
+}
+
+// ---- counting copies ----
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Buf(Vec<u64>);
+
+#[dagger::task]
+fn add_into(acc: &mut Buf, x: &Buf) {
+    acc.0.iter_mut().zip(&x.0).for_each(|(a, b)| *a += b);
+}
+
+#[dagger::task]
+fn total(x: &Buf) -> u64 {
+    x.0.iter().fold(0, |a, b| a.wrapping_add(*b))
+}
+
+#[dagger::task]
+fn where_am_i(_x: &Buf) -> u32 {
+    dagger::current_processor().worker.0
+}
+
+#[dagger::task]
+fn panic_if(x: &mut Buf, bad: u64) {
+    assert!(!x.0.contains(&bad), "the buffer holds {bad}");
+    x.0.push(0);
+}
+
+#[test]
+fn copies_only_what_changed() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let big = Buf((0..10_000).collect());
+        let mut acc = Buf(vec![0; 10_000]);
+        let mut untouched = Buf(vec![7; 10_000]);
+        let t = Transfers::new();
+        let (sums, places) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let (big, acc, untouched) = (dd.read(&big), dd.data(&mut acc), dd.data(&mut untouched));
+            let on = |w: u32| Options::new().scope(Scope::worker(w));
+            // `big` is read by 8 tasks on worker 1: it is sent there once
+            let places: Vec<_> = (0..8)
+                .map(|_| dd.spawn_task_with(on(1), where_am_i, (In(big),)))
+                .collect();
+            // `acc` is changed on worker 1 twice, then read on worker 2 (copied from worker 1
+            // to worker 2 directly)
+            dd.spawn_task_with(on(1), add_into, (InOut(acc), In(big)));
+            dd.spawn_task_with(on(1), add_into, (InOut(acc), In(big)));
+            let s2 = dd.spawn_task_with(on(2), total, (In(acc),));
+            // `untouched` is only read on worker 2
+            let s3 = dd.spawn_task_with(on(2), total, (In(untouched),));
+            (vec![s2, s3], places)
+        })
+        .unwrap();
+        assert_eq!(sums[0].fetch().unwrap(), 2 * (0..10_000u64).sum::<u64>());
+        assert_eq!(sums[1].fetch().unwrap(), 70_000);
+        for p in places {
+            assert_eq!(p.fetch().unwrap(), 1, "a task scoped to worker 1 ran there");
+        }
+        assert_eq!(acc.0[9_999], 2 * 9_999, "the workers' changes came home");
+        let s = t.stats();
+        // sent from home: big and acc to worker 1, untouched to worker 2
+        assert_eq!(s.sent, 3, "{s:?}");
+        // acc from worker 1 to worker 2
+        assert_eq!(s.moved, 1, "{s:?}");
+        assert_eq!(s.fetched, 0, "{s:?}");
+        // only acc changed: it alone is written back (big and untouched are not)
+        assert_eq!(s.written_back, 1, "{s:?}");
+        assert!(s.written_back_bytes >= 10_000, "{s:?}");
+        assert_eq!(s.remote_tasks, 12, "{s:?}");
+        // a task in this process that reads acc after a worker changed it fetches it first;
+        // then home holds the latest version and nothing is written back
+        let t = Transfers::new();
+        let mut local_saw = 0;
+        spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let acc = dd.data(&mut acc);
+            let seen = dd.data(&mut local_saw);
+            let ones = dd.own(Buf(vec![1; 10_000]));
+            let on2 = Options::new().scope(Scope::worker(2));
+            dd.spawn_task_with(on2, add_into, (InOut(acc), In(ones)));
+            dd.spawn(|a: &Buf, s: &mut u64| *s = a.0[1], (In(acc), Out(seen)));
+        })
+        .unwrap();
+        assert_eq!(local_saw, 2 + 1);
+        assert_eq!(acc.0[1], 3);
+        let s = t.stats();
+        assert_eq!((s.sent, s.fetched, s.written_back), (2, 1, 0), "{s:?}");
+    });
+}
+
+#[test]
+fn remote_task_errors_name_the_task() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut b = Buf(vec![1, 2, 3]);
+        let err = spawn_datadeps(|dd| {
+            let b = dd.data(&mut b);
+            dd.spawn_task_with(
+                Options::new().scope(Scope::worker(1)).name("checker"),
+                panic_if,
+                (InOut(b), Val(3u64)),
+            );
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("holds 3"), "{err}");
+        assert!(err.to_string().contains("checker"), "{err}");
+        assert_eq!(
+            b.0,
+            vec![1, 2, 3],
+            "a failed region leaves the data as it was"
+        );
+        // the workers are fine afterwards
+        let mut b = Buf(vec![5]);
+        spawn_datadeps(|dd| {
+            let b = dd.data(&mut b);
+            dd.spawn_task_with(
+                Options::new().scope(Scope::worker(1)),
+                panic_if,
+                (InOut(b), Val(3u64)),
+            );
+        })
+        .unwrap();
+        assert_eq!(b.0, vec![5, 0]);
+    });
+}
+
+#[test]
+fn the_spawn_macro_sends_registered_functions_to_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut acc = Buf(vec![0; 4]);
+        let x = Buf(vec![1, 2, 3, 4]);
+        let t = Transfers::new();
+        let (sum, local) = spawn_datadeps_with(spread().transfers(&t), |dd| {
+            let (acc, x) = (dd.data(&mut acc), dd.read(&x));
+            for _ in 0..6 {
+                // `x` unannotated: read
+                dagger::spawn!(dd, add_into(InOut(acc), x));
+            }
+            let on2 = Scope::worker(2);
+            let sum = dagger::spawn!(dd, total(acc); scope = on2, name = "sum");
+            // not registered: runs here; `3` is a plain value
+            let local = dagger::spawn!(dd, scaled_total(acc, 3));
+            (sum, local)
+        })
+        .unwrap();
+        assert_eq!(acc.0, vec![6, 12, 18, 24]);
+        assert_eq!(sum.fetch().unwrap(), 60);
+        assert_eq!(local.fetch().unwrap(), 180);
+        assert!(t.stats().remote_tasks >= 1, "{:?}", t.stats());
+    });
+}
+
+fn scaled_total(x: &Buf, k: u64) -> u64 {
+    k * x.0.iter().sum::<u64>()
+}
+
+#[test]
+fn closures_cannot_be_scoped_to_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut x = 0u64;
+        let err = spawn_datadeps(|dd| {
+            let x = dd.data(&mut x);
+            dd.spawn_with(
+                Options::new().scope(Scope::worker(1)).name("closure"),
+                |x: &mut u64| *x += 1,
+                (InOut(x),),
+            );
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cannot run in another process"),
+            "{err}"
+        );
+        assert_eq!(x, 0);
+    });
+}
+
+#[test]
+fn a_worker_lost_mid_region_is_an_error() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut b = Buf(vec![1; 100]);
+        let killer = ctx.clone();
+        let err = spawn_datadeps(|dd| {
+            let b = dd.data(&mut b);
+            let token = dd.own(Buf(vec![0; 100]));
+            let ones = dd.own(Buf(vec![1; 100]));
+            // worker 1 writes `b`: its latest version lives only there ...
+            let on1 = Options::new().scope(Scope::worker(1));
+            dd.spawn_task_with(on1, add_into, (InOut(b), In(ones)));
+            // ... a task here reads it (fetching a copy), then kills worker 1 ...
+            dd.spawn(
+                move |_b: &Buf, _t: &mut Buf| killer.kill_worker(WorkerId(1)).unwrap(),
+                (In(b), InOut(token)),
+            );
+            // ... and then a task on worker 2 needs it from worker 1: the copy fails
+            let on2 = Options::new().scope(Scope::worker(2)).name("reader");
+            dd.spawn_task_with(on2, mix, (In(b), InOut(token), Val(0u64)));
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("from process 1"), "{err}");
+        assert!(err.to_string().contains("reader"), "{err}");
+    });
+}
+
+// ---- property test: random programs over buffers, in workers and here ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// a := salt pattern (Out, in a worker or here)
+    Fill(usize, u64),
+    /// b := b * K + a + salt (In a, InOut b)
+    Mix(usize, usize, u64),
+    /// c := c ^ (a + b) (In a, In b, InOut c)
+    Mix2(usize, usize, usize, u64),
+    /// a closure here: a := rotate(a) + salt
+    Local(usize, u64),
+    /// the sum of a (a result)
+    Sum(usize),
+}
+
+const BUFS: usize = 4;
+const LEN: usize = 8;
+
+#[dagger::task]
+fn fill(a: &mut Buf, salt: u64) {
+    for (i, x) in a.0.iter_mut().enumerate() {
+        *x = salt.wrapping_mul(i as u64 + 1);
+    }
+}
+
+#[dagger::task]
+fn mix(a: &Buf, b: &mut Buf, salt: u64) {
+    for (y, x) in b.0.iter_mut().zip(&a.0) {
+        *y = y
+            .wrapping_mul(0x100000001b3)
+            .wrapping_add(*x)
+            .wrapping_add(salt);
+    }
+}
+
+#[dagger::task]
+fn mix2(a: &Buf, b: &Buf, c: &mut Buf, salt: u64) {
+    for ((z, x), y) in c.0.iter_mut().zip(&a.0).zip(&b.0) {
+        *z ^= x.wrapping_add(*y).rotate_left((salt % 64) as u32);
+    }
+}
+
+fn local(a: &mut Buf, salt: u64) {
+    a.0.rotate_left(1);
+    a.0.iter_mut().for_each(|x| *x = x.wrapping_add(salt));
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    let b = 0..BUFS;
+    prop_oneof![
+        (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Fill(a, s)),
+        (b.clone(), b.clone(), any::<u64>())
+            .prop_filter("distinct", |(a, b, _)| a != b)
+            .prop_map(|(a, b, s)| Op::Mix(a, b, s)),
+        (b.clone(), b.clone(), b.clone(), any::<u64>())
+            .prop_filter("distinct", |(a, b, c, _)| a != c && b != c)
+            .prop_map(|(a, b, c, s)| Op::Mix2(a, b, c, s)),
+        (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Local(a, s)),
+        b.prop_map(Op::Sum),
+    ]
+}
+
+fn start() -> Vec<Buf> {
+    (0..BUFS).map(|b| Buf(vec![b as u64 + 1; LEN])).collect()
+}
+
+fn sequential(ops: &[Op]) -> (Vec<Buf>, Vec<u64>) {
+    let mut bufs = start();
+    let mut sums = Vec::new();
+    for op in ops {
+        match *op {
+            Op::Fill(a, s) => fill(&mut bufs[a], s),
+            Op::Mix(a, b, s) => {
+                let x = bufs[a].clone();
+                mix(&x, &mut bufs[b], s)
+            }
+            Op::Mix2(a, b, c, s) => {
+                let (x, y) = (bufs[a].clone(), bufs[b].clone());
+                mix2(&x, &y, &mut bufs[c], s)
+            }
+            Op::Local(a, s) => local(&mut bufs[a], s),
+            Op::Sum(a) => sums.push(total(&bufs[a])),
+        }
+    }
+    (bufs, sums)
+}
+
+fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Buf>, Vec<u64>) {
+    let mut bufs = start();
+    let sums = spawn_datadeps_with(opts, |dd| {
+        let h: Vec<_> = bufs.iter_mut().map(|b| dd.data(b)).collect();
+        let mut sums = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Fill(a, s) => {
+                    dd.spawn_task(fill, (Out(h[a]), Val(s)));
+                }
+                Op::Mix(a, b, s) => {
+                    dd.spawn_task(mix, (In(h[a]), InOut(h[b]), Val(s)));
+                }
+                Op::Mix2(a, b, c, s) => {
+                    dd.spawn_task(mix2, (In(h[a]), In(h[b]), InOut(h[c]), Val(s)));
+                }
+                Op::Local(a, s) => {
+                    dd.spawn(move |x: &mut Buf| local(x, s), (InOut(h[a]),));
+                }
+                Op::Sum(a) => sums.push(dd.spawn_task(total, (In(h[a]),))),
+            }
+        }
+        sums
+    })
+    .unwrap();
+    (bufs, sums.iter().map(|s| s.fetch().unwrap()).collect())
+}
+
+fn moved(s: &TransferStats) -> u64 {
+    s.sent + s.moved + s.fetched + s.written_back
+}
+
+#[test]
+fn random_programs_across_workers_equal_a_sequential_run() {
+    let ctx = cluster();
+    let transfers = Transfers::new();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 200,
+        ..ProptestConfig::default()
+    });
+    let strategy = (prop::collection::vec(op_strategy(), 1..30), 0..2u8, 0..3u8);
+    runner
+        .run(&strategy, |(ops, planner, traversal)| {
+            let want = sequential(&ops);
+            ctx.enter(|| {
+                let opts =
+                    DatadepsOptions::new()
+                        .transfers(&transfers)
+                        .traversal(match traversal {
+                            0 => Traversal::InOrder,
+                            1 => Traversal::Bfs,
+                            _ => Traversal::Dfs,
+                        });
+                let opts = match planner {
+                    0 => opts.planner(RoundRobin::default()),
+                    _ => opts.planner(CostPlanner::new().with_remote_move_cost(0)),
+                };
+                let got = in_region(&ops, opts);
+                prop_assert_eq!(&got, &want);
+                Ok(())
+            })
+        })
+        .unwrap();
+    let s = transfers.stats();
+    assert!(
+        s.remote_tasks > 0 && moved(&s) > 0,
+        "workers took part: {s:?}"
+    );
+}
+
+// ---- tiled Cholesky across worker processes ----
+
+#[path = "../../dagger-bench/src/tile_cholesky.rs"]
+mod tile_cholesky;
+
+#[test]
+fn tiled_cholesky_across_workers_matches_faer() {
+    use tile_cholesky::{factor, potrf_par, rel_error, spd, tiles};
+    let (n, nb) = (1024, 128);
+    let a = spd(n, faer::Par::Seq);
+    let mut whole = a.clone();
+    potrf_par(&mut whole, faer::Par::Seq);
+    let ctx = cluster();
+    ctx.enter(|| {
+        for traversal in [Traversal::InOrder, Traversal::Dfs] {
+            let mut t = tiles(&a, nb);
+            let transfers = Transfers::new();
+            factor(&mut t, spread().traversal(traversal).transfers(&transfers)).unwrap();
+            let rel = rel_error(&t, &whole);
+            assert!(rel < 1e-10, "relative error {rel:e} ({traversal:?})");
+            let s = transfers.stats();
+            assert!(
+                s.remote_tasks > 60,
+                "most of the 120 tasks ran in workers: {s:?}"
+            );
+            // every tile last written in a worker goes back once; never more than all 36
+            assert!(s.written_back > 0 && s.written_back <= 36, "{s:?}");
+        }
+    });
+}
