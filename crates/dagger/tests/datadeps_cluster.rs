@@ -232,6 +232,48 @@ fn a_worker_lost_mid_region_is_an_error() {
     });
 }
 
+/// Never returns (its worker is killed while it runs).
+#[dagger::task]
+fn hang(x: &mut Buf) {
+    x.0.push(1);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_worker_lost_while_running_a_region_task_is_an_error() {
+    let ctx = cluster();
+    let region = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            ctx.enter(|| {
+                let mut b = Buf(vec![0; 10]);
+                spawn_datadeps(|dd| {
+                    let b = dd.data(&mut b);
+                    let on1 = Options::new().scope(Scope::worker(1)).name("hanging");
+                    dd.spawn_task_with(on1, hang, (InOut(b),));
+                    dd.spawn_task(total, (In(b),));
+                })
+                .map(|()| b)
+            })
+        })
+    };
+    // wait (bounded) until worker 1 runs the task, then kill it
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ctx.worker_stats(WorkerId(1)).unwrap().running == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    ctx.kill_worker(WorkerId(1)).unwrap();
+    let err = region.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("hanging"), "{err}");
+    assert!(err.to_string().contains("worker 1"), "{err}");
+}
+
 // ---- property test: random programs over buffers, in workers and here ----
 
 /// A buffer of two halves that tasks here may also access separately (as parts, ordered by
