@@ -144,6 +144,9 @@ pub use dagger_macros::delayed;
 /// `T` and `&T`, `Vec<T>` for `&[T]`, `String` for `&str`) and the result type need
 /// `Serialize + DeserializeOwned`. A function returning `Result<T, E>` runs remotely when
 /// spawned with `?` (`spawn!(f(x)?)`); its `Err` fails the task with `E`'s message.
+/// A `&mut T` (or `&mut [T]`) parameter is for tasks of data-dependency regions only
+/// ([`Region::spawn_task`], [`spawn!`]`(dd, ..)`): the task changes the region's data in place,
+/// in whichever process it runs; `spawn!(f(..))` outside a region cannot pass one.
 /// A generic function lists the instances to register:
 /// `#[dagger::task(instance(T = u32), instance(T = f64))]`.
 ///

@@ -224,7 +224,7 @@ fn a_worker_lost_mid_region_is_an_error() {
             );
             // ... and then a task on worker 2 needs it from worker 1: the copy fails
             let on2 = Options::new().scope(Scope::worker(2)).name("reader");
-            dd.spawn_task_with(on2, mix, (In(b), InOut(token), Val(0u64)));
+            dd.spawn_task_with(on2, add_into, (InOut(token), In(b)));
         })
         .unwrap_err();
         assert!(err.to_string().contains("from process 1"), "{err}");
@@ -232,7 +232,103 @@ fn a_worker_lost_mid_region_is_an_error() {
     });
 }
 
+/// Never returns (its worker is killed while it runs).
+#[dagger::task]
+fn hang(x: &mut Buf) {
+    x.0.push(1);
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_worker_lost_while_running_a_region_task_is_an_error() {
+    let ctx = cluster();
+    let region = {
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            ctx.enter(|| {
+                let mut b = Buf(vec![0; 10]);
+                spawn_datadeps(|dd| {
+                    let b = dd.data(&mut b);
+                    let on1 = Options::new().scope(Scope::worker(1)).name("hanging");
+                    dd.spawn_task_with(on1, hang, (InOut(b),));
+                    dd.spawn_task(total, (In(b),));
+                })
+                .map(|()| b)
+            })
+        })
+    };
+    // wait (bounded) until worker 1 runs the task, then kill it
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ctx.worker_stats(WorkerId(1)).unwrap().running == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    ctx.kill_worker(WorkerId(1)).unwrap();
+    let err = region.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("hanging"), "{err}");
+    assert!(err.to_string().contains("worker 1"), "{err}");
+}
+
 // ---- property test: random programs over buffers, in workers and here ----
+
+/// A buffer of two halves that tasks here may also access separately (as parts, ordered by
+/// their masks against the whole-buffer accesses of tasks in workers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Halves {
+    lo: Vec<u64>,
+    hi: Vec<u64>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Half {
+    Lo,
+    Hi,
+}
+
+// SAFETY: the two parts are different fields, reached through the raw pointer.
+unsafe impl dagger::Parts for Halves {
+    type Part = Half;
+    type Ref<'a> = &'a Vec<u64>;
+    type Mut<'a> = &'a mut Vec<u64>;
+    fn mask(part: Half) -> u64 {
+        match part {
+            Half::Lo => 1,
+            Half::Hi => 2,
+        }
+    }
+    unsafe fn part_ref<'a>(this: *const Self, part: Half) -> &'a Vec<u64> {
+        // SAFETY: forwarded; disjoint fields.
+        unsafe {
+            match part {
+                Half::Lo => &(*this).lo,
+                Half::Hi => &(*this).hi,
+            }
+        }
+    }
+    unsafe fn part_mut<'a>(this: *mut Self, part: Half) -> &'a mut Vec<u64> {
+        // SAFETY: forwarded; disjoint fields.
+        unsafe {
+            match part {
+                Half::Lo => &mut (*this).lo,
+                Half::Hi => &mut (*this).hi,
+            }
+        }
+    }
+}
+
+impl Halves {
+    fn all_mut(&mut self) -> impl Iterator<Item = &mut u64> {
+        self.lo.iter_mut().chain(self.hi.iter_mut())
+    }
+    fn all(&self) -> impl Iterator<Item = &u64> {
+        self.lo.iter().chain(self.hi.iter())
+    }
+}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -242,25 +338,27 @@ enum Op {
     Mix(usize, usize, u64),
     /// c := c ^ (a + b) (In a, In b, InOut c)
     Mix2(usize, usize, usize, u64),
-    /// a closure here: a := rotate(a) + salt
+    /// a closure here on the whole buffer: a := rotate(a) + salt
     Local(usize, u64),
+    /// a closure here on one half (a part) of the buffer
+    LocalHalf(usize, bool, u64),
     /// the sum of a (a result)
     Sum(usize),
 }
 
 const BUFS: usize = 4;
-const LEN: usize = 8;
+const LEN: usize = 4;
 
 #[dagger::task]
-fn fill(a: &mut Buf, salt: u64) {
-    for (i, x) in a.0.iter_mut().enumerate() {
+fn fill(a: &mut Halves, salt: u64) {
+    for (i, x) in a.all_mut().enumerate() {
         *x = salt.wrapping_mul(i as u64 + 1);
     }
 }
 
 #[dagger::task]
-fn mix(a: &Buf, b: &mut Buf, salt: u64) {
-    for (y, x) in b.0.iter_mut().zip(&a.0) {
+fn mix(a: &Halves, b: &mut Halves, salt: u64) {
+    for (y, x) in b.all_mut().zip(a.all()) {
         *y = y
             .wrapping_mul(0x100000001b3)
             .wrapping_add(*x)
@@ -269,15 +367,26 @@ fn mix(a: &Buf, b: &mut Buf, salt: u64) {
 }
 
 #[dagger::task]
-fn mix2(a: &Buf, b: &Buf, c: &mut Buf, salt: u64) {
-    for ((z, x), y) in c.0.iter_mut().zip(&a.0).zip(&b.0) {
+fn mix2(a: &Halves, b: &Halves, c: &mut Halves, salt: u64) {
+    for ((z, x), y) in c.all_mut().zip(a.all()).zip(b.all()) {
         *z ^= x.wrapping_add(*y).rotate_left((salt % 64) as u32);
     }
 }
 
-fn local(a: &mut Buf, salt: u64) {
-    a.0.rotate_left(1);
-    a.0.iter_mut().for_each(|x| *x = x.wrapping_add(salt));
+#[dagger::task]
+fn sum_halves(a: &Halves) -> u64 {
+    a.all().fold(0, |s, x| s.wrapping_add(*x))
+}
+
+fn local(a: &mut Halves, salt: u64) {
+    a.lo.rotate_left(1);
+    std::mem::swap(&mut a.lo, &mut a.hi);
+    a.all_mut().for_each(|x| *x = x.wrapping_add(salt));
+}
+
+fn local_half(h: &mut [u64], salt: u64) {
+    h.iter_mut()
+        .for_each(|x| *x = x.wrapping_mul(3).wrapping_add(salt));
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -291,15 +400,21 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_filter("distinct", |(a, b, c, _)| a != c && b != c)
             .prop_map(|(a, b, c, s)| Op::Mix2(a, b, c, s)),
         (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Local(a, s)),
+        (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::LocalHalf(a, h, s)),
         b.prop_map(Op::Sum),
     ]
 }
 
-fn start() -> Vec<Buf> {
-    (0..BUFS).map(|b| Buf(vec![b as u64 + 1; LEN])).collect()
+fn start() -> Vec<Halves> {
+    (0..BUFS)
+        .map(|b| Halves {
+            lo: vec![b as u64 + 1; LEN],
+            hi: vec![b as u64 + 7; LEN],
+        })
+        .collect()
 }
 
-fn sequential(ops: &[Op]) -> (Vec<Buf>, Vec<u64>) {
+fn sequential(ops: &[Op]) -> (Vec<Halves>, Vec<u64>) {
     let mut bufs = start();
     let mut sums = Vec::new();
     for op in ops {
@@ -314,13 +429,16 @@ fn sequential(ops: &[Op]) -> (Vec<Buf>, Vec<u64>) {
                 mix2(&x, &y, &mut bufs[c], s)
             }
             Op::Local(a, s) => local(&mut bufs[a], s),
-            Op::Sum(a) => sums.push(total(&bufs[a])),
+            Op::LocalHalf(a, lo, s) => {
+                local_half(if lo { &mut bufs[a].lo } else { &mut bufs[a].hi }, s)
+            }
+            Op::Sum(a) => sums.push(sum_halves(&bufs[a])),
         }
     }
     (bufs, sums)
 }
 
-fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Buf>, Vec<u64>) {
+fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Halves>, Vec<u64>) {
     let mut bufs = start();
     let sums = spawn_datadeps_with(opts, |dd| {
         let h: Vec<_> = bufs.iter_mut().map(|b| dd.data(b)).collect();
@@ -337,9 +455,13 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Buf>, Vec<u64>) {
                     dd.spawn_task(mix2, (In(h[a]), In(h[b]), InOut(h[c]), Val(s)));
                 }
                 Op::Local(a, s) => {
-                    dd.spawn(move |x: &mut Buf| local(x, s), (InOut(h[a]),));
+                    dd.spawn(move |x: &mut Halves| local(x, s), (InOut(h[a]),));
                 }
-                Op::Sum(a) => sums.push(dd.spawn_task(total, (In(h[a]),))),
+                Op::LocalHalf(a, lo, s) => {
+                    let part = h[a].part(if lo { Half::Lo } else { Half::Hi });
+                    dd.spawn(move |x: &mut Vec<u64>| local_half(x, s), (InOut(part),));
+                }
+                Op::Sum(a) => sums.push(dd.spawn_task(sum_halves, (In(h[a]),))),
             }
         }
         sums
@@ -387,6 +509,10 @@ fn random_programs_across_workers_equal_a_sequential_run() {
     assert!(
         s.remote_tasks > 0 && moved(&s) > 0,
         "workers took part: {s:?}"
+    );
+    assert!(
+        s.fetched > 0,
+        "tasks here read data that workers wrote: {s:?}"
     );
 }
 

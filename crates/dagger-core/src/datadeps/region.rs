@@ -825,23 +825,37 @@ impl<'scope, 'env> Region<'scope, 'env> {
 
         let shared = self.shared.clone();
         let out = slot.clone();
-        let task_name = name.clone();
+        // What only tasks that may run in a worker need, boxed: the closures of purely local
+        // tasks stay small (they are allocated per task).
+        let remote: Option<Box<RemoteParts<R>>> = match (remote, decode) {
+            (Some(spec), Some(decode)) => Some(Box::new(RemoteParts {
+                spec,
+                decode,
+                name: name.clone(),
+            })),
+            _ => None,
+        };
         let launch: Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef + 'scope> =
             Box::new(move |ctx: &LaunchCtx<'_>| {
                 let guard = BodyGuard(shared.clone());
-                let needs: Vec<Need> = ctx.needs.to_vec();
-                let copies = ctx.copies.cloned();
-                let at = ctx.remote;
+                let placed: Option<Box<Placed>> = ctx.copies.map(|c| {
+                    Box::new(Placed {
+                        needs: ctx.needs.to_vec(),
+                        copies: c.clone(),
+                        at: ctx.remote,
+                    })
+                });
                 let body = move || -> Result<R, BoxError> {
                     let _guard = guard;
                     let start = Instant::now();
-                    if let Some(c) = &copies {
-                        c.ensure(&needs)?;
+                    if let Some(p) = &placed {
+                        p.copies.ensure(&p.needs)?;
                     }
-                    let r = match (at, &remote, decode, &copies) {
-                        (Some((worker, thread)), Some(spec), Some(decode), Some(c)) => {
-                            let name = task_name.as_deref().unwrap_or(static_name);
-                            decode(&c.run(worker, thread, spec, Some(name))?)?
+                    let r = match (&placed, &remote) {
+                        (Some(p), Some(rp)) if p.at.is_some() => {
+                            let (worker, thread) = p.at.expect("checked");
+                            let name = rp.name.as_deref().unwrap_or(static_name);
+                            (rp.decode)(&p.copies.run(worker, thread, &rp.spec, Some(name))?)?
                         }
                         // SAFETY: the region launched this task after every task whose
                         // accesses conflict with its own, and they all finished before it
@@ -1254,6 +1268,20 @@ impl Drop for WaitOnDrop<'_> {
 
 /// Decodes the result of a task that ran in another process.
 type Decode<R> = fn(&[u8]) -> Result<R, BoxError>;
+
+/// What a task that may run in a worker carries besides its function and arguments.
+struct RemoteParts<R> {
+    spec: RemoteSpec,
+    decode: Decode<R>,
+    name: Option<Arc<str>>,
+}
+
+/// Where a task of a region with workers runs, and the copies it makes first.
+struct Placed {
+    needs: Vec<Need>,
+    copies: Arc<Copies>,
+    at: Option<(u32, u32)>,
+}
 
 /// Decodes the encoded result of a task that ran in another process.
 fn decode_result<R: DeserializeOwned>(bytes: &[u8]) -> Result<R, BoxError> {

@@ -506,6 +506,8 @@ pub(crate) struct VersionPlan {
     version: Vec<u32>,
     source: Vec<u32>,
     held: HashMap<(u32, u32), u32>,
+    /// The last copy of each key to each process.
+    copied: HashMap<(u32, u32), Need>,
 }
 
 impl VersionPlan {
@@ -514,14 +516,16 @@ impl VersionPlan {
             version: vec![0; keys],
             source: vec![0; keys],
             held: HashMap::new(),
+            copied: HashMap::new(),
         }
     }
 
     /// A task on process `at` accessing `data` (key, write): the copies it needs go to `out`.
     ///
-    /// A process that got a version by a copy lists that copy for every task reading it
-    /// there: the first such task to run makes it, the others (which may run at the same
-    /// time) wait for it rather than for nothing.
+    /// Every task accessing data in a process that got it by a copy lists that copy (until a
+    /// newer one replaces it): the first such task to run makes it, the others, which may run
+    /// at the same time (readers, or writers of disjoint parts), wait for it rather than use
+    /// what was there before.
     pub(crate) fn task(
         &mut self,
         at: u32,
@@ -530,22 +534,28 @@ impl VersionPlan {
     ) {
         let start = out.len();
         for (key, _) in data.clone() {
+            if out[start..].iter().any(|n| n.key == key) {
+                continue;
+            }
             let k = key as usize;
             let v = self.version[k];
-            let made_here = self.source[k] == at;
             let has = self
                 .held
                 .get(&(key, at))
                 .copied()
                 .or((at == 0).then_some(0));
-            if (has != Some(v) || !made_here) && !out[start..].iter().any(|n| n.key == key) {
-                out.push(Need {
+            if has != Some(v) {
+                let need = Need {
                     key,
                     version: v,
                     from: self.source[k],
                     to: at,
-                });
+                };
+                out.push(need);
                 self.held.insert((key, at), v);
+                self.copied.insert((key, at), need);
+            } else if let Some(&need) = self.copied.get(&(key, at)) {
+                out.push(need);
             }
         }
         for (key, write) in data {
@@ -639,7 +649,18 @@ mod tests {
         assert_eq!(p.write_backs().len(), 1);
         n.clear();
         p.task(0, [(0, true)].into_iter(), &mut n);
-        assert_eq!((n.len(), n[0].from, n[0].to), (1, 1, 0));
+        let fetch = Need {
+            key: 0,
+            version: 2,
+            from: 1,
+            to: 0,
+        };
+        assert_eq!(n, vec![fetch]);
         assert!(p.write_backs().is_empty());
+        // a second writer here (of another part, maybe at the same time as the first) waits
+        // for the same fetch: it must not write the copy that the fetch replaces
+        n.clear();
+        p.task(0, [(0, true)].into_iter(), &mut n);
+        assert_eq!(n, vec![fetch]);
     }
 }
