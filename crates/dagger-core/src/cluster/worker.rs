@@ -6,11 +6,14 @@ use super::msg::{Done, FailKind, Msg, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
 use crate::error::BoxError;
+use crate::error::TaskError;
 use crate::remote::data::DataLink;
 use crate::remote::store::{run_call, Fetch, InputLost};
 use crate::remote::wire::{Location, WireArg};
+use crate::task::DTask;
 use bytes::Bytes;
 use dagger_net::NetError;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -27,25 +30,49 @@ impl Worker {
         })
     }
 
+    /// Starts the calls of a `Run` batch. Those whose inputs are all here start at once and
+    /// one task on the I/O thread reports each as it ends (not one task per call); the
+    /// others start once their inputs arrived.
     fn run(self: &Arc<Self>, node: &Arc<Node>, link: &Link, runs: Vec<Run>) {
         let here: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
+        let mut started = Vec::with_capacity(runs.len());
         for r in runs {
             let mut remote = Vec::new();
             remote_inputs(&r.call.args, node.id, &mut remote);
             if remote.is_empty() {
-                self.start(node, link, r, here.clone());
+                started.extend(self.start(node, link, r, here.clone()));
             } else {
                 self.prefetch_and_start(node, link, r, remote);
             }
         }
+        let me = self.clone();
+        let link = link.clone();
+        if started.len() <= 1 {
+            if let Some((task, dtask)) = started.pop() {
+                node.io.spawn(async move {
+                    let result = dtask.await;
+                    me.report(&link, task, result);
+                });
+            }
+            return;
+        }
+        node.io.spawn(async move {
+            let mut ending: FuturesUnordered<_> = started
+                .into_iter()
+                .map(|(task, dtask)| async move { (task, dtask.await) })
+                .collect();
+            while let Some((task, result)) = ending.next().await {
+                me.report(&link, task, result);
+            }
+        });
     }
 
     /// Fetches the inputs of `r` held by other processes on the I/O thread (at most
     /// [`MAX_PREFETCHES`](super::node::MAX_PREFETCHES) at once for the process), then
     /// starts it: the call does not block a compute thread (nor make the pool start another
     /// one) while its inputs travel, and at most that many calls wait with their inputs
-    /// fetched ahead of the compute threads. An input that could not be prefetched is fetched by the
-    /// call the usual (blocking) way, which reports its loss as before.
+    /// fetched ahead of the compute threads. An input that could not be prefetched is
+    /// fetched by the call the usual (blocking) way, which reports its loss as before.
     fn prefetch_and_start(
         self: &Arc<Self>,
         node: &Arc<Node>,
@@ -58,54 +85,43 @@ impl Worker {
         let link = link.clone();
         node.io.spawn(async move {
             let node = node2;
-            let Ok(permit) = node.prefetches.clone().acquire_owned().await else {
-                return me.start(&node, &link, r, Arc::new(NodeLink(node.clone())));
-            };
-            let mut got = Vec::with_capacity(remote.len());
-            for loc in remote {
-                if let Ok(bytes) = node.fetch_async(loc).await {
-                    got.push((loc, bytes));
+            let fetch: Arc<dyn Fetch> = match node.prefetches.clone().acquire_owned().await {
+                Ok(permit) => {
+                    let mut got = Vec::with_capacity(remote.len());
+                    for loc in remote {
+                        if let Ok(bytes) = node.fetch_async(loc).await {
+                            got.push((loc, bytes));
+                        }
+                    }
+                    Arc::new(Prefetched {
+                        got,
+                        rest: NodeLink(node.clone()),
+                        permit: std::sync::Mutex::new(Some(permit)),
+                    })
                 }
+                Err(_) => Arc::new(NodeLink(node.clone())),
+            };
+            if let Some((task, dtask)) = me.start(&node, &link, r, fetch) {
+                let result = dtask.await;
+                me.report(&link, task, result);
             }
-            let fetch = Arc::new(Prefetched {
-                got,
-                rest: NodeLink(node.clone()),
-                permit: std::sync::Mutex::new(Some(permit)),
-            });
-            me.start(&node, &link, r, fetch);
         });
     }
 
-    /// Runs `r` on this process's pool; reports its end to the head.
-    fn start(self: &Arc<Self>, node: &Arc<Node>, link: &Link, r: Run, fetch: Arc<dyn Fetch>) {
+    /// Runs `r` on this process's pool; `None` if it could not start (already reported to
+    /// the head).
+    fn start(
+        &self,
+        node: &Arc<Node>,
+        link: &Link,
+        r: Run,
+        fetch: Arc<dyn Fetch>,
+    ) -> Option<(u64, DTask<(Location, u64)>)> {
         let task = r.task;
         match run_call(&self.ctx, r.call, node.store.clone(), fetch) {
             Ok(dtask) => {
                 self.running.fetch_add(1, Ordering::Relaxed);
-                let link = link.clone();
-                let me = self.clone();
-                node.io.spawn(async move {
-                    let done = match dtask.await {
-                        Ok((loc, run_ns)) => Done {
-                            task,
-                            result: Ok(loc),
-                            run_ns,
-                        },
-                        Err(e) => {
-                            let kind = match e.downcast_ref::<InputLost>() {
-                                Some(lost) => FailKind::InputLost(lost.worker),
-                                None => FailKind::from_kind(e.kind()),
-                            };
-                            Done {
-                                task,
-                                result: Err((kind, e.message())),
-                                run_ns: 0,
-                            }
-                        }
-                    };
-                    me.running.fetch_sub(1, Ordering::Relaxed);
-                    link.send_done(done);
-                });
+                Some((task, dtask))
             }
             Err(e) => {
                 link.send_done(Done {
@@ -113,8 +129,33 @@ impl Worker {
                     result: Err((FailKind::Runtime, e.to_string())),
                     run_ns: 0,
                 });
+                None
             }
         }
+    }
+
+    /// Tells the head that `task` ended.
+    fn report(&self, link: &Link, task: u64, result: Result<(Location, u64), TaskError>) {
+        let done = match result {
+            Ok((loc, run_ns)) => Done {
+                task,
+                result: Ok(loc),
+                run_ns,
+            },
+            Err(e) => {
+                let kind = match e.downcast_ref::<InputLost>() {
+                    Some(lost) => FailKind::InputLost(lost.worker),
+                    None => FailKind::from_kind(e.kind()),
+                };
+                Done {
+                    task,
+                    result: Err((kind, e.message())),
+                    run_ns: 0,
+                }
+            }
+        };
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        link.send_done(done);
     }
 }
 
