@@ -528,3 +528,36 @@ fn dropping_the_context_ends_its_cluster_threads() {
             && threads_named("dagger-heartbe") == heartbeat_before
     });
 }
+
+/// Large values cross whole: a call with a large argument sent along with it (a `Run` sent
+/// alone rather than copied into a batch) among small calls, a result of several frames read
+/// by tasks on another worker (fetched ahead of the calls, encoded once) and by the head.
+#[test]
+fn large_values_cross_whole() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        let n = 300_000u64;
+        let big = dagger::spawn(move || (0..n).collect::<Vec<u64>>()); // a value of the head
+        let before: Vec<DTask<u64>> = (0..50)
+            .map(|i| spawn!(square(i); scope = Scope::worker(1)))
+            .collect();
+        let inline = spawn!(total(&big); scope = Scope::worker(1));
+        let after: Vec<DTask<u64>> = (50..100)
+            .map(|i| spawn!(square(i); scope = Scope::worker(1)))
+            .collect();
+        assert_eq!(inline.fetch().unwrap(), (0..n).sum::<u64>());
+        for (i, t) in before.iter().chain(&after).enumerate() {
+            assert_eq!(t.fetch().unwrap(), (i * i) as u64);
+        }
+        let m = 1u64 << 20; // 8 MiB encoded: several frames
+        let data = spawn!(make(m); scope = Scope::worker(1));
+        let sums: Vec<DTask<(u64, u32)>> = (0..6)
+            .map(|_| spawn!(total_where(&data); scope = Scope::worker(2)))
+            .collect();
+        for s in &sums {
+            assert_eq!(s.fetch().unwrap(), ((0..m).sum::<u64>(), 2));
+        }
+        let back = data.fetch().unwrap();
+        assert_eq!((back.len() as u64, back[12_345]), (m, 12_345));
+    });
+}

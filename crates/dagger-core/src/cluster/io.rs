@@ -1,6 +1,6 @@
 //! The I/O thread of a process (a current-thread tokio runtime) and connections to peers.
 
-use super::msg::{run_batch, Done, Msg};
+use super::msg::{run_batch, run_body, Done, Msg};
 use bytes::Bytes;
 use dagger_net::{Connection, NetError, Receiver, Sender};
 use std::future::Future;
@@ -87,7 +87,7 @@ pub(crate) enum Out {
     /// A message followed by a raw payload (sent without copying).
     WithPayload(Msg, Bytes),
     /// One task to run, encoded by [`encode_run`](super::msg::encode_run); sent in one
-    /// `Msg::Run` with the tasks queued next to it.
+    /// `Msg::Run` with the tasks queued next to it (alone, without a copy, if large).
     Run(Vec<u8>),
     /// A finished task; sent in one `Msg::Done` with those queued next to it.
     Done(Done),
@@ -164,6 +164,8 @@ pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>
 /// Most items in one batch message (a batch also ends at [`MAX_RUN_BATCH_BYTES`] of runs).
 const MAX_BATCH: usize = 4096;
 const MAX_RUN_BATCH_BYTES: usize = 1 << 20;
+/// Calls larger than this (encoded) are sent alone rather than copied into a batch.
+const MAX_COPIED_RUN: usize = 16 << 10;
 
 /// Coalesces the `Run`, `Done` and `Free` items queued on a link into one message of each
 /// kind. At most one kind is pending at a time: an item of another kind (or any other
@@ -180,11 +182,16 @@ impl Batch {
     /// Queues `out` on `sender`, batching what can be; false once the link is to close.
     fn feed(&mut self, sender: &mut Sender, out: Out) -> Result<bool, NetError> {
         match out {
+            // A large call (inline arguments) goes alone, as it was encoded, without a copy.
+            Out::Run(r) if r.len() > MAX_COPIED_RUN => {
+                self.send(sender)?;
+                sender.feed(r)?;
+            }
             Out::Run(r) => {
                 if !self.done.is_empty() || !self.free.is_empty() {
                     self.send(sender)?;
                 }
-                self.runs.extend_from_slice(&r);
+                self.runs.extend_from_slice(run_body(&r));
                 self.run_count += 1;
                 if self.run_count >= MAX_BATCH || self.runs.len() >= MAX_RUN_BATCH_BYTES {
                     self.send(sender)?;

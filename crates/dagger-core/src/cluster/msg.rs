@@ -174,13 +174,23 @@ struct RunRef<'a> {
     call: &'a WireCall,
 }
 
-/// One task to run, encoded alone, to be sent in a batch with its neighbours.
-pub(crate) fn encode_run(task: u64, call: &WireCall) -> Vec<u8> {
-    postcard::to_allocvec(&RunRef { task, call }).expect("calls always encode")
-}
-
 /// Index of `Msg::Run` in the enum (postcard writes it as a varint before the variant).
 const RUN_TAG: u64 = 4;
+
+/// Length of the header of a one-task `Msg::Run` (the tag and a count of 1).
+pub(crate) const ONE_RUN_HEADER: usize = 2;
+
+/// One task to run, encoded as a complete one-task `Msg::Run` (sent as it is, without a copy,
+/// when it is large); its [`run_body`] can be batched with its neighbours.
+pub(crate) fn encode_run(task: u64, call: &WireCall) -> Vec<u8> {
+    postcard::to_extend(&RunRef { task, call }, vec![RUN_TAG as u8, 1])
+        .expect("calls always encode")
+}
+
+/// The encoded [`Run`] inside a message made by [`encode_run`].
+pub(crate) fn run_body(encoded: &[u8]) -> &[u8] {
+    &encoded[ONE_RUN_HEADER..]
+}
 
 /// Appends `v` as postcard writes integers and lengths: LEB128, 7 bits a byte.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -191,7 +201,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// The encoded `Msg::Run` of `count` tasks whose [`encode_run`] forms are `runs`,
+/// The encoded `Msg::Run` of `count` tasks whose [`run_body`] forms are `runs`,
 /// concatenated.
 pub(crate) fn run_batch(count: usize, runs: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(runs.len() + 12);
@@ -257,10 +267,11 @@ mod tests {
                     call: call(i as u32, vec![i as u8; i % 7]),
                 })
                 .collect();
-            let parts: Vec<u8> = runs
-                .iter()
-                .flat_map(|r| encode_run(r.task, &r.call))
-                .collect();
+            let one: Vec<Vec<u8>> = runs.iter().map(|r| encode_run(r.task, &r.call)).collect();
+            for (e, r) in one.iter().zip(&runs) {
+                assert_eq!(*e, Msg::Run(vec![r.clone()]).encode());
+            }
+            let parts: Vec<u8> = one.iter().flat_map(|e| run_body(e).to_vec()).collect();
             let batch = run_batch(count, &parts);
             assert_eq!(batch, Msg::Run(runs.clone()).encode());
             assert_eq!(Msg::decode(&batch).unwrap(), Msg::Run(runs));
@@ -293,7 +304,7 @@ mod tests {
                     run_ns: task / 7,
                 })
                 .collect();
-            let runs: Vec<u8> = tasks.iter().flat_map(|&t| encode_run(t, &call(t as u32, vec![]))).collect();
+            let runs: Vec<u8> = tasks.iter().flat_map(|&t| run_body(&encode_run(t, &call(t as u32, vec![]))).to_vec()).collect();
             for m in [Msg::Done(done), Msg::Free(tasks.clone())] {
                 let bytes = m.encode();
                 prop_assert_eq!(Msg::decode(&bytes).unwrap(), m);

@@ -37,7 +37,31 @@ pub(crate) enum Reply {
     RanError(super::msg::FailKind, String),
 }
 
-type Pending = HashMap<u64, (Link, SyncSender<Result<Reply, String>>)>;
+/// Who waits for the answer to a request: a blocked thread, or a task on the I/O thread.
+enum Waiter {
+    Thread(SyncSender<Result<Reply, String>>),
+    Task(tokio::sync::oneshot::Sender<Result<Reply, String>>),
+}
+
+impl Waiter {
+    fn send(self, reply: Result<Reply, String>) {
+        match self {
+            Waiter::Thread(tx) => {
+                let _ = tx.send(reply);
+            }
+            Waiter::Task(tx) => {
+                let _ = tx.send(reply);
+            }
+        }
+    }
+}
+
+type Pending = HashMap<u64, (Link, Waiter)>;
+
+/// Most calls whose inputs a worker fetches ahead at once (on the I/O thread, before the
+/// call takes a compute thread); a call holds its slot until it starts reading its inputs,
+/// so this also bounds the bytes held ahead of the compute threads.
+pub(crate) const MAX_PREFETCHES: usize = 4;
 
 /// Most fetches of values from other processes that one process has in flight at once:
 /// more wait their turn, so that a burst of reads (a task per chunk, all ready together)
@@ -93,6 +117,8 @@ pub(crate) struct Node {
     role: OnceLock<Arc<dyn Role>>,
     /// Fetches from other processes in flight (at most [`MAX_FETCHES`]).
     fetches: Slots,
+    /// Prefetches in flight or waiting for their call (at most [`MAX_PREFETCHES`]).
+    pub(crate) prefetches: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -114,6 +140,7 @@ impl Node {
             next_req: AtomicU64::new(1),
             role: OnceLock::new(),
             fetches: Slots::new(MAX_FETCHES),
+            prefetches: Arc::new(tokio::sync::Semaphore::new(MAX_PREFETCHES)),
         })
     }
 
@@ -233,7 +260,7 @@ impl Node {
         let link = self.link_to(peer)?;
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = sync_channel(1);
-        lock(&self.pending).insert(req, (link.clone(), tx));
+        lock(&self.pending).insert(req, (link.clone(), Waiter::Thread(tx)));
         if !send(&link, req) {
             lock(&self.pending).remove(&req);
             return Err(format!("the connection to process {peer} is closed"));
@@ -254,6 +281,34 @@ impl Node {
                 "process {} answered a fetch with something else",
                 loc.worker
             )),
+        }
+    }
+
+    /// Fetches the encoded value at `loc` from another process without blocking (for tasks
+    /// on the I/O thread). Only over a connection that is already open: an error otherwise
+    /// (the caller then fetches the blocking way, which connects).
+    pub(crate) async fn fetch_async(self: &Arc<Self>, loc: Location) -> Result<Bytes, String> {
+        let link = self
+            .link(loc.worker)
+            .ok_or_else(|| format!("not connected to process {}", loc.worker))?;
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.pending).insert(req, (link.clone(), Waiter::Task(tx)));
+        if !link.send(Msg::Fetch { req, id: loc.id }) {
+            lock(&self.pending).remove(&req);
+            return Err(format!(
+                "the connection to process {} is closed",
+                loc.worker
+            ));
+        }
+        match rx.await {
+            Ok(Ok(Reply::Data(bytes))) => Ok(bytes),
+            Ok(Ok(_)) => Err(format!(
+                "process {} answered a fetch with something else",
+                loc.worker
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("the cluster shut down".to_string()),
         }
     }
 
@@ -296,13 +351,13 @@ impl Node {
     }
 
     fn answer(&self, req: u64, reply: Result<Reply, String>) {
-        if let Some((_, tx)) = lock(&self.pending).remove(&req) {
-            let _ = tx.send(reply);
+        if let Some((_, waiter)) = lock(&self.pending).remove(&req) {
+            waiter.send(reply);
         }
     }
 
     fn fail_pending(&self, on: impl Fn(&Link) -> bool, why: &str) {
-        let failed: Vec<SyncSender<Result<Reply, String>>> = {
+        let failed: Vec<Waiter> = {
             let mut pending = lock(&self.pending);
             let reqs: Vec<u64> = pending
                 .iter()
@@ -313,8 +368,8 @@ impl Node {
                 .filter_map(|r| pending.remove(&r).map(|(_, tx)| tx))
                 .collect()
         };
-        for tx in failed {
-            let _ = tx.send(Err(why.to_string()));
+        for waiter in failed {
+            waiter.send(Err(why.to_string()));
         }
     }
 

@@ -2,11 +2,18 @@
 //! exits when the head says so or goes away.
 
 use super::io::Link;
-use super::msg::{Done, FailKind, Msg, WorkerStats};
+use super::msg::{Done, FailKind, Msg, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
+use crate::error::BoxError;
+use crate::error::TaskError;
+use crate::remote::data::DataLink;
 use crate::remote::store::{run_claimed, run_in_place, Claim, Fetch, InputLost};
+use crate::remote::wire::{Location, WireArg};
+use crate::task::DTask;
+use bytes::Bytes;
 use dagger_net::NetError;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,61 +38,187 @@ impl Worker {
         })
     }
 
-    fn run(self: &Arc<Self>, node: &Arc<Node>, link: &Link, runs: Vec<super::msg::Run>) {
+    /// Starts the calls of a `Run` batch. Those whose inputs are all here start at once and
+    /// one task on the I/O thread reports each as it ends (not one task per call); the
+    /// others start once their inputs arrived.
+    fn run(self: &Arc<Self>, node: &Arc<Node>, link: &Link, runs: Vec<Run>) {
+        let here: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
+        let mut started = Vec::with_capacity(runs.len());
         for r in runs {
-            let fetch: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
-            let task = r.task;
             let claim = Arc::new(Claim::new());
-            lock(&self.claims).insert(task, claim.clone());
-            let run = run_claimed(
-                &self.ctx,
-                r.call,
-                node.store.clone(),
-                fetch,
-                Some(claim.clone()),
-            );
-            match run {
-                Ok(dtask) => {
-                    self.running.fetch_add(1, Ordering::Relaxed);
-                    let link = link.clone();
-                    let me = self.clone();
-                    node.io.spawn(async move {
-                        let result = dtask.await;
-                        me.running.fetch_sub(1, Ordering::Relaxed);
-                        if claim.is_revoked() {
-                            return; // the head runs it elsewhere
+            lock(&self.claims).insert(r.task, claim.clone());
+            let mut remote = Vec::new();
+            remote_inputs(&r.call.args, node.id, &mut remote);
+            if remote.is_empty() {
+                started.extend(self.start(node, link, r, here.clone(), claim));
+            } else {
+                self.prefetch_and_start(node, link, r, remote, claim);
+            }
+        }
+        let me = self.clone();
+        let link = link.clone();
+        if started.len() <= 1 {
+            if let Some((task, claim, dtask)) = started.pop() {
+                node.io.spawn(async move {
+                    let result = dtask.await;
+                    me.report(&link, task, &claim, result);
+                });
+            }
+            return;
+        }
+        node.io.spawn(async move {
+            let mut ending: FuturesUnordered<_> = started
+                .into_iter()
+                .map(|(task, claim, dtask)| async move { (task, claim, dtask.await) })
+                .collect();
+            while let Some((task, claim, result)) = ending.next().await {
+                me.report(&link, task, &claim, result);
+            }
+        });
+    }
+
+    /// Fetches the inputs of `r` held by other processes on the I/O thread (at most
+    /// [`MAX_PREFETCHES`](super::node::MAX_PREFETCHES) at once for the process), then
+    /// starts it: the call does not block a compute thread (nor make the pool start another
+    /// one) while its inputs travel, and at most that many calls wait with their inputs
+    /// fetched ahead of the compute threads. An input that could not be prefetched is
+    /// fetched by the call the usual (blocking) way, which reports its loss as before.
+    fn prefetch_and_start(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        link: &Link,
+        r: Run,
+        remote: Vec<Location>,
+        claim: Arc<Claim>,
+    ) {
+        let me = self.clone();
+        let node2 = node.clone();
+        let link = link.clone();
+        node.io.spawn(async move {
+            let node = node2;
+            let fetch: Arc<dyn Fetch> = match node.prefetches.clone().acquire_owned().await {
+                Ok(permit) => {
+                    let mut got = Vec::with_capacity(remote.len());
+                    for loc in remote {
+                        if let Ok(bytes) = node.fetch_async(loc).await {
+                            got.push((loc, bytes));
                         }
-                        lock(&me.claims).remove(&task);
-                        let done = match result {
-                            Ok((loc, run_ns)) => Done {
-                                task,
-                                result: Ok(loc),
-                                run_ns,
-                            },
-                            Err(e) => {
-                                let kind = match e.downcast_ref::<InputLost>() {
-                                    Some(lost) => FailKind::InputLost(lost.worker),
-                                    None => FailKind::from_kind(e.kind()),
-                                };
-                                Done {
-                                    task,
-                                    result: Err((kind, e.message())),
-                                    run_ns: 0,
-                                }
-                            }
-                        };
-                        link.send_done(done);
-                    });
+                    }
+                    Arc::new(Prefetched {
+                        got,
+                        rest: NodeLink(node.clone()),
+                        permit: std::sync::Mutex::new(Some(permit)),
+                    })
                 }
-                Err(e) => {
-                    lock(&self.claims).remove(&task);
-                    link.send_done(Done {
-                        task,
-                        result: Err((FailKind::Runtime, e.to_string())),
-                        run_ns: 0,
-                    });
+                Err(_) => Arc::new(NodeLink(node.clone())),
+            };
+            if let Some((task, claim, dtask)) = me.start(&node, &link, r, fetch, claim) {
+                let result = dtask.await;
+                me.report(&link, task, &claim, result);
+            }
+        });
+    }
+
+    /// Runs `r` on this process's pool; `None` if it could not start (already reported to
+    /// the head).
+    fn start(
+        &self,
+        node: &Arc<Node>,
+        link: &Link,
+        r: Run,
+        fetch: Arc<dyn Fetch>,
+        claim: Arc<Claim>,
+    ) -> Option<Started> {
+        let task = r.task;
+        let run = run_claimed(
+            &self.ctx,
+            r.call,
+            node.store.clone(),
+            fetch,
+            Some(claim.clone()),
+        );
+        match run {
+            Ok(dtask) => {
+                self.running.fetch_add(1, Ordering::Relaxed);
+                Some((task, claim, dtask))
+            }
+            Err(e) => {
+                lock(&self.claims).remove(&task);
+                link.send_done(Done {
+                    task,
+                    result: Err((FailKind::Runtime, e.to_string())),
+                    run_ns: 0,
+                });
+                None
+            }
+        }
+    }
+
+    /// Tells the head that `task` ended (unless the head took it back to run elsewhere).
+    fn report(
+        &self,
+        link: &Link,
+        task: u64,
+        claim: &Claim,
+        result: Result<(Location, u64), TaskError>,
+    ) {
+        if claim.is_revoked() {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        lock(&self.claims).remove(&task);
+        let done = match result {
+            Ok((loc, run_ns)) => Done {
+                task,
+                result: Ok(loc),
+                run_ns,
+            },
+            Err(e) => {
+                let kind = match e.downcast_ref::<InputLost>() {
+                    Some(lost) => FailKind::InputLost(lost.worker),
+                    None => FailKind::from_kind(e.kind()),
+                };
+                Done {
+                    task,
+                    result: Err((kind, e.message())),
+                    run_ns: 0,
                 }
             }
+        };
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        link.send_done(done);
+    }
+}
+
+/// A call started on this process's pool: the head's task id, its claim, and the task.
+type Started = (u64, Arc<Claim>, DTask<(Location, u64)>);
+
+/// The inputs of a call that other processes hold (depth first).
+fn remote_inputs(args: &[WireArg], here: u32, out: &mut Vec<Location>) {
+    for a in args {
+        match a {
+            WireArg::Ref(loc) if loc.worker != here => out.push(*loc),
+            WireArg::Many(items) => remote_inputs(items, here, out),
+            _ => {}
+        }
+    }
+}
+
+/// The inputs of one call, fetched before it started; others are fetched through `rest`.
+/// Holds a prefetch slot until the call starts reading its inputs.
+struct Prefetched {
+    got: Vec<(Location, Bytes)>,
+    rest: NodeLink,
+    permit: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
+
+impl Fetch for Prefetched {
+    fn fetch(&self, loc: Location) -> Result<Bytes, BoxError> {
+        // The call runs: its slot goes to the next call waiting to prefetch.
+        drop(self.permit.lock().unwrap_or_else(|e| e.into_inner()).take());
+        match self.got.iter().find(|(l, _)| *l == loc) {
+            Some((_, bytes)) => Ok(bytes.clone()),
+            None => DataLink::fetch(&self.rest, loc),
         }
     }
 }

@@ -435,6 +435,17 @@ impl Registry {
         if remote.is_some() && self.remote.active() {
             return self.place_anywhere(scope, sig);
         }
+        self.place_here(scope, sig, true)
+    }
+
+    /// Where in this process a task may run; the error says why nowhere, if `explain` (else
+    /// it is empty: a caller that only asks whether is spared formatting it per task).
+    fn place_here(
+        &self,
+        scope: Option<&Scope>,
+        sig: &TaskSignature<'_>,
+        explain: bool,
+    ) -> Result<Placement, String> {
         let scope = match scope {
             None if !self.has_custom_default => return Ok(Placement::Pool),
             None => Scope::default(),
@@ -457,6 +468,9 @@ impl Registry {
             if ok {
                 cands.push(i);
             }
+        }
+        if cands.is_empty() && !explain {
+            return Err(String::new());
         }
         if cands.is_empty() {
             let known: Vec<String> = self
@@ -497,7 +511,7 @@ impl Registry {
         sig: &TaskSignature<'_>,
     ) -> Result<Placement, String> {
         let local = if self.has_custom_default || scope.is_some() {
-            self.place(scope, sig, None).ok()
+            self.place_here(scope, sig, false).ok()
         } else {
             Some(Placement::Pool)
         };
