@@ -112,7 +112,23 @@ impl Drop for BodyGuard {
     }
 }
 
+/// How often a region waiting outside the pool wakes to free its finished tasks.
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+
 impl Shared {
+    /// Waits until no task body is left (true) or `timeout` passed (false).
+    fn wait_bodies(&self, timeout: std::time::Duration) -> bool {
+        let g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if self.bodies.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let (_g, _) = self
+            .all_dropped
+            .wait_timeout(g, timeout)
+            .unwrap_or_else(|e| e.into_inner());
+        self.bodies.load(Ordering::Acquire) == 0
+    }
+
     /// Counts `k` task bodies as dropped; the last one wakes the region.
     fn body_dropped(&self, k: usize) {
         if self.bodies.fetch_sub(k, Ordering::AcqRel) == k {
@@ -1233,16 +1249,39 @@ impl<'scope, 'env> Region<'scope, 'env> {
         drop(st);
 
         // Wait for the tasks in submission order, keeping only the first failure (a root
-        // failure: its dependents come later) and letting each task go as soon as it
-        // finished, while later ones still run (a region of many small tasks would otherwise
-        // free them all at the end, after the last one finished).
+        // failure: its dependents come later) and letting each task go once it finished,
+        // while later ones still run (a region of many small tasks would otherwise free them
+        // all at the end, after the last one finished).
         let mut failed = None;
-        for job in jobs.into_iter().flatten() {
-            crate::sched::wait_for(job.header(), &job);
-            if failed.is_none() {
-                failed = job.error();
+        let mut done = 0;
+        let mut release = |jobs: &mut [Option<JobRef>], wait: bool| {
+            while let Some(slot) = jobs.get_mut(done) {
+                if let Some(job) = slot {
+                    if !job.header().state.is_done() {
+                        if !wait {
+                            return;
+                        }
+                        crate::sched::wait_for(job.header(), job);
+                    }
+                    if failed.is_none() {
+                        failed = job.error();
+                    }
+                }
+                *slot = None;
+                done += 1;
+            }
+        };
+        if WorkerThread::with_current(|w| w.is_none()) {
+            // Outside the pool, waiting for each task in turn would park and wake this
+            // thread about once per task (they finish in about submission order): sleep on
+            // the count of live bodies instead, waking now and then to let the finished
+            // tasks go. (A compute thread waits task by task: it runs tasks meanwhile.)
+            while !self.shared.wait_bodies(RELEASE_EVERY) {
+                release(&mut jobs, false);
             }
         }
+        release(&mut jobs, true);
+        drop(jobs);
         drop(waiter); // waits for the bodies
         self.learn();
         if let Some(c) = copies {
