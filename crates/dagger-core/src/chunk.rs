@@ -198,6 +198,7 @@ impl<T: Send + Sync + 'static> Chunk<T> {
             static_name: None,
             meta,
             inherited: None,
+            planned_ns: None,
         };
         let cell: Arc<TaskInner<T, NoBody<T>>> =
             Arc::new(TaskInner::new(header, None, Some(outcome)));

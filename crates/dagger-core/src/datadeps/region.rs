@@ -25,10 +25,11 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -93,8 +94,10 @@ impl DatadepsOptions {
 struct Shared {
     /// Set when every task of the region finished; region task handles may be read after.
     finished: AtomicBool,
-    /// Task bodies not yet dropped.
-    bodies: Mutex<usize>,
+    /// Task bodies not yet dropped (counted without a lock: every task body decrements it;
+    /// only the last one takes `wake` to notify the region).
+    bodies: AtomicUsize,
+    wake: Mutex<()>,
     all_dropped: Condvar,
     /// Measured run time of each task (ns), for the learned estimates.
     times: OnceLock<Box<[AtomicU64]>>,
@@ -105,10 +108,33 @@ struct BodyGuard(Arc<Shared>);
 
 impl Drop for BodyGuard {
     fn drop(&mut self) {
-        let mut n = self.0.bodies.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= 1;
-        if *n == 0 {
-            self.0.all_dropped.notify_all();
+        self.0.body_dropped(1);
+    }
+}
+
+/// How often a region waiting outside the pool wakes to free its finished tasks.
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Shared {
+    /// Waits until no task body is left (true) or `timeout` passed (false).
+    fn wait_bodies(&self, timeout: std::time::Duration) -> bool {
+        let g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        if self.bodies.load(Ordering::Acquire) == 0 {
+            return true;
+        }
+        let (_g, _) = self
+            .all_dropped
+            .wait_timeout(g, timeout)
+            .unwrap_or_else(|e| e.into_inner());
+        self.bodies.load(Ordering::Acquire) == 0
+    }
+
+    /// Counts `k` task bodies as dropped; the last one wakes the region.
+    fn body_dropped(&self, k: usize) {
+        if self.bodies.fetch_sub(k, Ordering::AcqRel) == k {
+            // taking the lock orders this notification after the region's check of the count
+            let _g = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+            self.all_dropped.notify_all();
         }
     }
 }
@@ -335,12 +361,22 @@ struct LaunchCtx<'a> {
     copies: Option<&'a Arc<Copies>>,
     /// The worker and thread the task runs on, if not here.
     remote: Option<(u32, u32)>,
+    /// The planner's estimate of its run time (ns).
+    cost_ns: u64,
 }
 
-/// Launches a recorded task. It captures the task's function and arguments, which may borrow
-/// data of the region's `'scope`; the lifetime is erased (the region runs or drops every
-/// recorded task before it returns).
-type Launch = Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef>;
+/// A recorded task, launched once planned. It holds the task's function and arguments, which
+/// may borrow data of the region's `'scope`; the lifetime is erased (the region runs or drops
+/// every recorded task before it returns).
+trait Launch {
+    /// Creates and queues the runtime task; the recorded task becomes its body.
+    fn launch(self: Box<Self>, ctx: &LaunchCtx<'_>) -> JobRef;
+}
+
+/// The body of a launched region task.
+trait Body<R>: Send {
+    fn run(self: Box<Self>) -> Result<R, BoxError>;
+}
 
 /// Erases the `'scope` of a closure kept by the region.
 ///
@@ -360,8 +396,15 @@ trait Erasable<T> {
     unsafe fn erase(self) -> T;
 }
 
-impl<'scope> Erasable<Launch> for Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef + 'scope> {
-    unsafe fn erase(self) -> Launch {
+impl<'scope> Erasable<Box<dyn Launch>> for Box<dyn Launch + 'scope> {
+    unsafe fn erase(self) -> Box<dyn Launch> {
+        // SAFETY: same type up to the object lifetime bound; see `erase`.
+        unsafe { std::mem::transmute(self) }
+    }
+}
+
+impl<'scope, R> Erasable<Box<dyn Body<R>>> for Box<dyn Body<R> + 'scope> {
+    unsafe fn erase(self) -> Box<dyn Body<R>> {
         // SAFETY: same type up to the object lifetime bound; see `erase`.
         unsafe { std::mem::transmute(self) }
     }
@@ -376,12 +419,13 @@ impl<'scope> Erasable<Box<dyn FnOnce(*mut ())>> for Box<dyn FnOnce(*mut ()) + 's
 
 /// A task recorded by `spawn`, launched when the closure returns.
 struct Recorded {
-    launch: Option<Launch>,
+    launch: Option<Box<dyn Launch>>,
     /// The name given in the options, if any.
     name: Option<Arc<str>>,
     static_name: &'static str,
     cost_ns: u64,
-    signature: &'static str,
+    /// The function it calls ([`Signatures`] index).
+    sig: u32,
     /// Whether it may run in a worker process.
     remote: bool,
     scope: Option<Scope>,
@@ -402,6 +446,56 @@ struct State {
     homes: Vec<Option<Home>>,
     refused: Option<TaskError>,
     scratch: Declarations,
+    sigs: Signatures,
+}
+
+/// The functions the region's tasks call, each once: run-time estimates are looked up and
+/// learned per function rather than per task (hashing a type name per task cost as much as
+/// the rest of planning a trivial task).
+#[derive(Default)]
+struct Signatures {
+    /// The type name of each function and the name shown for its tasks.
+    names: Vec<(&'static str, &'static str)>,
+    /// By the address and length of the type name (equal addresses are equal names).
+    index: HashMap<(usize, usize), u32, BuildHasherDefault<AddrHasher>>,
+}
+
+impl Signatures {
+    /// The index of the function with type name `sig`.
+    fn intern(&mut self, sig: &'static str) -> u32 {
+        let names = &mut self.names;
+        *self
+            .index
+            .entry((sig.as_ptr() as usize, sig.len()))
+            .or_insert_with(|| {
+                names.push((sig, short_name(sig)));
+                (names.len() - 1) as u32
+            })
+    }
+}
+
+/// A hasher for addresses (a multiplicative hash: the table uses the high bits).
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 static NEXT_REGION: AtomicU64 = AtomicU64::new(1);
@@ -755,8 +849,6 @@ impl<'scope, 'env> Region<'scope, 'env> {
         A: Send + 'scope,
         R: Send + Sync + 'static,
     {
-        let signature = std::any::type_name::<F>();
-        let static_name = short_name(signature);
         let name: Option<Arc<str>> = options.as_ref().and_then(|o| o.name.clone());
         let hint = options.as_ref().and_then(|o| o.time_util);
         let scope = options.as_ref().and_then(|o| o.scope.clone());
@@ -764,6 +856,8 @@ impl<'scope, 'env> Region<'scope, 'env> {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
         let index = st.tasks.len() as u32;
+        let sig = st.sigs.intern(std::any::type_name::<F>());
+        let static_name = st.sigs.names[sig as usize].1;
         let slot = Arc::new(TaskSlot {
             id,
             index,
@@ -823,10 +917,8 @@ impl<'scope, 'env> Region<'scope, 'env> {
         st.data_start.push(st.data.len() as u32);
         st.scratch = decls;
 
-        let shared = self.shared.clone();
-        let out = slot.clone();
-        // What only tasks that may run in a worker need, boxed: the closures of purely local
-        // tasks stay small (they are allocated per task).
+        // What only tasks that may run in a worker need, boxed: the recorded tasks of purely
+        // local tasks stay small (they are allocated per task).
         let remote: Option<Box<RemoteParts<R>>> = match (remote, decode) {
             (Some(spec), Some(decode)) => Some(Box::new(RemoteParts {
                 spec,
@@ -835,58 +927,27 @@ impl<'scope, 'env> Region<'scope, 'env> {
             })),
             _ => None,
         };
-        let launch: Box<dyn FnOnce(&LaunchCtx<'_>) -> JobRef + 'scope> =
-            Box::new(move |ctx: &LaunchCtx<'_>| {
-                let guard = BodyGuard(shared.clone());
-                let placed: Option<Box<Placed>> = ctx.copies.map(|c| {
-                    Box::new(Placed {
-                        needs: ctx.needs.to_vec(),
-                        copies: c.clone(),
-                        at: ctx.remote,
-                    })
-                });
-                let body = move || -> Result<R, BoxError> {
-                    let _guard = guard;
-                    let start = Instant::now();
-                    if let Some(p) = &placed {
-                        p.copies.ensure(&p.needs)?;
-                    }
-                    let r = match (&placed, &remote) {
-                        (Some(p), Some(rp)) if p.at.is_some() => {
-                            let (worker, thread) = p.at.expect("checked");
-                            let name = rp.name.as_deref().unwrap_or(static_name);
-                            (rp.decode)(&p.copies.run(worker, thread, &rp.spec, Some(name))?)?
-                        }
-                        // SAFETY: the region launched this task after every task whose
-                        // accesses conflict with its own, and they all finished before it
-                        // runs.
-                        _ => unsafe { f.call(args) },
-                    };
-                    if let Some(times) = shared.times.get() {
-                        times[index as usize]
-                            .store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                    }
-                    Ok(r)
-                };
-                let body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'scope> = Box::new(body);
-                // SAFETY: the region does not return before every body it launched was dropped
-                // (it waits for the body count to reach zero, also when unwinding), so nothing the
-                // body borrows for 'scope is used after 'scope.
-                let body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'static> =
-                    unsafe { std::mem::transmute(body) };
-                let task = launch_task(ctx, id, Some(static_name), options.map(Arc::new), body);
-                let job = task.job();
-                let _ = out.task.set(task);
-                job
-            });
+        let recipe: Box<dyn Launch + 'scope> = Box::new(Recipe {
+            f,
+            args,
+            index,
+            id,
+            static_name,
+            options,
+            slot: Some(slot.clone()),
+            remote,
+            placed: None,
+            guard: None,
+            _scope: PhantomData,
+        });
         // SAFETY: the region runs or drops every recorded task before it returns.
-        let launch = unsafe { erase::<'scope, _, dyn FnOnce(&LaunchCtx<'_>) -> JobRef>(launch) };
+        let launch = unsafe { erase::<'scope, _, dyn Launch>(recipe) };
         st.tasks.push(Recorded {
             launch: Some(launch),
             name,
             static_name,
             cost_ns: hint.map_or(0, |d| d.as_nanos() as u64),
-            signature,
+            sig,
             remote: may_run_remote,
             scope,
         });
@@ -1010,11 +1071,20 @@ impl<'scope, 'env> Region<'scope, 'env> {
 
         {
             let learned = learned().lock().unwrap_or_else(|e| e.into_inner());
+            let est: Vec<u64> = st
+                .sigs
+                .names
+                .iter()
+                .map(|(sig, _)| {
+                    learned
+                        .get(sig)
+                        .map_or(DEFAULT_COST_NS, |&ns| ns.max(1.0) as u64)
+                })
+                .collect();
+            drop(learned);
             for t in st.tasks.iter_mut() {
                 if t.cost_ns == 0 {
-                    t.cost_ns = learned
-                        .get(t.signature)
-                        .map_or(DEFAULT_COST_NS, |&ns| ns.max(1.0) as u64);
+                    t.cost_ns = est[t.sig as usize];
                 }
             }
         }
@@ -1104,7 +1174,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
         let mut versions = copies.as_ref().map(|_| VersionPlan::new(st.keys.len()));
         let mut needs: Vec<Need> = Vec::new();
 
-        *self.shared.bodies.lock().unwrap_or_else(|e| e.into_inner()) += n;
+        self.shared.bodies.fetch_add(n, Ordering::AcqRel);
         let mut jobs: Vec<Option<JobRef>> = vec![None; n];
         // Wait for whatever was launched even if planning or launching unwinds.
         let waiter = WaitOnDrop {
@@ -1170,20 +1240,50 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 needs: &needs,
                 copies: copies.as_ref(),
                 remote: at,
+                cost_ns: st.tasks[i].cost_ns,
             };
             waiter.unlaunched -= 1;
-            jobs[i] = Some(launch(&ctx));
+            jobs[i] = Some(launch.launch(&ctx));
         }
         drop(preds);
         drop(st);
 
-        for job in jobs.iter().flatten() {
-            crate::sched::wait_for(job.header(), job);
+        // Wait for the tasks in submission order, keeping only the first failure (a root
+        // failure: its dependents come later) and letting each task go once it finished,
+        // while later ones still run (a region of many small tasks would otherwise free them
+        // all at the end, after the last one finished).
+        let mut failed = None;
+        let mut done = 0;
+        let mut release = |jobs: &mut [Option<JobRef>], wait: bool| {
+            while let Some(slot) = jobs.get_mut(done) {
+                if let Some(job) = slot {
+                    if !job.header().state.is_done() {
+                        if !wait {
+                            return;
+                        }
+                        crate::sched::wait_for(job.header(), job);
+                    }
+                    if failed.is_none() {
+                        failed = job.error();
+                    }
+                }
+                *slot = None;
+                done += 1;
+            }
+        };
+        if WorkerThread::with_current(|w| w.is_none()) {
+            // Outside the pool, waiting for each task in turn would park and wake this
+            // thread about once per task (they finish in about submission order): sleep on
+            // the count of live bodies instead, waking now and then to let the finished
+            // tasks go. (A compute thread waits task by task: it runs tasks meanwhile.)
+            while !self.shared.wait_bodies(RELEASE_EVERY) {
+                release(&mut jobs, false);
+            }
         }
+        release(&mut jobs, true);
+        drop(jobs);
         drop(waiter); // waits for the bodies
         self.learn();
-        // the first failure in submission order is a root failure (dependents come later)
-        let failed = jobs.iter().flatten().find_map(|job| job.error());
         if let Some(c) = copies {
             // data whose latest version is on a worker goes home (after a failure the data
             // is left as it is)
@@ -1225,13 +1325,22 @@ impl<'scope, 'env> Region<'scope, 'env> {
             return;
         };
         let st = self.state.borrow();
-        let mut sums: HashMap<&'static str, (f64, u32)> = HashMap::new();
+        let mut by_sig = vec![(0.0f64, 0u32); st.sigs.names.len()];
         for (t, ns) in st.tasks.iter().zip(times.iter()) {
             let ns = ns.load(Ordering::Relaxed);
             if ns > 0 {
-                let e = sums.entry(t.signature).or_default();
+                let e = &mut by_sig[t.sig as usize];
                 e.0 += ns as f64;
                 e.1 += 1;
+            }
+        }
+        // (two indices may name equal type names: merge them)
+        let mut sums: HashMap<&'static str, (f64, u32)> = HashMap::new();
+        for (&(sig, _), (sum, n)) in st.sigs.names.iter().zip(by_sig) {
+            if n > 0 {
+                let e = sums.entry(sig).or_default();
+                e.0 += sum;
+                e.1 += n;
             }
         }
         let mut learned = learned().lock().unwrap_or_else(|e| e.into_inner());
@@ -1254,15 +1363,106 @@ struct WaitOnDrop<'a> {
 
 impl Drop for WaitOnDrop<'_> {
     fn drop(&mut self) {
-        let mut n = self.shared.bodies.lock().unwrap_or_else(|e| e.into_inner());
-        *n -= self.unlaunched;
-        while *n > 0 {
-            n = self
+        if self.unlaunched > 0 {
+            self.shared.body_dropped(self.unlaunched);
+        }
+        let mut g = self.shared.wake.lock().unwrap_or_else(|e| e.into_inner());
+        while self.shared.bodies.load(Ordering::Acquire) > 0 {
+            g = self
                 .shared
                 .all_dropped
-                .wait(n)
+                .wait(g)
                 .unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+/// A task recorded by `spawn`: its call and what running it needs. Launching turns this
+/// same allocation into the runtime task's body (one allocation per task for both).
+struct Recipe<'scope, F, A, R> {
+    f: F,
+    args: A,
+    index: u32,
+    id: TaskId,
+    static_name: &'static str,
+    options: Option<Options>,
+    /// The task's handle state, until launched.
+    slot: Option<Arc<TaskSlot<R>>>,
+    /// What only tasks that may run in a worker need (boxed: most tasks are local).
+    remote: Option<Box<RemoteParts<R>>>,
+    /// Where it runs and the copies it makes first (set when launched, in a region with
+    /// workers).
+    placed: Option<Box<Placed>>,
+    /// Counts the body as alive (set when launched: an unlaunched task is not counted).
+    guard: Option<BodyGuard>,
+    _scope: PhantomData<&'scope ()>,
+}
+
+impl<'scope, F, A, R> Launch for Recipe<'scope, F, A, R>
+where
+    F: Call<A, Output = R> + 'scope,
+    A: Send + 'scope,
+    R: Send + Sync + 'static,
+{
+    fn launch(mut self: Box<Self>, ctx: &LaunchCtx<'_>) -> JobRef {
+        let slot = self.slot.take().expect("launched once");
+        self.guard = Some(BodyGuard(slot.shared.clone()));
+        self.placed = ctx.copies.map(|c| {
+            Box::new(Placed {
+                needs: ctx.needs.to_vec(),
+                copies: c.clone(),
+                at: ctx.remote,
+            })
+        });
+        let (id, static_name) = (self.id, self.static_name);
+        let meta = self.options.take().map(Arc::new);
+        let body: Box<dyn Body<R> + 'scope> = self;
+        // SAFETY: the region does not return before every body it launched was dropped (it
+        // waits for the body count to reach zero, also when unwinding), so nothing the body
+        // borrows for 'scope is used after 'scope.
+        let body = unsafe { erase::<'scope, _, dyn Body<R>>(body) };
+        let task = launch_task(ctx, id, Some(static_name), meta, body);
+        let job = task.job();
+        let _ = slot.task.set(task);
+        job
+    }
+}
+
+impl<'scope, F, A, R> Body<R> for Recipe<'scope, F, A, R>
+where
+    F: Call<A, Output = R> + 'scope,
+    A: Send + 'scope,
+    R: Send + Sync + 'static,
+{
+    fn run(self: Box<Self>) -> Result<R, BoxError> {
+        let Recipe {
+            f,
+            args,
+            index,
+            static_name,
+            remote,
+            placed,
+            guard,
+            ..
+        } = *self;
+        let start = Instant::now();
+        if let Some(p) = &placed {
+            p.copies.ensure(&p.needs)?;
+        }
+        let r = match (&placed, &remote) {
+            (Some(p), Some(rp)) if p.at.is_some() => {
+                let (worker, thread) = p.at.expect("checked");
+                let name = rp.name.as_deref().unwrap_or(static_name);
+                (rp.decode)(&p.copies.run(worker, thread, &rp.spec, Some(name))?)?
+            }
+            // SAFETY: the region launched this task after every task whose accesses conflict
+            // with its own, and they all finished before it runs.
+            _ => unsafe { f.call(args) },
+        };
+        if let Some(times) = guard.as_ref().and_then(|g| g.0.times.get()) {
+            times[index as usize].store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+        Ok(r)
     }
 }
 
@@ -1317,7 +1517,7 @@ fn launch_task<R: Send + Sync + 'static>(
     id: TaskId,
     static_name: Option<&'static str>,
     meta: Option<Arc<Options>>,
-    body: Box<dyn FnOnce() -> Result<R, BoxError> + Send + 'static>,
+    body: Box<dyn Body<R>>,
 ) -> DTask<R> {
     let task = Arc::new(TaskInner::<R, _>::new(
         Header {
@@ -1336,8 +1536,9 @@ fn launch_task<R: Send + Sync + 'static>(
             static_name,
             meta,
             inherited: ctx.inherited.clone(),
+            planned_ns: Some(ctx.cost_ns),
         },
-        Some(body),
+        Some(move || body.run()),
         None,
     ));
     let job: JobRef = task.clone();
@@ -1422,10 +1623,12 @@ where
             homes: Vec::new(),
             refused: None,
             scratch: Declarations::default(),
+            sigs: Signatures::default(),
         }),
         shared: Arc::new(Shared {
             finished: AtomicBool::new(false),
-            bodies: Mutex::new(0),
+            bodies: AtomicUsize::new(0),
+            wake: Mutex::new(()),
             all_dropped: Condvar::new(),
             times: OnceLock::new(),
         }),

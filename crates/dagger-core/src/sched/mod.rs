@@ -537,14 +537,19 @@ impl Registry {
         let h = job.header();
         let hint = h.meta.as_ref().and_then(|m| m.time_util);
         let occupancy = h.meta.as_ref().and_then(|m| m.occupancy).unwrap_or(1.0);
-        let kinds: Vec<ProcessorKind> = cands
-            .iter()
-            .map(|&i| self.procs[i as usize].info.id.kind)
-            .collect();
-        let est: Vec<u64> = match hint {
-            Some(d) => vec![d.as_nanos() as u64; cands.len()],
-            None => self.estimates.estimate(job.signature(), &kinds),
+        // the same estimate everywhere when given (a hint, or its planner's estimate)
+        let fixed = hint.map(|d| d.as_nanos() as u64).or(h.planned_ns);
+        let measured: Vec<u64> = match fixed {
+            Some(_) => Vec::new(),
+            None => {
+                let kinds: Vec<ProcessorKind> = cands
+                    .iter()
+                    .map(|&i| self.procs[i as usize].info.id.kind)
+                    .collect();
+                self.estimates.estimate(job.signature(), &kinds)
+            }
         };
+        let est = |k: usize| fixed.unwrap_or_else(|| measured[k]);
         let mut best: Option<(u64, bool, u32, u64)> = None;
         for (k, &i) in cands.iter().enumerate() {
             let backlog = match self.procs[i as usize].exec {
@@ -552,14 +557,14 @@ impl Registry {
                 Exec::Custom(c) => self.customs[c].queue.backlog_ns(),
                 Exec::Os => continue,
             };
-            let cost = backlog.saturating_add(est[k]);
+            let cost = backlog.saturating_add(est(k));
             let here = Some(i) == current;
             let better = match best {
                 None => true,
                 Some((c, h, _, _)) => cost < c || (cost == c && here && !h),
             };
             if better {
-                best = Some((cost, here, i, est[k]));
+                best = Some((cost, here, i, est(k)));
             }
         }
         let (_, _, index, est) = best.expect("placement candidates are never empty");

@@ -99,6 +99,11 @@ pub(crate) struct Header {
     pub(crate) meta: Option<Arc<Options>>,
     /// The `with_options` options in force where it was spawned; its body passes them on.
     pub(crate) inherited: Option<Arc<Options>>,
+    /// The run time (ns) its planner estimated, for a task a datadeps region placed: the
+    /// scheduler counts it as the task's queued work and does not time the task for its own
+    /// estimates (they are kept by body type, which all closures of a region share; the
+    /// region learns its tasks' run times itself).
+    pub(crate) planned_ns: Option<u64>,
 }
 
 impl Header {
@@ -428,7 +433,7 @@ where
             return;
         }
 
-        let measure = header.placement.is_choice()
+        let measure = (header.placement.is_choice() && header.planned_ns.is_none())
             || CTX.with(|c| {
                 let n = c.sample.get().wrapping_add(1);
                 c.sample.set(n);

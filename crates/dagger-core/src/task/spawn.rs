@@ -197,6 +197,7 @@ where
             placement,
             priority: meta.as_ref().and_then(|m| m.priority).unwrap_or(0),
             static_name: site.name,
+            planned_ns: None,
             meta,
             inherited,
         },
