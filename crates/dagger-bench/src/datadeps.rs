@@ -32,6 +32,19 @@ pub fn run(name: &str, cfg: &Config) -> Option<Result<(), String>> {
 /// A planner variant: its name and how to make the region options.
 type Variant = (&'static str, fn() -> DatadepsOptions);
 
+/// The planners every datadeps scenario compares.
+const PLANNERS: [Variant; 3] = [
+    ("cost", || {
+        DatadepsOptions::new().planner(CostPlanner::new())
+    }),
+    ("round-robin", || {
+        DatadepsOptions::new().planner(RoundRobin::default())
+    }),
+    ("work-stealing", || {
+        DatadepsOptions::new().planner(WorkStealing)
+    }),
+];
+
 /// One task of the overhead program: a buffer and whether it is written, maybe a second one.
 type Step = (usize, bool, Option<(usize, bool)>);
 
@@ -59,17 +72,7 @@ fn cholesky(cfg: &Config) -> Result<(), String> {
         .into_iter()
         .filter(|nb| n % nb == 0)
         .collect();
-    let planners: [Variant; 3] = [
-        ("cost", || {
-            DatadepsOptions::new().planner(CostPlanner::new())
-        }),
-        ("round-robin", || {
-            DatadepsOptions::new().planner(RoundRobin::default())
-        }),
-        ("work-stealing", || {
-            DatadepsOptions::new().planner(WorkStealing)
-        }),
-    ];
+    let planners = PLANNERS;
     let mut faer_s = Vec::new();
     let mut ours: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); planners.len()]; sizes.len()];
     let mut moved: Vec<Vec<u64>> = vec![vec![0; planners.len()]; sizes.len()];
@@ -160,17 +163,7 @@ fn overhead(cfg: &Config) -> Result<(), String> {
             (a, wa, b)
         })
         .collect();
-    let planners: [Variant; 3] = [
-        ("cost", || {
-            DatadepsOptions::new().planner(CostPlanner::new())
-        }),
-        ("round-robin", || {
-            DatadepsOptions::new().planner(RoundRobin::default())
-        }),
-        ("work-stealing", || {
-            DatadepsOptions::new().planner(WorkStealing)
-        }),
-    ];
+    let planners = PLANNERS;
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); planners.len()];
     let mut expected: Option<Vec<u64>> = None;
     for round in 0..=cfg.runs {
