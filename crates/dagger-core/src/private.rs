@@ -20,7 +20,7 @@ use crate::error::BoxError;
 use crate::options::Options;
 use crate::processor::ArgType;
 use crate::remote::data::{Input, NotReady, PendingInput};
-use crate::remote::wire::{WireArg, WireCall};
+use crate::remote::wire::{Location, WireArg, WireCall};
 use crate::scope::Scope;
 use crate::shard::Shard;
 use crate::task::{spawn_raw, ArgDeps, DTask, Header, JobRef, Site, TaskBody, TaskCell};
@@ -454,6 +454,10 @@ fn encode_cell<T: Send + Sync + 'static>(
     codec: &Codec,
     inputs: &mut Vec<Input>,
 ) -> Result<WireArg, BoxError> {
+    if let Some(task) = crate::sched::ahead::after_arg(cell.header()) {
+        // Being made on the worker the call is sent ahead to.
+        return Ok(WireArg::After(task));
+    }
     if let Some(data) = cell.remote_data() {
         // It lives in a worker: the receiver fetches it from there (or has it already).
         return match data.try_location() {
@@ -463,6 +467,18 @@ fn encode_cell<T: Send + Sync + 'static>(
                     lineage: data.lineage().cloned(),
                 });
                 Ok(WireArg::Ref(loc))
+            }
+            // Encoded for a lineage: the input is found again when the value is made again.
+            Err(NotReady::Pending) if crate::sched::ahead::for_lineage() => {
+                inputs.push(Input {
+                    data: Arc::downgrade(data),
+                    lineage: data.lineage().cloned(),
+                });
+                Ok(WireArg::Ref(Location {
+                    worker: data.lost_on().unwrap_or(0),
+                    id: 0,
+                    bytes: 0,
+                }))
             }
             Err(NotReady::Pending) => Err(Box::new(PendingInput(data.clone()))),
             Err(NotReady::Failed(why)) => Err(why.into()),

@@ -108,6 +108,16 @@ fn wait_for(gate: String) -> u32 {
     current_processor().worker.0
 }
 
+/// One step of a chain: `x + 1`, failing at `fail_at`.
+#[dagger::task]
+fn step(x: u64, fail_at: u64) -> Result<u64, String> {
+    if x == fail_at {
+        Err(format!("step {x} fails"))
+    } else {
+        Ok(x + 1)
+    }
+}
+
 fn cluster(workers: usize) -> Context {
     Context::builder()
         .threads(2)
@@ -559,5 +569,42 @@ fn large_values_cross_whole() {
         }
         let back = data.fetch().unwrap();
         assert_eq!((back.len() as u64, back[12_345]), (m, 12_345));
+    });
+}
+
+#[test]
+fn chains_are_sent_ahead_to_the_worker_making_their_input() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        let chain = |scope: &Scope, n: u64, fail_at: u64| {
+            let mut t = spawn!(step(0, fail_at)?; scope = scope.clone());
+            for _ in 1..n {
+                t = spawn!(step(t, fail_at)?; scope = scope.clone());
+            }
+            t
+        };
+        assert_eq!(
+            chain(&Scope::worker(1), 400, u64::MAX).fetch().unwrap(),
+            400
+        );
+        let ahead = ctx.worker_stats(WorkerId(1)).unwrap().sent_ahead;
+        assert!(
+            ahead > 0,
+            "no task of a 400-task chain on worker 1 was sent ahead of its input"
+        );
+        let both = Scope::spec().workers([1, 2]).build().unwrap();
+        assert_eq!(chain(&both, 400, u64::MAX).fetch().unwrap(), 400);
+
+        // A task failing in a chain sent ahead fails the rest, naming it; nothing is left
+        // behind on the workers.
+        let err = chain(&Scope::worker(1), 300, 150).fetch().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DependencyFailed, "{err}");
+        assert!(err.to_string().contains("step 150 fails"), "{err}");
+        for w in [1, 2] {
+            eventually("the workers hold no value", || {
+                ctx.worker_stats(WorkerId(w)).unwrap().live_values == 0
+            });
+        }
+        assert_eq!(chain(&Scope::worker(1), 50, u64::MAX).fetch().unwrap(), 50);
     });
 }

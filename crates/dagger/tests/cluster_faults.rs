@@ -216,6 +216,35 @@ fn a_worker_killed_mid_graph_loses_no_answer() {
     }
 }
 
+#[dagger::task]
+fn add_one(x: &u64) -> u64 {
+    x + 1
+}
+
+/// The worker running a chain (its later tasks sent ahead to it) is killed mid-chain: the
+/// chain finishes elsewhere with the right answer, its lost links made again.
+#[test]
+fn a_chain_sent_ahead_survives_the_loss_of_its_worker() {
+    const N: usize = 3000;
+    for kill_at in [100, 1500] {
+        let ctx = cluster(2, Duration::from_secs(10));
+        ctx.enter(|| {
+            let anywhere = on_workers([1, 2]);
+            let mut all = vec![spawn!(start(1); scope = anywhere.clone())];
+            for i in 1..N {
+                let t = spawn!(add_one(&all[i - 1]); scope = anywhere.clone());
+                all.push(t);
+            }
+            all[kill_at].wait();
+            let victim = all[kill_at].processor().expect("it ran somewhere").worker;
+            let last = all.pop().unwrap();
+            drop(all);
+            ctx.kill_worker(victim).unwrap();
+            assert_eq!(last.fetch().unwrap(), N as u64, "killed at {kill_at}");
+        });
+    }
+}
+
 #[test]
 fn a_hung_worker_is_declared_dead_by_heartbeat() {
     let ctx = cluster(2, Duration::from_millis(1500));

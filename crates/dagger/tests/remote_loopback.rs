@@ -309,9 +309,8 @@ fn placement_prefers_here_for_cheap_tasks_and_balances_forced_ones() {
         assert_eq!(lb.dispatched.lock().unwrap().len(), 1);
         assert_eq!(
             t.processor(),
-            None,
-            "the head does not know the worker's thread"
+            Some(ProcessorId::os(WorkerId(1))),
+            "the worker process (the head does not know its thread)"
         );
-        let _ = ProcessorId::thread(WorkerId(1), 0);
     });
 }

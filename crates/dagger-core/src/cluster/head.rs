@@ -34,6 +34,14 @@ struct InFlight {
     task: RemoteTask,
 }
 
+/// A task a worker reported done.
+enum Completed {
+    /// Its value, made from the call as it was sent.
+    Sent(JobRef, Arc<RemoteData>, u64),
+    /// A task sent ahead of its inputs: its value, where it is, and its run time.
+    Ahead(Box<RemoteTask>, Location, u64),
+}
+
 /// How many times a task (or a recomputation) is tried again after losing its worker or an
 /// input before it fails.
 const MAX_ATTEMPTS: u32 = 4;
@@ -350,6 +358,7 @@ impl Head {
     fn on_done(&self, node: &Arc<Node>, peer: u32, done: Vec<Done>) {
         let link: Arc<dyn DataLink> = Arc::new(NodeLink(node.clone()));
         let mut completed = Vec::with_capacity(done.len());
+        let mut waiting = Vec::new();
         let mut failed = Vec::new();
         let mut recovered = Vec::new();
         {
@@ -374,6 +383,12 @@ impl Head {
                     );
                 }
                 match d.result {
+                    Ok(loc) if f.task.is_ahead() => {
+                        if !s.retries.is_empty() {
+                            s.retries.remove(&d.task);
+                        }
+                        completed.push(Completed::Ahead(Box::new(f.task), loc, d.run_ns));
+                    }
                     Ok(loc) => {
                         let (job, lineage) = f.task.into_parts();
                         let label = lineage.label.clone();
@@ -383,7 +398,11 @@ impl Head {
                         if !s.retries.is_empty() {
                             s.retries.remove(&d.task);
                         }
-                        completed.push((job, data, d.run_ns));
+                        completed.push(Completed::Sent(job, data, d.run_ns));
+                    }
+                    Err((FailKind::InputMissing, msg)) => {
+                        log::debug!("task {} waits again: {msg}", d.task);
+                        waiting.push(f.task);
                     }
                     Err((FailKind::InputLost(holder), msg)) => {
                         failed.push((f.task, Some(holder), FailKind::Runtime, msg))
@@ -398,8 +417,33 @@ impl Head {
         for (r, result) in recovered {
             let _ = r.done.send(result);
         }
-        for (job, data, run_ns) in completed {
-            crate::remote::complete_job(&job, data, run_ns);
+        // In the order the worker reported them: a task sent ahead comes after the tasks it
+        // waited for, so its call can be encoded again for its lineage, naming their results.
+        for c in completed {
+            match c {
+                Completed::Sent(job, data, run_ns) => {
+                    crate::remote::complete_job(&job, data, run_ns)
+                }
+                Completed::Ahead(task, loc, run_ns) => {
+                    let (job, mut lineage) = (*task).into_parts();
+                    let label = lineage.label.clone();
+                    // Without its inputs' results, it cannot be made again.
+                    let lineage =
+                        crate::sched::ahead::lineage_call(&job)
+                            .ok()
+                            .map(|(call, inputs)| {
+                                lineage.call.args = call.args;
+                                lineage.inputs = inputs;
+                                Arc::new(lineage)
+                            });
+                    let data = RemoteData::new(loc, link.clone(), lineage, label);
+                    self.locate(loc.worker, &data);
+                    crate::remote::complete_job(&job, data, run_ns);
+                }
+            }
+        }
+        for task in waiting {
+            task.requeue();
         }
         for (task, lost_on, kind, msg) in failed {
             match lost_on {
@@ -620,9 +664,13 @@ impl Head {
                 );
                 rid
             };
-            let sent = node
-                .link(worker.id)
-                .is_some_and(|l| l.send(Msg::Run(vec![Run { task: rid, call }])));
+            let sent = node.link(worker.id).is_some_and(|l| {
+                l.send(Msg::Run(vec![Run {
+                    task: rid,
+                    call,
+                    feeds: false,
+                }]))
+            });
             if !sent {
                 lock(&self.state).recovering.remove(&rid);
                 last = format!("worker {} could not be reached", worker.id);
@@ -806,7 +854,8 @@ impl Dispatch for Head {
             return;
         };
         let id = task.id();
-        let encoded = encode_run(id, &task.call);
+        let feeds = task.mark_sent(worker.id);
+        let encoded = encode_run(id, &task.call, feeds);
         lock(&self.state).inflight.insert(
             id,
             InFlight {
@@ -861,6 +910,7 @@ impl Head {
                 .iter()
                 .filter(|(_, f)| {
                     f.worker == victim.id
+                        && !f.task.is_ahead()
                         && f.task.call.thread.is_none()
                         && thief.threads_in(&f.task.scope) == Some(None)
                 })
@@ -951,6 +1001,9 @@ impl Role for Head {
         if let Msg::Done(done) = msg {
             // Hears from the worker under the same lock as the batch.
             self.on_done(node, link.peer, done);
+            if let Some(reg) = self.registry.upgrade() {
+                reg.retry_ahead();
+            }
             return self.balance(node);
         }
         if let Some(w) = lock(&self.state).workers.get_mut(&link.peer) {
@@ -1023,7 +1076,7 @@ fn substitute(args: &mut [WireArg], locs: &mut impl Iterator<Item = Location>) {
                 }
             }
             WireArg::Many(items) => substitute(items, locs),
-            WireArg::Value(_) | WireArg::Local(_) => {}
+            WireArg::Value(_) | WireArg::Local(_) | WireArg::After(_) => {}
         }
     }
 }

@@ -15,6 +15,10 @@ pub(crate) enum FailKind {
     /// An input held by this process could not be fetched (the call may be retried once the
     /// input is made again).
     InputLost(u32),
+    /// The call was sent ahead of an input that was not made on the worker after all (it
+    /// failed there, or was taken back to run elsewhere): place the call again once the input
+    /// is made.
+    InputMissing,
 }
 
 impl FailKind {
@@ -38,7 +42,7 @@ impl FailKind {
             FailKind::DependencyFailed => K::DependencyFailed,
             FailKind::Cancelled => K::Cancelled,
             FailKind::Scheduling => K::Scheduling,
-            FailKind::Runtime | FailKind::InputLost(_) => K::Runtime,
+            FailKind::Runtime | FailKind::InputLost(_) | FailKind::InputMissing => K::Runtime,
         }
     }
 }
@@ -59,6 +63,9 @@ pub(crate) struct Run {
     /// The task's id on the head.
     pub(crate) task: u64,
     pub(crate) call: WireCall,
+    /// Calls may be sent ahead of this one (with [`WireArg::After`](crate::remote::wire::WireArg::After)
+    /// arguments naming it): the worker keeps track of it until its result is freed.
+    pub(crate) feeds: bool,
 }
 
 /// A task that ended.
@@ -81,6 +88,9 @@ pub struct WorkerStats {
     pub rss_bytes: u64,
     /// Tasks it is running for the head.
     pub running: u64,
+    /// Tasks the head sent it ahead of their inputs (started once the worker made them
+    /// itself, without a round trip to the head), since it started.
+    pub sent_ahead: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -172,6 +182,7 @@ pub(crate) enum Msg {
 struct RunRef<'a> {
     task: u64,
     call: &'a WireCall,
+    feeds: bool,
 }
 
 /// Index of `Msg::Run` in the enum (postcard writes it as a varint before the variant).
@@ -182,8 +193,8 @@ pub(crate) const ONE_RUN_HEADER: usize = 2;
 
 /// One task to run, encoded as a complete one-task `Msg::Run` (sent as it is, without a copy,
 /// when it is large); its [`run_body`] can be batched with its neighbours.
-pub(crate) fn encode_run(task: u64, call: &WireCall) -> Vec<u8> {
-    postcard::to_extend(&RunRef { task, call }, vec![RUN_TAG as u8, 1])
+pub(crate) fn encode_run(task: u64, call: &WireCall, feeds: bool) -> Vec<u8> {
+    postcard::to_extend(&RunRef { task, call, feeds }, vec![RUN_TAG as u8, 1])
         .expect("calls always encode")
 }
 
@@ -265,9 +276,13 @@ mod tests {
                 .map(|i| Run {
                     task: (i as u64) << 40 | 9,
                     call: call(i as u32, vec![i as u8; i % 7]),
+                    feeds: i % 2 == 1,
                 })
                 .collect();
-            let one: Vec<Vec<u8>> = runs.iter().map(|r| encode_run(r.task, &r.call)).collect();
+            let one: Vec<Vec<u8>> = runs
+                .iter()
+                .map(|r| encode_run(r.task, &r.call, r.feeds))
+                .collect();
             for (e, r) in one.iter().zip(&runs) {
                 assert_eq!(*e, Msg::Run(vec![r.clone()]).encode());
             }
@@ -304,7 +319,7 @@ mod tests {
                     run_ns: task / 7,
                 })
                 .collect();
-            let runs: Vec<u8> = tasks.iter().flat_map(|&t| run_body(&encode_run(t, &call(t as u32, vec![]))).to_vec()).collect();
+            let runs: Vec<u8> = tasks.iter().flat_map(|&t| run_body(&encode_run(t, &call(t as u32, vec![]), t % 2 == 0)).to_vec()).collect();
             for m in [Msg::Done(done), Msg::Free(tasks.clone())] {
                 let bytes = m.encode();
                 prop_assert_eq!(Msg::decode(&bytes).unwrap(), m);

@@ -8,7 +8,9 @@ use crate::context::Context;
 use crate::error::BoxError;
 use crate::error::TaskError;
 use crate::remote::data::DataLink;
-use crate::remote::store::{run_claimed, run_in_place, Claim, Fetch, InputLost};
+use crate::remote::store::{
+    afters_of, resolve_after, run_after, run_in_place, Afters, Claim, Fetch, InputLost,
+};
 use crate::remote::wire::{Location, WireArg};
 use crate::task::DTask;
 use bytes::Bytes;
@@ -21,12 +23,61 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct Worker {
     pub(crate) ctx: Context,
     running: AtomicU64,
+    /// Calls that arrived ahead of their inputs.
+    sent_ahead: AtomicU64,
     /// The head's tasks sent here and not finished, which it may take back until they start.
     claims: Mutex<HashMap<u64, Arc<Claim>>>,
+    /// The head's tasks that calls may be sent ahead of.
+    ahead: Mutex<Ahead>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A call of the head's, with its claim.
+struct Call {
+    run: Run,
+    claim: Arc<Claim>,
+}
+
+/// Where a head task that calls may be sent ahead of ([`Run::feeds`]) stands here.
+enum Made {
+    /// Not started yet (its inputs are on their way): calls sent ahead of it wait with it.
+    Waiting(Vec<Call>),
+    /// Started. The reports of calls sent ahead of it that ended before its own report was
+    /// sent wait here (with whether calls may be sent ahead of them), so that the head always
+    /// learns of a task before the tasks that used its result.
+    Running(DTask<(Location, u64)>, Vec<Report>),
+    /// Ended here; its result is at this location until the head frees it.
+    Ended(Location),
+}
+
+#[derive(Default)]
+struct Ahead {
+    made: HashMap<u64, Made>,
+    /// The head task whose result each kept value is, by the value's id in the store.
+    by_value: HashMap<u64, u64>,
+}
+
+/// The report of a call that ended, waiting to be sent.
+struct Report {
+    done: Done,
+    /// Calls may be sent ahead of it.
+    feeds: bool,
+    /// The head's tasks it was sent ahead of (its report goes after theirs).
+    afters: Vec<u64>,
+}
+
+/// A call started on this process's pool.
+struct Started {
+    task: u64,
+    claim: Arc<Claim>,
+    dtask: DTask<(Location, u64)>,
+    /// Calls may be sent ahead of it.
+    feeds: bool,
+    /// The head's tasks it was sent ahead of.
+    afters: Vec<u64>,
 }
 
 impl Worker {
@@ -34,34 +85,59 @@ impl Worker {
         Arc::new(Worker {
             ctx,
             running: AtomicU64::new(0),
+            sent_ahead: AtomicU64::new(0),
             claims: Mutex::new(HashMap::new()),
+            ahead: Mutex::new(Ahead::default()),
         })
     }
 
     /// Starts the calls of a `Run` batch. Those whose inputs are all here start at once and
-    /// one task on the I/O thread reports each as it ends (not one task per call); the
-    /// others start once their inputs arrived.
+    /// one task on the I/O thread reports each as it ends (not one task per call); calls sent
+    /// ahead of their inputs start once those started here; the others start once their
+    /// inputs arrived.
     fn run(self: &Arc<Self>, node: &Arc<Node>, link: &Link, runs: Vec<Run>) {
         let here: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
         let mut started = Vec::with_capacity(runs.len());
         for r in runs {
             let claim = Arc::new(Claim::new());
             lock(&self.claims).insert(r.task, claim.clone());
+            if r.feeds {
+                lock(&self.ahead)
+                    .made
+                    .insert(r.task, Made::Waiting(Vec::new()));
+            }
+            let mut afters = Vec::new();
+            afters_of(&r.call.args, &mut afters);
+            if !afters.is_empty() {
+                self.sent_ahead.fetch_add(1, Ordering::Relaxed);
+                self.start_ahead(node, link, Call { run: r, claim }, &mut started);
+                continue;
+            }
             let mut remote = Vec::new();
             remote_inputs(&r.call.args, node.id, &mut remote);
             if remote.is_empty() {
-                started.extend(self.start(node, link, r, here.clone(), claim));
+                started.extend(self.start(node, link, r, here.clone(), claim, Vec::new()));
             } else {
                 self.prefetch_and_start(node, link, r, remote, claim);
             }
         }
+        self.report_when_done(node, link, started);
+    }
+
+    /// Reports each of `started` as it ends, from one task on the I/O thread.
+    fn report_when_done(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        link: &Link,
+        mut started: Vec<Started>,
+    ) {
         let me = self.clone();
         let link = link.clone();
         if started.len() <= 1 {
-            if let Some((task, claim, dtask)) = started.pop() {
+            if let Some(s) = started.pop() {
                 node.io.spawn(async move {
-                    let result = dtask.await;
-                    me.report(&link, task, &claim, result);
+                    let result = (&s.dtask).await;
+                    me.report(&link, &s, result);
                 });
             }
             return;
@@ -69,12 +145,55 @@ impl Worker {
         node.io.spawn(async move {
             let mut ending: FuturesUnordered<_> = started
                 .into_iter()
-                .map(|(task, claim, dtask)| async move { (task, claim, dtask.await) })
+                .map(|s| async move {
+                    let result = (&s.dtask).await;
+                    (s, result)
+                })
                 .collect();
-            while let Some((task, claim, result)) = ending.next().await {
-                me.report(&link, task, &claim, result);
+            while let Some((s, result)) = ending.next().await {
+                me.report(&link, &s, result);
             }
         });
+    }
+
+    /// Starts a call sent ahead of its inputs once each of them started here: its task waits
+    /// for theirs. It waits with the first of them that has not started; it fails at once
+    /// (for the head to place it again) if one of them is not known here.
+    fn start_ahead(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        link: &Link,
+        mut call: Call,
+        started: &mut Vec<Started>,
+    ) {
+        let mut afters = Vec::new();
+        afters_of(&call.run.call.args, &mut afters);
+        let mut deps: Afters = Vec::with_capacity(afters.len());
+        {
+            let mut ahead = lock(&self.ahead);
+            for &t in &afters {
+                match ahead.made.get_mut(&t) {
+                    Some(Made::Ended(loc)) => resolve_after(&mut call.run.call.args, t, *loc),
+                    Some(Made::Running(dtask, _)) => deps.push((t, dtask.clone())),
+                    Some(Made::Waiting(calls)) => {
+                        calls.push(call);
+                        return;
+                    }
+                    None => {
+                        drop(ahead);
+                        return self.refuse(
+                            link,
+                            call,
+                            FailKind::InputMissing,
+                            format!("the result of task {t} it was sent ahead of is not made here"),
+                        );
+                    }
+                }
+            }
+        }
+        let fetch: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
+        let Call { run, claim } = call;
+        started.extend(self.start(node, link, run, fetch, claim, deps));
     }
 
     /// Fetches the inputs of `r` held by other processes on the I/O thread (at most
@@ -112,35 +231,66 @@ impl Worker {
                 }
                 Err(_) => Arc::new(NodeLink(node.clone())),
             };
-            if let Some((task, claim, dtask)) = me.start(&node, &link, r, fetch, claim) {
-                let result = dtask.await;
-                me.report(&link, task, &claim, result);
-            }
+            let started: Vec<Started> = me
+                .start(&node, &link, r, fetch, claim, Vec::new())
+                .into_iter()
+                .collect();
+            me.report_when_done(&node, &link, started);
         });
     }
 
-    /// Runs `r` on this process's pool; `None` if it could not start (already reported to
-    /// the head).
+    /// Runs `r` on this process's pool, after the tasks in `after` (the call was sent ahead
+    /// of them); `None` if it could not start (already reported to the head). Calls sent
+    /// ahead of it start now too (once their other inputs started as well).
     fn start(
-        &self,
+        self: &Arc<Self>,
         node: &Arc<Node>,
         link: &Link,
         r: Run,
         fetch: Arc<dyn Fetch>,
         claim: Arc<Claim>,
+        after: Afters,
     ) -> Option<Started> {
         let task = r.task;
-        let run = run_claimed(
+        let feeds = r.feeds;
+        let afters: Vec<u64> = after.iter().map(|(t, _)| *t).collect();
+        let run = run_after(
             &self.ctx,
             r.call,
             node.store.clone(),
             fetch,
             Some(claim.clone()),
+            after,
         );
         match run {
             Ok(dtask) => {
                 self.running.fetch_add(1, Ordering::Relaxed);
-                Some((task, claim, dtask))
+                if feeds {
+                    let waiting = {
+                        let mut ahead = lock(&self.ahead);
+                        match ahead
+                            .made
+                            .insert(task, Made::Running(dtask.clone(), Vec::new()))
+                        {
+                            Some(Made::Waiting(calls)) => calls,
+                            _ => Vec::new(),
+                        }
+                    };
+                    if !waiting.is_empty() {
+                        let mut more = Vec::new();
+                        for call in waiting {
+                            self.start_ahead(node, link, call, &mut more);
+                        }
+                        self.report_when_done(node, link, more);
+                    }
+                }
+                Some(Started {
+                    task,
+                    claim,
+                    dtask,
+                    feeds,
+                    afters,
+                })
             }
             Err(e) => {
                 lock(&self.claims).remove(&task);
@@ -149,21 +299,66 @@ impl Worker {
                     result: Err((FailKind::Runtime, e.to_string())),
                     run_ns: 0,
                 });
+                if feeds {
+                    self.forget(link, task);
+                }
                 None
             }
         }
     }
 
-    /// Tells the head that `task` ended (unless the head took it back to run elsewhere).
-    fn report(
-        &self,
-        link: &Link,
-        task: u64,
-        claim: &Claim,
-        result: Result<(Location, u64), TaskError>,
-    ) {
-        if claim.is_revoked() {
-            self.running.fetch_sub(1, Ordering::Relaxed);
+    /// Fails a call that could not start (`kind` tells the head what to do with it).
+    fn refuse(&self, link: &Link, call: Call, kind: FailKind, message: String) {
+        let task = call.run.task;
+        lock(&self.claims).remove(&task);
+        link.send_done(Done {
+            task,
+            result: Err((kind, message)),
+            run_ns: 0,
+        });
+        if call.run.feeds {
+            self.forget(link, task);
+        }
+    }
+
+    /// `task` will not make a result here: the calls sent ahead of it fail (the head places
+    /// them again), and the reports waiting for its own are sent.
+    fn forget(&self, link: &Link, task: u64) {
+        let mut send = Vec::new();
+        let waiting = {
+            let mut ahead = lock(&self.ahead);
+            match ahead.made.remove(&task) {
+                Some(Made::Waiting(calls)) => calls,
+                Some(Made::Running(_, early)) => {
+                    for r in early {
+                        release(&mut ahead, r, &mut send);
+                    }
+                    Vec::new()
+                }
+                Some(Made::Ended(_)) | None => Vec::new(),
+            }
+        };
+        for d in send {
+            link.send_done(d);
+        }
+        for call in waiting {
+            self.refuse(
+                link,
+                call,
+                FailKind::InputMissing,
+                format!("task {task}, which it was sent ahead of, did not run here"),
+            );
+        }
+    }
+
+    /// Tells the head that a call ended (unless the head took it back to run elsewhere).
+    fn report(&self, link: &Link, s: &Started, result: Result<(Location, u64), TaskError>) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        let task = s.task;
+        if s.claim.is_revoked() {
+            if s.feeds {
+                self.forget(link, task);
+            }
             return;
         }
         lock(&self.claims).remove(&task);
@@ -176,6 +371,12 @@ impl Worker {
             Err(e) => {
                 let kind = match e.downcast_ref::<InputLost>() {
                     Some(lost) => FailKind::InputLost(lost.worker),
+                    // A task it was sent ahead of failed here (or was taken back).
+                    None if !s.afters.is_empty()
+                        && e.kind() == crate::ErrorKind::DependencyFailed =>
+                    {
+                        FailKind::InputMissing
+                    }
                     None => FailKind::from_kind(e.kind()),
                 };
                 Done {
@@ -185,13 +386,69 @@ impl Worker {
                 }
             }
         };
-        self.running.fetch_sub(1, Ordering::Relaxed);
-        link.send_done(done);
+        if s.afters.is_empty() && !s.feeds {
+            link.send_done(done);
+            return;
+        }
+        let report = Report {
+            done,
+            feeds: s.feeds,
+            afters: s.afters.clone(),
+        };
+        let mut send = Vec::new();
+        release(&mut lock(&self.ahead), report, &mut send);
+        for d in send {
+            link.send_done(d);
+        }
+    }
+
+    /// The head freed these values: forget the tasks whose results they were.
+    fn freed(&self, ids: &[u64]) {
+        let mut ahead = lock(&self.ahead);
+        if ahead.by_value.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Some(task) = ahead.by_value.remove(id) {
+                ahead.made.remove(&task);
+            }
+        }
     }
 }
 
-/// A call started on this process's pool: the head's task id, its claim, and the task.
-type Started = (u64, Arc<Claim>, DTask<(Location, u64)>);
+/// Under the lock of `ahead`: sends `report` (adds it to `send`) unless a task it was sent
+/// ahead of was not reported yet (it then waits for that report), then the reports that
+/// waited for it (and, recursively, for those). A task calls may be sent ahead of is marked
+/// ended (its result kept for them) or forgotten.
+fn release(ahead: &mut Ahead, report: Report, send: &mut Vec<Done>) {
+    let mut queue = std::collections::VecDeque::from([report]);
+    while let Some(r) = queue.pop_front() {
+        let before = r
+            .afters
+            .iter()
+            .find(|t| matches!(ahead.made.get(t), Some(Made::Running(..))));
+        if let Some(Made::Running(_, early)) = before.and_then(|t| ahead.made.get_mut(t)) {
+            early.push(r);
+            continue;
+        }
+        let task = r.done.task;
+        let ended = match &r.done.result {
+            Ok(loc) if r.feeds => Some(*loc),
+            _ => None,
+        };
+        send.push(r.done);
+        if !r.feeds {
+            continue;
+        }
+        if let Some(Made::Running(_, early)) = ahead.made.remove(&task) {
+            queue.extend(early);
+        }
+        if let Some(loc) = ended {
+            ahead.made.insert(task, Made::Ended(loc));
+            ahead.by_value.insert(loc.id, task);
+        }
+    }
+}
 
 /// The inputs of a call that other processes hold (depth first).
 fn remote_inputs(args: &[WireArg], here: u32, out: &mut Vec<Location>) {
@@ -280,7 +537,10 @@ impl Role for Worker {
             Msg::RunInPlace { req, call, writes } => {
                 self.run_in_place(node, link, req, call, writes)
             }
-            Msg::Free(ids) => node.store.free_many(&ids),
+            Msg::Free(ids) => {
+                node.store.free_many(&ids);
+                self.freed(&ids);
+            }
             Msg::Cancel(_) => {}
             Msg::Steal(ids) => {
                 let taken: Vec<u64> = {
@@ -303,6 +563,7 @@ impl Role for Worker {
                     live_results: crate::stats::live_results() as u64,
                     rss_bytes: super::rss_bytes(),
                     running: self.running.load(Ordering::Relaxed),
+                    sent_ahead: self.sent_ahead.load(Ordering::Relaxed),
                 };
                 link.send(Msg::Stats(req, stats));
             }

@@ -96,14 +96,21 @@ impl RemoteTask {
     }
 }
 
-/// Places a claimed task again; false if it was cancelled meanwhile.
+/// Places a claimed task again once its inputs are all here (at once when they are; a task
+/// sent ahead of its inputs goes back to waiting for them); false if it was cancelled
+/// meanwhile.
 pub(crate) fn requeue(job: crate::task::JobRef) -> bool {
-    if job.unclaim() {
-        crate::sched::schedule(job);
-        true
-    } else {
-        false
+    let h = job.header();
+    crate::sched::ahead::forget_sent(h);
+    if !h.state.wait_again() {
+        return false;
     }
+    // Sequentially consistent with `input_ready`: either it sees WAITING and makes the task
+    // ready, or this sees its input count at zero.
+    if h.pending.load(std::sync::atomic::Ordering::SeqCst) == 0 && h.state.make_ready() {
+        crate::sched::schedule(job);
+    }
+    true
 }
 
 /// Completes a task whose value now lives in another process, learning the function's run

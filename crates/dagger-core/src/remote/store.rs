@@ -270,6 +270,10 @@ fn resolve_one(
             (codec.decode)(&bytes)
         }
         WireArg::Many(_) => Err("a nested collection cannot be one value".into()),
+        WireArg::After(task) => Err(format!(
+            "the call was sent ahead of the result of task {task}, which was not made here"
+        )
+        .into()),
         WireArg::Local(pieces) => {
             let here = crate::context::current_processor();
             let thread = here.thread_index();
@@ -435,6 +439,24 @@ pub fn run_claimed(
     fetch: Arc<dyn Fetch>,
     claim: Option<Arc<Claim>>,
 ) -> Result<DTask<(Location, u64)>, BoxError> {
+    run_after(ctx, call, store, fetch, claim, Vec::new())
+}
+
+/// The head's tasks a call sent ahead waits for (its [`WireArg::After`] arguments), each with
+/// the task running it in this process.
+pub(crate) type Afters = Vec<(u64, DTask<(Location, u64)>)>;
+
+/// Like [`run_claimed`], for a call sent ahead of its inputs: it starts once the tasks in
+/// `after` ended here (and fails without running if one of them failed), their results
+/// taking the place of its `After` arguments.
+pub(crate) fn run_after(
+    ctx: &Context,
+    mut call: WireCall,
+    store: Arc<Store>,
+    fetch: Arc<dyn Fetch>,
+    claim: Option<Arc<Claim>>,
+    after: Afters,
+) -> Result<DTask<(Location, u64)>, BoxError> {
     let entry = table()
         .get(call.func)
         .ok_or_else(|| format!("no task function has id {}", call.func))?;
@@ -446,9 +468,14 @@ pub fn run_claimed(
         opts = opts.scope(Scope::worker(store.worker()).thread(t));
     }
     let inherited = call.options.inherited.as_deref().map(options_from_wire);
+    let deps: Vec<crate::task::JobRef> = after.iter().map(|(_, t)| t.job()).collect();
     let body = move || -> Result<(Location, u64), BoxError> {
         if claim.as_ref().is_some_and(|c| !c.start()) {
             return Err("taken back to run in another process".into());
+        }
+        for (task, made) in &after {
+            let (loc, _) = made.fetch()?;
+            resolve_after(&mut call.args, *task, loc);
         }
         let values = resolve_args(entry, &call.args, &store, &*fetch)?;
         let started = std::time::Instant::now();
@@ -456,10 +483,44 @@ pub fn run_claimed(
         let run_ns = started.elapsed().as_nanos() as u64;
         Ok((store.insert(stored), run_ns))
     };
+    let spawn = move || {
+        if deps.is_empty() {
+            return crate::task::try_spawn_with(opts, body);
+        }
+        let args = [crate::task::ArgInfo::after(deps)];
+        let site = crate::task::Site {
+            name: Some(entry.name),
+            function: std::any::TypeId::of::<Afters>(),
+            args: &args,
+        };
+        crate::task::spawn_raw(&site, Some(opts), body)
+    };
     Ok(ctx.enter(|| match inherited {
-        Some(inh) => crate::options::with_options(inh, || crate::task::try_spawn_with(opts, body)),
-        None => crate::task::try_spawn_with(opts, body),
+        Some(inh) => crate::options::with_options(inh, spawn),
+        None => spawn(),
     }))
+}
+
+/// Points the `After(task)` arguments of a call (depth first) at `loc`.
+pub(crate) fn resolve_after(args: &mut [WireArg], task: u64, loc: Location) {
+    for a in args {
+        match a {
+            WireArg::After(t) if *t == task => *a = WireArg::Ref(loc),
+            WireArg::Many(items) => resolve_after(items, task, loc),
+            _ => {}
+        }
+    }
+}
+
+/// The head's tasks a call waits for (its `After` arguments, depth first, each once).
+pub(crate) fn afters_of(args: &[WireArg], out: &mut Vec<u64>) {
+    for a in args {
+        match a {
+            WireArg::After(t) if !out.contains(t) => out.push(*t),
+            WireArg::Many(items) => afters_of(items, out),
+            _ => {}
+        }
+    }
 }
 
 /// Runs a call of a data-dependency region that arrived from the head, as a task on `ctx`:

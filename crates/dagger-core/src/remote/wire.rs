@@ -26,6 +26,10 @@ pub enum WireArg {
     /// The piece of a shard kept by the process (and, where given, the thread) that runs the
     /// call.
     Local(Vec<(Location, Option<u32>)>),
+    /// The result of the head's task with this id, which was sent to the same worker before
+    /// this call and has not ended yet: the call starts once that task ended there (a call
+    /// sent ahead of its input).
+    After(u64),
 }
 
 /// Options a remote task runs with (the serialisable ones: hooks stay home).

@@ -14,6 +14,7 @@
 //! age; their lengths are atomics, so a thread checks them without locking when they are empty.
 //! Nothing on the spawn/complete path of a default task takes a lock shared by all threads.
 
+pub(crate) mod ahead;
 mod estimate;
 pub(crate) mod remote;
 pub(crate) mod sleep;
@@ -49,6 +50,10 @@ pub(crate) enum Placement {
     Anywhere(Arc<Anywhere>),
 }
 
+/// The cheapest worker process for a task: the cost (ns), the worker, and the thread to name
+/// in the call (for exactly-scoped tasks).
+pub(crate) type RemoteChoice = (u64, Arc<RemoteWorker>, Option<u32>);
+
 /// Where a task that may also run in a worker process may go.
 pub(crate) struct Anywhere {
     /// Where it may run in this process: `None` if nowhere, else `Pool` or `Choose`.
@@ -57,6 +62,8 @@ pub(crate) struct Anywhere {
     pub(crate) scope: Scope,
     /// Its inputs, to weigh where their values are when it becomes ready.
     pub(crate) inputs: Box<[Weak<dyn crate::task::Job>]>,
+    /// Whether (and where) it may be sent ahead of its inputs, or tasks ahead of it.
+    pub(crate) ahead: Mutex<ahead::Ahead>,
 }
 
 impl Placement {
@@ -227,6 +234,8 @@ pub(crate) struct Registry {
     pub(crate) context: OnceLock<Weak<crate::context::ContextInner>>,
     /// Worker processes this (head) process can send tasks to.
     pub(crate) remote: RemoteSet,
+    /// Tasks that may be sent ahead of their inputs once their worker is less busy.
+    pub(crate) frontier: Mutex<Vec<Weak<dyn crate::task::Job>>>,
 }
 
 fn registries() -> &'static RwLock<Vec<Weak<Registry>>> {
@@ -337,6 +346,7 @@ impl Registry {
             blocked_limit_warned: AtomicBool::new(false),
             context: OnceLock::new(),
             remote: RemoteSet::new(),
+            frontier: Mutex::default(),
         });
         all.push(Arc::downgrade(&registry));
         drop(all);
@@ -529,6 +539,7 @@ impl Registry {
             local,
             scope,
             inputs: Box::new([]),
+            ahead: Mutex::default(),
         })))
     }
 
@@ -603,12 +614,9 @@ impl Registry {
         self.check_shutdown();
     }
 
-    /// Sends a ready task that may run anywhere to the cheapest place: this process, or the
-    /// worker process with the least estimated work (each in nanoseconds: estimated run time,
-    /// plus queued work, plus for a worker the measured round trip).
-    fn route_anywhere(&self, job: JobRef, a: &Anywhere, current: Option<u32>) {
-        let est = job
-            .header()
+    /// The estimated run time of a task that may run anywhere, in nanoseconds.
+    fn estimate_anywhere(&self, job: &JobRef) -> u64 {
+        job.header()
             .meta
             .as_ref()
             .and_then(|m| m.time_util)
@@ -616,14 +624,39 @@ impl Registry {
             .unwrap_or_else(|| {
                 self.estimates
                     .estimate(job.signature(), &[ProcessorKind::THREAD])[0]
-            });
+            })
+    }
+
+    /// What running a task that may run anywhere costs (ns) on the cheapest worker process
+    /// (with that worker and the thread to name), and in this process (`None`: it may not run
+    /// here): its estimated run time `est`, plus queued work, plus moving its inputs, plus for
+    /// a worker the measured round trip. Inputs not made yet are counted as made on worker
+    /// `pending_on` (0: not counted).
+    pub(crate) fn anywhere_costs(
+        &self,
+        job: &JobRef,
+        a: &Anywhere,
+        current: Option<u32>,
+        est: u64,
+        pending_on: u32,
+    ) -> (Option<RemoteChoice>, Option<u64>) {
         let inputs: Vec<Held> = a
             .inputs
             .iter()
             .filter_map(Weak::upgrade)
-            .filter_map(|j| j.held())
+            .filter_map(|j| match j.held() {
+                Some(h) => Some(h),
+                None if pending_on != 0 && !j.header().state.is_done() => {
+                    Some(Held::At(crate::remote::wire::Location {
+                        worker: pending_on,
+                        id: 0,
+                        bytes: 0,
+                    }))
+                }
+                None => None,
+            })
             .collect();
-        let mut best: Option<(u64, Arc<RemoteWorker>, Option<u32>)> = None;
+        let mut best: Option<RemoteChoice> = None;
         let workers = self.remote.snapshot();
         let rtt_of = |id: u32| {
             workers
@@ -668,10 +701,19 @@ impl Registry {
         let local_cost = a.local.as_ref().map(|p| {
             moving(None)
                 + match p {
-                    Placement::Choose(cands) => self.choose(&job, cands, current).1 + est,
+                    Placement::Choose(cands) => self.choose(job, cands, current).1 + est,
                     _ => est + (self.injector.len() as u64 * est) / self.slots.len() as u64,
                 }
         });
+        (best, local_cost)
+    }
+
+    /// Sends a ready task that may run anywhere to the cheapest place: this process, or the
+    /// worker process with the least estimated work (each in nanoseconds: estimated run time,
+    /// plus queued work, plus for a worker the measured round trip).
+    fn route_anywhere(&self, job: JobRef, a: &Anywhere, current: Option<u32>) {
+        let est = self.estimate_anywhere(&job);
+        let (best, local_cost) = self.anywhere_costs(&job, a, current, est, 0);
         let go_remote = match (&best, local_cost) {
             (Some(_), None) => true,
             (Some((rc, _, _)), Some(lc)) => *rc < lc,
@@ -715,13 +757,15 @@ impl Registry {
                 dispatch.dispatch(
                     &worker,
                     RemoteTask {
-                        job,
+                        job: job.clone(),
                         call,
                         inputs,
                         scope: a.scope.clone(),
                         cost_ns: est,
+                        ahead: false,
                     },
                 );
+                self.send_dependents_ahead(job);
             }
             Err(e) => match e.downcast::<PendingInput>() {
                 // An input is being made again after its worker died: place the task again

@@ -84,6 +84,8 @@ pub struct RemoteTask {
     pub scope: Scope,
     /// The estimated cost added to the worker's backlog (remove it when the task ends).
     pub cost_ns: u64,
+    /// Sent ahead of some of its inputs (its call names them with `WireArg::After`).
+    pub(crate) ahead: bool,
 }
 
 impl RemoteTask {
@@ -95,6 +97,18 @@ impl RemoteTask {
     /// The task's name, if any.
     pub fn name(&self) -> Option<String> {
         self.job.header().name().map(|n| n.to_string())
+    }
+
+    /// Records that the task is sent to `worker`; whether calls may be sent ahead of it
+    /// there (the worker then keeps track of it).
+    pub(crate) fn mark_sent(&self, worker: u32) -> bool {
+        super::ahead::mark_sent(self.job.header(), worker)
+    }
+
+    /// Sent ahead of some of its inputs: the call names them with `WireArg::After`, so it is
+    /// encoded again for its lineage once they are made.
+    pub(crate) fn is_ahead(&self) -> bool {
+        self.ahead
     }
 }
 

@@ -127,8 +127,16 @@ impl<T: Send + Sync + 'static> DTask<T> {
         cancel_job(&self.job())
     }
 
-    /// The processor that ran the task, once it ran.
+    /// The processor that ran the task, once it ran; for a task that ran in a worker
+    /// process, that process (where its result is kept).
     pub fn processor(&self) -> Option<ProcessorId> {
+        if let Some(data) = self.cell.remote_data() {
+            let worker = match data.try_location() {
+                Ok(l) => l.worker,
+                Err(_) => data.lost_on()?,
+            };
+            return Some(ProcessorId::os(crate::id::WorkerId(worker)));
+        }
         crate::sched::processor_of(self.cell.header())
     }
 }

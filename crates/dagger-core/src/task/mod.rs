@@ -611,7 +611,8 @@ fn cascade(mut failed: Vec<(JobRef, TaskError)>) {
 
 /// One input of `dep` became available.
 pub(crate) fn input_ready(dep: JobRef) {
-    if dep.header().pending.fetch_sub(1, Ordering::AcqRel) == 1 && dep.header().state.make_ready() {
+    // Sequentially consistent with `remote::requeue`, which may move `dep` back to WAITING.
+    if dep.header().pending.fetch_sub(1, Ordering::SeqCst) == 1 && dep.header().state.make_ready() {
         crate::sched::schedule(dep);
     }
 }

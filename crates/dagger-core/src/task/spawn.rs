@@ -49,6 +49,15 @@ impl ArgInfo {
             ty,
         }
     }
+
+    /// An argument standing for the results of `tasks` (the task waits for them).
+    pub(crate) fn after(tasks: Vec<JobRef>) -> Self {
+        ArgInfo {
+            deps: ArgDeps::Many(tasks),
+            scope: None,
+            ty: ArgType::of::<()>(),
+        }
+    }
 }
 
 /// The call being spawned.
@@ -231,6 +240,8 @@ where
             Some(w) => w.push_new(job),
             None => reg.inject(job),
         }
+    } else if remote.is_some() {
+        reg.track_waiting(&job);
     }
     handle
 }
@@ -269,7 +280,7 @@ pub(crate) fn link_inputs<'a>(job: &JobRef, inputs: impl IntoIterator<Item = &'a
         abort_with(job, TaskError::upstream(h.id, h.name(), &cause));
         return false;
     }
-    h.pending.fetch_sub(arrived, Ordering::AcqRel) == arrived && h.state.make_ready()
+    h.pending.fetch_sub(arrived, Ordering::SeqCst) == arrived && h.state.make_ready()
 }
 
 /// Spawns `f` as a task and returns its handle (the reference's `Dagger.spawn`).

@@ -6,6 +6,11 @@
 //!      `------------(fail / cancel)------`-------------(finish / cancel)---`--> COMPLETING --> DONE
 //! ```
 //!
+//! A task may also go WAITING -> RUNNING before its inputs arrived, when it is sent ahead to
+//! the worker process making them, and back RUNNING -> WAITING if it has to be placed again;
+//! the party that moves it back re-checks the input count, so that an input arriving in
+//! between is not missed (transitions and the count are sequentially consistent for this).
+//!
 //! Every transition is a compare-and-swap, so exactly one party wins each step: one thread runs
 //! the body, one party writes the result (the one that moved the task to COMPLETING), and a
 //! result is only read after DONE was observed with acquire ordering.
@@ -36,7 +41,7 @@ impl TaskState {
 
     fn cas(&self, from: u8, to: u8) -> bool {
         self.0
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     }
 
@@ -48,6 +53,18 @@ impl TaskState {
     /// QUEUED -> RUNNING: the caller now owns the body and must run it.
     pub(crate) fn claim_run(&self) -> bool {
         self.cas(QUEUED, RUNNING)
+    }
+
+    /// WAITING -> RUNNING: the caller sends the task ahead of its inputs to the worker process
+    /// making them (the worker starts it when they are made there).
+    pub(crate) fn claim_ahead(&self) -> bool {
+        self.cas(WAITING, RUNNING)
+    }
+
+    /// RUNNING -> WAITING: a claimed task goes back to wait for its inputs (the caller then
+    /// makes it ready if they all arrived meanwhile).
+    pub(crate) fn wait_again(&self) -> bool {
+        self.cas(RUNNING, WAITING)
     }
 
     /// RUNNING -> QUEUED: a claimed task that could not run where it was sent goes back to

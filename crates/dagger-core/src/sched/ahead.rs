@@ -1,0 +1,293 @@
+//! Sending a task ahead of its inputs to the worker process making them.
+//!
+//! A task whose unfinished inputs are all being made on one worker process, and which the
+//! placement cost would put on that worker once they are made, is sent there before they
+//! are: its call names them with [`WireArg::After`](crate::remote::wire::WireArg::After), and
+//! the worker starts it as soon as they are made there. A chain of tasks then hops from one
+//! task to the next inside the worker; otherwise each hop is a round trip through the head
+//! (the worker reports, the head finds the next task ready and sends it).
+//!
+//! The head stays the owner of every task. A worker keeps track only of the tasks the head
+//! marks (those with dependents when they are sent), and reports a task sent ahead only after
+//! the tasks it waited for, so the head learns of results in order. A task sent ahead of an
+//! input that is not made there after all (its worker died, the input failed there or was
+//! taken back to run elsewhere) goes back to waiting for its inputs and is placed again
+//! when they are made. How deep a chain is sent ahead is bounded by the placement cost: each
+//! task sent to a worker adds to its queued work, until another place is as cheap, and the
+//! rest waits in the registry's frontier until the worker reports tasks done.
+
+use super::remote::RemoteTask;
+use super::{wire_options, Placement, Registry};
+use crate::task::{state, Header, Job, JobRef};
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// Where a task that may run anywhere stands with respect to sending tasks ahead.
+#[derive(Default)]
+pub(crate) struct Ahead {
+    /// Tasks spawned while it was not done that take its result (they may be sent ahead of
+    /// it). Pruned of those no longer waiting whenever it is scanned.
+    dependents: Vec<Weak<dyn Job>>,
+    /// The worker it was sent to, while it runs there (0: none).
+    sent_to: u32,
+    /// Whether its worker keeps track of it, so that calls may be sent ahead of it.
+    feeds: bool,
+}
+
+fn lock(m: &Mutex<Ahead>) -> MutexGuard<'_, Ahead> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ahead_of(h: &Header) -> Option<&Mutex<Ahead>> {
+    match &h.placement {
+        Placement::Anywhere(a) => Some(&a.ahead),
+        _ => None,
+    }
+}
+
+thread_local! {
+    /// The worker a call being encoded on this thread is sent ahead to (0: none).
+    static TARGET: Cell<u32> = const { Cell::new(0) };
+    /// Whether the call being encoded on this thread is for a lineage.
+    static LINEAGE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The call of a task sent ahead, encoded again once it ended, for its lineage: its inputs
+/// are all made by then, but may have been lost since (they are then named by where they
+/// were, and made again with the value if it is lost too).
+pub(crate) fn lineage_call(
+    job: &JobRef,
+) -> Result<
+    (
+        crate::remote::wire::WireCall,
+        Vec<crate::remote::data::Input>,
+    ),
+    crate::BoxError,
+> {
+    LINEAGE.with(|l| {
+        l.set(true);
+        let e = job.encode_remote();
+        l.set(false);
+        e
+    })
+}
+
+/// Whether the call being encoded on this thread is for a lineage.
+pub(crate) fn for_lineage() -> bool {
+    LINEAGE.with(Cell::get)
+}
+
+/// While a call is encoded to be sent ahead to worker `target`: the id of the task `h`,
+/// if its result is to be named by `After` (it is being made on that worker).
+pub(crate) fn after_arg(h: &Header) -> Option<u64> {
+    let target = TARGET.with(Cell::get);
+    if target == 0 || h.state.is_done() {
+        return None;
+    }
+    let a = lock(ahead_of(h)?);
+    (a.sent_to == target && a.feeds).then(|| h.id.get())
+}
+
+/// Records that the task of `h` is sent to `worker`; whether calls may be sent ahead of it.
+pub(crate) fn mark_sent(h: &Header, worker: u32) -> bool {
+    let Some(m) = ahead_of(h) else {
+        return false;
+    };
+    let mut a = lock(m);
+    a.sent_to = worker;
+    a.feeds = !a.dependents.is_empty();
+    a.feeds
+}
+
+/// The task of `h` is no longer running on the worker it was sent to.
+pub(crate) fn forget_sent(h: &Header) {
+    if let Some(m) = ahead_of(h) {
+        let mut a = lock(m);
+        a.sent_to = 0;
+        a.feeds = false;
+    }
+}
+
+/// What became of an attempt to send a task ahead.
+enum Sent {
+    /// It was sent.
+    Yes,
+    /// Not now: its worker is too busy (try again when it reported tasks done).
+    Busy,
+    /// Not: it is not waiting, or its inputs are not all being made on one worker.
+    No,
+}
+
+impl Registry {
+    /// A task that may run anywhere was spawned and waits for its inputs: registers it with
+    /// them (it may be sent ahead of them when they are sent to a worker), and sends it ahead
+    /// now if they already are.
+    pub(crate) fn track_waiting(&self, job: &JobRef) {
+        let Placement::Anywhere(a) = &job.header().placement else {
+            return;
+        };
+        let mut any_sent = false;
+        for input in a.inputs.iter().filter_map(Weak::upgrade) {
+            let ih = input.header();
+            if ih.state.is_done() {
+                continue;
+            }
+            if let Some(m) = ahead_of(ih) {
+                let mut ia = lock(m);
+                ia.dependents.push(Arc::downgrade(job));
+                any_sent |= ia.sent_to != 0 && ia.feeds;
+            }
+        }
+        if any_sent {
+            let mut busy = Vec::new();
+            match self.try_ahead(job, &mut busy) {
+                Sent::Yes => {}
+                Sent::Busy => self.keep_for_later(job),
+                Sent::No => {}
+            }
+        }
+    }
+
+    /// `job` was sent to a worker: sends ahead of it those of its dependents whose inputs are
+    /// all being made there (and, in turn, theirs).
+    pub(crate) fn send_dependents_ahead(&self, job: JobRef) {
+        let mut busy = Vec::new();
+        let mut work = vec![job];
+        while let Some(job) = work.pop() {
+            let Some(m) = ahead_of(job.header()) else {
+                continue;
+            };
+            let dependents: Vec<JobRef> = {
+                let mut a = lock(m);
+                let mut live = Vec::new();
+                a.dependents.retain(|w| match w.upgrade() {
+                    Some(d) if d.header().state.load() == state::WAITING => {
+                        live.push(d);
+                        true
+                    }
+                    _ => false,
+                });
+                live
+            };
+            for d in dependents {
+                match self.try_ahead(&d, &mut busy) {
+                    Sent::Yes => work.push(d),
+                    Sent::Busy => self.keep_for_later(&d),
+                    Sent::No => {}
+                }
+            }
+        }
+    }
+
+    /// A worker reported tasks done: tries again the tasks that waited for their worker to
+    /// be less busy.
+    pub(crate) fn retry_ahead(&self) {
+        let waiting = std::mem::take(&mut *self.frontier_lock());
+        if waiting.is_empty() {
+            return;
+        }
+        let mut busy = Vec::new();
+        let mut keep = Vec::new();
+        for w in waiting {
+            let Some(d) = w.upgrade() else { continue };
+            if d.header().state.load() != state::WAITING {
+                continue;
+            }
+            match self.try_ahead(&d, &mut busy) {
+                Sent::Yes => self.send_dependents_ahead(d),
+                Sent::Busy => keep.push(w),
+                Sent::No => {}
+            }
+        }
+        if !keep.is_empty() {
+            self.frontier_lock().append(&mut keep);
+        }
+    }
+
+    fn frontier_lock(&self) -> MutexGuard<'_, Vec<Weak<dyn Job>>> {
+        self.frontier.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keep_for_later(&self, job: &JobRef) {
+        self.frontier_lock().push(Arc::downgrade(job));
+    }
+
+    /// Sends `job` ahead of its inputs if they are all being made on one worker and the
+    /// placement cost puts it there. `busy` lists the workers found too busy so far (they
+    /// are not weighed again).
+    fn try_ahead(&self, job: &JobRef, busy: &mut Vec<u32>) -> Sent {
+        let h = job.header();
+        if h.state.load() != state::WAITING {
+            return Sent::No;
+        }
+        let Placement::Anywhere(a) = &h.placement else {
+            return Sent::No;
+        };
+        let mut target = 0;
+        for input in a.inputs.iter().filter_map(Weak::upgrade) {
+            let ih = input.header();
+            if ih.state.is_done() {
+                continue;
+            }
+            let Some(m) = ahead_of(ih) else {
+                return Sent::No;
+            };
+            let ia = lock(m);
+            if ia.sent_to == 0 || !ia.feeds || (target != 0 && ia.sent_to != target) {
+                return Sent::No;
+            }
+            target = ia.sent_to;
+        }
+        if target == 0 {
+            return Sent::No;
+        }
+        if busy.contains(&target) {
+            return Sent::Busy;
+        }
+        let est = self.estimate_anywhere(job);
+        let (best, local) = self.anywhere_costs(job, a, None, est, target);
+        let (worker, thread) = match best {
+            Some((cost, w, thread)) if w.id == target && local.is_none_or(|l| cost < l) => {
+                (w, thread)
+            }
+            _ => {
+                busy.push(target);
+                return Sent::Busy;
+            }
+        };
+        let Some(dispatch) = self.remote.dispatcher().cloned() else {
+            return Sent::No;
+        };
+        if !h.state.claim_ahead() {
+            return Sent::No;
+        }
+        let encoded = TARGET.with(|t| {
+            t.set(target);
+            let e = job.encode_remote();
+            t.set(0);
+            e
+        });
+        let Ok((mut call, inputs)) = encoded else {
+            // An input stopped being made there, or is being made again: it waits as usual.
+            crate::remote::requeue(job.clone());
+            return Sent::No;
+        };
+        call.thread = thread;
+        call.options = wire_options(h);
+        worker.backlog_ns.fetch_add(est, Ordering::Relaxed);
+        worker.inflight.fetch_add(1, Ordering::Relaxed);
+        dispatch.dispatch(
+            &worker,
+            RemoteTask {
+                job: job.clone(),
+                call,
+                inputs,
+                scope: a.scope.clone(),
+                cost_ns: est,
+                ahead: true,
+            },
+        );
+        Sent::Yes
+    }
+}
