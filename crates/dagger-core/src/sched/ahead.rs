@@ -109,6 +109,14 @@ pub(crate) fn forget_sent(h: &Header) {
     }
 }
 
+/// The task of `a` is done: no task is sent ahead of it any more.
+pub(crate) fn finished(a: &super::Anywhere) {
+    let mut a = lock(&a.ahead);
+    a.dependents = Vec::new();
+    a.sent_to = 0;
+    a.feeds = false;
+}
+
 /// What became of an attempt to send a task ahead.
 enum Sent {
     /// It was sent.

@@ -354,6 +354,9 @@ where
         // one reads it before DONE is published below.
         unsafe { *self.result.get() = Some(result) };
         self.header.state.publish();
+        if let Placement::Anywhere(a) = &self.header.placement {
+            crate::sched::ahead::finished(a);
+        }
         self.header.waiters.close()
     }
 
