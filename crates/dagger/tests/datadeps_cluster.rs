@@ -4,8 +4,8 @@
 
 use dagger::prelude::*;
 use dagger::{
-    spawn_datadeps, spawn_datadeps_with, CostPlanner, DatadepsOptions, In, InOut, LaunchSpec, Out,
-    RoundRobin, TransferStats, Transfers, Traversal, Val, WorkerId,
+    spawn_datadeps, spawn_datadeps_with, BlockMut, BlockRef, CostPlanner, DatadepsOptions, In,
+    InOut, LaunchSpec, Out, RoundRobin, TransferStats, Transfers, Traversal, Val, WorkerId,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -272,6 +272,257 @@ fn a_worker_lost_while_running_a_region_task_is_an_error() {
     let err = region.join().unwrap().unwrap_err();
     assert!(err.to_string().contains("hanging"), "{err}");
     assert!(err.to_string().contains("worker 1"), "{err}");
+}
+
+// ---- views (slices, blocks, parts) in worker processes ----
+
+#[dagger::task]
+fn add_slice(dst: &mut [u64], src: &[u64]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
+
+#[dagger::task]
+fn slice_total(x: &[u64]) -> u64 {
+    x.iter().sum()
+}
+
+#[dagger::task]
+fn slice_worker(_x: &[u64]) -> u32 {
+    dagger::current_processor().worker.0
+}
+
+#[test]
+fn views_of_a_slice_run_in_workers_and_bring_home_only_their_elements() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        const N: usize = 1000;
+        let big = 1u64 << 40; // 6 bytes encoded: the element counts show in the bytes
+        let mut v = vec![big; N];
+        let ones = vec![1u64; N];
+        let t = Transfers::new();
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let (total, place) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let (v, ones) = (dd.slice(&mut v), dd.read_slice(&ones));
+            // the two halves are written on different workers at the same time
+            let a = dd.spawn_task_with(
+                on(1),
+                add_slice,
+                (InOut(v.view(..N / 2)), ones.view(..N / 2)),
+            );
+            let b = dd.spawn_task_with(
+                on(2),
+                add_slice,
+                (InOut(v.view(N / 2..)), ones.view(N / 2..)),
+            );
+            assert!(dd.dependencies(b.index()).is_empty());
+            // rows 0..4 again, on worker 2: after the first only
+            let c = dd.spawn_task_with(on(2), add_slice, (InOut(v.view(..4)), ones.view(..4)));
+            assert_eq!(dd.dependencies(c.index()), vec![a.index()]);
+            let total = dd.spawn_task_with(on(1), slice_total, (v,));
+            let place = dd.spawn_task_with(on(2), slice_worker, (v.view(10..20),));
+            (total, place)
+        })
+        .unwrap();
+        assert_eq!(v[..4], [big + 2; 4]);
+        assert!(
+            v[4..].iter().all(|&x| x == big + 1),
+            "both halves came home"
+        );
+        assert_eq!(total.fetch().unwrap(), N as u64 * (big + 1) + 4);
+        assert_eq!(place.fetch().unwrap(), 2);
+        let s = t.stats();
+        assert_eq!(s.remote_tasks, 5, "{s:?}");
+        // each task sends its views (2 + 2 + 2 + 1 + 1), and the three written views come
+        // home: 500 + 500 + 4 elements of 6 bytes, not three whole buffers
+        assert_eq!(
+            (s.sent, s.written_back, s.moved, s.fetched),
+            (8, 3, 0, 0),
+            "{s:?}"
+        );
+        let elems = (N / 2 + N / 2 + 4) as u64;
+        assert!(
+            s.written_back_bytes >= 6 * elems && s.written_back_bytes < 6 * elems + 16,
+            "{s:?}"
+        );
+    });
+}
+
+#[dagger::task]
+fn tile_mix(mut t: BlockMut<'_, f64>, src: BlockRef<'_, f64>, salt: f64) {
+    for j in 0..t.ncols() {
+        for i in 0..t.nrows() {
+            *t.get_mut(i, j) = tile_elem(*t.get_mut(i, j), *src.get(i, j), i, j, salt);
+        }
+    }
+}
+
+#[dagger::task]
+fn tile_sum(t: BlockRef<'_, f64>) -> f64 {
+    (0..t.ncols()).map(|j| t.col(j).iter().sum::<f64>()).sum()
+}
+
+fn tile_elem(x: f64, s: f64, i: usize, j: usize, salt: f64) -> f64 {
+    x * 0.5 + s + (i * 10 + j) as f64 + salt
+}
+
+/// The tile kernel on a plain column-major `n` x `n` matrix (the sequential reference).
+fn tile_mix_plain(
+    m: &mut [f64],
+    n: usize,
+    dst: (usize, usize),
+    src: (usize, usize),
+    tb: usize,
+    salt: f64,
+) {
+    for j in 0..tb {
+        for i in 0..tb {
+            let s = m[(src.1 * tb + j) * n + src.0 * tb + i];
+            let d = &mut m[(dst.1 * tb + j) * n + dst.0 * tb + i];
+            *d = tile_elem(*d, s, i, j, salt);
+        }
+    }
+}
+
+#[test]
+fn tiles_of_a_matrix_run_in_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let (n, tb) = (8, 4);
+        let start: Vec<f64> = (0..n * n).map(|x| x as f64).collect();
+        // (dst tile, src tile, salt, worker)
+        let steps = [
+            ((0, 0), (1, 1), 1.0, 1),
+            ((1, 1), (0, 1), 2.0, 2),
+            ((1, 0), (0, 0), 3.0, 2),
+            ((0, 1), (1, 0), 4.0, 1),
+        ];
+        let mut want = start.clone();
+        for &(d, s, salt, _) in &steps {
+            tile_mix_plain(&mut want, n, d, s, tb, salt);
+        }
+        let mut m = start.clone();
+        let t = Transfers::new();
+        let sum = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let a = dd.matrix(&mut m, n, n);
+            for &(d, s, salt, w) in &steps {
+                dd.spawn_task_with(
+                    Options::new().scope(Scope::worker(w)),
+                    tile_mix,
+                    (
+                        InOut(a.tile(d.0, d.1, tb, tb)),
+                        In(a.tile(s.0, s.1, tb, tb)),
+                        Val(salt),
+                    ),
+                );
+            }
+            dd.spawn_task_with(
+                Options::new().scope(Scope::worker(1)),
+                tile_sum,
+                (a.block(2..6, 1..7),),
+            )
+        })
+        .unwrap();
+        assert_eq!(m, want);
+        let mut inner = 0.0;
+        for j in 1..7 {
+            for i in 2..6 {
+                inner += want[j * n + i];
+            }
+        }
+        assert_eq!(sum.fetch().unwrap(), inner);
+        let s = t.stats();
+        assert_eq!((s.remote_tasks, s.sent, s.written_back), (5, 9, 4), "{s:?}");
+    });
+}
+
+// (the parts of `Halves` are lent as `&Vec<u64>` and `&mut Vec<u64>`)
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn scale_half(h: &mut Vec<u64>, k: u64) {
+    h.iter_mut().for_each(|x| *x = x.wrapping_mul(k));
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn add_half(dst: &mut Vec<u64>, src: &Vec<u64>) {
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, s)| *d = d.wrapping_add(*s));
+}
+
+#[test]
+fn parts_of_a_value_run_in_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut h = Halves {
+            lo: vec![1; 100],
+            hi: vec![2; 100],
+        };
+        let t = Transfers::new();
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let total = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let h = dd.data(&mut h);
+            let (lo, hi) = (h.part(Half::Lo), h.part(Half::Hi));
+            // the halves change on different workers at the same time
+            dd.spawn_task_with(on(1), scale_half, (InOut(lo), Val(3u64)));
+            let b = dd.spawn_task_with(on(2), scale_half, (InOut(hi), Val(5u64)));
+            assert!(dd.dependencies(b.index()).is_empty());
+            // the whole value on worker 1 (a cached copy), then a part on worker 2: home
+            // fetches the whole value from worker 1 first
+            dd.spawn_task_with(on(1), mix, (In(dd.own(h_zero())), InOut(h), Val(1u64)));
+            dd.spawn_task_with(on(2), add_half, (InOut(hi), In(lo)));
+            dd.spawn_task_with(on(1), sum_halves, (In(h),))
+        })
+        .unwrap();
+        let mut want = Halves {
+            lo: vec![3; 100],
+            hi: vec![10; 100],
+        };
+        mix(&h_zero(), &mut want, 1);
+        let lo = want.lo.clone();
+        add_half(&mut want.hi, &lo);
+        assert_eq!(h, want);
+        assert_eq!(total.fetch().unwrap(), sum_halves(&want));
+        let s = t.stats();
+        // sent: lo, hi, the zero value and h (whole, to worker 1), hi and lo (for add_half),
+        // then h again to worker 1 (home has the latest version); fetched: h from worker 1
+        assert_eq!((s.sent, s.fetched, s.moved), (7, 1, 0), "{s:?}");
+        // written back: the three parts written in workers; the whole value's latest version
+        // is home at the end
+        assert_eq!(s.written_back, 3, "{s:?}");
+    });
+}
+
+fn h_zero() -> Halves {
+    Halves {
+        lo: vec![0; 100],
+        hi: vec![0; 100],
+    }
+}
+
+#[test]
+fn an_unregistered_function_on_views_is_refused_for_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut v = vec![0u64; 4];
+        let err = spawn_datadeps(|dd| {
+            let v = dd.slice(&mut v);
+            dd.spawn_task(|x: &mut [u64]| x.fill(1), (InOut(v.view(..2)),));
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not a #[dagger::task] function"),
+            "{err}"
+        );
+        assert_eq!(v, [0; 4]);
+        // an empty view is fine
+        spawn_datadeps(|dd| {
+            let v = dd.slice(&mut v);
+            let on1 = Options::new().scope(Scope::worker(1));
+            dd.spawn_task_with(on1, add_slice, (InOut(v.view(2..2)), v.view(..0)));
+        })
+        .unwrap();
+    });
 }
 
 // ---- property test: random programs over buffers, in workers and here ----

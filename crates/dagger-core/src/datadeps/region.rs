@@ -9,7 +9,7 @@ use super::plan::{
 use super::remote::{
     self as rm, Copies, Home, Need, RemoteArgs, RemoteSpec, Transfers, VersionPlan,
 };
-use super::tracker::KeyState;
+use super::tracker::{KeyState, Span};
 use crate::chunk::Chunk;
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
@@ -438,6 +438,8 @@ struct State {
     preds: Vec<u32>,
     data_start: Vec<u32>,
     data: Vec<PlanData>,
+    /// For each of `data`: whether the task accesses the whole value (not a view of it).
+    whole: Vec<bool>,
     owned: Vec<OwnedSlot>,
     /// The key of each owned value's slot (`owned` index), by key.
     owned_of_key: HashMap<u32, usize>,
@@ -756,14 +758,22 @@ impl<'scope, 'env> Region<'scope, 'env> {
     /// workers), with options as for [`spawn_with`](Region::spawn_with) (a `scope` may name
     /// workers).
     ///
-    /// The function takes `&T` for data declared [`In`](super::In) and `&mut T` for data
-    /// declared [`Out`](super::Out) or [`InOut`](super::InOut); the arguments are whole values
-    /// ([`Data`]) and [`Val`](super::Val)s of serde types. When it runs in a worker, the region
-    /// first copies there the data the worker does not hold in its latest version (once per
-    /// version and worker, directly from the worker that wrote it), the function changes the
-    /// worker's copies in place, and the data it wrote is copied back home only when a task
-    /// here needs it or at the end of the region. In this process it runs like
-    /// [`spawn`](Region::spawn), on the data itself. [`Transfers`] counts the copies.
+    /// The function takes what [`spawn`](Region::spawn) would give it: `&T` for data declared
+    /// [`In`](super::In) and `&mut T` for data declared [`Out`](super::Out) or
+    /// [`InOut`](super::InOut); `&[T]` / `&mut [T]` for views of slices, [`BlockRef`](super::BlockRef)
+    /// / [`BlockMut`](super::BlockMut) for blocks of matrices, and `&P` / `&mut P` for parts
+    /// (of [`Parts`](super::Parts) types that lend parts as `&P` and `&mut P`); plain values
+    /// are [`Val`](super::Val)s. Every type must be serde.
+    ///
+    /// When it runs in a worker, the region first copies there the whole values the worker
+    /// does not hold in their latest version (once per version and worker, directly from the
+    /// worker that wrote them), the function changes the worker's copies in place, and the
+    /// values it wrote are copied back home only when a task here needs them or at the end of
+    /// the region. Views are not kept in workers: only the view's elements are sent with the
+    /// task, and the ones it writes come home as soon as it finished, so tasks writing
+    /// disjoint views in different workers run at the same time and all their changes
+    /// survive. In this process it runs like [`spawn`](Region::spawn), on the data itself.
+    /// [`Transfers`] counts the copies.
     ///
     /// A function that is not registered, or whose parameters do not match the arguments'
     /// types and modes, is refused (the region then runs none of its tasks).
@@ -898,6 +908,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 } if (key as usize) < st.keys.len() => {
                     st.keys[key as usize].access(index, span, write, &mut st.preds);
                     st.data.push(PlanData { key, write });
+                    st.whole.push(span == Span::All);
                 }
                 Declared::Result { task, .. } if task < index => st.preds.push(task),
                 _ => {}
@@ -1219,11 +1230,22 @@ impl<'scope, 'env> Region<'scope, 'env> {
             };
             needs.clear();
             if let Some(v) = versions.as_mut() {
-                v.task(
-                    at.map_or(0, |(w, _)| w),
-                    data.iter().map(|d| (d.key, d.write)),
-                    &mut needs,
-                );
+                let whole = &st.whole[data_start[i] as usize..data_start[i + 1] as usize];
+                let access = |keep: bool| {
+                    data.iter()
+                        .zip(whole)
+                        .filter(move |(_, &w)| w == keep)
+                        .map(|(d, _)| (d.key, d.write))
+                };
+                match at {
+                    // a task in a worker uses whole values there, and views of data at home
+                    // (their elements travel with it: see `remote`)
+                    Some((w, _)) => {
+                        v.task(w, access(true), &mut needs);
+                        v.task(0, access(false), &mut needs);
+                    }
+                    None => v.task(0, data.iter().map(|d| (d.key, d.write)), &mut needs),
+                }
             }
             preds.clear();
             preds.extend(ps.iter().map(|&p| {
@@ -1618,6 +1640,7 @@ where
             preds: Vec::new(),
             data_start: Vec::new(),
             data: Vec::new(),
+            whole: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
             homes: Vec::new(),

@@ -3,20 +3,32 @@
 //!
 //! A closure cannot run in another process, so only calls of `#[dagger::task]` functions
 //! spawned with [`Region::spawn_task`](super::Region::spawn_task) may be placed on a worker,
-//! and only when every argument can be encoded: whole values ([`Data`]) of serde types and
-//! [`Val`]s. Views, blocks, parts and closures stay in this process.
+//! and only when every argument can be encoded: whole values ([`Data`]), views of slices
+//! ([`Slice`]), blocks of matrices ([`Block`]) and parts of values ([`Part`]) of serde types,
+//! and [`Val`]s. Closures and results of earlier region tasks stay in this process.
 //!
 //! The home copy of every piece of data is the one registered with the region (in this
 //! process). The planner walks the tasks in a topological order and gives every write a new
-//! *version* of the data it writes; a task that needs a version its process does not hold gets
-//! a copy first: from home (sent to the worker), from the worker that wrote it (pulled by the
-//! worker directly from that worker), or back home from a worker. Copies of one version to one
-//! process are made once, by whichever task needing it runs first (the others wait for it).
-//! Workers change their copies in place. At the end, data whose latest version is not home is
-//! written back; data no remote task wrote is never sent back.
+//! *version* of the data it writes.
+//!
+//! *Whole values* are cached on workers: a task that needs a version its process does not hold
+//! gets a copy first: from home (sent to the worker), from the worker that wrote it (pulled by
+//! the worker directly from that worker), or back home from a worker. Copies of one version to
+//! one process are made once, by whichever task needing it runs first (the others wait for
+//! it). Workers change their copies in place. At the end, data whose latest version is not
+//! home is written back; data no remote task wrote is never sent back.
+//!
+//! *Views* (slices, blocks, parts) are not cached: the elements of the view travel with the
+//! task that uses them, encoded from the home copy when it starts and, when it writes them,
+//! decoded back into the home copy as soon as it finished. For the version plan such a task
+//! uses the data at home (a copy home comes first if a worker holds the latest whole value).
+//! So only the view's elements move, never the rest of the buffer, and tasks writing disjoint
+//! views on different workers at the same time each bring back only their own elements: the
+//! home copy is where they meet, and nothing has to merge versions. The price is a round trip
+//! per written view and no reuse of a view between tasks on one worker.
 
 use super::access::{Access, In, InOut, Out, Val};
-use super::data::Data;
+use super::data::{Block, BlockMut, BlockRef, Data, Part, Parts, Slice, Target};
 use crate::error::BoxError;
 use crate::remote::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::remote::Mover;
@@ -73,6 +85,10 @@ pub(crate) enum Repr {
         write: bool,
         home: Home,
     },
+    View {
+        write: bool,
+        view: Arc<View>,
+    },
     Val {
         bytes: Result<Vec<u8>, String>,
         type_id: TypeId,
@@ -80,11 +96,20 @@ pub(crate) enum Repr {
     },
 }
 
-/// An argument that a task running in another process can receive: [`Data`] of a serde type
-/// (bare or in [`In`], [`Out`], [`InOut`]) and [`Val`] of a serde type.
+/// An argument that a task running in another process can receive: a data handle of a serde
+/// type ([`Data`], [`Slice`], [`Block`], [`Part`]; bare or in [`In`], [`Out`], [`InOut`]) and
+/// [`Val`] of a serde type.
 pub trait RemoteAccess: Access {
     #[doc(hidden)]
     fn remote(&self) -> RemoteArg;
+}
+
+/// A data handle whose data a task in another process can receive (sealed: the module is
+/// private).
+pub trait RemoteTarget: Target {
+    /// How the data crosses to a task reading (`write == false`) or writing it.
+    #[doc(hidden)]
+    fn remote_arg(&self, write: bool) -> RemoteArg;
 }
 
 fn data_arg<T: Serialize + DeserializeOwned + 'static>(d: &Data<'_, T>, write: bool) -> RemoteArg {
@@ -101,27 +126,289 @@ fn data_arg<T: Serialize + DeserializeOwned + 'static>(d: &Data<'_, T>, write: b
     })
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for Data<'_, T> {
-    fn remote(&self) -> RemoteArg {
-        data_arg(self, false)
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteTarget for Data<'_, T> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        data_arg(self, write)
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for In<Data<'_, T>> {
-    fn remote(&self) -> RemoteArg {
-        data_arg(&self.0, false)
+/// Encodes the elements of a view of home data.
+type EncodeView = Box<dyn Fn() -> Result<Vec<u8>, BoxError> + Send + Sync>;
+/// Decodes elements sent back by a worker into a view of home data.
+type DecodeView = Box<dyn Fn(&[u8]) -> Result<(), BoxError> + Send + Sync>;
+
+/// How a view of region data crosses to a task in another process: its elements, encoded from
+/// the home copy, and decoded back into it once a task wrote them.
+pub(crate) struct View {
+    /// Encodes the view's elements (as the parameter type the function takes).
+    encode: EncodeView,
+    /// Decodes what a task made of them back into the view's elements.
+    decode_into: DecodeView,
+    type_id: TypeId,
+    type_name: &'static str,
+}
+
+/// A pointer into a region's data, for the closures of a [`View`].
+struct RawPtr<T>(*mut T);
+
+impl<T> Clone for RawPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for RawPtr<T> {}
+
+// SAFETY: the closures of a `View` only read or write through it while the region gives the
+// task using the view access to it (the copy protocol in this module), for `T: Send + Sync`.
+unsafe impl<T: Send + Sync> Send for RawPtr<T> {}
+unsafe impl<T: Send + Sync> Sync for RawPtr<T> {}
+
+impl<T> RawPtr<T> {
+    /// The pointer (a method: a closure using it captures the whole `RawPtr`, not the raw
+    /// field).
+    fn get(self) -> *mut T {
+        self.0
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for Out<Data<'_, T>> {
-    fn remote(&self) -> RemoteArg {
-        data_arg(&self.0, true)
+fn encode_error<T>(e: postcard::Error) -> BoxError {
+    format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into()
+}
+
+fn decode_error<T>(e: postcard::Error) -> BoxError {
+    format!(
+        "cannot decode a {} sent back by a worker: {e}",
+        std::any::type_name::<T>()
+    )
+    .into()
+}
+
+fn view_arg(write: bool, view: View) -> RemoteArg {
+    RemoteArg(Repr::View {
+        write,
+        view: Arc::new(view),
+    })
+}
+
+/// A view of a slice reaches a worker as a `Vec<T>` of its elements, for a `&[T]` or
+/// `&mut [T]` parameter.
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteTarget for Slice<'_, T> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        let p = RawPtr(self.base.as_ptr().wrapping_add(self.start));
+        let len = self.len();
+        view_arg(
+            write,
+            View {
+                encode: Box::new(move || {
+                    // SAFETY: elements `start..end` of the registered slice, which nobody
+                    // writes while the task using the view reads them (see `View`).
+                    let s = unsafe { std::slice::from_raw_parts(p.get(), len) };
+                    postcard::to_allocvec(s).map_err(encode_error::<Vec<T>>)
+                }),
+                decode_into: Box::new(move |bytes| {
+                    let v: Vec<T> = postcard::from_bytes(bytes).map_err(decode_error::<Vec<T>>)?;
+                    if v.len() != len {
+                        return Err(format!(
+                            "a worker sent {} elements back for a view of {len}",
+                            v.len()
+                        )
+                        .into());
+                    }
+                    // SAFETY: as above; the task writing the view is its only user meanwhile.
+                    let s = unsafe { std::slice::from_raw_parts_mut(p.get(), len) };
+                    for (d, x) in s.iter_mut().zip(v) {
+                        *d = x;
+                    }
+                    Ok(())
+                }),
+                type_id: TypeId::of::<Vec<T>>(),
+                type_name: std::any::type_name::<Vec<T>>(),
+            },
+        )
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for InOut<Data<'_, T>> {
+/// The elements of a matrix block, column by column, as a task in a worker process receives
+/// them for a [`BlockRef`] or [`BlockMut`] parameter (the `#[dagger::task]` macro converts).
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct BlockBuf<T> {
+    nrows: usize,
+    ncols: usize,
+    data: Vec<T>,
+}
+
+impl<T> BlockBuf<T> {
+    fn check(&self) -> Result<(), BoxError> {
+        if self.nrows.checked_mul(self.ncols) != Some(self.data.len()) {
+            return Err(format!(
+                "a {}x{} block arrived with {} elements",
+                self.nrows,
+                self.ncols,
+                self.data.len()
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The block for reading; an error if its sizes do not match its elements.
+    pub fn block_ref(&self) -> Result<BlockRef<'_, T>, BoxError> {
+        self.check()?;
+        // SAFETY: `nrows * ncols` contiguous elements, columns `nrows` apart, borrowed.
+        Ok(unsafe { BlockRef::from_raw(self.data.as_ptr(), self.nrows, self.ncols, self.nrows) })
+    }
+
+    /// The block for writing; an error if its sizes do not match its elements.
+    pub fn block_mut(&mut self) -> Result<BlockMut<'_, T>, BoxError> {
+        self.check()?;
+        // SAFETY: as above, borrowed mutably.
+        Ok(unsafe {
+            BlockMut::from_raw(self.data.as_mut_ptr(), self.nrows, self.ncols, self.nrows)
+        })
+    }
+}
+
+/// Encodes a block of a home matrix exactly as its [`BlockBuf`] would be, without gathering
+/// it first.
+struct BlockOut<T> {
+    origin: RawPtr<T>,
+    nrows: usize,
+    ncols: usize,
+    ld: usize,
+}
+
+struct BlockElems<'a, T>(&'a BlockOut<T>);
+
+impl<T: Serialize> Serialize for BlockElems<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let b = self.0;
+        let mut seq = s.serialize_seq(Some(b.nrows * b.ncols))?;
+        for j in 0..b.ncols {
+            // SAFETY: column `j` of the block lies inside the registered matrix, which nobody
+            // writes there while it is encoded (see `View`).
+            let col = unsafe { std::slice::from_raw_parts(b.origin.get().add(j * b.ld), b.nrows) };
+            for x in col {
+                seq.serialize_element(x)?;
+            }
+        }
+        seq.end()
+    }
+}
+
+impl<T: Serialize> Serialize for BlockOut<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("BlockBuf", 3)?;
+        st.serialize_field("nrows", &self.nrows)?;
+        st.serialize_field("ncols", &self.ncols)?;
+        st.serialize_field("data", &BlockElems(self))?;
+        st.end()
+    }
+}
+
+/// A block of a matrix reaches a worker as its elements, column by column, for a
+/// [`BlockRef`] or [`BlockMut`] parameter.
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteTarget for Block<'_, T> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        let out = BlockOut {
+            origin: RawPtr(self.origin()),
+            nrows: self.nrows(),
+            ncols: self.ncols(),
+            ld: self.ld,
+        };
+        let (origin, nrows, ncols, ld) = (out.origin, out.nrows, out.ncols, out.ld);
+        view_arg(
+            write,
+            View {
+                encode: Box::new(move || {
+                    postcard::to_allocvec(&out).map_err(encode_error::<BlockBuf<T>>)
+                }),
+                decode_into: Box::new(move |bytes| {
+                    let b: BlockBuf<T> =
+                        postcard::from_bytes(bytes).map_err(decode_error::<BlockBuf<T>>)?;
+                    if (b.nrows, b.ncols) != (nrows, ncols) {
+                        return Err(format!(
+                            "a worker sent a {}x{} block back for a {nrows}x{ncols} one",
+                            b.nrows, b.ncols
+                        )
+                        .into());
+                    }
+                    b.check()?;
+                    let mut elems = b.data.into_iter();
+                    for j in 0..ncols {
+                        // SAFETY: column `j` of the block, inside the registered matrix; the
+                        // task writing the block is its only user meanwhile.
+                        let col = unsafe {
+                            std::slice::from_raw_parts_mut(origin.get().add(j * ld), nrows)
+                        };
+                        for (d, x) in col.iter_mut().zip(elems.by_ref()) {
+                            *d = x;
+                        }
+                    }
+                    Ok(())
+                }),
+                type_id: TypeId::of::<BlockBuf<T>>(),
+                type_name: std::any::type_name::<BlockBuf<T>>(),
+            },
+        )
+    }
+}
+
+/// A part of a value reaches a worker as the value of the part, for a `&P` or `&mut P`
+/// parameter; this needs parts borrowed as `&P` and `&mut P`.
+impl<T, P> RemoteTarget for Part<'_, T>
+where
+    T: for<'a> Parts<Ref<'a> = &'a P, Mut<'a> = &'a mut P>,
+    T::Part: 'static,
+    P: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        let (p, part) = (RawPtr(self.data.ptr.as_ptr()), self.part);
+        view_arg(
+            write,
+            View {
+                encode: Box::new(move || {
+                    // SAFETY: the part of a live value, which nobody writes while the task
+                    // using it reads it (see `View`).
+                    let v: &P = unsafe { T::part_ref(p.get(), part) };
+                    postcard::to_allocvec(v).map_err(encode_error::<P>)
+                }),
+                decode_into: Box::new(move |bytes| {
+                    let v: P = postcard::from_bytes(bytes).map_err(decode_error::<P>)?;
+                    // SAFETY: as above; the task writing the part is its only user meanwhile.
+                    unsafe { *T::part_mut(p.get(), part) = v };
+                    Ok(())
+                }),
+                type_id: TypeId::of::<P>(),
+                type_name: std::any::type_name::<P>(),
+            },
+        )
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for D {
     fn remote(&self) -> RemoteArg {
-        data_arg(&self.0, true)
+        self.remote_arg(false)
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for In<D> {
+    fn remote(&self) -> RemoteArg {
+        self.0.remote_arg(false)
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for Out<D> {
+    fn remote(&self) -> RemoteArg {
+        self.0.remote_arg(true)
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for InOut<D> {
+    fn remote(&self) -> RemoteArg {
+        self.0.remote_arg(true)
     }
 }
 
@@ -202,6 +489,7 @@ pub(crate) fn check_call(
     for (i, (p, a)) in entry.params.iter().zip(args).enumerate() {
         let (type_id, type_name, write) = match a {
             Repr::Data { home, write, .. } => (home.type_id, home.type_name, *write),
+            Repr::View { view, write } => (view.type_id, view.type_name, *write),
             Repr::Val {
                 type_id, type_name, ..
             } => (*type_id, *type_name, false),
@@ -259,7 +547,8 @@ struct Counters {
 /// What [`Transfers`] counted (values and their encoded bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransferStats {
-    /// Values sent from their home (this process) to a worker.
+    /// Values sent from their home (this process) to a worker, and views (slices, blocks,
+    /// parts) sent with a task running in a worker.
     pub sent: u64,
     /// Their bytes.
     pub sent_bytes: u64,
@@ -272,7 +561,7 @@ pub struct TransferStats {
     /// Their bytes.
     pub fetched_bytes: u64,
     /// Values written back home at the end of the region (those whose latest version was on a
-    /// worker).
+    /// worker), and views that a task in a worker wrote (brought home right after it).
     pub written_back: u64,
     /// Their bytes.
     pub written_back_bytes: u64,
@@ -443,7 +732,8 @@ impl Copies {
     }
 
     /// Runs `spec` on thread `thread` of worker `worker` (after its copies were made): the
-    /// encoded result.
+    /// encoded result. The views it reads travel with the call; those it writes are lent to
+    /// the worker for the call and brought home right after it.
     pub(crate) fn run(
         &self,
         worker: u32,
@@ -451,12 +741,69 @@ impl Copies {
         spec: &RemoteSpec,
         name: Option<&str>,
     ) -> Result<bytes::Bytes, BoxError> {
+        let mut lent: Vec<(Location, &View)> = Vec::new();
+        let ran = self.run_lending(worker, thread, spec, name, &mut lent);
+        // the written views come home (unless the task failed: then the region fails, and
+        // the data is left as it is)
+        let mut back: Result<(), String> = Ok(());
+        for (loc, view) in lent {
+            if ran.is_ok() && back.is_ok() {
+                back = self.view_home(loc, view).map_err(|e| {
+                    format!(
+                        "bringing a view that {} changed on worker {worker} home failed: {e}",
+                        spec.fn_name
+                    )
+                });
+            }
+            self.mover.free(loc);
+        }
+        let bytes = ran?;
+        back?;
+        Ok(bytes)
+    }
+
+    fn view_home(&self, loc: Location, view: &View) -> Result<(), String> {
+        let bytes = self.mover.fetch(loc)?;
+        (view.decode_into)(&bytes).map_err(|e| e.to_string())?;
+        let c = &self.transfers.0;
+        Transfers::add(&c.written_back, &c.written_back_bytes, bytes.len());
+        Ok(())
+    }
+
+    fn run_lending<'s>(
+        &self,
+        worker: u32,
+        thread: u32,
+        spec: &'s RemoteSpec,
+        name: Option<&str>,
+        lent: &mut Vec<(Location, &'s View)>,
+    ) -> Result<bytes::Bytes, BoxError> {
+        let c = &self.transfers.0;
+        let what = |e: String| {
+            format!(
+                "sending a view to worker {worker} for {} failed: {e}",
+                spec.fn_name
+            )
+        };
         let mut args = Vec::with_capacity(spec.args.len());
         let mut writes = Vec::with_capacity(spec.args.len());
         for a in &spec.args {
             match a {
                 Repr::Data { key, write, .. } => {
                     args.push(WireArg::Ref(self.slot(*key, worker)?));
+                    writes.push(*write);
+                }
+                Repr::View { write, view } => {
+                    let bytes = (view.encode)().map_err(|e| what(e.to_string()))?;
+                    Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                    if *write {
+                        // changed in place there, like a whole value, then fetched
+                        let loc = self.mover.put(worker, bytes.into()).map_err(what)?;
+                        lent.push((loc, view));
+                        args.push(WireArg::Ref(loc));
+                    } else {
+                        args.push(WireArg::Value(bytes));
+                    }
                     writes.push(*write);
                 }
                 Repr::Val { bytes, .. } => {
@@ -478,10 +825,7 @@ impl Copies {
             .map_err(|e| format!("{} could not run on worker {worker}: {e}", spec.fn_name))?;
         match ran {
             Ok((bytes, _run_ns)) => {
-                self.transfers
-                    .0
-                    .remote_tasks
-                    .fetch_add(1, Ordering::Relaxed);
+                c.remote_tasks.fetch_add(1, Ordering::Relaxed);
                 Ok(bytes)
             }
             Err((kind, message)) => Err(format!(
@@ -662,5 +1006,64 @@ mod tests {
         n.clear();
         p.task(0, [(0, true)].into_iter(), &mut n);
         assert_eq!(n, vec![fetch]);
+    }
+
+    fn view_of(arg: RemoteArg) -> Arc<View> {
+        match arg.0 {
+            Repr::View { view, .. } => view,
+            _ => panic!("not a view"),
+        }
+    }
+
+    #[test]
+    fn views_encode_their_elements_and_refuse_malformed_answers() {
+        let mut v = vec![1u32, 2, 3, 4, 5];
+        let mut m: Vec<u8> = (0..12).collect(); // 3 x 4, column-major
+        crate::spawn_datadeps(|dd| {
+            let s = view_of(dd.slice(&mut v).view(1..3).remote_arg(true));
+            assert_eq!(
+                (s.encode)().unwrap(),
+                postcard::to_allocvec(&vec![2u32, 3]).unwrap()
+            );
+            (s.decode_into)(&postcard::to_allocvec(&vec![20u32, 30]).unwrap()).unwrap();
+            let e = (s.decode_into)(&postcard::to_allocvec(&vec![7u32]).unwrap()).unwrap_err();
+            assert!(
+                e.to_string().contains("1 elements back for a view of 2"),
+                "{e}"
+            );
+            assert!((s.decode_into)(&[0xff]).is_err());
+
+            // rows 1..3 of columns 2..4: [7, 8], [10, 11]
+            let b = view_of(dd.matrix(&mut m, 3, 4).block(1..3, 2..4).remote_arg(true));
+            let bytes = (b.encode)().unwrap();
+            let buf: BlockBuf<u8> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(buf.data, vec![7, 8, 10, 11]);
+            assert_eq!(*buf.block_ref().unwrap().get(1, 1), 11);
+            let back = BlockBuf::<u8> {
+                nrows: 2,
+                ncols: 2,
+                data: vec![70, 80, 100, 110],
+            };
+            (b.decode_into)(&postcard::to_allocvec(&back).unwrap()).unwrap();
+            let wrong = BlockBuf::<u8> {
+                nrows: 1,
+                ncols: 4,
+                data: vec![0; 4],
+            };
+            let e = (b.decode_into)(&postcard::to_allocvec(&wrong).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("1x4 block back for a 2x2"), "{e}");
+        })
+        .unwrap();
+        assert_eq!(v, [1, 20, 30, 4, 5]);
+        assert_eq!(m, [0, 1, 2, 3, 4, 5, 6, 70, 80, 9, 100, 110]);
+        // a block whose sizes do not match its elements (a malformed message) is an error
+        let mut bad = BlockBuf {
+            nrows: 3,
+            ncols: usize::MAX,
+            data: vec![1.0f64; 3],
+        };
+        assert!(bad.block_ref().is_err() && bad.block_mut().is_err());
+        bad.ncols = 1;
+        assert_eq!(bad.block_mut().unwrap().ncols(), 1);
     }
 }
