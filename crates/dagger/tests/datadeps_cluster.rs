@@ -581,6 +581,11 @@ impl Halves {
     }
 }
 
+/// A range of the flat buffer (possibly empty).
+type Span = (usize, usize);
+/// A tile of the matrix (row, column).
+type Tile = (usize, usize);
+
 #[derive(Clone, Debug)]
 enum Op {
     /// a := salt pattern (Out, in a worker or here)
@@ -595,10 +600,30 @@ enum Op {
     LocalHalf(usize, bool, u64),
     /// the sum of a (a result)
     Sum(usize),
+    /// a registered function on one half (a part), in a worker or here
+    Half(usize, bool, u64),
+    /// half y of b from half x of a (parts; In and InOut)
+    HalfMix(usize, bool, usize, bool, u64),
+    /// a view of the flat buffer from a half (a part)
+    SliceFromHalf(Span, usize, bool, u64),
+    /// a half from a view of the flat buffer
+    HalfFromSlice(usize, bool, Span),
+    /// a closure here on a view of the flat buffer
+    LocalSlice(Span, u64),
+    /// the sum of a view of the flat buffer (a result)
+    SliceSum(Span),
+    /// a tile of the matrix from another tile
+    TileMix(Tile, Tile, u64),
+    /// the sum of a block of the matrix (rows, columns; a result)
+    BlockSum(Span, Span),
 }
 
 const BUFS: usize = 4;
 const LEN: usize = 4;
+const FLAT: usize = 8;
+/// The matrix is `DIM` x `DIM` in `TB` x `TB` tiles.
+const DIM: usize = 4;
+const TB: usize = 2;
 
 #[dagger::task]
 fn fill(a: &mut Halves, salt: u64) {
@@ -640,8 +665,81 @@ fn local_half(h: &mut [u64], salt: u64) {
         .for_each(|x| *x = x.wrapping_mul(3).wrapping_add(salt));
 }
 
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn remote_half(h: &mut Vec<u64>, salt: u64) {
+    h.iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = x.rotate_left(7) ^ salt.wrapping_add(i as u64));
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn mix_half(x: &Vec<u64>, y: &mut Vec<u64>, salt: u64) {
+    for (b, a) in y.iter_mut().zip(x) {
+        *b = b.wrapping_mul(31).wrapping_add(*a ^ salt);
+    }
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn slice_from_half(dst: &mut [u64], src: &Vec<u64>, salt: u64) {
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = d.wrapping_mul(5) ^ src[i % src.len()].wrapping_add(salt);
+    }
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn half_from_slice(dst: &mut Vec<u64>, src: &[u64]) {
+    if src.is_empty() {
+        return;
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = d.wrapping_add(src[i % src.len()]).rotate_right(3);
+    }
+}
+
+fn local_slice(x: &mut [u64], salt: u64) {
+    x.iter_mut().for_each(|v| *v = v.wrapping_sub(salt));
+}
+
+#[dagger::task]
+fn flat_sum(x: &[u64]) -> u64 {
+    x.iter().fold(0, |s, v| s.wrapping_mul(3).wrapping_add(*v))
+}
+
+fn tile_u(x: u64, s: u64, i: usize, j: usize, salt: u64) -> u64 {
+    x.wrapping_mul(7) ^ s.wrapping_add(salt).wrapping_add((i * 10 + j) as u64)
+}
+
+#[dagger::task]
+fn tile_mix_u(mut t: BlockMut<'_, u64>, src: BlockRef<'_, u64>, salt: u64) {
+    for j in 0..t.ncols() {
+        for i in 0..t.nrows() {
+            *t.get_mut(i, j) = tile_u(*t.get_mut(i, j), *src.get(i, j), i, j, salt);
+        }
+    }
+}
+
+#[dagger::task]
+fn block_sum_u(b: BlockRef<'_, u64>) -> u64 {
+    (0..b.ncols())
+        .flat_map(|j| b.col(j).iter())
+        .fold(0, |s, v| s.wrapping_mul(5).wrapping_add(*v))
+}
+
+fn span() -> impl Strategy<Value = Span> {
+    (0..=FLAT, 0..=FLAT).prop_map(|(a, b)| (a.min(b), a.max(b)))
+}
+
+fn dim_span() -> impl Strategy<Value = Span> {
+    (0..=DIM, 0..=DIM).prop_map(|(a, b)| (a.min(b), a.max(b)))
+}
+
 fn op_strategy() -> impl Strategy<Value = Op> {
     let b = 0..BUFS;
+    let tile = (0..DIM / TB, 0..DIM / TB);
     prop_oneof![
         (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Fill(a, s)),
         (b.clone(), b.clone(), any::<u64>())
@@ -652,21 +750,61 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(a, b, c, s)| Op::Mix2(a, b, c, s)),
         (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Local(a, s)),
         (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::LocalHalf(a, h, s)),
-        b.prop_map(Op::Sum),
+        b.clone().prop_map(Op::Sum),
+        (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::Half(a, h, s)),
+        (
+            b.clone(),
+            any::<bool>(),
+            b.clone(),
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_filter("distinct", |(a, x, b, y, _)| a != b || x != y)
+            .prop_map(|(a, x, b, y, s)| Op::HalfMix(a, x, b, y, s)),
+        (span(), b.clone(), any::<bool>(), any::<u64>())
+            .prop_map(|(r, a, h, s)| Op::SliceFromHalf(r, a, h, s)),
+        (b.clone(), any::<bool>(), span()).prop_map(|(a, h, r)| Op::HalfFromSlice(a, h, r)),
+        (span(), any::<u64>()).prop_map(|(r, s)| Op::LocalSlice(r, s)),
+        span().prop_map(Op::SliceSum),
+        (tile.clone(), tile, any::<u64>())
+            .prop_filter("distinct", |(a, b, _)| a != b)
+            .prop_map(|(a, b, s)| Op::TileMix(a, b, s)),
+        (dim_span(), dim_span()).prop_map(|(r, c)| Op::BlockSum(r, c)),
     ]
 }
 
-fn start() -> Vec<Halves> {
-    (0..BUFS)
-        .map(|b| Halves {
-            lo: vec![b as u64 + 1; LEN],
-            hi: vec![b as u64 + 7; LEN],
-        })
-        .collect()
+/// The region data: buffers with halves, a flat buffer, a column-major matrix.
+#[derive(Clone, Debug, PartialEq)]
+struct World {
+    bufs: Vec<Halves>,
+    flat: Vec<u64>,
+    mat: Vec<u64>,
 }
 
-fn sequential(ops: &[Op]) -> (Vec<Halves>, Vec<u64>) {
-    let mut bufs = start();
+fn start() -> World {
+    World {
+        bufs: (0..BUFS)
+            .map(|b| Halves {
+                lo: vec![b as u64 + 1; LEN],
+                hi: vec![b as u64 + 7; LEN],
+            })
+            .collect(),
+        flat: (0..FLAT as u64).map(|i| i * 11 + 1).collect(),
+        mat: (0..(DIM * DIM) as u64).map(|i| i * 13 + 2).collect(),
+    }
+}
+
+fn half(h: &mut Halves, lo: bool) -> &mut Vec<u64> {
+    if lo {
+        &mut h.lo
+    } else {
+        &mut h.hi
+    }
+}
+
+fn sequential(ops: &[Op]) -> (World, Vec<u64>) {
+    let mut w = start();
+    let bufs = &mut w.bufs;
     let mut sums = Vec::new();
     for op in ops {
         match *op {
@@ -680,19 +818,54 @@ fn sequential(ops: &[Op]) -> (Vec<Halves>, Vec<u64>) {
                 mix2(&x, &y, &mut bufs[c], s)
             }
             Op::Local(a, s) => local(&mut bufs[a], s),
-            Op::LocalHalf(a, lo, s) => {
-                local_half(if lo { &mut bufs[a].lo } else { &mut bufs[a].hi }, s)
-            }
+            Op::LocalHalf(a, lo, s) => local_half(half(&mut bufs[a], lo), s),
             Op::Sum(a) => sums.push(sum_halves(&bufs[a])),
+            Op::Half(a, lo, s) => remote_half(half(&mut bufs[a], lo), s),
+            Op::HalfMix(a, x, b, y, s) => {
+                let src = half(&mut bufs[a], x).clone();
+                mix_half(&src, half(&mut bufs[b], y), s)
+            }
+            Op::SliceFromHalf((r0, r1), a, lo, s) => {
+                slice_from_half(&mut w.flat[r0..r1], half(&mut bufs[a], lo), s)
+            }
+            Op::HalfFromSlice(a, lo, (r0, r1)) => {
+                half_from_slice(half(&mut bufs[a], lo), &w.flat[r0..r1])
+            }
+            Op::LocalSlice((r0, r1), s) => local_slice(&mut w.flat[r0..r1], s),
+            Op::SliceSum((r0, r1)) => sums.push(flat_sum(&w.flat[r0..r1])),
+            Op::TileMix(d, src, salt) => {
+                for j in 0..TB {
+                    for i in 0..TB {
+                        let s = w.mat[(src.1 * TB + j) * DIM + src.0 * TB + i];
+                        let x = &mut w.mat[(d.1 * TB + j) * DIM + d.0 * TB + i];
+                        *x = tile_u(*x, s, i, j, salt);
+                    }
+                }
+            }
+            Op::BlockSum((r0, r1), (c0, c1)) => {
+                let mut acc = 0u64;
+                for c in c0..c1 {
+                    for r in r0..r1 {
+                        acc = acc.wrapping_mul(5).wrapping_add(w.mat[c * DIM + r]);
+                    }
+                }
+                sums.push(acc);
+            }
         }
     }
-    (bufs, sums)
+    (w, sums)
 }
 
-fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Halves>, Vec<u64>) {
-    let mut bufs = start();
+fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
+    let mut w = start();
+    let World { bufs, flat, mat } = &mut w;
     let sums = spawn_datadeps_with(opts, |dd| {
         let h: Vec<_> = bufs.iter_mut().map(|b| dd.data(b)).collect();
+        let part = |a: usize, lo: bool| h[a].part(if lo { Half::Lo } else { Half::Hi });
+        let flat = dd.slice(flat);
+        let view = |(r0, r1): Span| flat.view(r0..r1);
+        let m = dd.matrix(mat, DIM, DIM);
+        let tile = |(i, j): Tile| m.tile(i, j, TB, TB);
         let mut sums = Vec::new();
         for op in ops {
             match *op {
@@ -709,16 +882,40 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Halves>, Vec<u64>) {
                     dd.spawn(move |x: &mut Halves| local(x, s), (InOut(h[a]),));
                 }
                 Op::LocalHalf(a, lo, s) => {
-                    let part = h[a].part(if lo { Half::Lo } else { Half::Hi });
-                    dd.spawn(move |x: &mut Vec<u64>| local_half(x, s), (InOut(part),));
+                    dd.spawn(
+                        move |x: &mut Vec<u64>| local_half(x, s),
+                        (InOut(part(a, lo)),),
+                    );
                 }
                 Op::Sum(a) => sums.push(dd.spawn_task(sum_halves, (In(h[a]),))),
+                Op::Half(a, lo, s) => {
+                    dd.spawn_task(remote_half, (InOut(part(a, lo)), Val(s)));
+                }
+                Op::HalfMix(a, x, b, y, s) => {
+                    dd.spawn_task(mix_half, (In(part(a, x)), InOut(part(b, y)), Val(s)));
+                }
+                Op::SliceFromHalf(r, a, lo, s) => {
+                    dd.spawn_task(slice_from_half, (InOut(view(r)), part(a, lo), Val(s)));
+                }
+                Op::HalfFromSlice(a, lo, r) => {
+                    dd.spawn_task(half_from_slice, (InOut(part(a, lo)), view(r)));
+                }
+                Op::LocalSlice(r, s) => {
+                    dd.spawn(move |x: &mut [u64]| local_slice(x, s), (InOut(view(r)),));
+                }
+                Op::SliceSum(r) => sums.push(dd.spawn_task(flat_sum, (view(r),))),
+                Op::TileMix(d, src, s) => {
+                    dd.spawn_task(tile_mix_u, (InOut(tile(d)), In(tile(src)), Val(s)));
+                }
+                Op::BlockSum((r0, r1), (c0, c1)) => {
+                    sums.push(dd.spawn_task(block_sum_u, (m.block(r0..r1, c0..c1),)))
+                }
             }
         }
         sums
     })
     .unwrap();
-    (bufs, sums.iter().map(|s| s.fetch().unwrap()).collect())
+    (w, sums.iter().map(|s| s.fetch().unwrap()).collect())
 }
 
 fn moved(s: &TransferStats) -> u64 {
