@@ -525,6 +525,114 @@ fn an_unregistered_function_on_views_is_refused_for_workers() {
     });
 }
 
+// ---- chunks in workers as region data ----
+
+#[dagger::task]
+fn bump(x: &mut Buf, k: u64) {
+    x.0.iter_mut().for_each(|v| *v += k);
+}
+
+#[test]
+fn chunks_in_workers_are_changed_where_they_live() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let c = dagger::tochunk_on(Buf((0..1000).collect()), Scope::worker(1)).unwrap();
+        assert_eq!(c.processor().worker, WorkerId(1));
+
+        // changed twice and read on worker 1, where the chunk lives: nothing crosses a
+        // process boundary (the region copies the value inside worker 1), and the result is
+        // a new chunk in worker 1
+        let t = Transfers::new();
+        let (out, sum) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&c).unwrap();
+            dd.spawn_task_with(on(1), bump, (InOut(d), Val(2u64)));
+            dd.spawn_task_with(on(1), bump, (InOut(d), Val(3u64)));
+            let sum = dd.spawn_task_with(on(1), total, (In(d),));
+            (dd.output_chunk(d), sum)
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.fetched, s.written_back, s.moved, s.remote_tasks),
+            (0, 0, 0, 1, 3),
+            "{s:?}"
+        );
+        let new = out.into_inner().expect("a chunk");
+        assert_eq!(new.processor().worker, WorkerId(1), "it stays in worker 1");
+        assert_eq!(sum.fetch().unwrap(), (0..1000u64).sum::<u64>() + 5 * 1000);
+        assert_eq!(new.fetch().unwrap().0[10], 15);
+        assert_eq!(
+            c.fetch().unwrap().0[10],
+            10,
+            "the chunk itself is not changed"
+        );
+
+        // changed on worker 2 (copied there from worker 1 directly), taken out as a value
+        let t = Transfers::new();
+        let out = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&new).unwrap();
+            dd.spawn_task_with(on(2), bump, (InOut(d), Val(1u64)));
+            dd.output(d)
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.fetched, s.moved, s.written_back),
+            (0, 0, 1, 1),
+            "{s:?}"
+        );
+        assert_eq!(out.into_inner().unwrap().0[10], 16);
+
+        // a task here needs it here first; the last change, on worker 2, stays there
+        let t = Transfers::new();
+        let out = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&new).unwrap();
+            dd.spawn(|b: &mut Buf| b.0[0] = 99, (InOut(d),));
+            dd.spawn_task_with(on(2), bump, (InOut(d), Val(1u64)));
+            dd.output_chunk(d)
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!((s.fetched, s.sent, s.written_back), (1, 1, 0), "{s:?}");
+        let last = out.into_inner().unwrap();
+        assert_eq!(last.processor().worker, WorkerId(2));
+        let v = last.fetch().unwrap();
+        assert_eq!((v.0[0], v.0[10]), (100, 16));
+
+        // only tasks here: the value comes here before they start
+        let out = spawn_datadeps(|dd| {
+            let d = dd.own_chunk(&last).unwrap();
+            dd.spawn(|b: &mut Buf| b.0[1] += 1, (InOut(d),));
+            dd.output_chunk(d)
+        })
+        .unwrap();
+        let here = out.into_inner().unwrap();
+        assert_eq!(here.processor().worker, WorkerId(0));
+        assert_eq!(here.fetch().unwrap().0[..2], [100, 8]);
+
+        // nobody changes it: the same chunk comes out; nobody takes it out: nothing moves
+        let t = Transfers::new();
+        let same = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&last).unwrap();
+            let unused = dd.own_chunk(&last).unwrap();
+            dd.spawn_task_with(on(1), total, (In(d),));
+            dd.spawn_task_with(on(1), bump, (InOut(unused), Val(1u64)));
+            dd.output_chunk(d)
+        })
+        .unwrap();
+        let same = same.into_inner().unwrap();
+        assert_eq!(same.processor().worker, WorkerId(2));
+        assert_eq!(same.fetch().unwrap(), last.fetch().unwrap());
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.fetched, s.written_back, s.moved),
+            (0, 0, 0, 2),
+            "{s:?}"
+        );
+    });
+}
+
 // ---- property test: random programs over buffers, in workers and here ----
 
 /// A buffer of two halves that tasks here may also access separately (as parts, ordered by

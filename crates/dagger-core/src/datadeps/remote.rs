@@ -149,7 +149,7 @@ pub(crate) struct View {
 }
 
 /// A pointer into a region's data, for the closures of a [`View`].
-struct RawPtr<T>(*mut T);
+pub(crate) struct RawPtr<T>(pub(crate) *mut T);
 
 impl<T> Clone for RawPtr<T> {
     fn clone(&self) -> Self {
@@ -166,7 +166,7 @@ unsafe impl<T: Send + Sync> Sync for RawPtr<T> {}
 impl<T> RawPtr<T> {
     /// The pointer (a method: a closure using it captures the whole `RawPtr`, not the raw
     /// field).
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -604,6 +604,51 @@ impl fmt::Debug for Transfers {
     }
 }
 
+/// The "process" a value owned from a chunk in a worker comes from before any task changed it
+/// (see [`Lazy`]).
+pub(crate) const LAZY: u32 = u32::MAX;
+
+/// A value taken into a region from a chunk that lives in a worker process
+/// ([`Region::own_chunk`](super::Region::own_chunk)) without bringing it here: its version 0
+/// is the chunk's value, which tasks in workers copy from where it lives (inside that worker,
+/// or worker to worker); the home copy is filled from the chunk only when a task here, or the
+/// region's end, needs it. The chunk itself never changes.
+pub(crate) struct Lazy {
+    /// Where the chunk's value lives.
+    pub(crate) loc: Location,
+    /// Fills the home copy from the chunk (once).
+    fill: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    filled: OnceLock<Result<(), String>>,
+    /// Whether the home copy exists (its owner drops it only then).
+    pub(crate) init: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lazy {
+    pub(crate) fn new(
+        loc: Location,
+        fill: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+        init: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Lazy {
+            loc,
+            fill,
+            filled: OnceLock::new(),
+            init,
+        }
+    }
+
+    /// Fills the home copy unless it was filled already.
+    pub(crate) fn fill(&self) -> Result<(), String> {
+        self.filled
+            .get_or_init(|| {
+                (self.fill)()?;
+                self.init.store(true, Ordering::Release);
+                Ok(())
+            })
+            .clone()
+    }
+}
+
 /// A copy a task needs before it runs: version `version` of data `key`, from process `from`
 /// (0: home) to process `to`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -620,6 +665,8 @@ type Cell = Arc<OnceLock<Result<(), String>>>;
 pub(crate) struct Copies {
     mover: Arc<dyn Mover>,
     homes: Vec<Option<Home>>,
+    /// Values taken from chunks in workers, by key.
+    lazy: HashMap<u32, Arc<Lazy>>,
     /// Where each process keeps its copy of each key: (key, process) -> location.
     slots: Mutex<HashMap<(u32, u32), Location>>,
     made: Mutex<HashMap<(u32, u32, u32), Cell>>,
@@ -634,11 +681,13 @@ impl Copies {
     pub(crate) fn new(
         mover: Arc<dyn Mover>,
         homes: Vec<Option<Home>>,
+        lazy: HashMap<u32, Arc<Lazy>>,
         transfers: Transfers,
     ) -> Self {
         Copies {
             mover,
             homes,
+            lazy,
             slots: Mutex::new(HashMap::new()),
             made: Mutex::new(HashMap::new()),
             transfers,
@@ -680,6 +729,17 @@ impl Copies {
             .ok_or_else(|| format!("process {process} holds no copy of region data {key}"))
     }
 
+    /// Takes the copy of `key` in worker `process` away from the region (it is no longer
+    /// freed at the end).
+    pub(crate) fn take_slot(&self, key: u32, process: u32) -> Option<Location> {
+        lock(&self.slots).remove(&(key, process))
+    }
+
+    /// Drops the copy at `loc` (taken away with [`take_slot`](Self::take_slot)).
+    pub(crate) fn free(&self, loc: Location) {
+        self.mover.free(loc);
+    }
+
     fn set_slot(&self, key: u32, process: u32, loc: Location) {
         if let Some(old) = lock(&self.slots).insert((key, process), loc) {
             self.mover.free(old);
@@ -694,8 +754,23 @@ impl Copies {
                 n.key, n.from, n.to
             )
         };
+        let lazy = self.lazy.get(&n.key);
         match (n.from, n.to) {
             (0, 0) => Ok(()),
+            (LAZY, to) => {
+                let lazy = lazy.ok_or_else(|| {
+                    format!("region data {} has no chunk (internal error)", n.key)
+                })?;
+                if to == 0 {
+                    lazy.fill().map_err(what)?;
+                    Transfers::add(&c.fetched, &c.fetched_bytes, lazy.loc.bytes as usize);
+                } else {
+                    let loc = self.mover.pull(to, lazy.loc).map_err(what)?;
+                    Transfers::add(&c.moved, &c.moved_bytes, loc.bytes as usize);
+                    self.set_slot(n.key, to, loc);
+                }
+                Ok(())
+            }
             (0, to) => {
                 let home = self.home(n.key)?;
                 // SAFETY: a copy from home runs while no task writes the data (see module
@@ -710,6 +785,10 @@ impl Copies {
             (from, 0) => {
                 let home = self.home(n.key)?;
                 let src = self.slot(n.key, from)?;
+                if let Some(lazy) = lazy {
+                    // the home copy must exist before it is overwritten
+                    lazy.fill().map_err(what)?;
+                }
                 let bytes = self.mover.fetch(src).map_err(what)?;
                 // SAFETY: as above, and no task of this process reads the data meanwhile:
                 // those needing this version wait for this copy, older readers finished.
@@ -852,16 +931,38 @@ pub(crate) struct VersionPlan {
     held: HashMap<(u32, u32), u32>,
     /// The last copy of each key to each process.
     copied: HashMap<(u32, u32), Need>,
+    /// Whether home starts without the key's value (taken from a chunk in a worker: its
+    /// version 0 comes from [`LAZY`]).
+    lazy: Vec<bool>,
 }
 
 impl VersionPlan {
-    pub(crate) fn new(keys: usize) -> Self {
-        VersionPlan {
+    /// The plan for `keys` keys, of which those in `lazy` start in a chunk in a worker.
+    pub(crate) fn new(keys: usize, lazy: impl IntoIterator<Item = u32>) -> Self {
+        let mut p = VersionPlan {
             version: vec![0; keys],
             source: vec![0; keys],
             held: HashMap::new(),
             copied: HashMap::new(),
+            lazy: vec![false; keys],
+        };
+        for k in lazy {
+            if let Some(l) = p.lazy.get_mut(k as usize) {
+                *l = true;
+                p.source[k as usize] = LAZY;
+            }
         }
+        p
+    }
+
+    /// The version of `key` home starts with (none for a value still in a chunk).
+    fn home_start(&self, key: u32) -> Option<u32> {
+        (!self.lazy[key as usize]).then_some(0)
+    }
+
+    /// Where the latest version of `key` is: a process, or [`LAZY`] (still the chunk's).
+    pub(crate) fn latest(&self, key: u32) -> u32 {
+        self.source[key as usize]
     }
 
     /// A task on process `at` accessing `data` (key, write): the copies it needs go to `out`.
@@ -883,11 +984,11 @@ impl VersionPlan {
             }
             let k = key as usize;
             let v = self.version[k];
-            let has = self
-                .held
-                .get(&(key, at))
-                .copied()
-                .or((at == 0).then_some(0));
+            let has = self.held.get(&(key, at)).copied().or(if at == 0 {
+                self.home_start(key)
+            } else {
+                None
+            });
             if has != Some(v) {
                 let need = Need {
                     key,
@@ -912,12 +1013,14 @@ impl VersionPlan {
         }
     }
 
-    /// The data whose latest version is not home, as copies to home.
-    pub(crate) fn write_backs(&self) -> Vec<Need> {
+    /// The data wanted home (`wanted(key)`) whose latest version is not home, as copies to
+    /// home.
+    pub(crate) fn write_backs(&self, wanted: impl Fn(u32) -> bool) -> Vec<Need> {
         (0..self.version.len())
             .filter(|&k| {
-                let home = self.held.get(&(k as u32, 0)).copied().unwrap_or(0);
-                self.source[k] != 0 && home != self.version[k]
+                let key = k as u32;
+                let home = self.held.get(&(key, 0)).copied().or(self.home_start(key));
+                wanted(key) && self.source[k] != 0 && home != Some(self.version[k])
             })
             .map(|k| Need {
                 key: k as u32,
@@ -935,7 +1038,7 @@ mod tests {
 
     #[test]
     fn versions_copy_only_what_is_missing() {
-        let mut p = VersionPlan::new(2);
+        let mut p = VersionPlan::new(2, []);
         let mut n = Vec::new();
         // a reader on worker 1 gets key 0 from home; a second reader there waits for the
         // same copy (made once at run time)
@@ -974,7 +1077,7 @@ mod tests {
         );
         // key 1 was only read remotely: only key 0 goes back
         assert_eq!(
-            p.write_backs(),
+            p.write_backs(|_| true),
             vec![Need {
                 key: 0,
                 version: 1,
@@ -986,11 +1089,11 @@ mod tests {
         n.clear();
         p.task(0, [(0, false)].into_iter(), &mut n);
         assert_eq!(n.len(), 1);
-        assert!(p.write_backs().is_empty());
+        assert!(p.write_backs(|_| true).is_empty());
         // a worker writes it again, then a home write (fetching it first: it may read it)
         // makes home the latest again
         p.task(1, [(0, true)].into_iter(), &mut n);
-        assert_eq!(p.write_backs().len(), 1);
+        assert_eq!(p.write_backs(|_| true).len(), 1);
         n.clear();
         p.task(0, [(0, true)].into_iter(), &mut n);
         let fetch = Need {
@@ -1000,12 +1103,37 @@ mod tests {
             to: 0,
         };
         assert_eq!(n, vec![fetch]);
-        assert!(p.write_backs().is_empty());
+        assert!(p.write_backs(|_| true).is_empty());
         // a second writer here (of another part, maybe at the same time as the first) waits
         // for the same fetch: it must not write the copy that the fetch replaces
         n.clear();
         p.task(0, [(0, true)].into_iter(), &mut n);
         assert_eq!(n, vec![fetch]);
+    }
+
+    #[test]
+    fn values_from_chunks_start_in_their_worker() {
+        let mut p = VersionPlan::new(1, [0]);
+        let mut n = Vec::new();
+        let from_chunk = |to| Need {
+            key: 0,
+            version: 0,
+            from: LAZY,
+            to,
+        };
+        // a reader in worker 2 copies the chunk's value there
+        p.task(2, [(0, false)].into_iter(), &mut n);
+        assert_eq!(n, [from_chunk(2)]);
+        assert_eq!(p.latest(0), LAZY);
+        // wanted home unchanged: it comes from the chunk
+        assert_eq!(p.write_backs(|_| true), [from_chunk(0)]);
+        assert!(p.write_backs(|_| false).is_empty());
+        // a writer here fills home from the chunk first; then home holds the latest
+        n.clear();
+        p.task(0, [(0, true)].into_iter(), &mut n);
+        assert_eq!(n, [from_chunk(0)]);
+        assert_eq!(p.latest(0), 0);
+        assert!(p.write_backs(|_| true).is_empty());
     }
 
     fn view_of(arg: RemoteArg) -> Arc<View> {
