@@ -966,9 +966,15 @@ fn sequential(ops: &[Op]) -> (World, Vec<u64>) {
 
 fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
     let mut w = start();
+    // buffer 0 is a chunk in worker 1, taken into the region where it lives and out as a
+    // chunk where the region leaves it
+    let chunk = dagger::tochunk_on(w.bufs[0].clone(), Scope::worker(1)).unwrap();
     let World { bufs, flat, mat } = &mut w;
-    let sums = spawn_datadeps_with(opts, |dd| {
-        let h: Vec<_> = bufs.iter_mut().map(|b| dd.data(b)).collect();
+    let (sums, out) = spawn_datadeps_with(opts, |dd| {
+        let first = dd.own_chunk(&chunk).unwrap();
+        let h: Vec<_> = std::iter::once(first)
+            .chain(bufs[1..].iter_mut().map(|b| dd.data(b)))
+            .collect();
         let part = |a: usize, lo: bool| h[a].part(if lo { Half::Lo } else { Half::Hi });
         let flat = dd.slice(flat);
         let view = |(r0, r1): Span| flat.view(r0..r1);
@@ -1020,9 +1026,15 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
                 }
             }
         }
-        sums
+        (sums, dd.output_chunk(first))
     })
     .unwrap();
+    w.bufs[0] = out.into_inner().unwrap().fetch().unwrap();
+    assert_eq!(
+        chunk.fetch().unwrap(),
+        start().bufs[0],
+        "the chunk is unchanged"
+    );
     (w, sums.iter().map(|s| s.fetch().unwrap()).collect())
 }
 
