@@ -205,6 +205,21 @@ impl<T: Send + Sync + 'static> Chunk<T> {
         Chunk { cell }
     }
 
+    /// A chunk of the value `data` in a worker process (usable anywhere).
+    pub(crate) fn from_remote(data: Arc<crate::remote::RemoteData>, registry: u32) -> Self
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        let remote = RemoteValue::new(data, decode_any::<T>);
+        Self::make_with(
+            TaskId::next(),
+            Outcome::Remote(remote),
+            None,
+            registry,
+            NO_PROC,
+        )
+    }
+
     pub(crate) fn from_task(task: DTask<T>) -> Self {
         Chunk { cell: task.cell }
     }

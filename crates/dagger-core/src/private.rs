@@ -28,6 +28,7 @@ use crate::thunk::Thunk;
 use std::any::{Any, TypeId};
 use std::sync::Arc;
 
+pub use crate::datadeps::BlockBuf;
 pub use crate::remote::functions::{Args, Codec, Param, Stored, TaskFn, TASK_FNS};
 pub use crate::task::ArgInfo;
 pub use linkme;

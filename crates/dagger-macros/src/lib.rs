@@ -347,6 +347,31 @@ enum ParamShape {
     OwnedVec(syn::Type),
     /// `Vec<&T>`: a collection of `T` values, borrowed.
     BorrowedVec(syn::Type),
+    /// `BlockRef<'_, T>` / `BlockMut<'_, T>` (a block of a datadeps matrix): stored as the
+    /// block's elements (`BlockBuf<T>`); only datadeps regions pass these.
+    Block(syn::Type, bool),
+}
+
+/// `BlockRef<'_, T>` or `BlockMut<'_, T>`: the element type and whether it is `BlockMut`.
+fn block_elem(ty: &syn::Type) -> Option<(syn::Type, bool)> {
+    let syn::Type::Path(p) = ty else { return None };
+    let seg = p.path.segments.last()?;
+    let mutable = match seg.ident.to_string().as_str() {
+        "BlockRef" => false,
+        "BlockMut" => true,
+        _ => return None,
+    };
+    let syn::PathArguments::AngleBracketed(a) = &seg.arguments else {
+        return None;
+    };
+    let mut types = a.args.iter().filter_map(|g| match g {
+        syn::GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    match (types.next(), types.next()) {
+        (Some(t), None) => Some((t, mutable)),
+        _ => None,
+    }
 }
 
 fn vec_elem(ty: &syn::Type) -> Option<&syn::Type> {
@@ -400,6 +425,10 @@ fn param_shape(ty: &syn::Type) -> syn::Result<ParamShape> {
             ty,
             "task functions need concrete parameter types, not `impl Trait`",
         )),
+        other if block_elem(other).is_some() => {
+            let (elem, mutable) = block_elem(other).expect("checked");
+            Ok(ParamShape::Block(elem, mutable))
+        }
         other => match vec_elem(other) {
             Some(syn::Type::Reference(r)) => {
                 if r.mutability.is_some() {
@@ -482,7 +511,10 @@ fn task_entry(func: &syn::ItemFn, subst: &[(Ident, syn::Type)]) -> syn::Result<T
     for (i, ty) in params.iter().enumerate() {
         let x = format_ident!("__dagger_p{}", i);
         let shape = param_shape(ty)?;
-        let mutable = matches!(shape, ParamShape::BorrowedMut(_));
+        let mutable = matches!(
+            shape,
+            ParamShape::BorrowedMut(_) | ParamShape::Block(_, true)
+        );
         let (codec_ty, elem, fetch) = match shape {
             ParamShape::Owned(t) => (t.clone(), None, quote!(__dagger_args.take::<#t>(#i)?)),
             ParamShape::Borrowed(t) => (t.clone(), None, quote!(__dagger_args.borrow::<#t>(#i)?)),
@@ -498,6 +530,20 @@ fn task_entry(func: &syn::ItemFn, subst: &[(Ident, syn::Type)]) -> syn::Result<T
                 syn::parse_quote!(::std::vec::Vec<#t>),
                 Some(t.clone()),
                 quote!(__dagger_args.borrow_many::<#t>(#i)?),
+            ),
+            ParamShape::Block(t, false) => (
+                syn::parse_quote!(::dagger::__private::BlockBuf<#t>),
+                None,
+                quote!(__dagger_args
+                    .borrow::<::dagger::__private::BlockBuf<#t>>(#i)?
+                    .block_ref()?),
+            ),
+            ParamShape::Block(t, true) => (
+                syn::parse_quote!(::dagger::__private::BlockBuf<#t>),
+                None,
+                quote!(__dagger_args
+                    .borrow_mut::<::dagger::__private::BlockBuf<#t>>(#i)?
+                    .block_mut()?),
             ),
         };
         let elem = match elem {

@@ -146,7 +146,9 @@ pub use dagger_macros::delayed;
 /// spawned with `?` (`spawn!(f(x)?)`); its `Err` fails the task with `E`'s message.
 /// A `&mut T` (or `&mut [T]`) parameter is for tasks of data-dependency regions only
 /// ([`Region::spawn_task`], [`spawn!`]`(dd, ..)`): the task changes the region's data in place,
-/// in whichever process it runs; `spawn!(f(..))` outside a region cannot pass one.
+/// in whichever process it runs; `spawn!(f(..))` outside a region cannot pass one. So are
+/// [`BlockRef`]`<'_, T>` and [`BlockMut`]`<'_, T>` parameters (blocks of a region's matrix,
+/// [`Region::matrix`]), which receive a copy of the block's elements in a worker process.
 /// A generic function lists the instances to register:
 /// `#[dagger::task(instance(T = u32), instance(T = f64))]`.
 ///

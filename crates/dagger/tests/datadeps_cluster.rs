@@ -4,8 +4,8 @@
 
 use dagger::prelude::*;
 use dagger::{
-    spawn_datadeps, spawn_datadeps_with, CostPlanner, DatadepsOptions, In, InOut, LaunchSpec, Out,
-    RoundRobin, TransferStats, Transfers, Traversal, Val, WorkerId,
+    spawn_datadeps, spawn_datadeps_with, BlockMut, BlockRef, CostPlanner, DatadepsOptions, In,
+    InOut, LaunchSpec, Out, RoundRobin, TransferStats, Transfers, Traversal, Val, WorkerId,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -274,6 +274,365 @@ fn a_worker_lost_while_running_a_region_task_is_an_error() {
     assert!(err.to_string().contains("worker 1"), "{err}");
 }
 
+// ---- views (slices, blocks, parts) in worker processes ----
+
+#[dagger::task]
+fn add_slice(dst: &mut [u64], src: &[u64]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+}
+
+#[dagger::task]
+fn slice_total(x: &[u64]) -> u64 {
+    x.iter().sum()
+}
+
+#[dagger::task]
+fn slice_worker(_x: &[u64]) -> u32 {
+    dagger::current_processor().worker.0
+}
+
+#[test]
+fn views_of_a_slice_run_in_workers_and_bring_home_only_their_elements() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        const N: usize = 1000;
+        let big = 1u64 << 40; // 6 bytes encoded: the element counts show in the bytes
+        let mut v = vec![big; N];
+        let ones = vec![1u64; N];
+        let t = Transfers::new();
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let (total, place) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let (v, ones) = (dd.slice(&mut v), dd.read_slice(&ones));
+            // the two halves are written on different workers at the same time
+            let a = dd.spawn_task_with(
+                on(1),
+                add_slice,
+                (InOut(v.view(..N / 2)), ones.view(..N / 2)),
+            );
+            let b = dd.spawn_task_with(
+                on(2),
+                add_slice,
+                (InOut(v.view(N / 2..)), ones.view(N / 2..)),
+            );
+            assert!(dd.dependencies(b.index()).is_empty());
+            // rows 0..4 again, on worker 2: after the first only
+            let c = dd.spawn_task_with(on(2), add_slice, (InOut(v.view(..4)), ones.view(..4)));
+            assert_eq!(dd.dependencies(c.index()), vec![a.index()]);
+            let total = dd.spawn_task_with(on(1), slice_total, (v,));
+            let place = dd.spawn_task_with(on(2), slice_worker, (v.view(10..20),));
+            (total, place)
+        })
+        .unwrap();
+        assert_eq!(v[..4], [big + 2; 4]);
+        assert!(
+            v[4..].iter().all(|&x| x == big + 1),
+            "both halves came home"
+        );
+        assert_eq!(total.fetch().unwrap(), N as u64 * (big + 1) + 4);
+        assert_eq!(place.fetch().unwrap(), 2);
+        let s = t.stats();
+        assert_eq!(s.remote_tasks, 5, "{s:?}");
+        // each task sends its views (2 + 2 + 2 + 1 + 1), and the three written views come
+        // home: 500 + 500 + 4 elements of 6 bytes, not three whole buffers
+        assert_eq!(
+            (s.sent, s.written_back, s.moved, s.fetched),
+            (8, 3, 0, 0),
+            "{s:?}"
+        );
+        let elems = (N / 2 + N / 2 + 4) as u64;
+        assert!(
+            s.written_back_bytes >= 6 * elems && s.written_back_bytes < 6 * elems + 16,
+            "{s:?}"
+        );
+    });
+}
+
+#[dagger::task]
+fn tile_mix(mut t: BlockMut<'_, f64>, src: BlockRef<'_, f64>, salt: f64) {
+    for j in 0..t.ncols() {
+        for i in 0..t.nrows() {
+            *t.get_mut(i, j) = tile_elem(*t.get_mut(i, j), *src.get(i, j), i, j, salt);
+        }
+    }
+}
+
+#[dagger::task]
+fn tile_sum(t: BlockRef<'_, f64>) -> f64 {
+    (0..t.ncols()).map(|j| t.col(j).iter().sum::<f64>()).sum()
+}
+
+fn tile_elem(x: f64, s: f64, i: usize, j: usize, salt: f64) -> f64 {
+    x * 0.5 + s + (i * 10 + j) as f64 + salt
+}
+
+/// The tile kernel on a plain column-major `n` x `n` matrix (the sequential reference).
+fn tile_mix_plain(
+    m: &mut [f64],
+    n: usize,
+    dst: (usize, usize),
+    src: (usize, usize),
+    tb: usize,
+    salt: f64,
+) {
+    for j in 0..tb {
+        for i in 0..tb {
+            let s = m[(src.1 * tb + j) * n + src.0 * tb + i];
+            let d = &mut m[(dst.1 * tb + j) * n + dst.0 * tb + i];
+            *d = tile_elem(*d, s, i, j, salt);
+        }
+    }
+}
+
+#[test]
+fn tiles_of_a_matrix_run_in_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let (n, tb) = (8, 4);
+        let start: Vec<f64> = (0..n * n).map(|x| x as f64).collect();
+        // (dst tile, src tile, salt, worker)
+        let steps = [
+            ((0, 0), (1, 1), 1.0, 1),
+            ((1, 1), (0, 1), 2.0, 2),
+            ((1, 0), (0, 0), 3.0, 2),
+            ((0, 1), (1, 0), 4.0, 1),
+        ];
+        let mut want = start.clone();
+        for &(d, s, salt, _) in &steps {
+            tile_mix_plain(&mut want, n, d, s, tb, salt);
+        }
+        let mut m = start.clone();
+        let t = Transfers::new();
+        let sum = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let a = dd.matrix(&mut m, n, n);
+            for &(d, s, salt, w) in &steps {
+                dd.spawn_task_with(
+                    Options::new().scope(Scope::worker(w)),
+                    tile_mix,
+                    (
+                        InOut(a.tile(d.0, d.1, tb, tb)),
+                        In(a.tile(s.0, s.1, tb, tb)),
+                        Val(salt),
+                    ),
+                );
+            }
+            dd.spawn_task_with(
+                Options::new().scope(Scope::worker(1)),
+                tile_sum,
+                (a.block(2..6, 1..7),),
+            )
+        })
+        .unwrap();
+        assert_eq!(m, want);
+        let mut inner = 0.0;
+        for j in 1..7 {
+            for i in 2..6 {
+                inner += want[j * n + i];
+            }
+        }
+        assert_eq!(sum.fetch().unwrap(), inner);
+        let s = t.stats();
+        assert_eq!((s.remote_tasks, s.sent, s.written_back), (5, 9, 4), "{s:?}");
+    });
+}
+
+// (the parts of `Halves` are lent as `&Vec<u64>` and `&mut Vec<u64>`)
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn scale_half(h: &mut Vec<u64>, k: u64) {
+    h.iter_mut().for_each(|x| *x = x.wrapping_mul(k));
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn add_half(dst: &mut Vec<u64>, src: &Vec<u64>) {
+    dst.iter_mut()
+        .zip(src)
+        .for_each(|(d, s)| *d = d.wrapping_add(*s));
+}
+
+#[test]
+fn parts_of_a_value_run_in_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut h = Halves {
+            lo: vec![1; 100],
+            hi: vec![2; 100],
+        };
+        let t = Transfers::new();
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let total = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let h = dd.data(&mut h);
+            let (lo, hi) = (h.part(Half::Lo), h.part(Half::Hi));
+            // the halves change on different workers at the same time
+            dd.spawn_task_with(on(1), scale_half, (InOut(lo), Val(3u64)));
+            let b = dd.spawn_task_with(on(2), scale_half, (InOut(hi), Val(5u64)));
+            assert!(dd.dependencies(b.index()).is_empty());
+            // the whole value on worker 1 (a cached copy), then a part on worker 2: home
+            // fetches the whole value from worker 1 first
+            dd.spawn_task_with(on(1), mix, (In(dd.own(h_zero())), InOut(h), Val(1u64)));
+            dd.spawn_task_with(on(2), add_half, (InOut(hi), In(lo)));
+            dd.spawn_task_with(on(1), sum_halves, (In(h),))
+        })
+        .unwrap();
+        let mut want = Halves {
+            lo: vec![3; 100],
+            hi: vec![10; 100],
+        };
+        mix(&h_zero(), &mut want, 1);
+        let lo = want.lo.clone();
+        add_half(&mut want.hi, &lo);
+        assert_eq!(h, want);
+        assert_eq!(total.fetch().unwrap(), sum_halves(&want));
+        let s = t.stats();
+        // sent: lo, hi, the zero value and h (whole, to worker 1), hi and lo (for add_half),
+        // then h again to worker 1 (home has the latest version); fetched: h from worker 1
+        assert_eq!((s.sent, s.fetched, s.moved), (7, 1, 0), "{s:?}");
+        // written back: the three parts written in workers; the whole value's latest version
+        // is home at the end
+        assert_eq!(s.written_back, 3, "{s:?}");
+    });
+}
+
+fn h_zero() -> Halves {
+    Halves {
+        lo: vec![0; 100],
+        hi: vec![0; 100],
+    }
+}
+
+#[test]
+fn an_unregistered_function_on_views_is_refused_for_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let mut v = vec![0u64; 4];
+        let err = spawn_datadeps(|dd| {
+            let v = dd.slice(&mut v);
+            dd.spawn_task(|x: &mut [u64]| x.fill(1), (InOut(v.view(..2)),));
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("not a #[dagger::task] function"),
+            "{err}"
+        );
+        assert_eq!(v, [0; 4]);
+        // an empty view is fine
+        spawn_datadeps(|dd| {
+            let v = dd.slice(&mut v);
+            let on1 = Options::new().scope(Scope::worker(1));
+            dd.spawn_task_with(on1, add_slice, (InOut(v.view(2..2)), v.view(..0)));
+        })
+        .unwrap();
+    });
+}
+
+// ---- chunks in workers as region data ----
+
+#[dagger::task]
+fn bump(x: &mut Buf, k: u64) {
+    x.0.iter_mut().for_each(|v| *v += k);
+}
+
+#[test]
+fn chunks_in_workers_are_changed_where_they_live() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let c = dagger::tochunk_on(Buf((0..1000).collect()), Scope::worker(1)).unwrap();
+        assert_eq!(c.processor().worker, WorkerId(1));
+
+        // changed twice and read on worker 1, where the chunk lives: nothing crosses a
+        // process boundary (the region copies the value inside worker 1), and the result is
+        // a new chunk in worker 1
+        let t = Transfers::new();
+        let (out, sum) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&c).unwrap();
+            dd.spawn_task_with(on(1), bump, (InOut(d), Val(2u64)));
+            dd.spawn_task_with(on(1), bump, (InOut(d), Val(3u64)));
+            let sum = dd.spawn_task_with(on(1), total, (In(d),));
+            (dd.output_chunk(d), sum)
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.fetched, s.written_back, s.moved, s.remote_tasks),
+            (0, 0, 0, 1, 3),
+            "{s:?}"
+        );
+        let new = out.into_inner().expect("a chunk");
+        assert_eq!(new.processor().worker, WorkerId(1), "it stays in worker 1");
+        assert_eq!(sum.fetch().unwrap(), (0..1000u64).sum::<u64>() + 5 * 1000);
+        assert_eq!(new.fetch().unwrap().0[10], 15);
+        assert_eq!(
+            c.fetch().unwrap().0[10],
+            10,
+            "the chunk itself is not changed"
+        );
+
+        // changed on worker 2 (copied there from worker 1 directly), taken out as a value
+        let t = Transfers::new();
+        let out = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&new).unwrap();
+            dd.spawn_task_with(on(2), bump, (InOut(d), Val(1u64)));
+            dd.output(d)
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.fetched, s.moved, s.written_back),
+            (0, 0, 1, 1),
+            "{s:?}"
+        );
+        assert_eq!(out.into_inner().unwrap().0[10], 16);
+
+        // a task here needs it here first; the last change, on worker 2, stays there
+        let t = Transfers::new();
+        let out = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&new).unwrap();
+            dd.spawn(|b: &mut Buf| b.0[0] = 99, (InOut(d),));
+            dd.spawn_task_with(on(2), bump, (InOut(d), Val(1u64)));
+            dd.output_chunk(d)
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!((s.fetched, s.sent, s.written_back), (1, 1, 0), "{s:?}");
+        let last = out.into_inner().unwrap();
+        assert_eq!(last.processor().worker, WorkerId(2));
+        let v = last.fetch().unwrap();
+        assert_eq!((v.0[0], v.0[10]), (100, 16));
+
+        // only tasks here: the value comes here before they start
+        let out = spawn_datadeps(|dd| {
+            let d = dd.own_chunk(&last).unwrap();
+            dd.spawn(|b: &mut Buf| b.0[1] += 1, (InOut(d),));
+            dd.output_chunk(d)
+        })
+        .unwrap();
+        let here = out.into_inner().unwrap();
+        assert_eq!(here.processor().worker, WorkerId(0));
+        assert_eq!(here.fetch().unwrap().0[..2], [100, 8]);
+
+        // nobody changes it: the same chunk comes out; nobody takes it out: nothing moves
+        let t = Transfers::new();
+        let same = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_chunk(&last).unwrap();
+            let unused = dd.own_chunk(&last).unwrap();
+            dd.spawn_task_with(on(1), total, (In(d),));
+            dd.spawn_task_with(on(1), bump, (InOut(unused), Val(1u64)));
+            dd.output_chunk(d)
+        })
+        .unwrap();
+        let same = same.into_inner().unwrap();
+        assert_eq!(same.processor().worker, WorkerId(2));
+        assert_eq!(same.fetch().unwrap(), last.fetch().unwrap());
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.fetched, s.written_back, s.moved),
+            (0, 0, 0, 2),
+            "{s:?}"
+        );
+    });
+}
+
 // ---- property test: random programs over buffers, in workers and here ----
 
 /// A buffer of two halves that tasks here may also access separately (as parts, ordered by
@@ -330,6 +689,11 @@ impl Halves {
     }
 }
 
+/// A range of the flat buffer (possibly empty).
+type Span = (usize, usize);
+/// A tile of the matrix (row, column).
+type Tile = (usize, usize);
+
 #[derive(Clone, Debug)]
 enum Op {
     /// a := salt pattern (Out, in a worker or here)
@@ -344,10 +708,30 @@ enum Op {
     LocalHalf(usize, bool, u64),
     /// the sum of a (a result)
     Sum(usize),
+    /// a registered function on one half (a part), in a worker or here
+    Half(usize, bool, u64),
+    /// half y of b from half x of a (parts; In and InOut)
+    HalfMix(usize, bool, usize, bool, u64),
+    /// a view of the flat buffer from a half (a part)
+    SliceFromHalf(Span, usize, bool, u64),
+    /// a half from a view of the flat buffer
+    HalfFromSlice(usize, bool, Span),
+    /// a closure here on a view of the flat buffer
+    LocalSlice(Span, u64),
+    /// the sum of a view of the flat buffer (a result)
+    SliceSum(Span),
+    /// a tile of the matrix from another tile
+    TileMix(Tile, Tile, u64),
+    /// the sum of a block of the matrix (rows, columns; a result)
+    BlockSum(Span, Span),
 }
 
 const BUFS: usize = 4;
 const LEN: usize = 4;
+const FLAT: usize = 8;
+/// The matrix is `DIM` x `DIM` in `TB` x `TB` tiles.
+const DIM: usize = 4;
+const TB: usize = 2;
 
 #[dagger::task]
 fn fill(a: &mut Halves, salt: u64) {
@@ -389,8 +773,81 @@ fn local_half(h: &mut [u64], salt: u64) {
         .for_each(|x| *x = x.wrapping_mul(3).wrapping_add(salt));
 }
 
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn remote_half(h: &mut Vec<u64>, salt: u64) {
+    h.iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = x.rotate_left(7) ^ salt.wrapping_add(i as u64));
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn mix_half(x: &Vec<u64>, y: &mut Vec<u64>, salt: u64) {
+    for (b, a) in y.iter_mut().zip(x) {
+        *b = b.wrapping_mul(31).wrapping_add(*a ^ salt);
+    }
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn slice_from_half(dst: &mut [u64], src: &Vec<u64>, salt: u64) {
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = d.wrapping_mul(5) ^ src[i % src.len()].wrapping_add(salt);
+    }
+}
+
+#[allow(clippy::ptr_arg)]
+#[dagger::task]
+fn half_from_slice(dst: &mut Vec<u64>, src: &[u64]) {
+    if src.is_empty() {
+        return;
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = d.wrapping_add(src[i % src.len()]).rotate_right(3);
+    }
+}
+
+fn local_slice(x: &mut [u64], salt: u64) {
+    x.iter_mut().for_each(|v| *v = v.wrapping_sub(salt));
+}
+
+#[dagger::task]
+fn flat_sum(x: &[u64]) -> u64 {
+    x.iter().fold(0, |s, v| s.wrapping_mul(3).wrapping_add(*v))
+}
+
+fn tile_u(x: u64, s: u64, i: usize, j: usize, salt: u64) -> u64 {
+    x.wrapping_mul(7) ^ s.wrapping_add(salt).wrapping_add((i * 10 + j) as u64)
+}
+
+#[dagger::task]
+fn tile_mix_u(mut t: BlockMut<'_, u64>, src: BlockRef<'_, u64>, salt: u64) {
+    for j in 0..t.ncols() {
+        for i in 0..t.nrows() {
+            *t.get_mut(i, j) = tile_u(*t.get_mut(i, j), *src.get(i, j), i, j, salt);
+        }
+    }
+}
+
+#[dagger::task]
+fn block_sum_u(b: BlockRef<'_, u64>) -> u64 {
+    (0..b.ncols())
+        .flat_map(|j| b.col(j).iter())
+        .fold(0, |s, v| s.wrapping_mul(5).wrapping_add(*v))
+}
+
+fn span() -> impl Strategy<Value = Span> {
+    (0..=FLAT, 0..=FLAT).prop_map(|(a, b)| (a.min(b), a.max(b)))
+}
+
+fn dim_span() -> impl Strategy<Value = Span> {
+    (0..=DIM, 0..=DIM).prop_map(|(a, b)| (a.min(b), a.max(b)))
+}
+
 fn op_strategy() -> impl Strategy<Value = Op> {
     let b = 0..BUFS;
+    let tile = (0..DIM / TB, 0..DIM / TB);
     prop_oneof![
         (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Fill(a, s)),
         (b.clone(), b.clone(), any::<u64>())
@@ -401,21 +858,61 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(a, b, c, s)| Op::Mix2(a, b, c, s)),
         (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Local(a, s)),
         (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::LocalHalf(a, h, s)),
-        b.prop_map(Op::Sum),
+        b.clone().prop_map(Op::Sum),
+        (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::Half(a, h, s)),
+        (
+            b.clone(),
+            any::<bool>(),
+            b.clone(),
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_filter("distinct", |(a, x, b, y, _)| a != b || x != y)
+            .prop_map(|(a, x, b, y, s)| Op::HalfMix(a, x, b, y, s)),
+        (span(), b.clone(), any::<bool>(), any::<u64>())
+            .prop_map(|(r, a, h, s)| Op::SliceFromHalf(r, a, h, s)),
+        (b.clone(), any::<bool>(), span()).prop_map(|(a, h, r)| Op::HalfFromSlice(a, h, r)),
+        (span(), any::<u64>()).prop_map(|(r, s)| Op::LocalSlice(r, s)),
+        span().prop_map(Op::SliceSum),
+        (tile.clone(), tile, any::<u64>())
+            .prop_filter("distinct", |(a, b, _)| a != b)
+            .prop_map(|(a, b, s)| Op::TileMix(a, b, s)),
+        (dim_span(), dim_span()).prop_map(|(r, c)| Op::BlockSum(r, c)),
     ]
 }
 
-fn start() -> Vec<Halves> {
-    (0..BUFS)
-        .map(|b| Halves {
-            lo: vec![b as u64 + 1; LEN],
-            hi: vec![b as u64 + 7; LEN],
-        })
-        .collect()
+/// The region data: buffers with halves, a flat buffer, a column-major matrix.
+#[derive(Clone, Debug, PartialEq)]
+struct World {
+    bufs: Vec<Halves>,
+    flat: Vec<u64>,
+    mat: Vec<u64>,
 }
 
-fn sequential(ops: &[Op]) -> (Vec<Halves>, Vec<u64>) {
-    let mut bufs = start();
+fn start() -> World {
+    World {
+        bufs: (0..BUFS)
+            .map(|b| Halves {
+                lo: vec![b as u64 + 1; LEN],
+                hi: vec![b as u64 + 7; LEN],
+            })
+            .collect(),
+        flat: (0..FLAT as u64).map(|i| i * 11 + 1).collect(),
+        mat: (0..(DIM * DIM) as u64).map(|i| i * 13 + 2).collect(),
+    }
+}
+
+fn half(h: &mut Halves, lo: bool) -> &mut Vec<u64> {
+    if lo {
+        &mut h.lo
+    } else {
+        &mut h.hi
+    }
+}
+
+fn sequential(ops: &[Op]) -> (World, Vec<u64>) {
+    let mut w = start();
+    let bufs = &mut w.bufs;
     let mut sums = Vec::new();
     for op in ops {
         match *op {
@@ -429,19 +926,60 @@ fn sequential(ops: &[Op]) -> (Vec<Halves>, Vec<u64>) {
                 mix2(&x, &y, &mut bufs[c], s)
             }
             Op::Local(a, s) => local(&mut bufs[a], s),
-            Op::LocalHalf(a, lo, s) => {
-                local_half(if lo { &mut bufs[a].lo } else { &mut bufs[a].hi }, s)
-            }
+            Op::LocalHalf(a, lo, s) => local_half(half(&mut bufs[a], lo), s),
             Op::Sum(a) => sums.push(sum_halves(&bufs[a])),
+            Op::Half(a, lo, s) => remote_half(half(&mut bufs[a], lo), s),
+            Op::HalfMix(a, x, b, y, s) => {
+                let src = half(&mut bufs[a], x).clone();
+                mix_half(&src, half(&mut bufs[b], y), s)
+            }
+            Op::SliceFromHalf((r0, r1), a, lo, s) => {
+                slice_from_half(&mut w.flat[r0..r1], half(&mut bufs[a], lo), s)
+            }
+            Op::HalfFromSlice(a, lo, (r0, r1)) => {
+                half_from_slice(half(&mut bufs[a], lo), &w.flat[r0..r1])
+            }
+            Op::LocalSlice((r0, r1), s) => local_slice(&mut w.flat[r0..r1], s),
+            Op::SliceSum((r0, r1)) => sums.push(flat_sum(&w.flat[r0..r1])),
+            Op::TileMix(d, src, salt) => {
+                for j in 0..TB {
+                    for i in 0..TB {
+                        let s = w.mat[(src.1 * TB + j) * DIM + src.0 * TB + i];
+                        let x = &mut w.mat[(d.1 * TB + j) * DIM + d.0 * TB + i];
+                        *x = tile_u(*x, s, i, j, salt);
+                    }
+                }
+            }
+            Op::BlockSum((r0, r1), (c0, c1)) => {
+                let mut acc = 0u64;
+                for c in c0..c1 {
+                    for r in r0..r1 {
+                        acc = acc.wrapping_mul(5).wrapping_add(w.mat[c * DIM + r]);
+                    }
+                }
+                sums.push(acc);
+            }
         }
     }
-    (bufs, sums)
+    (w, sums)
 }
 
-fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Halves>, Vec<u64>) {
-    let mut bufs = start();
-    let sums = spawn_datadeps_with(opts, |dd| {
-        let h: Vec<_> = bufs.iter_mut().map(|b| dd.data(b)).collect();
+fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
+    let mut w = start();
+    // buffer 0 is a chunk in worker 1, taken into the region where it lives and out as a
+    // chunk where the region leaves it
+    let chunk = dagger::tochunk_on(w.bufs[0].clone(), Scope::worker(1)).unwrap();
+    let World { bufs, flat, mat } = &mut w;
+    let (sums, out) = spawn_datadeps_with(opts, |dd| {
+        let first = dd.own_chunk(&chunk).unwrap();
+        let h: Vec<_> = std::iter::once(first)
+            .chain(bufs[1..].iter_mut().map(|b| dd.data(b)))
+            .collect();
+        let part = |a: usize, lo: bool| h[a].part(if lo { Half::Lo } else { Half::Hi });
+        let flat = dd.slice(flat);
+        let view = |(r0, r1): Span| flat.view(r0..r1);
+        let m = dd.matrix(mat, DIM, DIM);
+        let tile = |(i, j): Tile| m.tile(i, j, TB, TB);
         let mut sums = Vec::new();
         for op in ops {
             match *op {
@@ -458,16 +996,46 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (Vec<Halves>, Vec<u64>) {
                     dd.spawn(move |x: &mut Halves| local(x, s), (InOut(h[a]),));
                 }
                 Op::LocalHalf(a, lo, s) => {
-                    let part = h[a].part(if lo { Half::Lo } else { Half::Hi });
-                    dd.spawn(move |x: &mut Vec<u64>| local_half(x, s), (InOut(part),));
+                    dd.spawn(
+                        move |x: &mut Vec<u64>| local_half(x, s),
+                        (InOut(part(a, lo)),),
+                    );
                 }
                 Op::Sum(a) => sums.push(dd.spawn_task(sum_halves, (In(h[a]),))),
+                Op::Half(a, lo, s) => {
+                    dd.spawn_task(remote_half, (InOut(part(a, lo)), Val(s)));
+                }
+                Op::HalfMix(a, x, b, y, s) => {
+                    dd.spawn_task(mix_half, (In(part(a, x)), InOut(part(b, y)), Val(s)));
+                }
+                Op::SliceFromHalf(r, a, lo, s) => {
+                    dd.spawn_task(slice_from_half, (InOut(view(r)), part(a, lo), Val(s)));
+                }
+                Op::HalfFromSlice(a, lo, r) => {
+                    dd.spawn_task(half_from_slice, (InOut(part(a, lo)), view(r)));
+                }
+                Op::LocalSlice(r, s) => {
+                    dd.spawn(move |x: &mut [u64]| local_slice(x, s), (InOut(view(r)),));
+                }
+                Op::SliceSum(r) => sums.push(dd.spawn_task(flat_sum, (view(r),))),
+                Op::TileMix(d, src, s) => {
+                    dd.spawn_task(tile_mix_u, (InOut(tile(d)), In(tile(src)), Val(s)));
+                }
+                Op::BlockSum((r0, r1), (c0, c1)) => {
+                    sums.push(dd.spawn_task(block_sum_u, (m.block(r0..r1, c0..c1),)))
+                }
             }
         }
-        sums
+        (sums, dd.output_chunk(first))
     })
     .unwrap();
-    (bufs, sums.iter().map(|s| s.fetch().unwrap()).collect())
+    w.bufs[0] = out.into_inner().unwrap().fetch().unwrap();
+    assert_eq!(
+        chunk.fetch().unwrap(),
+        start().bufs[0],
+        "the chunk is unchanged"
+    );
+    (w, sums.iter().map(|s| s.fetch().unwrap()).collect())
 }
 
 fn moved(s: &TransferStats) -> u64 {

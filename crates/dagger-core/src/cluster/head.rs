@@ -819,6 +819,13 @@ impl Head {
 }
 
 impl Dispatch for Head {
+    fn adopt(&self, loc: Location, label: Label) -> Result<Arc<RemoteData>, String> {
+        let node = self.node.upgrade().ok_or("the cluster is shut down")?;
+        let data = RemoteData::new(loc, Arc::new(NodeLink(node)), None, label);
+        self.locate(loc.worker, &data);
+        Ok(data)
+    }
+
     fn put(&self, bytes: Bytes, scope: &Scope, label: Label) -> Result<Arc<RemoteData>, String> {
         let node = self.node.upgrade().ok_or("the cluster is shut down")?;
         let mut last = None;

@@ -310,7 +310,7 @@ impl<'scope, T> Block<'scope, T> {
         )
     }
 
-    fn origin(&self) -> *mut T {
+    pub(crate) fn origin(&self) -> *mut T {
         // SAFETY (of the arithmetic): the block lies inside the registered matrix.
         self.base
             .as_ptr()
@@ -369,6 +369,20 @@ unsafe impl<T: Sync> Send for BlockRef<'_, T> {}
 unsafe impl<T: Sync> Sync for BlockRef<'_, T> {}
 
 impl<'a, T> BlockRef<'a, T> {
+    /// A block of `nrows` x `ncols` elements at `ptr`, columns `ld` apart.
+    ///
+    /// # Safety
+    /// The elements are valid for reads for `'a`, and nobody writes them meanwhile.
+    pub(crate) unsafe fn from_raw(ptr: *const T, nrows: usize, ncols: usize, ld: usize) -> Self {
+        BlockRef {
+            ptr: ptr as *mut T,
+            nrows,
+            ncols,
+            ld,
+            _life: PhantomData,
+        }
+    }
+
     /// Rows.
     pub fn nrows(&self) -> usize {
         self.nrows
@@ -411,6 +425,21 @@ unsafe impl<T: Send> Send for BlockMut<'_, T> {}
 unsafe impl<T: Sync> Sync for BlockMut<'_, T> {}
 
 impl<T> BlockMut<'_, T> {
+    /// A block of `nrows` x `ncols` elements at `ptr`, columns `ld` apart.
+    ///
+    /// # Safety
+    /// The elements are valid for reads and writes while the result lives, and nobody else
+    /// accesses them meanwhile.
+    pub(crate) unsafe fn from_raw(ptr: *mut T, nrows: usize, ncols: usize, ld: usize) -> Self {
+        BlockMut {
+            ptr,
+            nrows,
+            ncols,
+            ld,
+            _life: PhantomData,
+        }
+    }
+
     /// Rows.
     pub fn nrows(&self) -> usize {
         self.nrows
@@ -542,8 +571,8 @@ pub unsafe trait Parts: Send + Sync + Sized + 'static {
 
 /// A part of a value registered with a region ([`Data::part`]).
 pub struct Part<'scope, T: Parts> {
-    data: Data<'scope, T>,
-    part: T::Part,
+    pub(crate) data: Data<'scope, T>,
+    pub(crate) part: T::Part,
 }
 
 impl<T: Parts> Clone for Part<'_, T> {

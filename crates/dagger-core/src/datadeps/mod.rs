@@ -35,4 +35,6 @@ pub use queue::{spawn_bulk, spawn_sequential};
 pub use region::{
     spawn_datadeps, spawn_datadeps_with, DatadepsOptions, Output, Region, RegionTask,
 };
+#[doc(hidden)]
+pub use remote::BlockBuf;
 pub use remote::{RemoteAccess, RemoteArg, RemoteArgs, TransferStats, Transfers};

@@ -7,9 +7,9 @@ use super::plan::{
     self, CostPlanner, PlanData, PlanProc, PlanTask, Planner, Traversal, DEFAULT_COST_NS,
 };
 use super::remote::{
-    self as rm, Copies, Home, Need, RemoteArgs, RemoteSpec, Transfers, VersionPlan,
+    self as rm, Copies, Home, Lazy, Need, RemoteArgs, RemoteSpec, Transfers, VersionPlan, LAZY,
 };
-use super::tracker::KeyState;
+use super::tracker::{KeyState, Span};
 use crate::chunk::Chunk;
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
@@ -338,15 +338,70 @@ impl<T> fmt::Debug for Output<T> {
 /// Its `finish` closure may borrow data of the region's `'scope`; the lifetime is erased
 /// (the region drops every slot before it returns).
 struct OwnedSlot {
+    /// A `Box<T>` (or `Box<MaybeUninit<T>>` while `init` is false).
     ptr: *mut (),
-    finish: Option<Box<dyn FnOnce(*mut ())>>,
+    finish: Option<Box<dyn FnOnce(*mut (), Ending)>>,
+    /// For a value taken from a chunk in a worker: whether the home value exists yet.
+    init: Option<Arc<AtomicBool>>,
+    /// What the region's end asks for.
+    out: OutKind,
+    /// Where the region left the latest version (set for chunk outputs).
+    end: End,
+}
+
+/// What an owned value's end hands its `finish` closure.
+struct Ending {
+    /// Whether the home value exists.
+    init: bool,
+    end: End,
+}
+
+/// Where the latest version of an owned value is when the region ends.
+#[derive(Default)]
+enum End {
+    /// Here (or the region failed: whatever is here).
+    #[default]
+    Home,
+    /// In a worker process (taken from the region's copies).
+    Worker(Arc<crate::remote::RemoteData>),
+    /// Still the chunk it was taken from: no task changed it.
+    Unchanged,
+}
+
+/// How an owned value leaves the region.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OutKind {
+    /// It is dropped.
+    Dropped,
+    /// Moved to an [`Output`] (its latest version comes here).
+    Value,
+    /// Made a chunk where its latest version is ([`Region::output_chunk`]).
+    Chunk,
 }
 
 impl Drop for OwnedSlot {
     fn drop(&mut self) {
         if let Some(f) = self.finish.take() {
-            f(self.ptr);
+            let init = self.init.as_ref().is_none_or(|i| i.load(Ordering::Acquire));
+            let end = std::mem::take(&mut self.end);
+            f(self.ptr, Ending { init, end });
         }
+    }
+}
+
+/// Frees an owned value's box, giving the value if it exists.
+///
+/// # Safety
+/// `p` came from `Box::into_raw` of a `Box<T>` or a `Box<MaybeUninit<T>>`, holds a value
+/// exactly when `init`, and is freed once.
+unsafe fn take_home<T>(p: *mut (), init: bool) -> Option<T> {
+    if init {
+        // SAFETY: forwarded.
+        Some(*unsafe { Box::from_raw(p as *mut T) })
+    } else {
+        // SAFETY: forwarded; `MaybeUninit<T>` has the layout of `T`.
+        drop(unsafe { Box::from_raw(p as *mut std::mem::MaybeUninit<T>) });
+        None
     }
 }
 
@@ -410,8 +465,10 @@ impl<'scope, R> Erasable<Box<dyn Body<R>>> for Box<dyn Body<R> + 'scope> {
     }
 }
 
-impl<'scope> Erasable<Box<dyn FnOnce(*mut ())>> for Box<dyn FnOnce(*mut ()) + 'scope> {
-    unsafe fn erase(self) -> Box<dyn FnOnce(*mut ())> {
+impl<'scope> Erasable<Box<dyn FnOnce(*mut (), Ending)>>
+    for Box<dyn FnOnce(*mut (), Ending) + 'scope>
+{
+    unsafe fn erase(self) -> Box<dyn FnOnce(*mut (), Ending)> {
         // SAFETY: same type up to the object lifetime bound; see `erase`.
         unsafe { std::mem::transmute(self) }
     }
@@ -438,9 +495,15 @@ struct State {
     preds: Vec<u32>,
     data_start: Vec<u32>,
     data: Vec<PlanData>,
+    /// For each of `data`: whether the task accesses the whole value (not a view of it).
+    whole: Vec<bool>,
     owned: Vec<OwnedSlot>,
     /// The key of each owned value's slot (`owned` index), by key.
     owned_of_key: HashMap<u32, usize>,
+    /// Values taken from chunks in workers without bringing them here, by key.
+    lazy: HashMap<u32, Arc<Lazy>>,
+    /// The chunks they were taken from (`Chunk<T>`), by key.
+    chunks: HashMap<u32, Box<dyn std::any::Any + Send + Sync>>,
     /// How to copy each key to and from workers (known once a task that may run there
     /// uses it).
     homes: Vec<Option<Home>>,
@@ -559,23 +622,37 @@ impl<'scope, 'env> Region<'scope, 'env> {
     }
 
     fn own_raw<T: Send + Sync + 'static>(&'scope self, value: T) -> (KeyRef, NonNull<T>) {
-        let key = self.new_key(true);
         let ptr = Box::into_raw(Box::new(value));
-        let free: Box<dyn FnOnce(*mut ()) + 'scope> = Box::new(|p: *mut ()| {
-            // SAFETY: `p` came from `Box::into_raw` of a `Box<T>` and is freed once.
-            drop(unsafe { Box::from_raw(p as *mut T) })
+        // SAFETY: `Box::into_raw` never returns null.
+        let (key, _) = self.own_slot::<T>(ptr as *mut (), None);
+        (key, unsafe { NonNull::new_unchecked(ptr) })
+    }
+
+    /// Registers the box at `ptr` (of a `T`, or of a `MaybeUninit<T>` while `init` is false)
+    /// as owned data; its slot's index.
+    fn own_slot<T: Send + Sync + 'static>(
+        &'scope self,
+        ptr: *mut (),
+        init: Option<Arc<AtomicBool>>,
+    ) -> (KeyRef, usize) {
+        let key = self.new_key(true);
+        let free: Box<dyn FnOnce(*mut (), Ending) + 'scope> = Box::new(|p: *mut (), e: Ending| {
+            // SAFETY: `p` is the slot's box, freed once, holding a value when `e.init`.
+            drop(unsafe { take_home::<T>(p, e.init) })
         });
         // SAFETY: the region drops its owned slots before it returns.
-        let free = unsafe { erase::<'scope, _, dyn FnOnce(*mut ())>(free) };
+        let free = unsafe { erase::<'scope, _, dyn FnOnce(*mut (), Ending)>(free) };
         let mut s = self.state.borrow_mut();
         let slot = s.owned.len();
         s.owned.push(OwnedSlot {
-            ptr: ptr as *mut (),
+            ptr,
             finish: Some(free),
+            init,
+            out: OutKind::Dropped,
+            end: End::Home,
         });
         s.owned_of_key.insert(key.key, slot);
-        // SAFETY: `Box::into_raw` never returns null.
-        (key, unsafe { NonNull::new_unchecked(ptr) })
+        (key, slot)
     }
 
     /// Moves `value` into the region: tasks may read and write it; it is dropped at the end of
@@ -599,14 +676,67 @@ impl<'scope, 'env> Region<'scope, 'env> {
         Ok(self.own(task.into_value()?))
     }
 
-    /// Copies the value of a chunk (also one that lives in another process) into the region,
-    /// like [`own`](Region::own); the chunk itself is not changed. Take the final value out
-    /// with [`output`](Region::output) and [`Output::into_chunk`].
+    /// Moves the value of a chunk into the region, like [`own`](Region::own); the chunk itself
+    /// is not changed (chunks are shared, immutable values). Take the final value out with
+    /// [`output`](Region::output), or as a new chunk with [`output_chunk`](Region::output_chunk).
+    ///
+    /// A chunk whose value lives in a worker process is not copied here: the region's first
+    /// version of the data is the chunk's value where it lives. Tasks in that worker copy it
+    /// there (no transfer), tasks in other workers copy it from that worker directly, and only
+    /// a task in this process, or [`output`](Region::output), brings it here. With
+    /// [`output_chunk`](Region::output_chunk), a value changed only in workers never comes
+    /// here at all.
+    ///
+    /// ```
+    /// use dagger_core::{spawn_datadeps, tochunk, InOut};
+    /// let c = tochunk(vec![1, 2]);
+    /// let out = spawn_datadeps(|dd| {
+    ///     let v = dd.own_chunk(&c)?;
+    ///     dd.spawn(|v: &mut Vec<i32>| v.push(3), (InOut(v),));
+    ///     Ok::<_, dagger_core::TaskError>(dd.output_chunk(v))
+    /// })
+    /// .unwrap()
+    /// .unwrap();
+    /// assert_eq!(out.into_inner().unwrap().fetch().unwrap(), vec![1, 2, 3]);
+    /// assert_eq!(c.fetch().unwrap(), vec![1, 2]); // the chunk is unchanged
+    /// ```
     pub fn own_chunk<T: Clone + Send + Sync + 'static>(
         &'scope self,
         chunk: &Chunk<T>,
     ) -> Result<Data<'scope, T>, TaskError> {
-        Ok(self.own(chunk.fetch()?))
+        let in_worker = chunk
+            .cell
+            .remote_data()
+            .and_then(|d| d.try_location().ok())
+            .filter(|_| crate::context::with_spawn_registry(|r| r.remote.mover().is_some()));
+        let Some(loc) = in_worker else {
+            return Ok(self.own(chunk.fetch()?));
+        };
+        let ptr = Box::into_raw(Box::new(std::mem::MaybeUninit::<T>::uninit())) as *mut T;
+        let init = Arc::new(AtomicBool::new(false));
+        let (key, _) = self.own_slot::<T>(ptr as *mut (), Some(init.clone()));
+        let home = rm::RawPtr(ptr);
+        let c = chunk.clone();
+        let fill = Box::new(move || {
+            let v = c
+                .fetch()
+                .map_err(|e| format!("fetching the chunk's value failed: {e}"))?;
+            // SAFETY: the home box holds no value yet (filled once, before anything reads
+            // or writes it: see `Lazy`).
+            unsafe { home.get().write(v) };
+            Ok(())
+        });
+        let mut st = self.state.borrow_mut();
+        st.lazy
+            .insert(key.key, Arc::new(Lazy::new(loc, fill, init)));
+        st.chunks.insert(key.key, Box::new(chunk.clone()));
+        drop(st);
+        Ok(Data {
+            key,
+            // SAFETY: `Box::into_raw` never returns null.
+            ptr: unsafe { NonNull::new_unchecked(ptr) },
+            _scope: PhantomData,
+        })
     }
 
     /// Registers a slice (borrowed mutably for the region); views of it ([`Slice::view`]) are
@@ -680,31 +810,98 @@ impl<'scope, 'env> Region<'scope, 'env> {
         }
     }
 
-    /// Takes a value moved into the region with [`own`](Region::own) (or `own_task`,
-    /// `own_chunk`) out at the end of the region, with whatever the tasks left in it.
+    /// The owned slot of `data`.
     ///
     /// # Panics
-    /// If `data` was not moved into this region (borrowed data stays with its owner).
-    pub fn output<T: Send + Sync + 'static>(&'scope self, data: Data<'scope, T>) -> Output<T> {
-        let out = Arc::new(Mutex::new(None));
-        let mut s = self.state.borrow_mut();
-        let slot = match (data.key.region == self.id)
+    /// If `data` was not moved into this region.
+    fn owned_slot<T>(&self, data: &Data<'scope, T>, what: &str) -> usize {
+        let s = self.state.borrow();
+        match (data.key.region == self.id)
             .then(|| s.owned_of_key.get(&data.key.key).copied())
             .flatten()
         {
             Some(slot) => slot,
             None => panic!(
-                "Region::output takes data moved into this region with `own`; borrowed data \
+                "Region::{what} takes data moved into this region with `own`; borrowed data \
                  is already the caller's after the region"
             ),
-        };
+        }
+    }
+
+    /// Takes a value moved into the region with [`own`](Region::own) (or `own_task`,
+    /// `own_chunk`) out at the end of the region, with whatever the tasks left in it (also
+    /// after a failed region; `None` for a value that never came here from its chunk).
+    ///
+    /// # Panics
+    /// If `data` was not moved into this region (borrowed data stays with its owner).
+    pub fn output<T: Send + Sync + 'static>(&'scope self, data: Data<'scope, T>) -> Output<T> {
+        let slot = self.owned_slot(&data, "output");
+        let out = Arc::new(Mutex::new(None));
         let o = out.clone();
-        s.owned[slot].finish = Some(Box::new(move |p: *mut ()| {
-            // SAFETY: `p` came from `Box::into_raw` of a `Box<T>` and is taken once.
-            let v = unsafe { Box::from_raw(p as *mut T) };
-            *o.lock().unwrap_or_else(|e| e.into_inner()) = Some(*v);
+        let mut s = self.state.borrow_mut();
+        s.owned[slot].out = OutKind::Value;
+        s.owned[slot].finish = Some(Box::new(move |p: *mut (), e: Ending| {
+            // SAFETY: `p` is the slot's box, taken once, holding a value when `e.init`.
+            let v = unsafe { take_home::<T>(p, e.init) };
+            *o.lock().unwrap_or_else(|e| e.into_inner()) = v;
         }));
         Output(out)
+    }
+
+    /// Takes a value moved into the region out at the end of the region as a chunk that stays
+    /// where the region left its latest version: in the worker process whose task changed it
+    /// last (nothing is copied here), here, or, when no task changed a value taken with
+    /// [`own_chunk`](Region::own_chunk), the chunk it was taken from. A chunk in a worker is
+    /// lost if that worker dies (it cannot be made again: reading it is then an error naming
+    /// the worker). After a failed region the chunk holds whatever the value was here, or the
+    /// chunk it came from.
+    ///
+    /// ```
+    /// use dagger_core::{spawn_datadeps, InOut};
+    /// let out = spawn_datadeps(|dd| {
+    ///     let v = dd.own(vec![1u8]);
+    ///     dd.spawn(|v: &mut Vec<u8>| v.push(2), (InOut(v),));
+    ///     dd.output_chunk(v)
+    /// })
+    /// .unwrap();
+    /// assert_eq!(out.into_inner().unwrap().fetch().unwrap(), vec![1, 2]);
+    /// ```
+    ///
+    /// # Panics
+    /// If `data` was not moved into this region.
+    pub fn output_chunk<T>(&'scope self, data: Data<'scope, T>) -> Output<Chunk<T>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        let slot = self.owned_slot(&data, "output_chunk");
+        let out = Arc::new(Mutex::new(None));
+        let o = out.clone();
+        // (the chunk a value taken with `own_chunk` came from, for when no task changed it)
+        let from = self.chunk_of::<T>(data.key.key);
+        let registry = crate::context::with_spawn_registry(|r| r.id);
+        let mut s = self.state.borrow_mut();
+        s.owned[slot].out = OutKind::Chunk;
+        s.owned[slot].finish = Some(Box::new(move |p: *mut (), e: Ending| {
+            // SAFETY: `p` is the slot's box, taken once, holding a value when `e.init`.
+            let here = unsafe { take_home::<T>(p, e.init) };
+            let chunk = match (e.end, here) {
+                (End::Worker(data), _) => Some(Chunk::from_remote(data, registry)),
+                (End::Unchanged, _) | (End::Home, None) => from,
+                (End::Home, Some(v)) => Some(Chunk::new(v)),
+            };
+            *o.lock().unwrap_or_else(|e| e.into_inner()) = chunk;
+        }));
+        Output(out)
+    }
+
+    /// The chunk a lazily owned value of key `key` was taken from.
+    fn chunk_of<T: Send + Sync + 'static>(&self, key: u32) -> Option<Chunk<T>> {
+        self.state
+            .borrow()
+            .chunks
+            .get(&key)
+            .and_then(|c| c.downcast_ref::<Chunk<T>>())
+            .cloned()
     }
 
     /// Spawns `f(args..)` as a task of the region; see [`spawn_with`](Region::spawn_with).
@@ -756,14 +953,22 @@ impl<'scope, 'env> Region<'scope, 'env> {
     /// workers), with options as for [`spawn_with`](Region::spawn_with) (a `scope` may name
     /// workers).
     ///
-    /// The function takes `&T` for data declared [`In`](super::In) and `&mut T` for data
-    /// declared [`Out`](super::Out) or [`InOut`](super::InOut); the arguments are whole values
-    /// ([`Data`]) and [`Val`](super::Val)s of serde types. When it runs in a worker, the region
-    /// first copies there the data the worker does not hold in its latest version (once per
-    /// version and worker, directly from the worker that wrote it), the function changes the
-    /// worker's copies in place, and the data it wrote is copied back home only when a task
-    /// here needs it or at the end of the region. In this process it runs like
-    /// [`spawn`](Region::spawn), on the data itself. [`Transfers`] counts the copies.
+    /// The function takes what [`spawn`](Region::spawn) would give it: `&T` for data declared
+    /// [`In`](super::In) and `&mut T` for data declared [`Out`](super::Out) or
+    /// [`InOut`](super::InOut); `&[T]` / `&mut [T]` for views of slices, [`BlockRef`](super::BlockRef)
+    /// / [`BlockMut`](super::BlockMut) for blocks of matrices, and `&P` / `&mut P` for parts
+    /// (of [`Parts`](super::Parts) types that lend parts as `&P` and `&mut P`); plain values
+    /// are [`Val`](super::Val)s. Every type must be serde.
+    ///
+    /// When it runs in a worker, the region first copies there the whole values the worker
+    /// does not hold in their latest version (once per version and worker, directly from the
+    /// worker that wrote them), the function changes the worker's copies in place, and the
+    /// values it wrote are copied back home only when a task here needs them or at the end of
+    /// the region. Views are not kept in workers: only the view's elements are sent with the
+    /// task, and the ones it writes come home as soon as it finished, so tasks writing
+    /// disjoint views in different workers run at the same time and all their changes
+    /// survive. In this process it runs like [`spawn`](Region::spawn), on the data itself.
+    /// [`Transfers`] counts the copies.
     ///
     /// A function that is not registered, or whose parameters do not match the arguments'
     /// types and modes, is refused (the region then runs none of its tasks).
@@ -898,6 +1103,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 } if (key as usize) < st.keys.len() => {
                     st.keys[key as usize].access(index, span, write, &mut st.preds);
                     st.data.push(PlanData { key, write });
+                    st.whole.push(span == Span::All);
                 }
                 Declared::Result { task, .. } if task < index => st.preds.push(task),
                 _ => {}
@@ -1135,10 +1341,28 @@ impl<'scope, 'env> Region<'scope, 'env> {
             Some(m) if procs.len() > local.len() => Some(Arc::new(Copies::new(
                 m,
                 st.homes.clone(),
+                st.lazy.clone(),
                 opts.transfers.clone(),
             ))),
             _ => None,
         };
+        if copies.is_none() {
+            // every task runs here: values taken from chunks in workers come here first
+            let failed = st.lazy.values().find_map(|l| {
+                crate::sched::blocking(|| l.fill())
+                    .err()
+                    .map(|e| (l.loc.worker, e))
+            });
+            if let Some((worker, e)) = failed {
+                st.tasks.clear();
+                return Err(TaskError::with_message(
+                    TaskId::next(),
+                    Some(Arc::from("datadeps own_chunk")),
+                    ErrorKind::Runtime,
+                    format!("bringing a chunk's value here from worker {worker} failed: {e}"),
+                ));
+            }
+        }
         // A task's scope must leave it somewhere to run.
         for t in st.tasks.iter() {
             let Some(scope) = &t.scope else { continue };
@@ -1171,7 +1395,9 @@ impl<'scope, 'env> Region<'scope, 'env> {
         let plan_procs: Vec<PlanProc> = procs.iter().map(|(p, _)| *p).collect();
         opts.planner.start_procs(&plan_procs, n);
         let inherited = crate::tls::spawn_env().options;
-        let mut versions = copies.as_ref().map(|_| VersionPlan::new(st.keys.len()));
+        let mut versions = copies
+            .as_ref()
+            .map(|_| VersionPlan::new(st.keys.len(), st.lazy.keys().copied()));
         let mut needs: Vec<Need> = Vec::new();
 
         self.shared.bodies.fetch_add(n, Ordering::AcqRel);
@@ -1219,11 +1445,22 @@ impl<'scope, 'env> Region<'scope, 'env> {
             };
             needs.clear();
             if let Some(v) = versions.as_mut() {
-                v.task(
-                    at.map_or(0, |(w, _)| w),
-                    data.iter().map(|d| (d.key, d.write)),
-                    &mut needs,
-                );
+                let whole = &st.whole[data_start[i] as usize..data_start[i + 1] as usize];
+                let access = |keep: bool| {
+                    data.iter()
+                        .zip(whole)
+                        .filter(move |(_, &w)| w == keep)
+                        .map(|(d, _)| (d.key, d.write))
+                };
+                match at {
+                    // a task in a worker uses whole values there, and views of data at home
+                    // (their elements travel with it: see `remote`)
+                    Some((w, _)) => {
+                        v.task(w, access(true), &mut needs);
+                        v.task(0, access(false), &mut needs);
+                    }
+                    None => v.task(0, data.iter().map(|d| (d.key, d.write)), &mut needs),
+                }
             }
             preds.clear();
             preds.extend(ps.iter().map(|&p| {
@@ -1285,10 +1522,8 @@ impl<'scope, 'env> Region<'scope, 'env> {
         drop(waiter); // waits for the bodies
         self.learn();
         if let Some(c) = copies {
-            // data whose latest version is on a worker goes home (after a failure the data
-            // is left as it is)
             let written = match (&failed, versions) {
-                (None, Some(v)) => c.write_back(&v.write_backs()),
+                (None, Some(v)) => self.settle(&c, &v, &reg),
                 _ => Ok(()),
             };
             c.free_all();
@@ -1305,6 +1540,50 @@ impl<'scope, 'env> Region<'scope, 'env> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// After every task succeeded: brings home the data whose latest version is in a worker
+    /// (borrowed data, and owned data taken out with `output`), and leaves the latest version
+    /// of data taken out with `output_chunk` where it is. Owned data nobody takes out is not
+    /// brought back.
+    fn settle(&self, c: &Copies, v: &VersionPlan, reg: &Registry) -> Result<(), String> {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let out = |key: u32| {
+            st.owned_of_key
+                .get(&key)
+                .map(|&slot| (slot, st.owned[slot].out))
+        };
+        let mut adopted = Vec::new();
+        let mut back = vec![false; st.keys.len()];
+        for key in 0..st.keys.len() as u32 {
+            match (out(key), v.latest(key)) {
+                (Some((slot, OutKind::Chunk)), LAZY) => adopted.push((slot, End::Unchanged)),
+                (Some((slot, OutKind::Chunk)), w) if w != 0 => {
+                    let taken = reg
+                        .remote
+                        .dispatcher()
+                        .and_then(|d| Some((d, c.take_slot(key, w)?)));
+                    match taken {
+                        Some((d, loc)) => {
+                            let label = crate::remote::data::Label::Text(format!(
+                                "the value of datadeps region data {key}, left in worker {w}"
+                            ));
+                            let data = d.adopt(loc, label).inspect_err(|_| c.free(loc))?;
+                            adopted.push((slot, End::Worker(data)));
+                        }
+                        // (nothing can take charge of it there: it comes here)
+                        None => back[key as usize] = true,
+                    }
+                }
+                (Some((_, OutKind::Chunk | OutKind::Dropped)), _) => {}
+                _ => back[key as usize] = true,
+            }
+        }
+        for (slot, end) in adopted {
+            st.owned[slot].end = end;
+        }
+        c.write_back(&v.write_backs(|k| back[k as usize]))
     }
 
     /// Ends the region once no task body is left: drops unlaunched tasks, frees owned data or
@@ -1618,8 +1897,11 @@ where
             preds: Vec::new(),
             data_start: Vec::new(),
             data: Vec::new(),
+            whole: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
+            lazy: HashMap::new(),
+            chunks: HashMap::new(),
             homes: Vec::new(),
             refused: None,
             scratch: Declarations::default(),

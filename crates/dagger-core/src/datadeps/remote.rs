@@ -3,20 +3,32 @@
 //!
 //! A closure cannot run in another process, so only calls of `#[dagger::task]` functions
 //! spawned with [`Region::spawn_task`](super::Region::spawn_task) may be placed on a worker,
-//! and only when every argument can be encoded: whole values ([`Data`]) of serde types and
-//! [`Val`]s. Views, blocks, parts and closures stay in this process.
+//! and only when every argument can be encoded: whole values ([`Data`]), views of slices
+//! ([`Slice`]), blocks of matrices ([`Block`]) and parts of values ([`Part`]) of serde types,
+//! and [`Val`]s. Closures and results of earlier region tasks stay in this process.
 //!
 //! The home copy of every piece of data is the one registered with the region (in this
 //! process). The planner walks the tasks in a topological order and gives every write a new
-//! *version* of the data it writes; a task that needs a version its process does not hold gets
-//! a copy first: from home (sent to the worker), from the worker that wrote it (pulled by the
-//! worker directly from that worker), or back home from a worker. Copies of one version to one
-//! process are made once, by whichever task needing it runs first (the others wait for it).
-//! Workers change their copies in place. At the end, data whose latest version is not home is
-//! written back; data no remote task wrote is never sent back.
+//! *version* of the data it writes.
+//!
+//! *Whole values* are cached on workers: a task that needs a version its process does not hold
+//! gets a copy first: from home (sent to the worker), from the worker that wrote it (pulled by
+//! the worker directly from that worker), or back home from a worker. Copies of one version to
+//! one process are made once, by whichever task needing it runs first (the others wait for
+//! it). Workers change their copies in place. At the end, data whose latest version is not
+//! home is written back; data no remote task wrote is never sent back.
+//!
+//! *Views* (slices, blocks, parts) are not cached: the elements of the view travel with the
+//! task that uses them, encoded from the home copy when it starts and, when it writes them,
+//! decoded back into the home copy as soon as it finished. For the version plan such a task
+//! uses the data at home (a copy home comes first if a worker holds the latest whole value).
+//! So only the view's elements move, never the rest of the buffer, and tasks writing disjoint
+//! views on different workers at the same time each bring back only their own elements: the
+//! home copy is where they meet, and nothing has to merge versions. The price is a round trip
+//! per written view and no reuse of a view between tasks on one worker.
 
 use super::access::{Access, In, InOut, Out, Val};
-use super::data::Data;
+use super::data::{Block, BlockMut, BlockRef, Data, Part, Parts, Slice, Target};
 use crate::error::BoxError;
 use crate::remote::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::remote::Mover;
@@ -73,6 +85,10 @@ pub(crate) enum Repr {
         write: bool,
         home: Home,
     },
+    View {
+        write: bool,
+        view: Arc<View>,
+    },
     Val {
         bytes: Result<Vec<u8>, String>,
         type_id: TypeId,
@@ -80,11 +96,20 @@ pub(crate) enum Repr {
     },
 }
 
-/// An argument that a task running in another process can receive: [`Data`] of a serde type
-/// (bare or in [`In`], [`Out`], [`InOut`]) and [`Val`] of a serde type.
+/// An argument that a task running in another process can receive: a data handle of a serde
+/// type ([`Data`], [`Slice`], [`Block`], [`Part`]; bare or in [`In`], [`Out`], [`InOut`]) and
+/// [`Val`] of a serde type.
 pub trait RemoteAccess: Access {
     #[doc(hidden)]
     fn remote(&self) -> RemoteArg;
+}
+
+/// A data handle whose data a task in another process can receive (sealed: the module is
+/// private).
+pub trait RemoteTarget: Target {
+    /// How the data crosses to a task reading (`write == false`) or writing it.
+    #[doc(hidden)]
+    fn remote_arg(&self, write: bool) -> RemoteArg;
 }
 
 fn data_arg<T: Serialize + DeserializeOwned + 'static>(d: &Data<'_, T>, write: bool) -> RemoteArg {
@@ -101,27 +126,289 @@ fn data_arg<T: Serialize + DeserializeOwned + 'static>(d: &Data<'_, T>, write: b
     })
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for Data<'_, T> {
-    fn remote(&self) -> RemoteArg {
-        data_arg(self, false)
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteTarget for Data<'_, T> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        data_arg(self, write)
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for In<Data<'_, T>> {
-    fn remote(&self) -> RemoteArg {
-        data_arg(&self.0, false)
+/// Encodes the elements of a view of home data.
+type EncodeView = Box<dyn Fn() -> Result<Vec<u8>, BoxError> + Send + Sync>;
+/// Decodes elements sent back by a worker into a view of home data.
+type DecodeView = Box<dyn Fn(&[u8]) -> Result<(), BoxError> + Send + Sync>;
+
+/// How a view of region data crosses to a task in another process: its elements, encoded from
+/// the home copy, and decoded back into it once a task wrote them.
+pub(crate) struct View {
+    /// Encodes the view's elements (as the parameter type the function takes).
+    encode: EncodeView,
+    /// Decodes what a task made of them back into the view's elements.
+    decode_into: DecodeView,
+    type_id: TypeId,
+    type_name: &'static str,
+}
+
+/// A pointer into a region's data, for the closures of a [`View`].
+pub(crate) struct RawPtr<T>(pub(crate) *mut T);
+
+impl<T> Clone for RawPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for RawPtr<T> {}
+
+// SAFETY: the closures of a `View` only read or write through it while the region gives the
+// task using the view access to it (the copy protocol in this module), for `T: Send + Sync`.
+unsafe impl<T: Send + Sync> Send for RawPtr<T> {}
+unsafe impl<T: Send + Sync> Sync for RawPtr<T> {}
+
+impl<T> RawPtr<T> {
+    /// The pointer (a method: a closure using it captures the whole `RawPtr`, not the raw
+    /// field).
+    pub(crate) fn get(self) -> *mut T {
+        self.0
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for Out<Data<'_, T>> {
-    fn remote(&self) -> RemoteArg {
-        data_arg(&self.0, true)
+fn encode_error<T>(e: postcard::Error) -> BoxError {
+    format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into()
+}
+
+fn decode_error<T>(e: postcard::Error) -> BoxError {
+    format!(
+        "cannot decode a {} sent back by a worker: {e}",
+        std::any::type_name::<T>()
+    )
+    .into()
+}
+
+fn view_arg(write: bool, view: View) -> RemoteArg {
+    RemoteArg(Repr::View {
+        write,
+        view: Arc::new(view),
+    })
+}
+
+/// A view of a slice reaches a worker as a `Vec<T>` of its elements, for a `&[T]` or
+/// `&mut [T]` parameter.
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteTarget for Slice<'_, T> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        let p = RawPtr(self.base.as_ptr().wrapping_add(self.start));
+        let len = self.len();
+        view_arg(
+            write,
+            View {
+                encode: Box::new(move || {
+                    // SAFETY: elements `start..end` of the registered slice, which nobody
+                    // writes while the task using the view reads them (see `View`).
+                    let s = unsafe { std::slice::from_raw_parts(p.get(), len) };
+                    postcard::to_allocvec(s).map_err(encode_error::<Vec<T>>)
+                }),
+                decode_into: Box::new(move |bytes| {
+                    let v: Vec<T> = postcard::from_bytes(bytes).map_err(decode_error::<Vec<T>>)?;
+                    if v.len() != len {
+                        return Err(format!(
+                            "a worker sent {} elements back for a view of {len}",
+                            v.len()
+                        )
+                        .into());
+                    }
+                    // SAFETY: as above; the task writing the view is its only user meanwhile.
+                    let s = unsafe { std::slice::from_raw_parts_mut(p.get(), len) };
+                    for (d, x) in s.iter_mut().zip(v) {
+                        *d = x;
+                    }
+                    Ok(())
+                }),
+                type_id: TypeId::of::<Vec<T>>(),
+                type_name: std::any::type_name::<Vec<T>>(),
+            },
+        )
     }
 }
 
-impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteAccess for InOut<Data<'_, T>> {
+/// The elements of a matrix block, column by column, as a task in a worker process receives
+/// them for a [`BlockRef`] or [`BlockMut`] parameter (the `#[dagger::task]` macro converts).
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct BlockBuf<T> {
+    nrows: usize,
+    ncols: usize,
+    data: Vec<T>,
+}
+
+impl<T> BlockBuf<T> {
+    fn check(&self) -> Result<(), BoxError> {
+        if self.nrows.checked_mul(self.ncols) != Some(self.data.len()) {
+            return Err(format!(
+                "a {}x{} block arrived with {} elements",
+                self.nrows,
+                self.ncols,
+                self.data.len()
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The block for reading; an error if its sizes do not match its elements.
+    pub fn block_ref(&self) -> Result<BlockRef<'_, T>, BoxError> {
+        self.check()?;
+        // SAFETY: `nrows * ncols` contiguous elements, columns `nrows` apart, borrowed.
+        Ok(unsafe { BlockRef::from_raw(self.data.as_ptr(), self.nrows, self.ncols, self.nrows) })
+    }
+
+    /// The block for writing; an error if its sizes do not match its elements.
+    pub fn block_mut(&mut self) -> Result<BlockMut<'_, T>, BoxError> {
+        self.check()?;
+        // SAFETY: as above, borrowed mutably.
+        Ok(unsafe {
+            BlockMut::from_raw(self.data.as_mut_ptr(), self.nrows, self.ncols, self.nrows)
+        })
+    }
+}
+
+/// Encodes a block of a home matrix exactly as its [`BlockBuf`] would be, without gathering
+/// it first.
+struct BlockOut<T> {
+    origin: RawPtr<T>,
+    nrows: usize,
+    ncols: usize,
+    ld: usize,
+}
+
+struct BlockElems<'a, T>(&'a BlockOut<T>);
+
+impl<T: Serialize> Serialize for BlockElems<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let b = self.0;
+        let mut seq = s.serialize_seq(Some(b.nrows * b.ncols))?;
+        for j in 0..b.ncols {
+            // SAFETY: column `j` of the block lies inside the registered matrix, which nobody
+            // writes there while it is encoded (see `View`).
+            let col = unsafe { std::slice::from_raw_parts(b.origin.get().add(j * b.ld), b.nrows) };
+            for x in col {
+                seq.serialize_element(x)?;
+            }
+        }
+        seq.end()
+    }
+}
+
+impl<T: Serialize> Serialize for BlockOut<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("BlockBuf", 3)?;
+        st.serialize_field("nrows", &self.nrows)?;
+        st.serialize_field("ncols", &self.ncols)?;
+        st.serialize_field("data", &BlockElems(self))?;
+        st.end()
+    }
+}
+
+/// A block of a matrix reaches a worker as its elements, column by column, for a
+/// [`BlockRef`] or [`BlockMut`] parameter.
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> RemoteTarget for Block<'_, T> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        let out = BlockOut {
+            origin: RawPtr(self.origin()),
+            nrows: self.nrows(),
+            ncols: self.ncols(),
+            ld: self.ld,
+        };
+        let (origin, nrows, ncols, ld) = (out.origin, out.nrows, out.ncols, out.ld);
+        view_arg(
+            write,
+            View {
+                encode: Box::new(move || {
+                    postcard::to_allocvec(&out).map_err(encode_error::<BlockBuf<T>>)
+                }),
+                decode_into: Box::new(move |bytes| {
+                    let b: BlockBuf<T> =
+                        postcard::from_bytes(bytes).map_err(decode_error::<BlockBuf<T>>)?;
+                    if (b.nrows, b.ncols) != (nrows, ncols) {
+                        return Err(format!(
+                            "a worker sent a {}x{} block back for a {nrows}x{ncols} one",
+                            b.nrows, b.ncols
+                        )
+                        .into());
+                    }
+                    b.check()?;
+                    let mut elems = b.data.into_iter();
+                    for j in 0..ncols {
+                        // SAFETY: column `j` of the block, inside the registered matrix; the
+                        // task writing the block is its only user meanwhile.
+                        let col = unsafe {
+                            std::slice::from_raw_parts_mut(origin.get().add(j * ld), nrows)
+                        };
+                        for (d, x) in col.iter_mut().zip(elems.by_ref()) {
+                            *d = x;
+                        }
+                    }
+                    Ok(())
+                }),
+                type_id: TypeId::of::<BlockBuf<T>>(),
+                type_name: std::any::type_name::<BlockBuf<T>>(),
+            },
+        )
+    }
+}
+
+/// A part of a value reaches a worker as the value of the part, for a `&P` or `&mut P`
+/// parameter; this needs parts borrowed as `&P` and `&mut P`.
+impl<T, P> RemoteTarget for Part<'_, T>
+where
+    T: for<'a> Parts<Ref<'a> = &'a P, Mut<'a> = &'a mut P>,
+    T::Part: 'static,
+    P: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        let (p, part) = (RawPtr(self.data.ptr.as_ptr()), self.part);
+        view_arg(
+            write,
+            View {
+                encode: Box::new(move || {
+                    // SAFETY: the part of a live value, which nobody writes while the task
+                    // using it reads it (see `View`).
+                    let v: &P = unsafe { T::part_ref(p.get(), part) };
+                    postcard::to_allocvec(v).map_err(encode_error::<P>)
+                }),
+                decode_into: Box::new(move |bytes| {
+                    let v: P = postcard::from_bytes(bytes).map_err(decode_error::<P>)?;
+                    // SAFETY: as above; the task writing the part is its only user meanwhile.
+                    unsafe { *T::part_mut(p.get(), part) = v };
+                    Ok(())
+                }),
+                type_id: TypeId::of::<P>(),
+                type_name: std::any::type_name::<P>(),
+            },
+        )
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for D {
     fn remote(&self) -> RemoteArg {
-        data_arg(&self.0, true)
+        self.remote_arg(false)
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for In<D> {
+    fn remote(&self) -> RemoteArg {
+        self.0.remote_arg(false)
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for Out<D> {
+    fn remote(&self) -> RemoteArg {
+        self.0.remote_arg(true)
+    }
+}
+
+impl<D: RemoteTarget> RemoteAccess for InOut<D> {
+    fn remote(&self) -> RemoteArg {
+        self.0.remote_arg(true)
     }
 }
 
@@ -202,6 +489,7 @@ pub(crate) fn check_call(
     for (i, (p, a)) in entry.params.iter().zip(args).enumerate() {
         let (type_id, type_name, write) = match a {
             Repr::Data { home, write, .. } => (home.type_id, home.type_name, *write),
+            Repr::View { view, write } => (view.type_id, view.type_name, *write),
             Repr::Val {
                 type_id, type_name, ..
             } => (*type_id, *type_name, false),
@@ -259,7 +547,8 @@ struct Counters {
 /// What [`Transfers`] counted (values and their encoded bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TransferStats {
-    /// Values sent from their home (this process) to a worker.
+    /// Values sent from their home (this process) to a worker, and views (slices, blocks,
+    /// parts) sent with a task running in a worker.
     pub sent: u64,
     /// Their bytes.
     pub sent_bytes: u64,
@@ -272,7 +561,7 @@ pub struct TransferStats {
     /// Their bytes.
     pub fetched_bytes: u64,
     /// Values written back home at the end of the region (those whose latest version was on a
-    /// worker).
+    /// worker), and views that a task in a worker wrote (brought home right after it).
     pub written_back: u64,
     /// Their bytes.
     pub written_back_bytes: u64,
@@ -315,6 +604,51 @@ impl fmt::Debug for Transfers {
     }
 }
 
+/// The "process" a value owned from a chunk in a worker comes from before any task changed it
+/// (see [`Lazy`]).
+pub(crate) const LAZY: u32 = u32::MAX;
+
+/// A value taken into a region from a chunk that lives in a worker process
+/// ([`Region::own_chunk`](super::Region::own_chunk)) without bringing it here: its version 0
+/// is the chunk's value, which tasks in workers copy from where it lives (inside that worker,
+/// or worker to worker); the home copy is filled from the chunk only when a task here, or the
+/// region's end, needs it. The chunk itself never changes.
+pub(crate) struct Lazy {
+    /// Where the chunk's value lives.
+    pub(crate) loc: Location,
+    /// Fills the home copy from the chunk (once).
+    fill: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    filled: OnceLock<Result<(), String>>,
+    /// Whether the home copy exists (its owner drops it only then).
+    pub(crate) init: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lazy {
+    pub(crate) fn new(
+        loc: Location,
+        fill: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+        init: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        Lazy {
+            loc,
+            fill,
+            filled: OnceLock::new(),
+            init,
+        }
+    }
+
+    /// Fills the home copy unless it was filled already.
+    pub(crate) fn fill(&self) -> Result<(), String> {
+        self.filled
+            .get_or_init(|| {
+                (self.fill)()?;
+                self.init.store(true, Ordering::Release);
+                Ok(())
+            })
+            .clone()
+    }
+}
+
 /// A copy a task needs before it runs: version `version` of data `key`, from process `from`
 /// (0: home) to process `to`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,6 +665,8 @@ type Cell = Arc<OnceLock<Result<(), String>>>;
 pub(crate) struct Copies {
     mover: Arc<dyn Mover>,
     homes: Vec<Option<Home>>,
+    /// Values taken from chunks in workers, by key.
+    lazy: HashMap<u32, Arc<Lazy>>,
     /// Where each process keeps its copy of each key: (key, process) -> location.
     slots: Mutex<HashMap<(u32, u32), Location>>,
     made: Mutex<HashMap<(u32, u32, u32), Cell>>,
@@ -345,11 +681,13 @@ impl Copies {
     pub(crate) fn new(
         mover: Arc<dyn Mover>,
         homes: Vec<Option<Home>>,
+        lazy: HashMap<u32, Arc<Lazy>>,
         transfers: Transfers,
     ) -> Self {
         Copies {
             mover,
             homes,
+            lazy,
             slots: Mutex::new(HashMap::new()),
             made: Mutex::new(HashMap::new()),
             transfers,
@@ -391,6 +729,17 @@ impl Copies {
             .ok_or_else(|| format!("process {process} holds no copy of region data {key}"))
     }
 
+    /// Takes the copy of `key` in worker `process` away from the region (it is no longer
+    /// freed at the end).
+    pub(crate) fn take_slot(&self, key: u32, process: u32) -> Option<Location> {
+        lock(&self.slots).remove(&(key, process))
+    }
+
+    /// Drops the copy at `loc` (taken away with [`take_slot`](Self::take_slot)).
+    pub(crate) fn free(&self, loc: Location) {
+        self.mover.free(loc);
+    }
+
     fn set_slot(&self, key: u32, process: u32, loc: Location) {
         if let Some(old) = lock(&self.slots).insert((key, process), loc) {
             self.mover.free(old);
@@ -405,8 +754,23 @@ impl Copies {
                 n.key, n.from, n.to
             )
         };
+        let lazy = self.lazy.get(&n.key);
         match (n.from, n.to) {
             (0, 0) => Ok(()),
+            (LAZY, to) => {
+                let lazy = lazy.ok_or_else(|| {
+                    format!("region data {} has no chunk (internal error)", n.key)
+                })?;
+                if to == 0 {
+                    lazy.fill().map_err(what)?;
+                    Transfers::add(&c.fetched, &c.fetched_bytes, lazy.loc.bytes as usize);
+                } else {
+                    let loc = self.mover.pull(to, lazy.loc).map_err(what)?;
+                    Transfers::add(&c.moved, &c.moved_bytes, loc.bytes as usize);
+                    self.set_slot(n.key, to, loc);
+                }
+                Ok(())
+            }
             (0, to) => {
                 let home = self.home(n.key)?;
                 // SAFETY: a copy from home runs while no task writes the data (see module
@@ -421,6 +785,10 @@ impl Copies {
             (from, 0) => {
                 let home = self.home(n.key)?;
                 let src = self.slot(n.key, from)?;
+                if let Some(lazy) = lazy {
+                    // the home copy must exist before it is overwritten
+                    lazy.fill().map_err(what)?;
+                }
                 let bytes = self.mover.fetch(src).map_err(what)?;
                 // SAFETY: as above, and no task of this process reads the data meanwhile:
                 // those needing this version wait for this copy, older readers finished.
@@ -443,7 +811,8 @@ impl Copies {
     }
 
     /// Runs `spec` on thread `thread` of worker `worker` (after its copies were made): the
-    /// encoded result.
+    /// encoded result. The views it reads travel with the call; those it writes are lent to
+    /// the worker for the call and brought home right after it.
     pub(crate) fn run(
         &self,
         worker: u32,
@@ -451,12 +820,69 @@ impl Copies {
         spec: &RemoteSpec,
         name: Option<&str>,
     ) -> Result<bytes::Bytes, BoxError> {
+        let mut lent: Vec<(Location, &View)> = Vec::new();
+        let ran = self.run_lending(worker, thread, spec, name, &mut lent);
+        // the written views come home (unless the task failed: then the region fails, and
+        // the data is left as it is)
+        let mut back: Result<(), String> = Ok(());
+        for (loc, view) in lent {
+            if ran.is_ok() && back.is_ok() {
+                back = self.view_home(loc, view).map_err(|e| {
+                    format!(
+                        "bringing a view that {} changed on worker {worker} home failed: {e}",
+                        spec.fn_name
+                    )
+                });
+            }
+            self.mover.free(loc);
+        }
+        let bytes = ran?;
+        back?;
+        Ok(bytes)
+    }
+
+    fn view_home(&self, loc: Location, view: &View) -> Result<(), String> {
+        let bytes = self.mover.fetch(loc)?;
+        (view.decode_into)(&bytes).map_err(|e| e.to_string())?;
+        let c = &self.transfers.0;
+        Transfers::add(&c.written_back, &c.written_back_bytes, bytes.len());
+        Ok(())
+    }
+
+    fn run_lending<'s>(
+        &self,
+        worker: u32,
+        thread: u32,
+        spec: &'s RemoteSpec,
+        name: Option<&str>,
+        lent: &mut Vec<(Location, &'s View)>,
+    ) -> Result<bytes::Bytes, BoxError> {
+        let c = &self.transfers.0;
+        let what = |e: String| {
+            format!(
+                "sending a view to worker {worker} for {} failed: {e}",
+                spec.fn_name
+            )
+        };
         let mut args = Vec::with_capacity(spec.args.len());
         let mut writes = Vec::with_capacity(spec.args.len());
         for a in &spec.args {
             match a {
                 Repr::Data { key, write, .. } => {
                     args.push(WireArg::Ref(self.slot(*key, worker)?));
+                    writes.push(*write);
+                }
+                Repr::View { write, view } => {
+                    let bytes = (view.encode)().map_err(|e| what(e.to_string()))?;
+                    Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                    if *write {
+                        // changed in place there, like a whole value, then fetched
+                        let loc = self.mover.put(worker, bytes.into()).map_err(what)?;
+                        lent.push((loc, view));
+                        args.push(WireArg::Ref(loc));
+                    } else {
+                        args.push(WireArg::Value(bytes));
+                    }
                     writes.push(*write);
                 }
                 Repr::Val { bytes, .. } => {
@@ -478,10 +904,7 @@ impl Copies {
             .map_err(|e| format!("{} could not run on worker {worker}: {e}", spec.fn_name))?;
         match ran {
             Ok((bytes, _run_ns)) => {
-                self.transfers
-                    .0
-                    .remote_tasks
-                    .fetch_add(1, Ordering::Relaxed);
+                c.remote_tasks.fetch_add(1, Ordering::Relaxed);
                 Ok(bytes)
             }
             Err((kind, message)) => Err(format!(
@@ -508,16 +931,38 @@ pub(crate) struct VersionPlan {
     held: HashMap<(u32, u32), u32>,
     /// The last copy of each key to each process.
     copied: HashMap<(u32, u32), Need>,
+    /// Whether home starts without the key's value (taken from a chunk in a worker: its
+    /// version 0 comes from [`LAZY`]).
+    lazy: Vec<bool>,
 }
 
 impl VersionPlan {
-    pub(crate) fn new(keys: usize) -> Self {
-        VersionPlan {
+    /// The plan for `keys` keys, of which those in `lazy` start in a chunk in a worker.
+    pub(crate) fn new(keys: usize, lazy: impl IntoIterator<Item = u32>) -> Self {
+        let mut p = VersionPlan {
             version: vec![0; keys],
             source: vec![0; keys],
             held: HashMap::new(),
             copied: HashMap::new(),
+            lazy: vec![false; keys],
+        };
+        for k in lazy {
+            if let Some(l) = p.lazy.get_mut(k as usize) {
+                *l = true;
+                p.source[k as usize] = LAZY;
+            }
         }
+        p
+    }
+
+    /// The version of `key` home starts with (none for a value still in a chunk).
+    fn home_start(&self, key: u32) -> Option<u32> {
+        (!self.lazy[key as usize]).then_some(0)
+    }
+
+    /// Where the latest version of `key` is: a process, or [`LAZY`] (still the chunk's).
+    pub(crate) fn latest(&self, key: u32) -> u32 {
+        self.source[key as usize]
     }
 
     /// A task on process `at` accessing `data` (key, write): the copies it needs go to `out`.
@@ -539,11 +984,11 @@ impl VersionPlan {
             }
             let k = key as usize;
             let v = self.version[k];
-            let has = self
-                .held
-                .get(&(key, at))
-                .copied()
-                .or((at == 0).then_some(0));
+            let has = self.held.get(&(key, at)).copied().or(if at == 0 {
+                self.home_start(key)
+            } else {
+                None
+            });
             if has != Some(v) {
                 let need = Need {
                     key,
@@ -568,12 +1013,14 @@ impl VersionPlan {
         }
     }
 
-    /// The data whose latest version is not home, as copies to home.
-    pub(crate) fn write_backs(&self) -> Vec<Need> {
+    /// The data wanted home (`wanted(key)`) whose latest version is not home, as copies to
+    /// home.
+    pub(crate) fn write_backs(&self, wanted: impl Fn(u32) -> bool) -> Vec<Need> {
         (0..self.version.len())
             .filter(|&k| {
-                let home = self.held.get(&(k as u32, 0)).copied().unwrap_or(0);
-                self.source[k] != 0 && home != self.version[k]
+                let key = k as u32;
+                let home = self.held.get(&(key, 0)).copied().or(self.home_start(key));
+                wanted(key) && self.source[k] != 0 && home != Some(self.version[k])
             })
             .map(|k| Need {
                 key: k as u32,
@@ -591,7 +1038,7 @@ mod tests {
 
     #[test]
     fn versions_copy_only_what_is_missing() {
-        let mut p = VersionPlan::new(2);
+        let mut p = VersionPlan::new(2, []);
         let mut n = Vec::new();
         // a reader on worker 1 gets key 0 from home; a second reader there waits for the
         // same copy (made once at run time)
@@ -630,7 +1077,7 @@ mod tests {
         );
         // key 1 was only read remotely: only key 0 goes back
         assert_eq!(
-            p.write_backs(),
+            p.write_backs(|_| true),
             vec![Need {
                 key: 0,
                 version: 1,
@@ -642,11 +1089,11 @@ mod tests {
         n.clear();
         p.task(0, [(0, false)].into_iter(), &mut n);
         assert_eq!(n.len(), 1);
-        assert!(p.write_backs().is_empty());
+        assert!(p.write_backs(|_| true).is_empty());
         // a worker writes it again, then a home write (fetching it first: it may read it)
         // makes home the latest again
         p.task(1, [(0, true)].into_iter(), &mut n);
-        assert_eq!(p.write_backs().len(), 1);
+        assert_eq!(p.write_backs(|_| true).len(), 1);
         n.clear();
         p.task(0, [(0, true)].into_iter(), &mut n);
         let fetch = Need {
@@ -656,11 +1103,95 @@ mod tests {
             to: 0,
         };
         assert_eq!(n, vec![fetch]);
-        assert!(p.write_backs().is_empty());
+        assert!(p.write_backs(|_| true).is_empty());
         // a second writer here (of another part, maybe at the same time as the first) waits
         // for the same fetch: it must not write the copy that the fetch replaces
         n.clear();
         p.task(0, [(0, true)].into_iter(), &mut n);
         assert_eq!(n, vec![fetch]);
+    }
+
+    #[test]
+    fn values_from_chunks_start_in_their_worker() {
+        let mut p = VersionPlan::new(1, [0]);
+        let mut n = Vec::new();
+        let from_chunk = |to| Need {
+            key: 0,
+            version: 0,
+            from: LAZY,
+            to,
+        };
+        // a reader in worker 2 copies the chunk's value there
+        p.task(2, [(0, false)].into_iter(), &mut n);
+        assert_eq!(n, [from_chunk(2)]);
+        assert_eq!(p.latest(0), LAZY);
+        // wanted home unchanged: it comes from the chunk
+        assert_eq!(p.write_backs(|_| true), [from_chunk(0)]);
+        assert!(p.write_backs(|_| false).is_empty());
+        // a writer here fills home from the chunk first; then home holds the latest
+        n.clear();
+        p.task(0, [(0, true)].into_iter(), &mut n);
+        assert_eq!(n, [from_chunk(0)]);
+        assert_eq!(p.latest(0), 0);
+        assert!(p.write_backs(|_| true).is_empty());
+    }
+
+    fn view_of(arg: RemoteArg) -> Arc<View> {
+        match arg.0 {
+            Repr::View { view, .. } => view,
+            _ => panic!("not a view"),
+        }
+    }
+
+    #[test]
+    fn views_encode_their_elements_and_refuse_malformed_answers() {
+        let mut v = vec![1u32, 2, 3, 4, 5];
+        let mut m: Vec<u8> = (0..12).collect(); // 3 x 4, column-major
+        crate::spawn_datadeps(|dd| {
+            let s = view_of(dd.slice(&mut v).view(1..3).remote_arg(true));
+            assert_eq!(
+                (s.encode)().unwrap(),
+                postcard::to_allocvec(&vec![2u32, 3]).unwrap()
+            );
+            (s.decode_into)(&postcard::to_allocvec(&vec![20u32, 30]).unwrap()).unwrap();
+            let e = (s.decode_into)(&postcard::to_allocvec(&vec![7u32]).unwrap()).unwrap_err();
+            assert!(
+                e.to_string().contains("1 elements back for a view of 2"),
+                "{e}"
+            );
+            assert!((s.decode_into)(&[0xff]).is_err());
+
+            // rows 1..3 of columns 2..4: [7, 8], [10, 11]
+            let b = view_of(dd.matrix(&mut m, 3, 4).block(1..3, 2..4).remote_arg(true));
+            let bytes = (b.encode)().unwrap();
+            let buf: BlockBuf<u8> = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(buf.data, vec![7, 8, 10, 11]);
+            assert_eq!(*buf.block_ref().unwrap().get(1, 1), 11);
+            let back = BlockBuf::<u8> {
+                nrows: 2,
+                ncols: 2,
+                data: vec![70, 80, 100, 110],
+            };
+            (b.decode_into)(&postcard::to_allocvec(&back).unwrap()).unwrap();
+            let wrong = BlockBuf::<u8> {
+                nrows: 1,
+                ncols: 4,
+                data: vec![0; 4],
+            };
+            let e = (b.decode_into)(&postcard::to_allocvec(&wrong).unwrap()).unwrap_err();
+            assert!(e.to_string().contains("1x4 block back for a 2x2"), "{e}");
+        })
+        .unwrap();
+        assert_eq!(v, [1, 20, 30, 4, 5]);
+        assert_eq!(m, [0, 1, 2, 3, 4, 5, 6, 70, 80, 9, 100, 110]);
+        // a block whose sizes do not match its elements (a malformed message) is an error
+        let mut bad = BlockBuf {
+            nrows: 3,
+            ncols: usize::MAX,
+            data: vec![1.0f64; 3],
+        };
+        assert!(bad.block_ref().is_err() && bad.block_mut().is_err());
+        bad.ncols = 1;
+        assert_eq!(bad.block_mut().unwrap().ncols(), 1);
     }
 }

@@ -139,6 +139,20 @@ pub trait Dispatch: Send + Sync {
             "no worker process in scope `{scope}` can keep a value"
         ))
     }
+
+    /// Takes charge of the value at `loc` (kept by a worker already): the handle frees it when
+    /// dropped, and marks it lost if its worker dies. `label` names the value in errors.
+    fn adopt(
+        &self,
+        loc: crate::remote::wire::Location,
+        label: Label,
+    ) -> Result<Arc<RemoteData>, String> {
+        let _ = label;
+        Err(format!(
+            "no cluster can take charge of a value in worker {}",
+            loc.worker
+        ))
+    }
 }
 
 /// The workers of a head process.
