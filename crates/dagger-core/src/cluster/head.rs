@@ -375,12 +375,7 @@ impl Head {
                     continue;
                 };
                 if let Some(w) = s.workers.get(&f.worker) {
-                    let w = &w.remote;
-                    w.inflight.fetch_sub(1, Ordering::Relaxed);
-                    w.backlog_ns.fetch_sub(
-                        f.task.cost_ns.min(w.backlog_ns.load(Ordering::Relaxed)),
-                        Ordering::Relaxed,
-                    );
+                    f.task.leave(&w.remote);
                 }
                 match d.result {
                     Ok(loc) if f.task.is_ahead() => {
@@ -856,7 +851,7 @@ impl Dispatch for Head {
         let Some(link) = link else {
             // It is being removed: place the task elsewhere.
             worker.alive.store(false, Ordering::Release);
-            worker.inflight.fetch_sub(1, Ordering::Relaxed);
+            task.leave(worker);
             task.requeue();
             return;
         };
@@ -874,7 +869,7 @@ impl Dispatch for Head {
             let f = lock(&self.state).inflight.remove(&id);
             if let Some(f) = f {
                 worker.alive.store(false, Ordering::Release);
-                worker.inflight.fetch_sub(1, Ordering::Relaxed);
+                f.task.leave(worker);
                 f.task.requeue();
             }
         }
@@ -890,7 +885,12 @@ impl Head {
             return;
         };
         let workers = reg.remote.snapshot();
-        let load = |w: &RemoteWorker| w.inflight.load(Ordering::Relaxed) as i64 - w.threads as i64;
+        // Tasks sent ahead wait for tasks on their worker: they are not taken back.
+        let load = |w: &RemoteWorker| {
+            w.inflight.load(Ordering::Relaxed) as i64
+                - w.ahead.load(Ordering::Relaxed) as i64
+                - w.threads as i64
+        };
         let alive = workers.iter().filter(|w| w.alive.load(Ordering::Acquire));
         let Some(thief) = alive.clone().min_by_key(|w| load(w)) else {
             return;
@@ -964,11 +964,7 @@ impl Head {
         let workers = reg.remote.snapshot();
         if let Some(v) = workers.iter().find(|w| w.id == victim) {
             for t in &tasks {
-                v.inflight.fetch_sub(1, Ordering::Relaxed);
-                v.backlog_ns.fetch_sub(
-                    t.cost_ns.min(v.backlog_ns.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                );
+                t.leave(v);
             }
         }
         log::debug!("took {} tasks back from worker {victim}", tasks.len());

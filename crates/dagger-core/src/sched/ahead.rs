@@ -285,6 +285,7 @@ impl Registry {
         call.options = wire_options(h);
         worker.backlog_ns.fetch_add(est, Ordering::Relaxed);
         worker.inflight.fetch_add(1, Ordering::Relaxed);
+        worker.ahead.fetch_add(1, Ordering::Relaxed);
         dispatch.dispatch(
             &worker,
             RemoteTask {

@@ -22,6 +22,9 @@ pub struct RemoteWorker {
     pub node: NodeId,
     /// Tasks sent to it and not finished.
     pub inflight: AtomicUsize,
+    /// Those of them sent ahead of their inputs (they wait for tasks on it, and are not
+    /// taken back to run elsewhere).
+    pub ahead: AtomicUsize,
     /// Estimated nanoseconds of work sent to it and not finished.
     pub backlog_ns: AtomicU64,
     /// False once it left or died.
@@ -38,6 +41,7 @@ impl RemoteWorker {
             threads: threads.max(1),
             node,
             inflight: AtomicUsize::new(0),
+            ahead: AtomicUsize::new(0),
             backlog_ns: AtomicU64::new(0),
             alive: AtomicBool::new(true),
             rtt_ns: AtomicU64::new(50_000),
@@ -109,6 +113,18 @@ impl RemoteTask {
     /// encoded again for its lineage once they are made.
     pub(crate) fn is_ahead(&self) -> bool {
         self.ahead
+    }
+
+    /// The task is no longer in flight on `worker`: takes it out of its counts.
+    pub(crate) fn leave(&self, worker: &RemoteWorker) {
+        worker.inflight.fetch_sub(1, Ordering::Relaxed);
+        if self.ahead {
+            worker.ahead.fetch_sub(1, Ordering::Relaxed);
+        }
+        worker.backlog_ns.fetch_sub(
+            self.cost_ns.min(worker.backlog_ns.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
     }
 }
 
