@@ -975,11 +975,7 @@ impl Head {
                 .filter(|w| w.threads_in(&task.scope) == Some(None))
                 .min_by_key(|w| w.inflight.load(Ordering::Relaxed) as i64 - w.threads as i64);
             match target {
-                Some(w) => {
-                    w.backlog_ns.fetch_add(task.cost_ns, Ordering::Relaxed);
-                    w.inflight.fetch_add(1, Ordering::Relaxed);
-                    self.dispatch(w, task);
-                }
+                Some(w) => task.send(self, w),
                 None => {
                     task.requeue();
                 }

@@ -20,7 +20,6 @@ use super::remote::RemoteTask;
 use super::{wire_options, Placement, Registry};
 use crate::task::{state, Header, Job, JobRef};
 use std::cell::Cell;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Where a task that may run anywhere stands with respect to sending tasks ahead.
@@ -283,20 +282,15 @@ impl Registry {
         };
         call.thread = thread;
         call.options = wire_options(h);
-        worker.backlog_ns.fetch_add(est, Ordering::Relaxed);
-        worker.inflight.fetch_add(1, Ordering::Relaxed);
-        worker.ahead.fetch_add(1, Ordering::Relaxed);
-        dispatch.dispatch(
-            &worker,
-            RemoteTask {
-                job: job.clone(),
-                call,
-                inputs,
-                scope: a.scope.clone(),
-                cost_ns: est,
-                ahead: true,
-            },
-        );
+        let task = RemoteTask {
+            job: job.clone(),
+            call,
+            inputs,
+            scope: a.scope.clone(),
+            cost_ns: est,
+            ahead: true,
+        };
+        task.send(&*dispatch, &worker);
         Sent::Yes
     }
 }

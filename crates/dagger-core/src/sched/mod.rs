@@ -752,19 +752,15 @@ impl Registry {
             Ok((mut call, inputs)) => {
                 call.thread = thread;
                 call.options = wire_options(job.header());
-                worker.backlog_ns.fetch_add(est, Ordering::Relaxed);
-                worker.inflight.fetch_add(1, Ordering::Relaxed);
-                dispatch.dispatch(
-                    &worker,
-                    RemoteTask {
-                        job: job.clone(),
-                        call,
-                        inputs,
-                        scope: a.scope.clone(),
-                        cost_ns: est,
-                        ahead: false,
-                    },
-                );
+                let task = RemoteTask {
+                    job: job.clone(),
+                    call,
+                    inputs,
+                    scope: a.scope.clone(),
+                    cost_ns: est,
+                    ahead: false,
+                };
+                task.send(&*dispatch, &worker);
                 self.send_dependents_ahead(job);
             }
             Err(e) => match e.downcast::<PendingInput>() {

@@ -115,6 +115,16 @@ impl RemoteTask {
         self.ahead
     }
 
+    /// Counts the task in `worker`'s load and hands it to the cluster layer to send there.
+    pub(crate) fn send(self, dispatch: &dyn Dispatch, worker: &Arc<RemoteWorker>) {
+        worker.backlog_ns.fetch_add(self.cost_ns, Ordering::Relaxed);
+        worker.inflight.fetch_add(1, Ordering::Relaxed);
+        if self.ahead {
+            worker.ahead.fetch_add(1, Ordering::Relaxed);
+        }
+        dispatch.dispatch(worker, self);
+    }
+
     /// The task is no longer in flight on `worker`: takes it out of its counts.
     pub(crate) fn leave(&self, worker: &RemoteWorker) {
         worker.inflight.fetch_sub(1, Ordering::Relaxed);
