@@ -332,7 +332,11 @@ fn transfer(cfg: &Config) -> Result<(), String> {
     let total: usize = cfg.n.unwrap_or(1 << 30);
     let ctx = ctx_of(cfg)?;
     let (from, to) = (Scope::worker(1), Scope::worker(2));
-    for mib in [1usize, 4, 16, 64] {
+    let sizes = match cfg.chunk_mib {
+        Some(mib) => vec![mib],
+        None => vec![1usize, 4, 16, 64],
+    };
+    for mib in sizes {
         let size = mib << 20;
         let count = (total / size).max(1);
         let bytes = (size * count) as f64;
