@@ -127,6 +127,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Node {
     pub(crate) fn new(id: u32, io: Io, config: NetConfig, hello: Hello) -> Arc<Node> {
+        // Receive buffers left idle after a burst of transfers go back to the allocator
+        // within about twice the pool's idle time, even if nothing arrives any more.
+        let pool = Arc::downgrade(&config.recv_pool);
+        io.spawn(async move {
+            let Some(every) = pool.upgrade().map(|p| p.idle()) else {
+                return;
+            };
+            let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match pool.upgrade() {
+                    Some(p) if p.idle_bytes() > 0 => p.release_idle(),
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        });
         Arc::new(Node {
             id,
             io,
