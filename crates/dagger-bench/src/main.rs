@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p dagger-bench -- <scenario> [--threads N] [--runs R] [--n N]
-//!     [--workers W [--worker-threads T]]
+//!     [--workers W [--worker-threads T]] [--chunk-mib M]
 //! cargo run --release -p dagger-bench -- taskbench [Task Bench flags] [--workers W]
 //! ```
 //!
@@ -38,10 +38,12 @@ pub struct Config {
     pub workers: usize,
     /// Compute threads of each worker process.
     pub worker_threads: usize,
+    /// `transfer`: only this chunk size (MiB) instead of 1, 4, 16 and 64.
+    pub chunk_mib: Option<usize>,
 }
 
 fn usage() -> &'static str {
-    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench transport [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|cholesky|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
+    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench transport [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|cholesky|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N] [--chunk-mib M]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
 }
 
 fn parse(args: &[String]) -> Result<Config, String> {
@@ -51,6 +53,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
         n: None,
         workers: 0,
         worker_threads: 1,
+        chunk_mib: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -66,6 +69,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
             "--n" => cfg.n = Some(value("--n")?.max(1)),
             "--workers" => cfg.workers = value("--workers")?,
             "--worker-threads" => cfg.worker_threads = value("--worker-threads")?.max(1),
+            "--chunk-mib" => cfg.chunk_mib = Some(value("--chunk-mib")?.max(1)),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }

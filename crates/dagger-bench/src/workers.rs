@@ -11,7 +11,10 @@
 //! * `tree`: binary reduction of the leaves' results, all on workers;
 //! * `transfer`: 1 GiB as chunks of 1..64 MiB made on worker 1 and read by tasks on worker 2
 //!   (worker 2 fetches each chunk from worker 1 directly), against raw TCP loopback moving
-//!   the same chunks between two threads of this process in the same run.
+//!   the same chunks between two threads of this process in the same run; once with chunks
+//!   owning a `Vec<u8>` (system `dagger`: decoding copies the received bytes), once with
+//!   `dagger::SharedBytes` chunks (system `dagger-shared-bytes`: decoded as a view of the
+//!   received bytes).
 //!
 //! Task Bench across processes is `taskbench ... --workers N` (see `taskbench.rs`).
 
@@ -95,8 +98,13 @@ pub fn run(name: &str, cfg: &Config) -> Result<(), String> {
 
 /// The standard fields of a timed result across processes (median of `runs`).
 fn timed(scenario: &str, tasks: usize, cfg: &Config, runs: &[f64]) -> (Line, f64) {
+    timed_as(scenario, "dagger", tasks, cfg, runs)
+}
+
+/// Like [`timed`], for a variant of dagger named `system`.
+fn timed_as(scenario: &str, system: &str, tasks: usize, cfg: &Config, runs: &[f64]) -> (Line, f64) {
     let secs = median(runs.to_vec());
-    let line = Line::new(scenario, "dagger")
+    let line = Line::new(scenario, system)
         .int("tasks", tasks as u64)
         .num("seconds", secs)
         .num("us_per_task", secs * 1e6 / tasks as f64)
@@ -291,6 +299,20 @@ fn read_blob(b: &Blob) -> (u64, u64, u32) {
     (b.0.len() as u64, ends, dagger::current_processor().worker.0)
 }
 
+/// Makes a chunk of `bytes` bytes, every byte `fill`, that crosses processes without a copy
+/// on arrival.
+#[dagger::task]
+fn make_shared(bytes: u64, fill: u8) -> dagger::SharedBytes {
+    dagger::SharedBytes::from(vec![fill; bytes as usize])
+}
+
+/// Reads a [`make_shared`] chunk like [`read_blob`].
+#[dagger::task]
+fn read_shared(b: &dagger::SharedBytes) -> (u64, u64, u32) {
+    let ends = b.first().map_or(0, |x| *x as u64) + b.last().map_or(0, |x| *x as u64);
+    (b.len() as u64, ends, dagger::current_processor().worker.0)
+}
+
 /// Moves `count` chunks of `size` bytes from one thread to another over a loopback TCP
 /// connection (the reader reads each whole chunk into its buffer); returns the time from the
 /// first byte written to the last byte read.
@@ -332,61 +354,99 @@ fn transfer(cfg: &Config) -> Result<(), String> {
     let total: usize = cfg.n.unwrap_or(1 << 30);
     let ctx = ctx_of(cfg)?;
     let (from, to) = (Scope::worker(1), Scope::worker(2));
-    for mib in [1usize, 4, 16, 64] {
+    let sizes = match cfg.chunk_mib {
+        Some(mib) => vec![mib],
+        None => vec![1usize, 4, 16, 64],
+    };
+    for mib in sizes {
         let size = mib << 20;
         let count = (total / size).max(1);
-        let bytes = (size * count) as f64;
-        // The chunks are made on worker 1 once; every run reads all of them on worker 2,
-        // which fetches each one from worker 1 (nothing is cached between runs).
-        let chunks: Vec<DTask<Blob>> = ctx.enter(|| {
-            (0..count)
-                .map(|i| spawn!(make_blob(size as u64, (i % 200) as u8 + 1); scope = from.clone()))
-                .collect()
-        });
-        ctx.enter(|| dagger::wait_all(&chunks))
-            .map_err(|e| e.to_string())?;
-        let mut dagger_run = || {
-            ctx.enter(|| {
-                let t = Instant::now();
-                let reads: Vec<DTask<(u64, u64, u32)>> = chunks
-                    .iter()
-                    .map(|c| spawn!(read_blob(c); scope = to.clone()))
-                    .collect();
-                dagger::wait_all(&reads).expect("chunks read on worker 2");
-                let e = t.elapsed();
-                for (i, r) in reads.iter().enumerate() {
-                    let fill = (i % 200) as u64 + 1;
-                    assert_eq!(r.fetch().unwrap(), (size as u64, 2 * fill, 2));
-                }
-                e
-            })
-        };
-        let mut tcp_run = || tcp_loopback(size, count).expect("TCP loopback");
-        let runs = interleaved(cfg.runs, &mut [&mut dagger_run, &mut tcp_run]);
-        drop(chunks);
-        settle(&ctx);
-        let tcp_secs = median(runs[1].clone());
-        let tcp_gbs = bytes / tcp_secs / 1e9;
-        Line::new("transfer", "tcp-loopback")
-            .int("tasks", count as u64)
-            .num("seconds", tcp_secs)
-            .num("us_per_task", tcp_secs * 1e6 / count as f64)
-            .int("workers", 0)
-            .int("chunk_bytes", size as u64)
-            .int("bytes", bytes as u64)
-            .num("gb_per_s", tcp_gbs)
-            .nums("runs", &runs[1])
-            .print();
-        let (line, secs) = timed("transfer", count, cfg, &runs[0]);
-        let gbs = bytes / secs / 1e9;
-        line.int("chunk_bytes", size as u64)
-            .int("bytes", bytes as u64)
-            .num("gb_per_s", gbs)
-            .num("ratio_to_tcp", gbs / tcp_gbs)
-            .num("ratio_to_tcp_target_min", 0.75)
-            .bool("met", gbs / tcp_gbs >= 0.75)
-            .print();
+        // Chunks that own a `Vec<u8>` (decoded by a copy), then chunks that are
+        // `SharedBytes` (decoded as a view of the received bytes), one kind at a time so
+        // that worker 1 keeps the encodings of one kind only.
+        transfer_phase(
+            &ctx,
+            cfg,
+            "dagger",
+            size,
+            count,
+            |i| spawn!(make_blob(size as u64, fill(i)); scope = from.clone()),
+            |c| spawn!(read_blob(c); scope = to.clone()),
+        )?;
+        transfer_phase(
+            &ctx,
+            cfg,
+            "dagger-shared-bytes",
+            size,
+            count,
+            |i| spawn!(make_shared(size as u64, fill(i)); scope = from.clone()),
+            |c| spawn!(read_shared(c); scope = to.clone()),
+        )?;
     }
     drop(ctx);
+    Ok(())
+}
+
+/// The byte chunk `i` is filled with.
+fn fill(i: usize) -> u8 {
+    (i % 200) as u8 + 1
+}
+
+/// Makes `count` chunks of `size` bytes with `make` (on worker 1, once), then reads them all
+/// with `read` (on worker 2) in each run, interleaved with raw TCP moving the same bytes;
+/// prints both lines.
+fn transfer_phase<T: Send + Sync + 'static>(
+    ctx: &Context,
+    cfg: &Config,
+    system: &str,
+    size: usize,
+    count: usize,
+    make: impl Fn(usize) -> DTask<T>,
+    read: impl Fn(&DTask<T>) -> DTask<(u64, u64, u32)>,
+) -> Result<(), String> {
+    let bytes = (size * count) as f64;
+    // The chunks are made on worker 1 once; every run reads all of them on worker 2,
+    // which fetches each one from worker 1 (nothing is cached between runs).
+    let chunks: Vec<DTask<T>> = ctx.enter(|| (0..count).map(&make).collect());
+    ctx.enter(|| dagger::wait_all(&chunks))
+        .map_err(|e| e.to_string())?;
+    let mut dagger_run = || {
+        ctx.enter(|| {
+            let t = Instant::now();
+            let reads: Vec<DTask<(u64, u64, u32)>> = chunks.iter().map(&read).collect();
+            dagger::wait_all(&reads).expect("chunks read on worker 2");
+            let e = t.elapsed();
+            for (i, r) in reads.iter().enumerate() {
+                assert_eq!(r.fetch().unwrap(), (size as u64, 2 * fill(i) as u64, 2));
+            }
+            e
+        })
+    };
+    let mut tcp_run = || tcp_loopback(size, count).expect("TCP loopback");
+    let runs = interleaved(cfg.runs, &mut [&mut dagger_run, &mut tcp_run]);
+    drop(chunks);
+    settle(ctx);
+    let tcp_secs = median(runs[1].clone());
+    let tcp_gbs = bytes / tcp_secs / 1e9;
+    Line::new("transfer", "tcp-loopback")
+        .int("tasks", count as u64)
+        .num("seconds", tcp_secs)
+        .num("us_per_task", tcp_secs * 1e6 / count as f64)
+        .int("workers", 0)
+        .int("chunk_bytes", size as u64)
+        .int("bytes", bytes as u64)
+        .num("gb_per_s", tcp_gbs)
+        .str("baseline_for", system)
+        .nums("runs", &runs[1])
+        .print();
+    let (line, secs) = timed_as("transfer", system, count, cfg, &runs[0]);
+    let gbs = bytes / secs / 1e9;
+    line.int("chunk_bytes", size as u64)
+        .int("bytes", bytes as u64)
+        .num("gb_per_s", gbs)
+        .num("ratio_to_tcp", gbs / tcp_gbs)
+        .num("ratio_to_tcp_target_min", 0.75)
+        .bool("met", gbs / tcp_gbs >= 0.75)
+        .print();
     Ok(())
 }

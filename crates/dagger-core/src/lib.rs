@@ -26,6 +26,7 @@ pub mod remote;
 mod sched;
 mod scope;
 mod shard;
+mod shared_bytes;
 mod stats;
 mod sync;
 mod task;
@@ -59,6 +60,7 @@ pub use options::{
 pub use processor::{ArgType, ExecTask, OsProc, Processor, TaskSignature, ThreadProc};
 pub use scope::{register_scope_key, Scope, ScopeKeyFn, ScopeSpec, ScopeValue};
 pub use shard::{shard, shard_in, shard_per_thread, Shard};
+pub use shared_bytes::SharedBytes;
 pub use stats::live_results;
 pub use task::{
     fetch_all, spawn, spawn_with, sync, try_spawn, try_spawn_with, wait_all, DTask, TaskFuture,

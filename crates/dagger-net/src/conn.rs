@@ -50,6 +50,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use crate::auth::{self, Hello, PeerHello, PeerInfo, Secret, Side};
 use crate::frame::{FrameError, MessageCodec, MessageReader, MessageWriter, DEFAULT_MAX_MESSAGE};
+use crate::pool::RecvPool;
 use crate::tls::{self, TlsConfig};
 
 /// Everything that can go wrong on a connection.
@@ -189,6 +190,11 @@ pub struct NetConfig {
     /// Most handshakes a [`Listener`] runs at once; more connections wait in the kernel's
     /// backlog (default 128).
     pub max_pending_handshakes: usize,
+    /// Where large messages whose size was announced ([`Receiver::expect_next`]) are
+    /// received: buffers reused from message to message, shared by every connection made
+    /// with this configuration or a clone of it (default: a new pool with
+    /// [`RecvPool::with_defaults`]).
+    pub recv_pool: Arc<RecvPool>,
 }
 
 impl NetConfig {
@@ -201,6 +207,7 @@ impl NetConfig {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_pending_handshakes: 128,
+            recv_pool: RecvPool::with_defaults(),
         }
     }
 
@@ -453,19 +460,19 @@ impl Connection {
         read: ReadHalf,
         write: WriteHalf,
         read_ahead: BytesMut,
-        max_message: u64,
+        config: &NetConfig,
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Connection {
         Connection {
             sender: Sender {
-                writer: MessageWriter::new(write, max_message),
+                writer: MessageWriter::new(write, config.max_message),
                 peer,
             },
             receiver: Receiver {
                 reader: MessageReader::with_buffer(
                     read,
-                    MessageCodec::new(max_message),
+                    MessageCodec::new(config.max_message).with_pool(config.recv_pool.clone()),
                     read_ahead,
                 ),
                 peer,
@@ -605,7 +612,7 @@ async fn establish(
             (ReadHalf::Tls(r), WriteHalf::Tls(w), info, fp)
         }
     };
-    let conn = Connection::new(read, write, buf, config.max_message, peer, local);
+    let conn = Connection::new(read, write, buf, config, peer, local);
     Ok((conn, peer_hello(info, peer, fp)))
 }
 

@@ -35,12 +35,14 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::conn::NetError;
+use crate::pool::RecvPool;
 
 /// Length of a frame header in bytes.
 pub const HEADER_LEN: usize = 4;
@@ -160,7 +162,8 @@ struct FrameState {
 /// Decoding checks every length before allocating: memory use is bounded by the bytes that
 /// actually arrived plus one frame. A message that arrives as a single frame is returned
 /// without copying (split off the input buffer); a multi-frame message is reassembled into
-/// one buffer.
+/// one buffer (taken from a [`RecvPool`], when the codec has one and the message's size
+/// was announced with [`expect_next`](Self::expect_next)).
 ///
 /// ```
 /// use bytes::{Bytes, BytesMut};
@@ -178,7 +181,10 @@ pub struct MessageCodec {
     max_message: u64,
     max_frame: usize,
     /// Reassembly buffer of a multi-frame message.
-    msg: BytesMut,
+    msg: Vec<u8>,
+    /// `msg` came from `pool` and goes back there when the message drops.
+    pooled: bool,
+    pool: Option<Arc<RecvPool>>,
     frame: Option<FrameState>,
     poisoned: bool,
     /// The size the next message is expected to have (see [`expect_next`](Self::expect_next)).
@@ -198,11 +204,21 @@ impl MessageCodec {
         MessageCodec {
             max_message,
             max_frame: max_frame.clamp(1, LEN_MASK as usize),
-            msg: BytesMut::new(),
+            msg: Vec::new(),
+            pooled: false,
+            pool: None,
             frame: None,
             poisoned: false,
             size_hint: 0,
         }
+    }
+
+    /// The same codec reading messages whose size was announced (see
+    /// [`expect_next`](Self::expect_next)) into buffers of `pool`, which get them back when
+    /// the messages drop.
+    pub fn with_pool(mut self, pool: Arc<RecvPool>) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     /// Says that the next message is expected to be `len` bytes long (the application
@@ -239,20 +255,30 @@ impl MessageCodec {
     fn fail<T>(&mut self, e: NetError) -> Result<T, NetError> {
         self.poisoned = true;
         self.frame = None;
-        self.msg = BytesMut::new();
+        self.msg = Vec::new();
+        self.pooled = false;
         Err(e)
     }
 
     /// When a multi-frame message is being reassembled and the current frame still misses
     /// bytes, the buffer they belong in and how many are missing, so that a reader can read
     /// them straight from the socket. Call [`direct_filled`](Self::direct_filled) after.
-    fn direct_target(&mut self) -> Option<(&mut BytesMut, usize)> {
+    fn direct_target(&mut self) -> Option<(&mut Vec<u8>, usize)> {
         match self.frame {
             Some(f) if !f.whole && f.remaining > 0 && !self.poisoned => {
                 self.msg.reserve(f.remaining);
                 Some((&mut self.msg, f.remaining))
             }
             _ => None,
+        }
+    }
+
+    /// The reassembled message, handed over without copying.
+    fn finish_message(&mut self) -> Bytes {
+        let msg = std::mem::take(&mut self.msg);
+        match (std::mem::take(&mut self.pooled), &self.pool) {
+            (true, Some(pool)) => pool.seal(msg),
+            _ => Bytes::from(msg),
         }
     }
 
@@ -323,7 +349,13 @@ impl Decoder for MessageCodec {
                     src.advance(HEADER_LEN);
                     let hint = std::mem::take(&mut self.size_hint);
                     if more && self.msg.is_empty() {
-                        self.msg.reserve(hint);
+                        match &self.pool {
+                            Some(pool) if hint > 0 => {
+                                self.msg = pool.take(hint);
+                                self.pooled = true;
+                            }
+                            _ => self.msg.reserve(hint),
+                        }
                     }
                     let whole = !more && self.msg.is_empty();
                     if whole && src.len() >= len {
@@ -359,7 +391,7 @@ impl Decoder for MessageCodec {
                     }
                     self.frame = None;
                     if !f.more {
-                        return Ok(Some(self.msg.split().freeze()));
+                        return Ok(Some(self.finish_message()));
                     }
                 }
             }
@@ -771,6 +803,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn announced_messages_are_received_into_reused_buffers() {
+        let msgs: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 5000]).collect();
+        let wire = encode_all(&msgs, 1000);
+        let pool = RecvPool::new(1 << 20, std::time::Duration::from_secs(60));
+        let codec = MessageCodec::with_frame_size(1 << 20, 1000).with_pool(pool.clone());
+        let reader = ChunkedReader {
+            data: wire.to_vec(),
+            pos: 0,
+            chunks: vec![700, 3000],
+            i: 0,
+        };
+        block_on(async {
+            let mut r = MessageReader::new(reader, codec);
+            let mut seen = Vec::new();
+            for m in &msgs {
+                r.expect_next(m.len() as u64);
+                let got = r.read().await.unwrap().unwrap();
+                assert_eq!(&got[..], &m[..]);
+                seen.push(got.as_ptr());
+                // Dropped before the next one arrives: the next one reuses its buffer.
+                drop(got);
+            }
+            assert!(seen.iter().all(|p| *p == seen[0]), "{seen:?}");
+            assert!(r.read().await.unwrap().is_none());
+        });
+        assert!(pool.idle_bytes() >= 5000);
+    }
+
     /// Reference model of the decoder over a sequence of raw frames.
     fn model(
         frames: &[(u32, Vec<u8>)],
@@ -908,6 +969,7 @@ mod tests {
             chunks in proptest::collection::vec(prop_oneof![1usize..16, 1000usize..100_000], 1..5),
             batch in any::<bool>(),
             hint in any::<bool>(),
+            pooled in any::<bool>(),
         ) {
             let msgs: Vec<Vec<u8>> = sizes.iter().enumerate()
                 .map(|(i, &n)| (0..n).map(|j| (i * 31 + j * 7) as u8).collect())
@@ -926,8 +988,13 @@ mod tests {
             });
             prop_assert_eq!(&wire[..], &encode_all(&msgs, frame)[..]);
             let reader = ChunkedReader { data: wire, pos: 0, chunks, i: 0 };
+            let pool = RecvPool::new(1 << 20, std::time::Duration::from_secs(60));
             let out = block_on(async {
-                let mut r = MessageReader::new(reader, MessageCodec::with_frame_size(1 << 20, frame));
+                let mut codec = MessageCodec::with_frame_size(1 << 20, frame);
+                if pooled {
+                    codec = codec.with_pool(pool.clone());
+                }
+                let mut r = MessageReader::new(reader, codec);
                 let mut out = Vec::new();
                 loop {
                     if hint {
@@ -936,10 +1003,16 @@ mod tests {
                         r.expect_next(n * (out.len() % 3) as u64);
                     }
                     let Some(m) = r.read().await.unwrap() else { break };
-                    out.push(m);
+                    // Every other message is dropped at once: its buffer may serve the next.
+                    if out.len() % 2 == 1 {
+                        prop_assert_eq!(&m[..], &msgs[out.len()][..]);
+                        out.push(Bytes::copy_from_slice(&m));
+                    } else {
+                        out.push(m);
+                    }
                 }
-                out
-            });
+                Ok(out)
+            })?;
             prop_assert_eq!(out, msgs);
         }
     }

@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod conn;
 pub mod frame;
+pub mod pool;
 pub mod tls;
 
 // Starting worker processes.

@@ -118,6 +118,27 @@ fn step(x: u64, fail_at: u64) -> Result<u64, String> {
     }
 }
 
+#[dagger::task]
+fn pattern(n: u64, seed: u8) -> dagger::SharedBytes {
+    dagger::SharedBytes::from(pattern_bytes(n, seed))
+}
+
+fn pattern_bytes(n: u64, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+}
+
+/// The length of `b` and a position-weighted checksum, and where it ran.
+#[dagger::task]
+fn digest(b: &dagger::SharedBytes) -> (u64, u64, u32) {
+    (b.len() as u64, checksum(b), current_processor().worker.0)
+}
+
+fn checksum(b: &[u8]) -> u64 {
+    b.iter().enumerate().fold(0u64, |h, (i, x)| {
+        h.wrapping_mul(1_000_003) ^ (i as u64 + *x as u64)
+    })
+}
+
 fn cluster(workers: usize) -> Context {
     Context::builder()
         .threads(2)
@@ -183,6 +204,36 @@ fn values_move_between_workers_and_are_freed() {
             eventually("the worker holds no values", || {
                 ctx.worker_stats(WorkerId(w)).unwrap().live_values == 0
             });
+        }
+    });
+}
+
+#[test]
+fn byte_buffers_move_between_workers_intact() {
+    let ctx = cluster(2);
+    ctx.enter(|| {
+        // Large (several frames, read into pooled buffers and shared on arrival), medium
+        // (one frame) and small (copied) buffers; repeated so that received buffers are
+        // reused while earlier values still hold theirs.
+        let sizes = [3 * (1 << 20) + 17, 5000, 10, 0];
+        let mut kept = Vec::new();
+        for round in 0..3u8 {
+            for &n in &sizes {
+                let made = spawn!(pattern(n, round); scope = Scope::worker(1));
+                let read = spawn!(digest(&made); scope = Scope::worker(2));
+                let want = pattern_bytes(n, round);
+                assert_eq!(read.fetch().unwrap(), (n, checksum(&want), 2));
+                // At the head too, and again on worker 2 from the copy it may hold.
+                assert_eq!(&made.fetch().unwrap()[..], &want[..]);
+                let again = spawn!(digest(&made); scope = Scope::worker(2));
+                assert_eq!(again.fetch().unwrap(), (n, checksum(&want), 2));
+                if round == 0 {
+                    kept.push((made, want));
+                }
+            }
+        }
+        for (made, want) in &kept {
+            assert_eq!(&made.fetch().unwrap()[..], &want[..]);
         }
     });
 }

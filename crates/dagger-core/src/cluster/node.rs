@@ -58,10 +58,56 @@ impl Waiter {
 
 type Pending = HashMap<u64, (Link, Waiter)>;
 
-/// Most calls whose inputs a worker fetches ahead at once (on the I/O thread, before the
-/// call takes a compute thread); a call holds its slot until it starts reading its inputs,
-/// so this also bounds the bytes held ahead of the compute threads.
-pub(crate) const MAX_PREFETCHES: usize = 4;
+/// Most bytes (in MiB) of inputs a worker fetches ahead of its compute threads (on the I/O
+/// thread, before the calls take a compute thread): see [`PrefetchBudget`].
+const PREFETCH_BUDGET_MIB: u32 = 256;
+/// Least share of the budget one call takes: at most 16 calls are fetched ahead.
+const PREFETCH_MIN_MIB: u32 = 16;
+/// The size assumed before anything was fetched: at first at most 4 calls are fetched
+/// ahead, as many as fit the budget if their inputs are this large.
+const PREFETCH_FIRST_MIB: u32 = 64;
+
+/// Bounds the inputs a worker fetches ahead of its compute threads, in bytes rather than in
+/// calls: a call reserves its expected share of [`PREFETCH_BUDGET_MIB`] before fetching and
+/// holds it until it starts reading its inputs. The sizes are not known before they arrive,
+/// so the share is an estimate: the size of the last call's inputs if larger than the
+/// estimate so far, otherwise half the estimate (quick to grow, slow to shrink), at least
+/// [`PREFETCH_MIN_MIB`]. Small inputs are thus fetched up to 16 calls ahead (enough to keep
+/// a connection busy while calls start and report), large ones a few calls ahead (64 MiB
+/// inputs: 4, as many bytes as 16 of 16 MiB).
+pub(crate) struct PrefetchBudget {
+    units: Arc<tokio::sync::Semaphore>,
+    /// Expected size, in MiB, of the next call's inputs.
+    estimate: std::sync::atomic::AtomicU32,
+}
+
+impl PrefetchBudget {
+    fn new() -> PrefetchBudget {
+        PrefetchBudget {
+            units: Arc::new(tokio::sync::Semaphore::new(PREFETCH_BUDGET_MIB as usize)),
+            estimate: std::sync::atomic::AtomicU32::new(PREFETCH_FIRST_MIB),
+        }
+    }
+
+    /// Waits for a call's share of the budget (`None` once it is closed).
+    pub(crate) async fn reserve(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let share = self
+            .estimate
+            .load(Ordering::Relaxed)
+            .clamp(PREFETCH_MIN_MIB, PREFETCH_BUDGET_MIB);
+        self.units.clone().acquire_many_owned(share).await.ok()
+    }
+
+    /// A call's inputs, `bytes` in all, arrived.
+    pub(crate) fn learn(&self, bytes: u64) {
+        let mib = u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX);
+        let _ = self
+            .estimate
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+                Some(mib.max(e / 2))
+            });
+    }
+}
 
 /// Most fetches of values from other processes that one process has in flight at once:
 /// more wait their turn, so that a burst of reads (a task per chunk, all ready together)
@@ -117,8 +163,8 @@ pub(crate) struct Node {
     role: OnceLock<Arc<dyn Role>>,
     /// Fetches from other processes in flight (at most [`MAX_FETCHES`]).
     fetches: Slots,
-    /// Prefetches in flight or waiting for their call (at most [`MAX_PREFETCHES`]).
-    pub(crate) prefetches: Arc<tokio::sync::Semaphore>,
+    /// Prefetches in flight or waiting for their call.
+    pub(crate) prefetch: PrefetchBudget,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,6 +173,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Node {
     pub(crate) fn new(id: u32, io: Io, config: NetConfig, hello: Hello) -> Arc<Node> {
+        // Receive buffers left idle after a burst of transfers go back to the allocator
+        // within about twice the pool's idle time, even if nothing arrives any more.
+        let pool = Arc::downgrade(&config.recv_pool);
+        io.spawn(async move {
+            let Some(every) = pool.upgrade().map(|p| p.idle()) else {
+                return;
+            };
+            let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match pool.upgrade() {
+                    Some(p) if p.idle_bytes() > 0 => p.release_idle(),
+                    Some(_) => {}
+                    None => return,
+                }
+            }
+        });
         Arc::new(Node {
             id,
             io,
@@ -140,7 +204,7 @@ impl Node {
             next_req: AtomicU64::new(1),
             role: OnceLock::new(),
             fetches: Slots::new(MAX_FETCHES),
-            prefetches: Arc::new(tokio::sync::Semaphore::new(MAX_PREFETCHES)),
+            prefetch: PrefetchBudget::new(),
         })
     }
 
@@ -564,5 +628,54 @@ impl crate::remote::Mover for NodeMover {
         writes: Vec<bool>,
     ) -> crate::remote::RanInPlace {
         self.node()?.run_in_place(worker, call, writes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(b: &PrefetchBudget) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let before = b.units.available_permits();
+        let permit = rt.block_on(b.reserve()).unwrap();
+        let taken = before - b.units.available_permits();
+        drop(permit);
+        assert_eq!(b.units.available_permits(), before);
+        taken
+    }
+
+    #[test]
+    fn prefetch_shares_follow_the_sizes_that_arrive() {
+        let b = PrefetchBudget::new();
+        // Nothing seen yet: 64 MiB per call, 4 calls ahead.
+        assert_eq!(share(&b), 64);
+        // Small inputs: the share halves per call down to the floor (16 calls ahead).
+        b.learn(1 << 20);
+        assert_eq!(share(&b), 32);
+        b.learn(1 << 20);
+        assert_eq!(share(&b), 16);
+        b.learn(10);
+        assert_eq!(share(&b), 16);
+        // A large input raises it at once; beyond the budget, one call takes all of it.
+        b.learn(100 << 20);
+        assert_eq!(share(&b), 100);
+        b.learn(10 << 30);
+        assert_eq!(share(&b), PREFETCH_BUDGET_MIB as usize);
+        // Shares are held until dropped: a second call waits for the first.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = b.reserve().await.unwrap();
+            let waiting =
+                tokio::time::timeout(std::time::Duration::from_millis(20), b.reserve()).await;
+            assert!(waiting.is_err(), "the budget is spent");
+            drop(first);
+            assert!(b.reserve().await.is_some());
+        });
     }
 }

@@ -196,11 +196,11 @@ impl Worker {
         started.extend(self.start(node, link, run, fetch, claim, deps));
     }
 
-    /// Fetches the inputs of `r` held by other processes on the I/O thread (at most
-    /// [`MAX_PREFETCHES`](super::node::MAX_PREFETCHES) at once for the process), then
-    /// starts it: the call does not block a compute thread (nor make the pool start another
-    /// one) while its inputs travel, and at most that many calls wait with their inputs
-    /// fetched ahead of the compute threads. An input that could not be prefetched is
+    /// Fetches the inputs of `r` held by other processes on the I/O thread (within the
+    /// process's [`PrefetchBudget`](super::node::PrefetchBudget)), then starts it: the call
+    /// does not block a compute thread (nor make the pool start another one) while its
+    /// inputs travel, and the inputs fetched ahead of the compute threads stay within that
+    /// budget (about 256 MiB, at most 16 calls). An input that could not be prefetched is
     /// fetched by the call the usual (blocking) way, which reports its loss as before.
     fn prefetch_and_start(
         self: &Arc<Self>,
@@ -215,21 +215,23 @@ impl Worker {
         let link = link.clone();
         node.io.spawn(async move {
             let node = node2;
-            let fetch: Arc<dyn Fetch> = match node.prefetches.clone().acquire_owned().await {
-                Ok(permit) => {
+            let fetch: Arc<dyn Fetch> = match node.prefetch.reserve().await {
+                Some(permit) => {
                     let mut got = Vec::with_capacity(remote.len());
                     for loc in remote {
                         if let Ok(bytes) = node.fetch_async(loc).await {
                             got.push((loc, bytes));
                         }
                     }
+                    node.prefetch
+                        .learn(got.iter().map(|(_, b)| b.len() as u64).sum());
                     Arc::new(Prefetched {
                         got,
                         rest: NodeLink(node.clone()),
                         permit: std::sync::Mutex::new(Some(permit)),
                     })
                 }
-                Err(_) => Arc::new(NodeLink(node.clone())),
+                None => Arc::new(NodeLink(node.clone())),
             };
             let started: Vec<Started> = me
                 .start(&node, &link, r, fetch, claim, Vec::new())

@@ -8,6 +8,7 @@ use crate::error::BoxError;
 use crate::options::Options;
 use crate::remote::data::DataLink;
 use crate::scope::Scope;
+use crate::shared_bytes::decode_from;
 use crate::task::DTask;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -140,7 +141,7 @@ impl Store {
             Some(Entry::Raw(b)) => b.clone(),
             None => return Err(self.freed(id)),
         };
-        let value = (codec.decode)(&raw)?;
+        let value = decode_from(&raw, codec.decode)?;
         let mut values = self.map();
         if let Some(e) = values.map.get_mut(&id) {
             if matches!(e, Entry::Raw(_)) {
@@ -163,7 +164,7 @@ impl Store {
     pub fn take_unique(&self, id: u64, codec: &Codec) -> Result<AnyValue, BoxError> {
         let entry = self.map().remove(id).ok_or_else(|| self.freed(id))?;
         match entry {
-            Entry::Raw(b) => (codec.decode)(&b),
+            Entry::Raw(b) => decode_from(&b, codec.decode),
             // Someone else holds the value still (an encoding for a fetch): change a copy.
             Entry::Typed(s, _) => match Arc::strong_count(&s.value) {
                 1 => Ok(s.value),
@@ -267,7 +268,7 @@ fn resolve_one(
                 worker: loc.worker,
                 message: e.to_string(),
             })?;
-            (codec.decode)(&bytes)
+            decode_from(&bytes, codec.decode)
         }
         WireArg::Many(_) => Err("a nested collection cannot be one value".into()),
         WireArg::After(task) => Err(format!(

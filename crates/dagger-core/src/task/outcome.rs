@@ -4,6 +4,7 @@
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::remote::data::RemoteData;
 use crate::remote::wire::Location;
+use crate::shared_bytes::decode_from;
 use std::sync::{Arc, OnceLock};
 
 /// The result of a finished task.
@@ -41,7 +42,7 @@ impl<T: Send + Sync + 'static> RemoteValue<T> {
             return Ok(v);
         }
         let bytes = crate::sched::blocking(|| fetch(&self.data))?;
-        let v = decode_owned::<T>(self.decode, &bytes)?;
+        let v = decode_from(&bytes, |b| decode_owned::<T>(self.decode, b))?;
         let _ = self.local.set(v);
         Ok(self.local.get().expect("just set"))
     }
@@ -52,7 +53,7 @@ impl<T: Send + Sync + 'static> RemoteValue<T> {
             return Ok(v);
         }
         let bytes = crate::sched::blocking(|| fetch(&self.data))?;
-        decode_owned::<T>(self.decode, &bytes)
+        decode_from(&bytes, |b| decode_owned::<T>(self.decode, b))
     }
 }
 
