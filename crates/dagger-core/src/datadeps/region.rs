@@ -7,7 +7,8 @@ use super::plan::{
     self, CostPlanner, PlanData, PlanProc, PlanTask, Planner, Traversal, DEFAULT_COST_NS,
 };
 use super::remote::{
-    self as rm, Copies, Home, Lazy, Need, RemoteArgs, RemoteSpec, Transfers, VersionPlan, LAZY,
+    self as rm, Copies, Home, Lazy, Need, RemoteAccess, RemoteArg, RemoteArgs, RemoteSpec,
+    Transfers, VersionPlan, LAZY,
 };
 use super::tracker::{KeyState, Span};
 use crate::chunk::Chunk;
@@ -289,6 +290,30 @@ impl<R: Send + Sync + 'static> Access for RegionTask<R> {
         // SAFETY: the value lives in the producing task, which the region keeps alive until
         // every task of the region finished.
         unsafe { &*(value as *const R) }
+    }
+}
+
+/// An earlier task's result, read by a later task of the same region that may run in a worker
+/// process ([`Region::spawn_task`]): the result (kept here) is encoded when the later task
+/// starts and sent with it.
+impl<R: Serialize + Send + Sync + 'static> RemoteAccess for RegionTask<R> {
+    fn remote(&self) -> RemoteArg {
+        let slot = self.slot.clone();
+        let encode: rm::ResultEncoder = Arc::new(move || {
+            let value = slot
+                .task
+                .get()
+                .and_then(|t| t.cell.value())
+                .ok_or("the task whose result it reads has not finished (internal error)")?
+                .map_err(|e| e.to_string())?;
+            postcard::to_allocvec(value)
+                .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<R>()))
+        });
+        RemoteArg(rm::Repr::Result {
+            encode,
+            type_id: TypeId::of::<R>(),
+            type_name: std::any::type_name::<R>(),
+        })
     }
 }
 
@@ -666,13 +691,38 @@ impl<'scope, 'env> Region<'scope, 'env> {
         }
     }
 
-    /// Moves the value of a finished task into the region (moved out of the task when `task`
-    /// is its last handle, else cloned), like [`own`](Region::own). A failed task's error is
-    /// returned.
+    /// Moves the value of a task into the region once it finished (moved out of the task when
+    /// `task` is its last handle, else cloned), like [`own`](Region::own). A failed task's
+    /// error is returned.
+    ///
+    /// The value of a task that ran in a worker process is not brought here: like a chunk in
+    /// a worker ([`own_chunk`](Region::own_chunk)), the region's first version of the data is
+    /// the task's result where it lives, which tasks in that worker copy there and tasks in
+    /// other workers copy from it directly; only a task here, or [`output`](Region::output),
+    /// brings it here. The task's own result is never changed.
+    ///
+    /// ```
+    /// use dagger_core::{spawn, spawn_datadeps, InOut};
+    /// let t = spawn(|| vec![1, 2]);
+    /// let out = spawn_datadeps(|dd| {
+    ///     let v = dd.own_task(t.clone())?;
+    ///     dd.spawn(|v: &mut Vec<i32>| v.push(3), (InOut(v),));
+    ///     Ok::<_, dagger_core::TaskError>(dd.output(v))
+    /// })
+    /// .unwrap()
+    /// .unwrap();
+    /// assert_eq!(out.into_inner().unwrap(), vec![1, 2, 3]);
+    /// assert_eq!(t.fetch().unwrap(), vec![1, 2]); // the task's result is unchanged
+    /// ```
     pub fn own_task<T: Clone + Send + Sync + 'static>(
         &'scope self,
         task: DTask<T>,
     ) -> Result<Data<'scope, T>, TaskError> {
+        task.wait_ok()?;
+        if task.cell.remote_data().is_some() {
+            // a result in a worker is a chunk there: its value stays where it lives
+            return self.own_chunk(&Chunk::from_task(task));
+        }
         Ok(self.own(task.into_value()?))
     }
 
@@ -1031,9 +1081,14 @@ impl<'scope, 'env> Region<'scope, 'env> {
         if let Ok(spec) = &spec {
             let mut st = self.state.borrow_mut();
             for a in &spec.args {
-                if let rm::Repr::Data { key, home, .. } = a {
-                    if let Some(h) = st.homes.get_mut(*key as usize) {
-                        *h = Some(*home);
+                let homes: Vec<(u32, rm::Home)> = match a {
+                    rm::Repr::Data { key, home, .. } => vec![(*key, *home)],
+                    rm::Repr::Many { items, .. } => items.clone(),
+                    _ => Vec::new(),
+                };
+                for (key, home) in homes {
+                    if let Some(h) = st.homes.get_mut(key as usize) {
+                        *h = Some(home);
                     }
                 }
             }

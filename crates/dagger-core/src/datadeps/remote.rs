@@ -5,7 +5,9 @@
 //! spawned with [`Region::spawn_task`](super::Region::spawn_task) may be placed on a worker,
 //! and only when every argument can be encoded: whole values ([`Data`]), views of slices
 //! ([`Slice`]), blocks of matrices ([`Block`]) and parts of values ([`Part`]) of serde types,
-//! and [`Val`]s. Closures and results of earlier region tasks stay in this process.
+//! and [`Val`]s; a `Vec` of whole values read (for a `Vec<&T>` parameter); results of earlier
+//! tasks of the region (encoded when the task starts, sent with it). Closures stay in this
+//! process.
 //!
 //! The home copy of every piece of data is the one registered with the region (in this
 //! process). The planner walks the tasks in a topological order and gives every write a new
@@ -94,7 +96,27 @@ pub(crate) enum Repr {
         type_id: TypeId,
         type_name: &'static str,
     },
+    /// Whole values read as one `Vec<&T>` parameter (a `Vec` of [`Data`] handles): each is
+    /// copied to the worker like a [`Repr::Data`], the call refers to them all.
+    Many {
+        items: Vec<(u32, Home)>,
+        /// `T`'s type.
+        type_id: TypeId,
+        type_name: &'static str,
+    },
+    /// The result of an earlier task of the region (read), encoded when the task using it
+    /// starts (after that task finished) and sent with it.
+    Result {
+        encode: ResultEncoder,
+        type_id: TypeId,
+        type_name: &'static str,
+    },
+    /// An argument that cannot reach a task in a worker, and why: the task is refused.
+    Refused(String),
 }
+
+/// Encodes the result of a finished region task.
+pub(crate) type ResultEncoder = Arc<dyn Fn() -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// An argument that a task running in another process can receive: a data handle of a serde
 /// type ([`Data`], [`Slice`], [`Block`], [`Part`]; bare or in [`In`], [`Out`], [`InOut`]) and
@@ -188,6 +210,47 @@ fn view_arg(write: bool, view: View) -> RemoteArg {
         write,
         view: Arc::new(view),
     })
+}
+
+/// A `Vec` of handles of whole values read by the task reaches a worker as a `Vec<&T>`
+/// parameter, each value copied there like a single [`Data`]. Views in a `Vec`, and a `Vec`
+/// that the task writes (`Vec<&mut T>` cannot be a task parameter), are refused with an
+/// error saying so.
+impl<D: RemoteTarget> RemoteTarget for Vec<D> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        if write {
+            return RemoteArg(Repr::Refused(
+                "a `Vec` of handles declared Out/InOut cannot reach a task in a worker \
+                 (`Vec<&mut T>` cannot be a task parameter); pass the handles as separate \
+                 arguments"
+                    .into(),
+            ));
+        }
+        let mut items = Vec::with_capacity(self.len());
+        let mut elem: Option<(TypeId, &'static str)> = None;
+        for d in self {
+            match d.remote_arg(false).0 {
+                Repr::Data { key, home, .. } => {
+                    elem = Some((home.type_id, home.type_name));
+                    items.push((key, home));
+                }
+                _ => {
+                    return RemoteArg(Repr::Refused(
+                        "a `Vec` of views (slices, blocks, parts) cannot reach a task in a \
+                         worker: only a `Vec` of whole values (`Vec<&T>`) can; pass the views \
+                         as separate arguments"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        let (type_id, type_name) = elem.unwrap_or((TypeId::of::<()>(), "nothing"));
+        RemoteArg(Repr::Many {
+            items,
+            type_id,
+            type_name,
+        })
+    }
 }
 
 /// A view of a slice reaches a worker as a `Vec<T>` of its elements, for a `&[T]` or
@@ -493,6 +556,36 @@ pub(crate) fn check_call(
             Repr::Val {
                 type_id, type_name, ..
             } => (*type_id, *type_name, false),
+            Repr::Result {
+                type_id, type_name, ..
+            } => (*type_id, *type_name, false),
+            Repr::Refused(why) => return Err(format!("argument {}: {why}", i + 1)),
+            Repr::Many {
+                items,
+                type_id,
+                type_name,
+            } => {
+                let matches = p.elem.as_ref().is_some_and(|e| e.is(*type_id));
+                if !items.is_empty() && !matches {
+                    return Err(format!(
+                        "argument {} is a `Vec` of {type_name} handles, but {} takes a {} \
+                         there (a `Vec` of handles needs a `Vec<&T>` parameter)",
+                        i + 1,
+                        entry.name,
+                        (p.codec.type_name)()
+                    ));
+                }
+                if p.elem.is_none() || p.mutable {
+                    return Err(format!(
+                        "argument {} is a `Vec` of handles, but {} takes a {} there (a `Vec` \
+                         of handles needs a `Vec<&T>` parameter)",
+                        i + 1,
+                        entry.name,
+                        (p.codec.type_name)()
+                    ));
+                }
+                continue;
+            }
         };
         if !p.codec.is(type_id) {
             return Err(format!(
@@ -889,6 +982,21 @@ impl Copies {
                     args.push(WireArg::Value(bytes.clone()?));
                     writes.push(false);
                 }
+                Repr::Many { items, .. } => {
+                    let refs = items
+                        .iter()
+                        .map(|(key, _)| self.slot(*key, worker).map(WireArg::Ref))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    args.push(WireArg::Many(refs));
+                    writes.push(false);
+                }
+                Repr::Result { encode, .. } => {
+                    let bytes = encode().map_err(what)?;
+                    Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                    args.push(WireArg::Value(bytes));
+                    writes.push(false);
+                }
+                Repr::Refused(why) => return Err(why.clone().into()),
             }
         }
         let call = WireCall {
