@@ -633,6 +633,73 @@ fn chunks_in_workers_are_changed_where_they_live() {
     });
 }
 
+// ---- `Out` overwrites: no old contents sent ----
+
+#[dagger::task]
+fn set_all(x: &mut Buf, k: u64) {
+    x.0.iter_mut().for_each(|v| *v = k);
+}
+
+/// The same program with `Out` or `InOut` on the tasks that overwrite `x`: its transfers and
+/// what the tasks reading `x` saw.
+fn overwrite_program(out: bool) -> (TransferStats, Vec<u64>, Buf) {
+    let on = |w: u32| Options::new().scope(Scope::worker(w));
+    let mut x = Buf(vec![1; 10_000]);
+    let t = Transfers::new();
+    let sums = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+        let x = dd.data(&mut x);
+        // sent to worker 1, then changed here: worker 1 holds an older copy
+        let a = dd.spawn_task_with(on(1), total, (In(x),));
+        dd.spawn(|x: &mut Buf| x.0[0] = 5, (InOut(x),));
+        // overwritten in worker 1 (with `Out`: its older copy, nothing sent), read in
+        // worker 2 (pulled from worker 1)
+        if out {
+            dd.spawn_task_with(on(1), set_all, (Out(x), Val(9u64)));
+        } else {
+            dd.spawn_task_with(on(1), set_all, (InOut(x), Val(9u64)));
+        }
+        let b = dd.spawn_task_with(on(2), total, (In(x),));
+        // overwritten here (with `Out`: not fetched first), read in worker 1 (sent)
+        let three = |x: &mut Buf| x.0.iter_mut().for_each(|v| *v = 3);
+        if out {
+            dd.spawn(three, (Out(x),));
+        } else {
+            dd.spawn(three, (InOut(x),));
+        }
+        let c = dd.spawn_task_with(on(1), total, (In(x),));
+        vec![a, b, c]
+    })
+    .unwrap();
+    let sums = sums.iter().map(|s| s.fetch().unwrap()).collect();
+    (t.stats(), sums, x)
+}
+
+#[test]
+fn out_sends_no_old_contents_where_an_older_copy_is() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let (inout, sums_inout, x_inout) = overwrite_program(false);
+        let (out, sums_out, x_out) = overwrite_program(true);
+        assert_eq!(sums_out, vec![10_000, 90_000, 30_000]);
+        assert_eq!((sums_inout, x_inout), (sums_out, x_out.clone()));
+        assert_eq!(x_out.0, vec![3; 10_000]);
+        assert_eq!(
+            (inout.sent, inout.fetched, inout.moved, inout.written_back),
+            (3, 1, 1, 0),
+            "{inout:?}"
+        );
+        assert_eq!(
+            (out.sent, out.fetched, out.moved, out.written_back),
+            (2, 0, 1, 0),
+            "{out:?}"
+        );
+        assert!(
+            out.sent_bytes < inout.sent_bytes && out.sent_bytes >= 2 * 10_000,
+            "{out:?} {inout:?}"
+        );
+    });
+}
+
 // ---- results of earlier tasks as region data ----
 
 #[dagger::task]

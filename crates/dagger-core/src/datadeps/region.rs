@@ -522,6 +522,9 @@ struct State {
     data: Vec<PlanData>,
     /// For each of `data`: whether the task accesses the whole value (not a view of it).
     whole: Vec<bool>,
+    /// For each of `data`: whether the task overwrites the whole value ([`Out`](super::Out)
+    /// of a whole value): a process holding an older copy need not get the latest first.
+    overwrite: Vec<bool>,
     owned: Vec<OwnedSlot>,
     /// The key of each owned value's slot (`owned` index), by key.
     owned_of_key: HashMap<u32, usize>,
@@ -1154,11 +1157,16 @@ impl<'scope, 'env> Region<'scope, 'env> {
         for d in &decls.0 {
             match *d {
                 Declared::Data {
-                    key, span, write, ..
+                    key,
+                    span,
+                    write,
+                    overwrite,
+                    ..
                 } if (key as usize) < st.keys.len() => {
                     st.keys[key as usize].access(index, span, write, &mut st.preds);
                     st.data.push(PlanData { key, write });
                     st.whole.push(span == Span::All);
+                    st.overwrite.push(overwrite && span == Span::All);
                 }
                 Declared::Result { task, .. } if task < index => st.preds.push(task),
                 _ => {}
@@ -1225,6 +1233,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
                     span,
                     write,
                     writable,
+                    ..
                 } => {
                     if region != self.id {
                         return Err(format!(
@@ -1500,21 +1509,25 @@ impl<'scope, 'env> Region<'scope, 'env> {
             };
             needs.clear();
             if let Some(v) = versions.as_mut() {
-                let whole = &st.whole[data_start[i] as usize..data_start[i + 1] as usize];
+                let range = data_start[i] as usize..data_start[i + 1] as usize;
+                let (whole, over) = (&st.whole[range.clone()], &st.overwrite[range]);
+                let all = data
+                    .iter()
+                    .zip(whole.iter().zip(over))
+                    .map(|(d, (&w, &o))| (d.key, d.write, o, w));
                 let access = |keep: bool| {
-                    data.iter()
-                        .zip(whole)
-                        .filter(move |(_, &w)| w == keep)
-                        .map(|(d, _)| (d.key, d.write))
+                    all.clone()
+                        .filter(move |a| a.3 == keep)
+                        .map(|(k, w, o, _)| (k, w, o))
                 };
                 match at {
                     // a task in a worker uses whole values there, and views of data at home
                     // (their elements travel with it: see `remote`)
                     Some((w, _)) => {
-                        v.task(w, access(true), &mut needs);
-                        v.task(0, access(false), &mut needs);
+                        v.task_with(w, access(true), &mut needs);
+                        v.task_with(0, access(false), &mut needs);
                     }
-                    None => v.task(0, data.iter().map(|d| (d.key, d.write)), &mut needs),
+                    None => v.task_with(0, all.map(|(k, w, o, _)| (k, w, o)), &mut needs),
                 }
             }
             preds.clear();
@@ -1953,6 +1966,7 @@ where
             data_start: Vec::new(),
             data: Vec::new(),
             whole: Vec::new(),
+            overwrite: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
             lazy: HashMap::new(),

@@ -1079,14 +1079,27 @@ impl VersionPlan {
     /// newer one replaces it): the first such task to run makes it, the others, which may run
     /// at the same time (readers, or writers of disjoint parts), wait for it rather than use
     /// what was there before.
+    #[cfg(test)]
     pub(crate) fn task(
         &mut self,
         at: u32,
         data: impl Iterator<Item = (u32, bool)> + Clone,
         out: &mut Vec<Need>,
     ) {
+        self.task_with(at, data.map(|(k, w)| (k, w, false)), out);
+    }
+
+    /// Like [`task`](Self::task), for accesses `(key, write, overwrite)`: a task overwriting
+    /// a whole value ([`Out`]) needs no copy of its latest version where some older copy is
+    /// held (home always holds one, unless it is still in a chunk): it overwrites that copy.
+    pub(crate) fn task_with(
+        &mut self,
+        at: u32,
+        data: impl Iterator<Item = (u32, bool, bool)> + Clone,
+        out: &mut Vec<Need>,
+    ) {
         let start = out.len();
-        for (key, _) in data.clone() {
+        for (key, _, overwrite) in data.clone() {
             if out[start..].iter().any(|n| n.key == key) {
                 continue;
             }
@@ -1097,6 +1110,11 @@ impl VersionPlan {
             } else {
                 None
             });
+            if has != Some(v) && overwrite && has.is_some() {
+                // an older copy is there to be overwritten: no copy (the write below makes
+                // this process hold the latest version)
+                continue;
+            }
             if has != Some(v) {
                 let need = Need {
                     key,
@@ -1111,7 +1129,7 @@ impl VersionPlan {
                 out.push(need);
             }
         }
-        for (key, write) in data {
+        for (key, write, _) in data {
             if write {
                 let k = key as usize;
                 self.version[k] += 1;
@@ -1242,6 +1260,38 @@ mod tests {
         assert_eq!(n, [from_chunk(0)]);
         assert_eq!(p.latest(0), 0);
         assert!(p.write_backs(|_| true).is_empty());
+    }
+
+    #[test]
+    fn overwriting_a_whole_value_needs_only_an_older_copy() {
+        let mut p = VersionPlan::new(2, [1]);
+        let mut n = Vec::new();
+        // worker 1 gets version 0; home writes version 1
+        p.task(1, [(0, false)].into_iter(), &mut n);
+        p.task(0, [(0, true)].into_iter(), &mut n);
+        n.clear();
+        // overwriting it in worker 1: its older copy will do; in worker 2 (no copy): sent
+        p.task_with(1, [(0, true, true)].into_iter(), &mut n);
+        assert!(n.is_empty(), "{n:?}");
+        p.task_with(2, [(0, true, true)].into_iter(), &mut n);
+        assert_eq!(
+            n,
+            [Need {
+                key: 0,
+                version: 2,
+                from: 1,
+                to: 2
+            }]
+        );
+        // overwritten here: home's older copy will do, and home holds the latest
+        n.clear();
+        p.task_with(0, [(0, true, true)].into_iter(), &mut n);
+        assert!(n.is_empty(), "{n:?}");
+        assert!(p.write_backs(|k| k == 0).is_empty());
+        // a value still in its chunk has no home copy to overwrite: it is filled first
+        p.task_with(0, [(1, true, true)].into_iter(), &mut n);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].from, LAZY);
     }
 
     fn view_of(arg: RemoteArg) -> Arc<View> {
