@@ -520,8 +520,6 @@ struct State {
     preds: Vec<u32>,
     data_start: Vec<u32>,
     data: Vec<PlanData>,
-    /// For each of `data`: whether the task accesses the whole value (not a view of it).
-    whole: Vec<bool>,
     /// For each of `data`: whether the task overwrites the whole value ([`Out`](super::Out)
     /// of a whole value): a process holding an older copy need not get the latest first.
     overwrite: Vec<bool>,
@@ -1164,8 +1162,11 @@ impl<'scope, 'env> Region<'scope, 'env> {
                     ..
                 } if (key as usize) < st.keys.len() => {
                     st.keys[key as usize].access(index, span, write, &mut st.preds);
-                    st.data.push(PlanData { key, write });
-                    st.whole.push(span == Span::All);
+                    st.data.push(PlanData {
+                        key,
+                        write,
+                        view: span != Span::All,
+                    });
                     st.overwrite.push(overwrite && span == Span::All);
                 }
                 Declared::Result { task, .. } if task < index => st.preds.push(task),
@@ -1510,11 +1511,10 @@ impl<'scope, 'env> Region<'scope, 'env> {
             needs.clear();
             if let Some(v) = versions.as_mut() {
                 let range = data_start[i] as usize..data_start[i + 1] as usize;
-                let (whole, over) = (&st.whole[range.clone()], &st.overwrite[range]);
                 let all = data
                     .iter()
-                    .zip(whole.iter().zip(over))
-                    .map(|(d, (&w, &o))| (d.key, d.write, o, w));
+                    .zip(&st.overwrite[range])
+                    .map(|(d, &o)| (d.key, d.write, o, !d.view));
                 let access = |keep: bool| {
                     all.clone()
                         .filter(move |a| a.3 == keep)
@@ -1965,7 +1965,6 @@ where
             preds: Vec::new(),
             data_start: Vec::new(),
             data: Vec::new(),
-            whole: Vec::new(),
             overwrite: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
