@@ -1203,16 +1203,25 @@ fn sequential(ops: &[Op]) -> (World, Vec<u64>) {
     (w, sums)
 }
 
+#[dagger::task]
+fn same_halves(h: Halves) -> Halves {
+    h
+}
+
 fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
     let mut w = start();
     // buffer 0 is a chunk in worker 1, taken into the region where it lives and out as a
-    // chunk where the region leaves it
+    // chunk where the region leaves it; buffer 1 is the result of a task that ran in worker
+    // 2, taken into the region where it lives and out as a value
     let chunk = dagger::tochunk_on(w.bufs[0].clone(), Scope::worker(1)).unwrap();
+    let made = dagger::spawn!(same_halves(w.bufs[1].clone()); scope = Scope::worker(2));
     let World { bufs, flat, mat } = &mut w;
-    let (sums, out) = spawn_datadeps_with(opts, |dd| {
+    let (sums, out, out1) = spawn_datadeps_with(opts, |dd| {
         let first = dd.own_chunk(&chunk).unwrap();
-        let h: Vec<_> = std::iter::once(first)
-            .chain(bufs[1..].iter_mut().map(|b| dd.data(b)))
+        let second = dd.own_task(made.clone()).unwrap();
+        let h: Vec<_> = [first, second]
+            .into_iter()
+            .chain(bufs[2..].iter_mut().map(|b| dd.data(b)))
             .collect();
         let part = |a: usize, lo: bool| h[a].part(if lo { Half::Lo } else { Half::Hi });
         let flat = dd.slice(flat);
@@ -1265,10 +1274,16 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
                 }
             }
         }
-        (sums, dd.output_chunk(first))
+        (sums, dd.output_chunk(first), dd.output(second))
     })
     .unwrap();
     w.bufs[0] = out.into_inner().unwrap().fetch().unwrap();
+    w.bufs[1] = out1.into_inner().unwrap();
+    assert_eq!(
+        made.fetch().unwrap(),
+        start().bufs[1],
+        "the result is unchanged"
+    );
     assert_eq!(
         chunk.fetch().unwrap(),
         start().bufs[0],
