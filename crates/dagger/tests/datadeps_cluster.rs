@@ -825,34 +825,29 @@ fn results_of_region_tasks_are_sent_with_tasks_in_workers() {
 }
 
 #[test]
-fn vecs_of_handles_reach_workers_only_as_vecs_of_whole_values_read() {
+fn vecs_of_handles_read_reach_workers() {
     let ctx = cluster();
     ctx.enter(|| {
         let (mut a, mut b) = (Buf(vec![1; 3]), Buf(vec![2; 3]));
         // (a `Vec` written, or passed for a parameter that is not a `Vec<&T>`, does not
         // compile: the function must take what `spawn` would give it)
-        // views: refused, naming the argument and why
+        // parts (views): their elements are sent with the task, after a task here changed
+        // one of them
         let mut h = Halves {
             lo: vec![1; 2],
             hi: vec![2; 3],
         };
-        let err = spawn_datadeps(|dd| {
+        let t = Transfers::new();
+        let n = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
             let h = dd.data(&mut h);
-            dd.spawn_task(count_all, (vec![h.part(Half::Lo), h.part(Half::Hi)],));
-        })
-        .unwrap_err();
-        let e = err.to_string();
-        assert!(e.contains("argument 1") && e.contains("views"), "{e}");
-        // ... but runs here as a closure
-        let n = spawn_datadeps(|dd| {
-            let h = dd.data(&mut h);
-            dd.spawn(
-                |xs: Vec<&Vec<u64>>| count_all(xs),
-                (vec![h.part(Half::Lo), h.part(Half::Hi)],),
-            )
+            dd.spawn(|x: &mut Vec<u64>| x.push(9), (InOut(h.part(Half::Lo)),));
+            let on2 = Scope::worker(2);
+            dagger::spawn!(dd, count_all(vec![h.part(Half::Lo), h.part(Half::Hi)]); scope = on2)
         })
         .unwrap();
-        assert_eq!(n.fetch().unwrap(), 5);
+        assert_eq!(n.fetch().unwrap(), 6);
+        let s = t.stats();
+        assert_eq!((s.sent, s.remote_tasks), (2, 1), "{s:?}");
         // read: runs in a worker, each value copied there once
         let t = Transfers::new();
         let sums = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {

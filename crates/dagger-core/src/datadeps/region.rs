@@ -1008,8 +1008,9 @@ impl<'scope, 'env> Region<'scope, 'env> {
     /// [`In`](super::In) and `&mut T` for data declared [`Out`](super::Out) or
     /// [`InOut`](super::InOut); `&[T]` / `&mut [T]` for views of slices, [`BlockRef`](super::BlockRef)
     /// / [`BlockMut`](super::BlockMut) for blocks of matrices, and `&P` / `&mut P` for parts
-    /// (of [`Parts`](super::Parts) types that lend parts as `&P` and `&mut P`); plain values
-    /// are [`Val`](super::Val)s. Every type must be serde.
+    /// (of [`Parts`](super::Parts) types that lend parts as `&P` and `&mut P`); `Vec<&T>` for
+    /// a `Vec` of handles read; `&R` for an earlier region task's result (a `RegionTask<R>`,
+    /// sent with the task); plain values are [`Val`](super::Val)s. Every type must be serde.
     ///
     /// When it runs in a worker, the region first copies there the whole values the worker
     /// does not hold in their latest version (once per version and worker, directly from the
@@ -1084,7 +1085,13 @@ impl<'scope, 'env> Region<'scope, 'env> {
             for a in &spec.args {
                 let homes: Vec<(u32, rm::Home)> = match a {
                     rm::Repr::Data { key, home, .. } => vec![(*key, *home)],
-                    rm::Repr::Many { items, .. } => items.clone(),
+                    rm::Repr::Many { items, .. } => items
+                        .iter()
+                        .filter_map(|i| match i {
+                            rm::Item::Data(key, home) => Some((*key, *home)),
+                            rm::Item::View(_) => None,
+                        })
+                        .collect(),
                     _ => Vec::new(),
                 };
                 for (key, home) in homes {

@@ -5,7 +5,7 @@
 //! spawned with [`Region::spawn_task`](super::Region::spawn_task) may be placed on a worker,
 //! and only when every argument can be encoded: whole values ([`Data`]), views of slices
 //! ([`Slice`]), blocks of matrices ([`Block`]) and parts of values ([`Part`]) of serde types,
-//! and [`Val`]s; a `Vec` of whole values read (for a `Vec<&T>` parameter); results of earlier
+//! and [`Val`]s; a `Vec` of handles read (for a `Vec<&T>` parameter); results of earlier
 //! tasks of the region (encoded when the task starts, sent with it). Closures stay in this
 //! process.
 //!
@@ -96,10 +96,11 @@ pub(crate) enum Repr {
         type_id: TypeId,
         type_name: &'static str,
     },
-    /// Whole values read as one `Vec<&T>` parameter (a `Vec` of [`Data`] handles): each is
-    /// copied to the worker like a [`Repr::Data`], the call refers to them all.
+    /// Handles read as one `Vec<&T>` parameter (a `Vec` of handles): each whole value is
+    /// copied to the worker like a [`Repr::Data`], each view's elements are sent with the
+    /// task like a [`Repr::View`] read.
     Many {
-        items: Vec<(u32, Home)>,
+        items: Vec<Item>,
         /// `T`'s type.
         type_id: TypeId,
         type_name: &'static str,
@@ -113,6 +114,13 @@ pub(crate) enum Repr {
     },
     /// An argument that cannot reach a task in a worker, and why: the task is refused.
     Refused(String),
+}
+
+/// One handle of a [`Repr::Many`].
+#[derive(Clone)]
+pub(crate) enum Item {
+    Data(u32, Home),
+    View(Arc<View>),
 }
 
 /// Encodes the result of a finished region task.
@@ -212,9 +220,10 @@ fn view_arg(write: bool, view: View) -> RemoteArg {
     })
 }
 
-/// A `Vec` of handles of whole values read by the task reaches a worker as a `Vec<&T>`
-/// parameter, each value copied there like a single [`Data`]. Views in a `Vec`, and a `Vec`
-/// that the task writes (`Vec<&mut T>` cannot be a task parameter), are refused with an
+/// A `Vec` of handles read by the task reaches a worker as a `Vec<&T>` parameter: each whole
+/// value copied there like a single [`Data`], each view's elements sent with the task (only
+/// parts can be read this way: `Vec<&[T]>` and `Vec<BlockRef>` cannot be task parameters). A
+/// `Vec` that the task writes (`Vec<&mut T>` cannot be a task parameter) is refused with an
 /// error saying so.
 impl<D: RemoteTarget> RemoteTarget for Vec<D> {
     fn remote_arg(&self, write: bool) -> RemoteArg {
@@ -232,12 +241,15 @@ impl<D: RemoteTarget> RemoteTarget for Vec<D> {
             match d.remote_arg(false).0 {
                 Repr::Data { key, home, .. } => {
                     elem = Some((home.type_id, home.type_name));
-                    items.push((key, home));
+                    items.push(Item::Data(key, home));
+                }
+                Repr::View { view, .. } => {
+                    elem = Some((view.type_id, view.type_name));
+                    items.push(Item::View(view));
                 }
                 _ => {
                     return RemoteArg(Repr::Refused(
-                        "a `Vec` of views (slices, blocks, parts) cannot reach a task in a \
-                         worker: only a `Vec` of whole values (`Vec<&T>`) can; pass the views \
+                        "a `Vec` of nested handles cannot reach a task in a worker; pass them \
                          as separate arguments"
                             .into(),
                     ))
@@ -983,11 +995,18 @@ impl Copies {
                     writes.push(false);
                 }
                 Repr::Many { items, .. } => {
-                    let refs = items
-                        .iter()
-                        .map(|(key, _)| self.slot(*key, worker).map(WireArg::Ref))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    args.push(WireArg::Many(refs));
+                    let mut each = Vec::with_capacity(items.len());
+                    for item in items {
+                        each.push(match item {
+                            Item::Data(key, _) => WireArg::Ref(self.slot(*key, worker)?),
+                            Item::View(view) => {
+                                let bytes = (view.encode)().map_err(|e| what(e.to_string()))?;
+                                Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                                WireArg::Value(bytes)
+                            }
+                        });
+                    }
+                    args.push(WireArg::Many(each));
                     writes.push(false);
                 }
                 Repr::Result { encode, .. } => {
