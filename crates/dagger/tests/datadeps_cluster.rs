@@ -633,6 +633,240 @@ fn chunks_in_workers_are_changed_where_they_live() {
     });
 }
 
+// ---- `Out` overwrites: no old contents sent ----
+
+#[dagger::task]
+fn set_all(x: &mut Buf, k: u64) {
+    x.0.iter_mut().for_each(|v| *v = k);
+}
+
+/// The same program with `Out` or `InOut` on the tasks that overwrite `x`: its transfers and
+/// what the tasks reading `x` saw.
+fn overwrite_program(out: bool) -> (TransferStats, Vec<u64>, Buf) {
+    let on = |w: u32| Options::new().scope(Scope::worker(w));
+    let mut x = Buf(vec![1; 10_000]);
+    let t = Transfers::new();
+    let sums = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+        let x = dd.data(&mut x);
+        // sent to worker 1, then changed here: worker 1 holds an older copy
+        let a = dd.spawn_task_with(on(1), total, (In(x),));
+        dd.spawn(|x: &mut Buf| x.0[0] = 5, (InOut(x),));
+        // overwritten in worker 1 (with `Out`: its older copy, nothing sent), read in
+        // worker 2 (pulled from worker 1)
+        if out {
+            dd.spawn_task_with(on(1), set_all, (Out(x), Val(9u64)));
+        } else {
+            dd.spawn_task_with(on(1), set_all, (InOut(x), Val(9u64)));
+        }
+        let b = dd.spawn_task_with(on(2), total, (In(x),));
+        // overwritten here (with `Out`: not fetched first), read in worker 1 (sent)
+        let three = |x: &mut Buf| x.0.iter_mut().for_each(|v| *v = 3);
+        if out {
+            dd.spawn(three, (Out(x),));
+        } else {
+            dd.spawn(three, (InOut(x),));
+        }
+        let c = dd.spawn_task_with(on(1), total, (In(x),));
+        vec![a, b, c]
+    })
+    .unwrap();
+    let sums = sums.iter().map(|s| s.fetch().unwrap()).collect();
+    (t.stats(), sums, x)
+}
+
+#[test]
+fn out_sends_no_old_contents_where_an_older_copy_is() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let (inout, sums_inout, x_inout) = overwrite_program(false);
+        let (out, sums_out, x_out) = overwrite_program(true);
+        assert_eq!(sums_out, vec![10_000, 90_000, 30_000]);
+        assert_eq!((sums_inout, x_inout), (sums_out, x_out.clone()));
+        assert_eq!(x_out.0, vec![3; 10_000]);
+        assert_eq!(
+            (inout.sent, inout.fetched, inout.moved, inout.written_back),
+            (3, 1, 1, 0),
+            "{inout:?}"
+        );
+        assert_eq!(
+            (out.sent, out.fetched, out.moved, out.written_back),
+            (2, 0, 1, 0),
+            "{out:?}"
+        );
+        assert!(
+            out.sent_bytes < inout.sent_bytes && out.sent_bytes >= 2 * 10_000,
+            "{out:?} {inout:?}"
+        );
+    });
+}
+
+// ---- results of earlier tasks as region data ----
+
+#[dagger::task]
+fn make_buf(n: u64) -> Buf {
+    Buf((0..n).collect())
+}
+
+#[dagger::task]
+fn no_buf() -> Buf {
+    panic!("no buffer")
+}
+
+#[dagger::task]
+fn sum_all(xs: Vec<&Buf>) -> u64 {
+    xs.iter().map(|x| total(x)).fold(0, u64::wrapping_add)
+}
+
+#[dagger::task]
+fn count_all(xs: Vec<&Vec<u64>>) -> usize {
+    xs.iter().map(|x| x.len()).sum()
+}
+
+#[test]
+fn results_of_tasks_in_workers_are_used_where_they_live() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let made = dagger::spawn!(make_buf(1000); scope = Scope::worker(1));
+        let base = (0..1000u64).sum::<u64>();
+
+        // read in worker 1 (copied inside worker 1), changed in worker 2 (pulled from worker 1
+        // directly), read again in worker 2 with another value in a `Vec<&Buf>`: nothing
+        // passes through here, and the result stays in worker 2
+        let mut other = Buf(vec![5; 1000]);
+        let t = Transfers::new();
+        let (out, s1, s2) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_task(made.clone()).unwrap();
+            let other = dd.data(&mut other);
+            let s1 = dd.spawn_task_with(on(1), total, (In(d),));
+            dd.spawn_task_with(on(2), bump, (InOut(d), Val(1u64)));
+            let s2 = dd.spawn_task_with(on(2), sum_all, (In(vec![d, other]),));
+            (dd.output_chunk(d), s1, s2)
+        })
+        .unwrap();
+        let s = t.stats();
+        // `other` alone is sent from here; the result moves inside worker 1 and to worker 2
+        assert_eq!(
+            (s.sent, s.fetched, s.written_back, s.moved, s.remote_tasks),
+            (1, 0, 0, 2, 3),
+            "{s:?}"
+        );
+        assert_eq!(s1.fetch().unwrap(), base);
+        assert_eq!(s2.fetch().unwrap(), base + 1000 + 5 * 1000);
+        let out = out.into_inner().expect("a chunk");
+        assert_eq!(out.processor().worker, WorkerId(2), "it stays in worker 2");
+        assert_eq!(out.fetch().unwrap().0[10], 11);
+        assert_eq!(
+            made.fetch().unwrap().0[10],
+            10,
+            "the task's result is unchanged"
+        );
+        assert_eq!(other.0, vec![5; 1000], "read only");
+
+        // a task here brings it here; taken out as a value
+        let t = Transfers::new();
+        let out = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let d = dd.own_task(made.clone()).unwrap();
+            dd.spawn(|b: &mut Buf| b.0[0] = 7, (InOut(d),));
+            dd.spawn_task_with(on(2), bump, (InOut(d), Val(1u64)));
+            dd.output(d)
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!((s.fetched, s.sent, s.written_back), (1, 1, 1), "{s:?}");
+        let v = out.into_inner().unwrap();
+        assert_eq!((v.0[0], v.0[10]), (8, 11));
+
+        // a failed task's error is returned
+        let failed = dagger::spawn!(no_buf(); scope = Scope::worker(1));
+        let err = spawn_datadeps(|dd| dd.own_task(failed).map(|_| ()))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("no buffer"), "{err}");
+    });
+}
+
+#[dagger::task]
+fn add_scalar(acc: &mut Buf, k: &u64) {
+    acc.0.iter_mut().for_each(|a| *a = a.wrapping_add(*k));
+}
+
+#[test]
+fn results_of_region_tasks_are_sent_with_tasks_in_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let mut acc = Buf(vec![1; 100]);
+        let x = Buf((0..100).collect());
+        let t = Transfers::new();
+        spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let (acc, x) = (dd.data(&mut acc), dd.read(&x));
+            // a result made in worker 1, one made here: both read by tasks in worker 2
+            let s = dd.spawn_task_with(on(1), total, (In(x),));
+            let here = dd.spawn(|x: &Buf| x.0[3], (In(x),));
+            dd.spawn_task_with(on(2), add_scalar, (InOut(acc), s));
+            dd.spawn_task_with(on(2), add_scalar, (InOut(acc), here));
+        })
+        .unwrap();
+        assert_eq!(acc.0[0], 1 + 4950 + 3);
+        let s = t.stats();
+        // x to worker 1, acc to worker 2, the two results with their tasks
+        assert_eq!((s.sent, s.remote_tasks), (4, 3), "{s:?}");
+        // a failed task's dependents fail without running
+        let err = spawn_datadeps(|dd| {
+            let (acc, x) = (dd.data(&mut acc), dd.read(&x));
+            let s = dd.spawn(|_x: &Buf| -> u64 { panic!("no scalar") }, (In(x),));
+            dd.spawn_task_with(on(2), add_scalar, (InOut(acc), s));
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("no scalar"), "{err}");
+        assert_eq!(acc.0[0], 1 + 4950 + 3);
+    });
+}
+
+#[test]
+fn vecs_of_handles_read_reach_workers() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let (mut a, mut b) = (Buf(vec![1; 3]), Buf(vec![2; 3]));
+        // (a `Vec` written, or passed for a parameter that is not a `Vec<&T>`, does not
+        // compile: the function must take what `spawn` would give it)
+        // parts (views): their elements are sent with the task, after a task here changed
+        // one of them
+        let mut h = Halves {
+            lo: vec![1; 2],
+            hi: vec![2; 3],
+        };
+        let t = Transfers::new();
+        let n = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let h = dd.data(&mut h);
+            dd.spawn(|x: &mut Vec<u64>| x.push(9), (InOut(h.part(Half::Lo)),));
+            let on2 = Scope::worker(2);
+            dagger::spawn!(dd, count_all(vec![h.part(Half::Lo), h.part(Half::Hi)]); scope = on2)
+        })
+        .unwrap();
+        assert_eq!(n.fetch().unwrap(), 6);
+        let s = t.stats();
+        assert_eq!((s.sent, s.remote_tasks), (2, 1), "{s:?}");
+        // read: runs in a worker, each value copied there once
+        let t = Transfers::new();
+        let sums = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let (a, b) = (dd.data(&mut a), dd.data(&mut b));
+            let on1 = Options::new().scope(Scope::worker(1));
+            dd.spawn_task_with(on1.clone(), bump, (InOut(a), Val(10u64)));
+            let x = dd.spawn_task_with(on1.clone(), sum_all, (In(vec![a, b, a]),));
+            let y = dd.spawn_task_with(on1, sum_all, (vec![b],));
+            (x, y)
+        })
+        .unwrap();
+        assert_eq!(sums.0.fetch().unwrap(), 33 + 6 + 33);
+        assert_eq!(sums.1.fetch().unwrap(), 6);
+        let s = t.stats();
+        assert_eq!((s.sent, s.remote_tasks, s.written_back), (2, 3, 1), "{s:?}");
+        assert_eq!(a.0, vec![11; 3]);
+    });
+}
+
 // ---- property test: random programs over buffers, in workers and here ----
 
 /// A buffer of two halves that tasks here may also access separately (as parts, ordered by
@@ -964,16 +1198,25 @@ fn sequential(ops: &[Op]) -> (World, Vec<u64>) {
     (w, sums)
 }
 
+#[dagger::task]
+fn same_halves(h: Halves) -> Halves {
+    h
+}
+
 fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
     let mut w = start();
     // buffer 0 is a chunk in worker 1, taken into the region where it lives and out as a
-    // chunk where the region leaves it
+    // chunk where the region leaves it; buffer 1 is the result of a task that ran in worker
+    // 2, taken into the region where it lives and out as a value
     let chunk = dagger::tochunk_on(w.bufs[0].clone(), Scope::worker(1)).unwrap();
+    let made = dagger::spawn!(same_halves(w.bufs[1].clone()); scope = Scope::worker(2));
     let World { bufs, flat, mat } = &mut w;
-    let (sums, out) = spawn_datadeps_with(opts, |dd| {
+    let (sums, out, out1) = spawn_datadeps_with(opts, |dd| {
         let first = dd.own_chunk(&chunk).unwrap();
-        let h: Vec<_> = std::iter::once(first)
-            .chain(bufs[1..].iter_mut().map(|b| dd.data(b)))
+        let second = dd.own_task(made.clone()).unwrap();
+        let h: Vec<_> = [first, second]
+            .into_iter()
+            .chain(bufs[2..].iter_mut().map(|b| dd.data(b)))
             .collect();
         let part = |a: usize, lo: bool| h[a].part(if lo { Half::Lo } else { Half::Hi });
         let flat = dd.slice(flat);
@@ -1026,10 +1269,16 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
                 }
             }
         }
-        (sums, dd.output_chunk(first))
+        (sums, dd.output_chunk(first), dd.output(second))
     })
     .unwrap();
     w.bufs[0] = out.into_inner().unwrap().fetch().unwrap();
+    w.bufs[1] = out1.into_inner().unwrap();
+    assert_eq!(
+        made.fetch().unwrap(),
+        start().bufs[1],
+        "the result is unchanged"
+    );
     assert_eq!(
         chunk.fetch().unwrap(),
         start().bufs[0],

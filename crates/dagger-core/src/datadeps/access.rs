@@ -27,7 +27,11 @@ pub struct In<D>(pub D);
 /// Writes the data: the task gets a mutable reference (`&mut T`, `&mut [T]`, ...) and runs after
 /// every earlier reader and writer of overlapping data. Inside one process the reference shows
 /// the current contents, exactly as for [`InOut`]; the difference is what a task promises: it
-/// does not read what was there.
+/// does not read what was there, so across processes the region does not copy a whole value
+/// declared `Out` to the process running the task when that process holds an older copy of it
+/// (the task gets that copy to overwrite; see `docs/cluster.md`). A process holding no copy yet
+/// gets the current contents (a value cannot be made without one), as do views (their
+/// elements travel with the task).
 #[derive(Clone, Copy, Debug)]
 pub struct Out<D>(pub D);
 
@@ -49,6 +53,8 @@ pub(crate) enum Declared {
         span: Span,
         write: bool,
         writable: bool,
+        /// Declared [`Out`]: the task overwrites what it accesses without reading it.
+        overwrite: bool,
     },
     /// The result of an earlier task of a region (read only).
     Result { region: u64, task: u32 },
@@ -114,7 +120,13 @@ impl<D: Target> Access for Out<D> {
     type Out<'a> = D::Mut<'a>;
 
     fn declare(&self, out: &mut Declarations) {
+        let start = out.0.len();
         declare_target(&self.0, true, out);
+        for d in &mut out.0[start..] {
+            if let Declared::Data { overwrite, .. } = d {
+                *overwrite = true;
+            }
+        }
     }
 
     unsafe fn get<'a>(self) -> D::Mut<'a> {

@@ -56,6 +56,7 @@ impl KeyRef {
             span,
             write,
             writable: self.writable,
+            overwrite: false,
         });
     }
 }

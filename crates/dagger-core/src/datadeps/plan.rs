@@ -27,6 +27,11 @@ pub struct PlanData {
     pub key: u32,
     /// Whether the task writes it.
     pub write: bool,
+    /// Whether the task accesses a view of it (a slice range, matrix block or part) rather
+    /// than the whole value. A task in a worker gets a view's elements with the task, from the
+    /// data's home copy here, and the elements it writes come back here right after it: so a
+    /// view written in a worker leaves the data's latest version here, not in the worker.
+    pub view: bool,
 }
 
 /// What a [`Planner`] knows about the task it places.
@@ -161,8 +166,11 @@ impl Planner for WorkStealing {
 /// [`with_move_cost`](CostPlanner::with_move_cost), default 0.1) for moving it through the
 /// caches, and for data last written (or, at first, registered) in another process
 /// [`with_remote_move_cost`](CostPlanner::with_remote_move_cost) (default 200 µs) for copying
-/// it there. Run times are [`PlanTask::cost_ns`]. Tasks that may not run in worker processes
-/// are only placed on this process's threads.
+/// it there. A view ([`PlanData::view`]) used in a worker pays that cost too (its elements
+/// travel with the task from here), and once more when a worker holds the latest whole value
+/// (it is brought here first); a view written in a worker leaves the data's latest version
+/// here (its elements come back after the task). Run times are [`PlanTask::cost_ns`]. Tasks
+/// that may not run in worker processes are only placed on this process's threads.
 #[derive(Clone, Debug)]
 pub struct CostPlanner {
     move_cost: f64,
@@ -255,7 +263,11 @@ impl Planner for CostPlanner {
                 } else {
                     self.process[h as usize]
                 };
-                if at != here {
+                if d.view && here != 0 {
+                    // the elements travel with the task, from the home copy (brought here
+                    // first if a worker holds the latest version)
+                    remote += 1 + u64::from(at != 0);
+                } else if at != here {
                     remote += 1;
                 } else if h != NO_THREAD && h != t as u32 {
                     moved += 1;
@@ -274,12 +286,18 @@ impl Planner for CostPlanner {
             *f = finish;
             self.thread_of[task.index] = t as u32;
         }
+        let remote = self.process[t] != 0;
         for d in task.data {
             let k = d.key as usize;
             if self.home.len() <= k {
                 self.home.resize(k + 1, NO_THREAD);
             }
-            if d.write || self.home[k] == NO_THREAD {
+            if d.view && remote {
+                // a view is not kept in the worker: what the task wrote comes back here
+                if d.write {
+                    self.home[k] = NO_THREAD;
+                }
+            } else if d.write || self.home[k] == NO_THREAD {
                 self.home[k] = t as u32;
             }
         }
@@ -399,6 +417,7 @@ mod tests {
         let d = [PlanData {
             key: 0,
             write: true,
+            view: false,
         }];
         let a = cp.place(&PlanTask { data: &d, ..t(0) });
         let b = cp.place(&t(1));
@@ -411,5 +430,45 @@ mod tests {
         });
         assert_eq!(c, a);
         assert_eq!(WorkStealing.place(&t(3)), None);
+    }
+
+    #[test]
+    fn views_written_in_workers_leave_the_data_here() {
+        let procs = [
+            PlanProc {
+                process: 0,
+                thread: 0,
+            },
+            PlanProc {
+                process: 1,
+                thread: 0,
+            },
+        ];
+        let mut cp = CostPlanner::new().with_remote_move_cost(1_000_000);
+        cp.start_procs(&procs, 3);
+        let task = |index, preds, cost_ns, data, remote| PlanTask {
+            index,
+            name: None,
+            preds,
+            cost_ns,
+            data,
+            remote,
+        };
+        // a long task keeps this process's thread busy: the next goes to the worker
+        assert_eq!(cp.place(&task(0, &[], 50_000_000, &[], false)), Some(0));
+        let view = [PlanData {
+            key: 0,
+            write: true,
+            view: true,
+        }];
+        assert_eq!(cp.place(&task(1, &[], 10_000, &view, true)), Some(1));
+        // the view's elements came back here: a reader of the whole value after both is
+        // cheaper here than in the worker (which holds no copy)
+        let whole = [PlanData {
+            key: 0,
+            write: false,
+            view: false,
+        }];
+        assert_eq!(cp.place(&task(2, &[0, 1], 10_000, &whole, true)), Some(0));
     }
 }

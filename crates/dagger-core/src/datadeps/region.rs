@@ -7,7 +7,8 @@ use super::plan::{
     self, CostPlanner, PlanData, PlanProc, PlanTask, Planner, Traversal, DEFAULT_COST_NS,
 };
 use super::remote::{
-    self as rm, Copies, Home, Lazy, Need, RemoteArgs, RemoteSpec, Transfers, VersionPlan, LAZY,
+    self as rm, Copies, Home, Lazy, Need, RemoteAccess, RemoteArg, RemoteArgs, RemoteSpec,
+    Transfers, VersionPlan, LAZY,
 };
 use super::tracker::{KeyState, Span};
 use crate::chunk::Chunk;
@@ -292,6 +293,30 @@ impl<R: Send + Sync + 'static> Access for RegionTask<R> {
     }
 }
 
+/// An earlier task's result, read by a later task of the same region that may run in a worker
+/// process ([`Region::spawn_task`]): the result (kept here) is encoded when the later task
+/// starts and sent with it.
+impl<R: Serialize + Send + Sync + 'static> RemoteAccess for RegionTask<R> {
+    fn remote(&self) -> RemoteArg {
+        let slot = self.slot.clone();
+        let encode: rm::ResultEncoder = Arc::new(move || {
+            let value = slot
+                .task
+                .get()
+                .and_then(|t| t.cell.value())
+                .ok_or("the task whose result it reads has not finished (internal error)")?
+                .map_err(|e| e.to_string())?;
+            postcard::to_allocvec(value)
+                .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<R>()))
+        });
+        RemoteArg(rm::Repr::Result {
+            encode,
+            type_id: TypeId::of::<R>(),
+            type_name: std::any::type_name::<R>(),
+        })
+    }
+}
+
 /// A value moved into a region, to be taken out after it ([`Region::output`]).
 ///
 /// ```
@@ -495,8 +520,9 @@ struct State {
     preds: Vec<u32>,
     data_start: Vec<u32>,
     data: Vec<PlanData>,
-    /// For each of `data`: whether the task accesses the whole value (not a view of it).
-    whole: Vec<bool>,
+    /// For each of `data`: whether the task overwrites the whole value ([`Out`](super::Out)
+    /// of a whole value): a process holding an older copy need not get the latest first.
+    overwrite: Vec<bool>,
     owned: Vec<OwnedSlot>,
     /// The key of each owned value's slot (`owned` index), by key.
     owned_of_key: HashMap<u32, usize>,
@@ -666,13 +692,38 @@ impl<'scope, 'env> Region<'scope, 'env> {
         }
     }
 
-    /// Moves the value of a finished task into the region (moved out of the task when `task`
-    /// is its last handle, else cloned), like [`own`](Region::own). A failed task's error is
-    /// returned.
+    /// Moves the value of a task into the region once it finished (moved out of the task when
+    /// `task` is its last handle, else cloned), like [`own`](Region::own). A failed task's
+    /// error is returned.
+    ///
+    /// The value of a task that ran in a worker process is not brought here: like a chunk in
+    /// a worker ([`own_chunk`](Region::own_chunk)), the region's first version of the data is
+    /// the task's result where it lives, which tasks in that worker copy there and tasks in
+    /// other workers copy from it directly; only a task here, or [`output`](Region::output),
+    /// brings it here. The task's own result is never changed.
+    ///
+    /// ```
+    /// use dagger_core::{spawn, spawn_datadeps, InOut};
+    /// let t = spawn(|| vec![1, 2]);
+    /// let out = spawn_datadeps(|dd| {
+    ///     let v = dd.own_task(t.clone())?;
+    ///     dd.spawn(|v: &mut Vec<i32>| v.push(3), (InOut(v),));
+    ///     Ok::<_, dagger_core::TaskError>(dd.output(v))
+    /// })
+    /// .unwrap()
+    /// .unwrap();
+    /// assert_eq!(out.into_inner().unwrap(), vec![1, 2, 3]);
+    /// assert_eq!(t.fetch().unwrap(), vec![1, 2]); // the task's result is unchanged
+    /// ```
     pub fn own_task<T: Clone + Send + Sync + 'static>(
         &'scope self,
         task: DTask<T>,
     ) -> Result<Data<'scope, T>, TaskError> {
+        task.wait_ok()?;
+        if task.cell.remote_data().is_some() {
+            // a result in a worker is a chunk there: its value stays where it lives
+            return self.own_chunk(&Chunk::from_task(task));
+        }
         Ok(self.own(task.into_value()?))
     }
 
@@ -957,8 +1008,9 @@ impl<'scope, 'env> Region<'scope, 'env> {
     /// [`In`](super::In) and `&mut T` for data declared [`Out`](super::Out) or
     /// [`InOut`](super::InOut); `&[T]` / `&mut [T]` for views of slices, [`BlockRef`](super::BlockRef)
     /// / [`BlockMut`](super::BlockMut) for blocks of matrices, and `&P` / `&mut P` for parts
-    /// (of [`Parts`](super::Parts) types that lend parts as `&P` and `&mut P`); plain values
-    /// are [`Val`](super::Val)s. Every type must be serde.
+    /// (of [`Parts`](super::Parts) types that lend parts as `&P` and `&mut P`); `Vec<&T>` for
+    /// a `Vec` of handles read; `&R` for an earlier region task's result (a `RegionTask<R>`,
+    /// sent with the task); plain values are [`Val`](super::Val)s. Every type must be serde.
     ///
     /// When it runs in a worker, the region first copies there the whole values the worker
     /// does not hold in their latest version (once per version and worker, directly from the
@@ -1031,9 +1083,20 @@ impl<'scope, 'env> Region<'scope, 'env> {
         if let Ok(spec) = &spec {
             let mut st = self.state.borrow_mut();
             for a in &spec.args {
-                if let rm::Repr::Data { key, home, .. } = a {
-                    if let Some(h) = st.homes.get_mut(*key as usize) {
-                        *h = Some(*home);
+                let homes: Vec<(u32, rm::Home)> = match a {
+                    rm::Repr::Data { key, home, .. } => vec![(*key, *home)],
+                    rm::Repr::Many { items, .. } => items
+                        .iter()
+                        .filter_map(|i| match i {
+                            rm::Item::Data(key, home) => Some((*key, *home)),
+                            rm::Item::View(_) => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                for (key, home) in homes {
+                    if let Some(h) = st.homes.get_mut(key as usize) {
+                        *h = Some(home);
                     }
                 }
             }
@@ -1099,11 +1162,19 @@ impl<'scope, 'env> Region<'scope, 'env> {
         for d in &decls.0 {
             match *d {
                 Declared::Data {
-                    key, span, write, ..
+                    key,
+                    span,
+                    write,
+                    overwrite,
+                    ..
                 } if (key as usize) < st.keys.len() => {
                     st.keys[key as usize].access(index, span, write, &mut st.preds);
-                    st.data.push(PlanData { key, write });
-                    st.whole.push(span == Span::All);
+                    st.data.push(PlanData {
+                        key,
+                        write,
+                        view: span != Span::All,
+                    });
+                    st.overwrite.push(overwrite && span == Span::All);
                 }
                 Declared::Result { task, .. } if task < index => st.preds.push(task),
                 _ => {}
@@ -1170,6 +1241,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
                     span,
                     write,
                     writable,
+                    ..
                 } => {
                     if region != self.id {
                         return Err(format!(
@@ -1445,21 +1517,24 @@ impl<'scope, 'env> Region<'scope, 'env> {
             };
             needs.clear();
             if let Some(v) = versions.as_mut() {
-                let whole = &st.whole[data_start[i] as usize..data_start[i + 1] as usize];
+                let range = data_start[i] as usize..data_start[i + 1] as usize;
+                let all = data
+                    .iter()
+                    .zip(&st.overwrite[range])
+                    .map(|(d, &o)| (d.key, d.write, o, !d.view));
                 let access = |keep: bool| {
-                    data.iter()
-                        .zip(whole)
-                        .filter(move |(_, &w)| w == keep)
-                        .map(|(d, _)| (d.key, d.write))
+                    all.clone()
+                        .filter(move |a| a.3 == keep)
+                        .map(|(k, w, o, _)| (k, w, o))
                 };
                 match at {
                     // a task in a worker uses whole values there, and views of data at home
                     // (their elements travel with it: see `remote`)
                     Some((w, _)) => {
-                        v.task(w, access(true), &mut needs);
-                        v.task(0, access(false), &mut needs);
+                        v.task_with(w, access(true), &mut needs);
+                        v.task_with(0, access(false), &mut needs);
                     }
-                    None => v.task(0, data.iter().map(|d| (d.key, d.write)), &mut needs),
+                    None => v.task_with(0, all.map(|(k, w, o, _)| (k, w, o)), &mut needs),
                 }
             }
             preds.clear();
@@ -1897,7 +1972,7 @@ where
             preds: Vec::new(),
             data_start: Vec::new(),
             data: Vec::new(),
-            whole: Vec::new(),
+            overwrite: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
             lazy: HashMap::new(),

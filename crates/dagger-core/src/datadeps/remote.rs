@@ -5,7 +5,9 @@
 //! spawned with [`Region::spawn_task`](super::Region::spawn_task) may be placed on a worker,
 //! and only when every argument can be encoded: whole values ([`Data`]), views of slices
 //! ([`Slice`]), blocks of matrices ([`Block`]) and parts of values ([`Part`]) of serde types,
-//! and [`Val`]s. Closures and results of earlier region tasks stay in this process.
+//! and [`Val`]s; a `Vec` of handles read (for a `Vec<&T>` parameter); results of earlier
+//! tasks of the region (encoded when the task starts, sent with it). Closures stay in this
+//! process.
 //!
 //! The home copy of every piece of data is the one registered with the region (in this
 //! process). The planner walks the tasks in a topological order and gives every write a new
@@ -94,7 +96,35 @@ pub(crate) enum Repr {
         type_id: TypeId,
         type_name: &'static str,
     },
+    /// Handles read as one `Vec<&T>` parameter (a `Vec` of handles): each whole value is
+    /// copied to the worker like a [`Repr::Data`], each view's elements are sent with the
+    /// task like a [`Repr::View`] read.
+    Many {
+        items: Vec<Item>,
+        /// `T`'s type.
+        type_id: TypeId,
+        type_name: &'static str,
+    },
+    /// The result of an earlier task of the region (read), encoded when the task using it
+    /// starts (after that task finished) and sent with it.
+    Result {
+        encode: ResultEncoder,
+        type_id: TypeId,
+        type_name: &'static str,
+    },
+    /// An argument that cannot reach a task in a worker, and why: the task is refused.
+    Refused(String),
 }
+
+/// One handle of a [`Repr::Many`].
+#[derive(Clone)]
+pub(crate) enum Item {
+    Data(u32, Home),
+    View(Arc<View>),
+}
+
+/// Encodes the result of a finished region task.
+pub(crate) type ResultEncoder = Arc<dyn Fn() -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// An argument that a task running in another process can receive: a data handle of a serde
 /// type ([`Data`], [`Slice`], [`Block`], [`Part`]; bare or in [`In`], [`Out`], [`InOut`]) and
@@ -188,6 +218,51 @@ fn view_arg(write: bool, view: View) -> RemoteArg {
         write,
         view: Arc::new(view),
     })
+}
+
+/// A `Vec` of handles read by the task reaches a worker as a `Vec<&T>` parameter: each whole
+/// value copied there like a single [`Data`], each view's elements sent with the task (only
+/// parts can be read this way: `Vec<&[T]>` and `Vec<BlockRef>` cannot be task parameters). A
+/// `Vec` that the task writes (`Vec<&mut T>` cannot be a task parameter) is refused with an
+/// error saying so.
+impl<D: RemoteTarget> RemoteTarget for Vec<D> {
+    fn remote_arg(&self, write: bool) -> RemoteArg {
+        if write {
+            return RemoteArg(Repr::Refused(
+                "a `Vec` of handles declared Out/InOut cannot reach a task in a worker \
+                 (`Vec<&mut T>` cannot be a task parameter); pass the handles as separate \
+                 arguments"
+                    .into(),
+            ));
+        }
+        let mut items = Vec::with_capacity(self.len());
+        let mut elem: Option<(TypeId, &'static str)> = None;
+        for d in self {
+            match d.remote_arg(false).0 {
+                Repr::Data { key, home, .. } => {
+                    elem = Some((home.type_id, home.type_name));
+                    items.push(Item::Data(key, home));
+                }
+                Repr::View { view, .. } => {
+                    elem = Some((view.type_id, view.type_name));
+                    items.push(Item::View(view));
+                }
+                _ => {
+                    return RemoteArg(Repr::Refused(
+                        "a `Vec` of nested handles cannot reach a task in a worker; pass them \
+                         as separate arguments"
+                            .into(),
+                    ))
+                }
+            }
+        }
+        let (type_id, type_name) = elem.unwrap_or((TypeId::of::<()>(), "nothing"));
+        RemoteArg(Repr::Many {
+            items,
+            type_id,
+            type_name,
+        })
+    }
 }
 
 /// A view of a slice reaches a worker as a `Vec<T>` of its elements, for a `&[T]` or
@@ -493,6 +568,36 @@ pub(crate) fn check_call(
             Repr::Val {
                 type_id, type_name, ..
             } => (*type_id, *type_name, false),
+            Repr::Result {
+                type_id, type_name, ..
+            } => (*type_id, *type_name, false),
+            Repr::Refused(why) => return Err(format!("argument {}: {why}", i + 1)),
+            Repr::Many {
+                items,
+                type_id,
+                type_name,
+            } => {
+                let matches = p.elem.as_ref().is_some_and(|e| e.is(*type_id));
+                if !items.is_empty() && !matches {
+                    return Err(format!(
+                        "argument {} is a `Vec` of {type_name} handles, but {} takes a {} \
+                         there (a `Vec` of handles needs a `Vec<&T>` parameter)",
+                        i + 1,
+                        entry.name,
+                        (p.codec.type_name)()
+                    ));
+                }
+                if p.elem.is_none() || p.mutable {
+                    return Err(format!(
+                        "argument {} is a `Vec` of handles, but {} takes a {} there (a `Vec` \
+                         of handles needs a `Vec<&T>` parameter)",
+                        i + 1,
+                        entry.name,
+                        (p.codec.type_name)()
+                    ));
+                }
+                continue;
+            }
         };
         if !p.codec.is(type_id) {
             return Err(format!(
@@ -889,6 +994,28 @@ impl Copies {
                     args.push(WireArg::Value(bytes.clone()?));
                     writes.push(false);
                 }
+                Repr::Many { items, .. } => {
+                    let mut each = Vec::with_capacity(items.len());
+                    for item in items {
+                        each.push(match item {
+                            Item::Data(key, _) => WireArg::Ref(self.slot(*key, worker)?),
+                            Item::View(view) => {
+                                let bytes = (view.encode)().map_err(|e| what(e.to_string()))?;
+                                Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                                WireArg::Value(bytes)
+                            }
+                        });
+                    }
+                    args.push(WireArg::Many(each));
+                    writes.push(false);
+                }
+                Repr::Result { encode, .. } => {
+                    let bytes = encode().map_err(what)?;
+                    Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                    args.push(WireArg::Value(bytes));
+                    writes.push(false);
+                }
+                Repr::Refused(why) => return Err(why.clone().into()),
             }
         }
         let call = WireCall {
@@ -971,14 +1098,27 @@ impl VersionPlan {
     /// newer one replaces it): the first such task to run makes it, the others, which may run
     /// at the same time (readers, or writers of disjoint parts), wait for it rather than use
     /// what was there before.
+    #[cfg(test)]
     pub(crate) fn task(
         &mut self,
         at: u32,
         data: impl Iterator<Item = (u32, bool)> + Clone,
         out: &mut Vec<Need>,
     ) {
+        self.task_with(at, data.map(|(k, w)| (k, w, false)), out);
+    }
+
+    /// Like [`task`](Self::task), for accesses `(key, write, overwrite)`: a task overwriting
+    /// a whole value ([`Out`]) needs no copy of its latest version where some older copy is
+    /// held (home always holds one, unless it is still in a chunk): it overwrites that copy.
+    pub(crate) fn task_with(
+        &mut self,
+        at: u32,
+        data: impl Iterator<Item = (u32, bool, bool)> + Clone,
+        out: &mut Vec<Need>,
+    ) {
         let start = out.len();
-        for (key, _) in data.clone() {
+        for (key, _, overwrite) in data.clone() {
             if out[start..].iter().any(|n| n.key == key) {
                 continue;
             }
@@ -989,6 +1129,11 @@ impl VersionPlan {
             } else {
                 None
             });
+            if has != Some(v) && overwrite && has.is_some() {
+                // an older copy is there to be overwritten: no copy (the write below makes
+                // this process hold the latest version)
+                continue;
+            }
             if has != Some(v) {
                 let need = Need {
                     key,
@@ -1003,7 +1148,7 @@ impl VersionPlan {
                 out.push(need);
             }
         }
-        for (key, write) in data {
+        for (key, write, _) in data {
             if write {
                 let k = key as usize;
                 self.version[k] += 1;
@@ -1134,6 +1279,38 @@ mod tests {
         assert_eq!(n, [from_chunk(0)]);
         assert_eq!(p.latest(0), 0);
         assert!(p.write_backs(|_| true).is_empty());
+    }
+
+    #[test]
+    fn overwriting_a_whole_value_needs_only_an_older_copy() {
+        let mut p = VersionPlan::new(2, [1]);
+        let mut n = Vec::new();
+        // worker 1 gets version 0; home writes version 1
+        p.task(1, [(0, false)].into_iter(), &mut n);
+        p.task(0, [(0, true)].into_iter(), &mut n);
+        n.clear();
+        // overwriting it in worker 1: its older copy will do; in worker 2 (no copy): sent
+        p.task_with(1, [(0, true, true)].into_iter(), &mut n);
+        assert!(n.is_empty(), "{n:?}");
+        p.task_with(2, [(0, true, true)].into_iter(), &mut n);
+        assert_eq!(
+            n,
+            [Need {
+                key: 0,
+                version: 2,
+                from: 1,
+                to: 2
+            }]
+        );
+        // overwritten here: home's older copy will do, and home holds the latest
+        n.clear();
+        p.task_with(0, [(0, true, true)].into_iter(), &mut n);
+        assert!(n.is_empty(), "{n:?}");
+        assert!(p.write_backs(|k| k == 0).is_empty());
+        // a value still in its chunk has no home copy to overwrite: it is filled first
+        p.task_with(0, [(1, true, true)].into_iter(), &mut n);
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].from, LAZY);
     }
 
     fn view_of(arg: RemoteArg) -> Arc<View> {

@@ -331,21 +331,32 @@ pub fn resolve_args(
         .params
         .iter()
         .zip(args)
-        .map(|(p, a)| match a {
-            WireArg::Many(items) => {
-                let elem = p
-                    .elem
-                    .as_ref()
-                    .ok_or_else(|| format!("{} does not take a collection", entry.name))?;
-                items
-                    .iter()
-                    .map(|i| resolve_one(i, elem, store, fetch))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(ArgValue::Many)
-            }
-            other => resolve_one(other, &p.codec, store, fetch).map(ArgValue::One),
-        })
+        .map(|(p, a)| resolve_arg(entry.name, p, a, store, fetch))
         .collect()
+}
+
+/// Argument `a` of a call of `name`, for parameter `p`: one value, or a collection of values.
+fn resolve_arg(
+    name: &str,
+    p: &super::functions::Param,
+    a: &WireArg,
+    store: &Store,
+    fetch: &dyn Fetch,
+) -> Result<ArgValue, BoxError> {
+    match a {
+        WireArg::Many(items) => {
+            let elem = p
+                .elem
+                .as_ref()
+                .ok_or_else(|| format!("{name} does not take a collection"))?;
+            items
+                .iter()
+                .map(|i| resolve_one(i, elem, store, fetch))
+                .collect::<Result<Vec<_>, _>>()
+                .map(ArgValue::Many)
+        }
+        other => resolve_one(other, &p.codec, store, fetch).map(ArgValue::One),
+    }
 }
 
 fn options_from_wire(w: &WireOptions) -> Options {
@@ -572,7 +583,7 @@ pub fn run_in_place(
                     entry.name
                 )
                 .into()),
-                (false, other) => resolve_one(other, &p.codec, &store, &*fetch).map(ArgValue::One),
+                (false, other) => resolve_arg(entry.name, p, other, &store, &*fetch),
             };
             match v {
                 Ok(v) => values.push(v),
