@@ -17,7 +17,7 @@
 //! rest waits in the registry's frontier until the worker reports tasks done.
 
 use super::remote::RemoteTask;
-use super::{wire_options, Placement, Registry};
+use super::{Placement, Registry};
 use crate::task::{state, Header, Job, JobRef};
 use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -275,21 +275,20 @@ impl Registry {
             t.set(0);
             e
         });
-        let Ok((mut call, inputs)) = encoded else {
+        let Ok((call, inputs)) = encoded else {
             // An input stopped being made there, or is being made again: it waits as usual.
             crate::remote::requeue(job.clone());
             return Sent::No;
         };
-        call.thread = thread;
-        call.options = wire_options(h);
-        let task = RemoteTask {
-            job: job.clone(),
+        let task = RemoteTask::new(
+            job.clone(),
             call,
             inputs,
-            scope: a.scope.clone(),
-            cost_ns: est,
-            ahead: true,
-        };
+            a.scope.clone(),
+            thread,
+            est,
+            true,
+        );
         task.send(&*dispatch, &worker);
         Sent::Yes
     }

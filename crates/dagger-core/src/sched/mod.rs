@@ -749,17 +749,16 @@ impl Registry {
             return; // cancelled meanwhile
         }
         match job.encode_remote() {
-            Ok((mut call, inputs)) => {
-                call.thread = thread;
-                call.options = wire_options(job.header());
-                let task = RemoteTask {
-                    job: job.clone(),
+            Ok((call, inputs)) => {
+                let task = RemoteTask::new(
+                    job.clone(),
                     call,
                     inputs,
-                    scope: a.scope.clone(),
-                    cost_ns: est,
-                    ahead: false,
-                };
+                    a.scope.clone(),
+                    thread,
+                    est,
+                    false,
+                );
                 task.send(&*dispatch, &worker);
                 self.send_dependents_ahead(job);
             }

@@ -115,6 +115,30 @@ impl RemoteTask {
         self.ahead
     }
 
+    /// The claimed task `job`, encoded as `call` (reading remote `inputs`), to run on `thread`
+    /// of a worker (`None`: any) with the options it runs with; `ahead`: sent ahead of some
+    /// of its inputs.
+    pub(crate) fn new(
+        job: JobRef,
+        mut call: WireCall,
+        inputs: Vec<Input>,
+        scope: Scope,
+        thread: Option<u32>,
+        cost_ns: u64,
+        ahead: bool,
+    ) -> RemoteTask {
+        call.thread = thread;
+        call.options = super::wire_options(job.header());
+        RemoteTask {
+            job,
+            call,
+            inputs,
+            scope,
+            cost_ns,
+            ahead,
+        }
+    }
+
     /// Counts the task in `worker`'s load and hands it to the cluster layer to send there.
     pub(crate) fn send(self, dispatch: &dyn Dispatch, worker: &Arc<RemoteWorker>) {
         worker.backlog_ns.fetch_add(self.cost_ns, Ordering::Relaxed);
