@@ -77,6 +77,12 @@ fn lost_results_are_made_again() {
         let msg = err.to_string();
         assert!(msg.contains("worker 1"), "{msg}");
         assert!(msg.contains("no live worker in its scope"), "{msg}");
+        // It still says where it lived.
+        assert_eq!(
+            data.processor(),
+            Some(dagger::ProcessorId::os(WorkerId(1))),
+            "a value lost for good names the worker it was on"
+        );
 
         // A result that may live anywhere is made again on worker 2 ...
         let sum = spawn!(total(&free); scope = Scope::worker(2));

@@ -80,7 +80,11 @@ enum State {
         worker: u32,
         waiting: Vec<JobRef>,
     },
-    Failed(String),
+    /// It cannot be made again (`worker`: the lost worker it lived on, if it was lost).
+    Failed {
+        why: String,
+        worker: Option<u32>,
+    },
 }
 
 /// A value in another process. Dropping the last reference frees it there.
@@ -195,7 +199,7 @@ impl RemoteData {
     pub fn try_location(&self) -> Result<Location, NotReady> {
         match &*lock(&self.state) {
             State::Ready(loc) => Ok(*loc),
-            State::Failed(m) => Err(NotReady::Failed(m.clone())),
+            State::Failed { why, .. } => Err(NotReady::Failed(why.clone())),
             _ => Err(NotReady::Pending),
         }
     }
@@ -208,7 +212,7 @@ impl RemoteData {
         loop {
             match &*state {
                 State::Ready(loc) => return Ok(*loc),
-                State::Failed(m) => return Err(m.clone()),
+                State::Failed { why, .. } => return Err(why.clone()),
                 _ => {
                     state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
                 }
@@ -255,7 +259,7 @@ impl RemoteData {
             let notified = self.notify.notified();
             match &*lock(&self.state) {
                 State::Ready(loc) => return Ok(*loc),
-                State::Failed(m) => return Err(m.clone()),
+                State::Failed { why, .. } => return Err(why.clone()),
                 _ => {}
             }
             notified.await;
@@ -277,7 +281,8 @@ impl RemoteData {
         }
     }
 
-    /// The worker it lived on when it was lost (for messages).
+    /// The worker it lived on when it was lost (for messages; also once it could not be
+    /// made again).
     pub fn lost_on(&self) -> Option<u32> {
         match &*lock(&self.state) {
             State::Lost { worker, .. } | State::Recovering { worker, .. }
@@ -285,6 +290,7 @@ impl RemoteData {
             {
                 Some(*worker)
             }
+            State::Failed { worker, .. } => *worker,
             _ => None,
         }
     }
@@ -359,7 +365,8 @@ impl RemoteData {
 
     /// It cannot be made again.
     pub fn set_failed(&self, why: String) {
-        self.settle(State::Failed(why));
+        let worker = self.lost_on();
+        self.settle(State::Failed { why, worker });
     }
 
     pub(crate) fn link(&self) -> &Arc<dyn DataLink> {
