@@ -455,11 +455,14 @@ fn encode_cell<T: Send + Sync + 'static>(
     codec: &Codec,
     inputs: &mut Vec<Input>,
 ) -> Result<WireArg, BoxError> {
-    if let Some(task) = crate::sched::ahead::after_arg(cell.header()) {
+    if let Some(task) = crate::sched::encode::after_arg(cell.header()) {
         // Being made on the worker the call is sent ahead to.
         return Ok(WireArg::After(task));
     }
     if let Some(data) = cell.remote_data() {
+        if let Some(small) = crate::sched::encode::small_value(data) {
+            return Ok(WireArg::Value(small.to_vec()));
+        }
         // It lives in a worker: the receiver fetches it from there (or has it already).
         return match data.try_location() {
             Ok(loc) => {
@@ -470,7 +473,7 @@ fn encode_cell<T: Send + Sync + 'static>(
                 Ok(WireArg::Ref(loc))
             }
             // Encoded for a lineage: the input is found again when the value is made again.
-            Err(NotReady::Pending) if crate::sched::ahead::for_lineage() => {
+            Err(NotReady::Pending) if crate::sched::encode::for_lineage() => {
                 inputs.push(Input {
                     data: Arc::downgrade(data),
                     lineage: data.lineage().cloned(),

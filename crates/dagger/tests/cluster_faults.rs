@@ -251,6 +251,26 @@ fn a_chain_sent_ahead_survives_the_loss_of_its_worker() {
     }
 }
 
+/// A small result travels with its worker's report: the head reads it, and tasks on other
+/// workers get it inside their calls, even once that worker is gone (nothing to make again).
+#[test]
+fn small_results_outlive_their_worker() {
+    let ctx = cluster(2, Duration::from_secs(10));
+    ctx.enter(|| {
+        let small = spawn!(start(42); scope = Scope::worker(1));
+        let large = spawn!(make(10_000); scope = Scope::worker(1));
+        small.wait();
+        large.wait();
+        ctx.kill_worker(WorkerId(1)).unwrap();
+        assert_eq!(small.fetch().unwrap(), 42);
+        let next = spawn!(add_one(&small); scope = Scope::worker(2));
+        assert_eq!(next.fetch().unwrap(), 43);
+        // A large one stays only on its worker: its scope allows no other, so it is gone.
+        let err = large.fetch().unwrap_err();
+        assert!(err.to_string().contains("worker 1"), "{err}");
+    });
+}
+
 #[test]
 fn a_hung_worker_is_declared_dead_by_heartbeat() {
     let ctx = cluster(2, Duration::from_millis(1500));

@@ -38,8 +38,9 @@ struct InFlight {
 enum Completed {
     /// Its value, made from the call as it was sent.
     Sent(JobRef, Arc<RemoteData>, u64),
-    /// A task sent ahead of its inputs: its value, where it is, and its run time.
-    Ahead(Box<RemoteTask>, Location, u64),
+    /// A task sent ahead of its inputs: its value, where it is, its run time, and its
+    /// encoding if small.
+    Ahead(Box<RemoteTask>, Location, u64, Option<Vec<u8>>),
 }
 
 /// How many times a task (or a recomputation) is tried again after losing its worker or an
@@ -382,13 +383,16 @@ impl Head {
                         if !s.retries.is_empty() {
                             s.retries.remove(&d.task);
                         }
-                        completed.push(Completed::Ahead(Box::new(f.task), loc, d.run_ns));
+                        completed.push(Completed::Ahead(Box::new(f.task), loc, d.run_ns, d.small));
                     }
                     Ok(loc) => {
                         let (job, lineage) = f.task.into_parts();
                         let label = lineage.label.clone();
                         let data =
                             RemoteData::new(loc, link.clone(), Some(Arc::new(lineage)), label);
+                        if let Some(small) = d.small {
+                            data.keep_small(small.into());
+                        }
                         s.located.entry(loc.worker).or_default().push(&data);
                         if !s.retries.is_empty() {
                             s.retries.remove(&d.task);
@@ -419,12 +423,12 @@ impl Head {
                 Completed::Sent(job, data, run_ns) => {
                     crate::remote::complete_job(&job, data, run_ns)
                 }
-                Completed::Ahead(task, loc, run_ns) => {
+                Completed::Ahead(task, loc, run_ns, small) => {
                     let (job, mut lineage) = (*task).into_parts();
                     let label = lineage.label.clone();
                     // Without its inputs' results, it cannot be made again.
                     let lineage =
-                        crate::sched::ahead::lineage_call(&job)
+                        crate::sched::encode::lineage_call(&job)
                             .ok()
                             .map(|(call, inputs)| {
                                 lineage.call.args = call.args;
@@ -432,6 +436,9 @@ impl Head {
                                 Arc::new(lineage)
                             });
                     let data = RemoteData::new(loc, link.clone(), lineage, label);
+                    if let Some(small) = small {
+                        data.keep_small(small.into());
+                    }
                     self.locate(loc.worker, &data);
                     crate::remote::complete_job(&job, data, run_ns);
                 }

@@ -75,6 +75,9 @@ pub(crate) struct Done {
     pub(crate) result: Result<Location, (FailKind, String)>,
     /// Run time of the body in nanoseconds.
     pub(crate) run_ns: u64,
+    /// The result's encoding, when it is small (see
+    /// [`SMALL_VALUE`](crate::remote::functions::SMALL_VALUE)).
+    pub(crate) small: Option<Vec<u8>>,
 }
 
 /// What a worker reports about itself on request.
@@ -256,6 +259,7 @@ mod tests {
             task: 7,
             result: Err((FailKind::Panicked, "boom".into())),
             run_ns: 12,
+            small: None,
         }]);
         assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
     }
@@ -317,6 +321,7 @@ mod tests {
                         Ok(Location { worker: 1, id: task, bytes: task / 2 })
                     },
                     run_ns: task / 7,
+                    small: (task % 2 == 0).then(|| task.to_le_bytes().to_vec()),
                 })
                 .collect();
             let runs: Vec<u8> = tasks.iter().flat_map(|&t| run_body(&encode_run(t, &call(t as u32, vec![]), t % 2 == 0)).to_vec()).collect();

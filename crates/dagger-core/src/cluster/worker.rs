@@ -9,7 +9,7 @@ use crate::error::BoxError;
 use crate::error::TaskError;
 use crate::remote::data::DataLink;
 use crate::remote::store::{
-    afters_of, resolve_after, run_after, run_in_place, Afters, Claim, Fetch, InputLost,
+    afters_of, resolve_after, run_after, run_in_place, Afters, Claim, Fetch, InputLost, Store,
 };
 use crate::remote::wire::{Location, WireArg};
 use crate::task::DTask;
@@ -133,11 +133,12 @@ impl Worker {
     ) {
         let me = self.clone();
         let link = link.clone();
+        let store = node.store.clone();
         if started.len() <= 1 {
             if let Some(s) = started.pop() {
                 node.io.spawn(async move {
                     let result = (&s.dtask).await;
-                    me.report(&link, &s, result);
+                    me.report(&store, &link, &s, result);
                 });
             }
             return;
@@ -151,7 +152,7 @@ impl Worker {
                 })
                 .collect();
             while let Some((s, result)) = ending.next().await {
-                me.report(&link, &s, result);
+                me.report(&store, &link, &s, result);
             }
         });
     }
@@ -300,6 +301,7 @@ impl Worker {
                     task,
                     result: Err((FailKind::Runtime, e.to_string())),
                     run_ns: 0,
+                    small: None,
                 });
                 if feeds {
                     self.forget(link, task);
@@ -317,6 +319,7 @@ impl Worker {
             task,
             result: Err((kind, message)),
             run_ns: 0,
+            small: None,
         });
         if call.run.feeds {
             self.forget(link, task);
@@ -354,7 +357,13 @@ impl Worker {
     }
 
     /// Tells the head that a call ended (unless the head took it back to run elsewhere).
-    fn report(&self, link: &Link, s: &Started, result: Result<(Location, u64), TaskError>) {
+    fn report(
+        &self,
+        store: &Store,
+        link: &Link,
+        s: &Started,
+        result: Result<(Location, u64), TaskError>,
+    ) {
         self.running.fetch_sub(1, Ordering::Relaxed);
         let task = s.task;
         if s.claim.is_revoked() {
@@ -369,6 +378,7 @@ impl Worker {
                 task,
                 result: Ok(loc),
                 run_ns,
+                small: store.small_encoding(loc.id),
             },
             Err(e) => {
                 let kind = match e.downcast_ref::<InputLost>() {
@@ -385,6 +395,7 @@ impl Worker {
                     task,
                     result: Err((kind, e.message())),
                     run_ns: 0,
+                    small: None,
                 }
             }
         };

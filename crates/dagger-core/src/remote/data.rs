@@ -95,6 +95,9 @@ pub struct RemoteData {
     notify: tokio::sync::Notify,
     lineage: Option<Arc<Lineage>>,
     label: Label,
+    /// Its encoding, kept here too when it is small: reading it needs no round trip, and a
+    /// call sent to another worker carries it.
+    small: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// What a remote value is, for messages (made into text only when a message needs it).
@@ -166,6 +169,7 @@ impl RemoteData {
             notify: tokio::sync::Notify::new(),
             lineage,
             label,
+            small: std::sync::OnceLock::new(),
         })
     }
 
@@ -182,6 +186,7 @@ impl RemoteData {
             notify: tokio::sync::Notify::new(),
             lineage: Some(lineage),
             label,
+            small: std::sync::OnceLock::new(),
         })
     }
 
@@ -361,6 +366,16 @@ impl RemoteData {
         }
         self.settle(State::Ready(to));
         true
+    }
+
+    /// Keeps `bytes`, its (small) encoding, here too.
+    pub fn keep_small(&self, bytes: bytes::Bytes) {
+        let _ = self.small.set(bytes);
+    }
+
+    /// Its encoding, if it is small and kept here.
+    pub fn small(&self) -> Option<&bytes::Bytes> {
+        self.small.get()
     }
 
     /// It cannot be made again.

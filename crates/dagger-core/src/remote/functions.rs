@@ -20,9 +20,17 @@ pub struct Stored {
     pub value: Arc<dyn Any + Send + Sync>,
     /// Encodes `value` (which has the type this was made with).
     pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
+    /// Encodes `value` if its encoding is at most [`SMALL_VALUE`] bytes (stops early
+    /// otherwise).
+    pub encode_small: fn(&dyn Any) -> Option<Vec<u8>>,
     /// `std::any::type_name` of the value.
     pub type_name: &'static str,
 }
+
+/// The largest encoding of a task's result that a worker sends along with its report: the
+/// head then has the value at hand (fetching it needs no round trip, and it travels inside
+/// the calls of other workers' tasks instead of being fetched from the worker).
+pub const SMALL_VALUE: usize = 512;
 
 impl Stored {
     /// Stores `value`.
@@ -30,6 +38,7 @@ impl Stored {
         Stored {
             value: Arc::new(value),
             encode: encode_any::<T>,
+            encode_small: encode_small_any::<T>,
             type_name: std::any::type_name::<T>(),
         }
     }
@@ -58,6 +67,14 @@ pub fn encode_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Vec<u8>, BoxErr
         .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
 }
 
+/// Encodes a `T` given as `&dyn Any` if it takes at most [`SMALL_VALUE`] bytes (the encoder
+/// stops at the first byte past that).
+pub fn encode_small_any<T: Serialize + 'static>(v: &dyn Any) -> Option<Vec<u8>> {
+    let v = v.downcast_ref::<T>()?;
+    let mut buf = [0u8; SMALL_VALUE];
+    postcard::to_slice(v, &mut buf).ok().map(|b| b.to_vec())
+}
+
 /// Decodes bytes into a shareable `T`.
 pub fn decode_any<T: DeserializeOwned + Send + Sync + 'static>(
     bytes: &[u8],
@@ -83,6 +100,8 @@ pub struct Codec {
     pub type_name: fn() -> &'static str,
     /// Encodes a value of the type.
     pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
+    /// Encodes a value of the type if it takes at most [`SMALL_VALUE`] bytes.
+    pub encode_small: fn(&dyn Any) -> Option<Vec<u8>>,
     /// Decodes a value of the type.
     pub decode: fn(&[u8]) -> Result<AnyValue, BoxError>,
 }
@@ -94,6 +113,7 @@ impl Codec {
             type_id: type_id_of::<T>,
             type_name: std::any::type_name::<T>,
             encode: encode_any::<T>,
+            encode_small: encode_small_any::<T>,
             decode: decode_any::<T>,
         }
     }

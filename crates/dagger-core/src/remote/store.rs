@@ -149,6 +149,7 @@ impl Store {
                     Stored {
                         value: value.clone(),
                         encode: codec.encode,
+                        encode_small: codec.encode_small,
                         type_name: (codec.type_name)(),
                     },
                     None,
@@ -179,6 +180,7 @@ impl Store {
             Stored {
                 value,
                 encode: codec.encode,
+                encode_small: codec.encode_small,
                 type_name: (codec.type_name)(),
             },
             None,
@@ -186,6 +188,19 @@ impl Store {
         let mut values = self.map();
         if let Some(old) = values.map.insert(id, entry) {
             values.cached -= old.cached();
+        }
+    }
+
+    /// The encoding of the value with id `id` if it takes at most
+    /// [`SMALL_VALUE`](super::functions::SMALL_VALUE) bytes.
+    pub fn small_encoding(&self, id: u64) -> Option<Vec<u8>> {
+        use super::functions::SMALL_VALUE;
+        let values = self.map();
+        match values.map.get(&id)? {
+            Entry::Typed(_, Some(b)) | Entry::Raw(b) => {
+                (b.len() <= SMALL_VALUE).then(|| b.to_vec())
+            }
+            Entry::Typed(s, None) => (s.encode_small)(s.value.as_ref()),
         }
     }
 

@@ -19,7 +19,6 @@
 use super::remote::RemoteTask;
 use super::{Placement, Registry};
 use crate::task::{state, Header, Job, JobRef};
-use std::cell::Cell;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Where a task that may run anywhere stands with respect to sending tasks ahead.
@@ -45,47 +44,10 @@ fn ahead_of(h: &Header) -> Option<&Mutex<Ahead>> {
     }
 }
 
-thread_local! {
-    /// The worker a call being encoded on this thread is sent ahead to (0: none).
-    static TARGET: Cell<u32> = const { Cell::new(0) };
-    /// Whether the call being encoded on this thread is for a lineage.
-    static LINEAGE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// The call of a task sent ahead, encoded again once it ended, for its lineage: its inputs
-/// are all made by then, but may have been lost since (they are then named by where they
-/// were, and made again with the value if it is lost too).
-pub(crate) fn lineage_call(
-    job: &JobRef,
-) -> Result<
-    (
-        crate::remote::wire::WireCall,
-        Vec<crate::remote::data::Input>,
-    ),
-    crate::BoxError,
-> {
-    LINEAGE.with(|l| {
-        l.set(true);
-        let e = job.encode_remote();
-        l.set(false);
-        e
-    })
-}
-
-/// Whether the call being encoded on this thread is for a lineage.
-pub(crate) fn for_lineage() -> bool {
-    LINEAGE.with(Cell::get)
-}
-
-/// While a call is encoded to be sent ahead to worker `target`: the id of the task `h`,
-/// if its result is to be named by `After` (it is being made on that worker).
-pub(crate) fn after_arg(h: &Header) -> Option<u64> {
-    let target = TARGET.with(Cell::get);
-    if target == 0 || h.state.is_done() {
-        return None;
-    }
+/// The worker the task of `h` was sent to, if calls may be sent ahead of it there.
+pub(crate) fn feeding_on(h: &Header) -> Option<u32> {
     let a = lock(ahead_of(h)?);
-    (a.sent_to == target && a.feeds).then(|| h.id.get())
+    (a.sent_to != 0 && a.feeds).then_some(a.sent_to)
 }
 
 /// Records that the task of `h` is sent to `worker`; whether calls may be sent ahead of it.
@@ -269,12 +231,7 @@ impl Registry {
         if !h.state.claim_ahead() {
             return Sent::No;
         }
-        let encoded = TARGET.with(|t| {
-            t.set(target);
-            let e = job.encode_remote();
-            t.set(0);
-            e
-        });
+        let encoded = super::encode::encode_for(target, job);
         let Ok((call, inputs)) = encoded else {
             // An input stopped being made there, or is being made again: it waits as usual.
             crate::remote::requeue(job.clone());

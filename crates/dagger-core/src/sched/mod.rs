@@ -15,6 +15,7 @@
 //! Nothing on the spawn/complete path of a default task takes a lock shared by all threads.
 
 pub(crate) mod ahead;
+pub(crate) mod encode;
 mod estimate;
 pub(crate) mod remote;
 pub(crate) mod sleep;
@@ -748,7 +749,7 @@ impl Registry {
         if !job.header().state.claim_run() {
             return; // cancelled meanwhile
         }
-        match job.encode_remote() {
+        match encode::encode_for(worker.id, &job) {
             Ok((call, inputs)) => {
                 let task = RemoteTask::new(
                     job.clone(),

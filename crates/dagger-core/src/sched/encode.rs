@@ -1,0 +1,76 @@
+//! Encoding a call for the worker process it goes to.
+//!
+//! What a call carries depends on where it goes: an input being made on that worker is named
+//! by `WireArg::After` (the call is sent ahead of it, see [`super::ahead`]); a small value
+//! whose encoding is kept here travels inside the call, unless that worker holds it; other
+//! values are named by where they are (`WireArg::Ref`) and fetched from there. A call encoded
+//! for a lineage (to make a lost value again) names every input by where it is or was.
+
+use crate::remote::data::{Input, RemoteData};
+use crate::remote::wire::WireCall;
+use crate::task::{Header, JobRef};
+use std::cell::Cell;
+
+/// A call and the remote values behind its `Ref` arguments.
+type Encoded = Result<(WireCall, Vec<Input>), crate::BoxError>;
+
+thread_local! {
+    /// The worker a call being encoded on this thread goes to (0: none known).
+    static TARGET: Cell<u32> = const { Cell::new(0) };
+    /// Whether the call being encoded on this thread is for a lineage.
+    static LINEAGE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The call of a task sent ahead, encoded again once it ended, for its lineage: its inputs
+/// are all made by then, but may have been lost since (they are then named by where they
+/// were, and made again with the value if it is lost too).
+pub(crate) fn lineage_call(job: &JobRef) -> Encoded {
+    LINEAGE.with(|l| {
+        l.set(true);
+        let e = job.encode_remote();
+        l.set(false);
+        e
+    })
+}
+
+/// Whether the call being encoded on this thread is for a lineage.
+pub(crate) fn for_lineage() -> bool {
+    LINEAGE.with(Cell::get)
+}
+
+/// Encodes the call of `job` to send it to worker `target`: inputs being made there are
+/// named by `After` (the call is sent ahead of them), and small values held elsewhere travel
+/// inside the call (see [`small_value`]).
+pub(crate) fn encode_for(target: u32, job: &JobRef) -> Encoded {
+    TARGET.with(|t| {
+        t.set(target);
+        let e = job.encode_remote();
+        t.set(0);
+        e
+    })
+}
+
+/// While a call is encoded for a worker: the encoding of `data`, an input of the call, if it
+/// is small, kept here, and held by another process (the call carries it instead of the
+/// worker fetching it; an input held by that worker is read there, shared).
+pub(crate) fn small_value(data: &RemoteData) -> Option<&bytes::Bytes> {
+    let target = TARGET.with(Cell::get);
+    if target == 0 {
+        return None;
+    }
+    let small = data.small()?;
+    match data.try_location() {
+        Ok(loc) if loc.worker == target => None,
+        _ => Some(small),
+    }
+}
+
+/// While a call is encoded to be sent ahead to worker `target`: the id of the task `h`,
+/// if its result is to be named by `After` (it is being made on that worker).
+pub(crate) fn after_arg(h: &Header) -> Option<u64> {
+    let target = TARGET.with(Cell::get);
+    if target == 0 || h.state.is_done() {
+        return None;
+    }
+    (super::ahead::feeding_on(h) == Some(target)).then(|| h.id.get())
+}
