@@ -25,12 +25,31 @@ thread_local! {
 /// are all made by then, but may have been lost since (they are then named by where they
 /// were, and made again with the value if it is lost too).
 pub(crate) fn lineage_call(job: &JobRef) -> Encoded {
-    LINEAGE.with(|l| {
-        l.set(true);
-        let e = job.encode_remote();
-        l.set(false);
-        e
-    })
+    let _mode = Mode::set(0, true);
+    job.encode_remote()
+}
+
+/// How calls are encoded on this thread until it drops (then as before, also when a value's
+/// `Serialize` panics).
+struct Mode {
+    target: u32,
+    lineage: bool,
+}
+
+impl Mode {
+    fn set(target: u32, lineage: bool) -> Mode {
+        Mode {
+            target: TARGET.with(|t| t.replace(target)),
+            lineage: LINEAGE.with(|l| l.replace(lineage)),
+        }
+    }
+}
+
+impl Drop for Mode {
+    fn drop(&mut self) {
+        TARGET.with(|t| t.set(self.target));
+        LINEAGE.with(|l| l.set(self.lineage));
+    }
 }
 
 /// Whether the call being encoded on this thread is for a lineage.
@@ -42,12 +61,8 @@ pub(crate) fn for_lineage() -> bool {
 /// named by `After` (the call is sent ahead of them), and small values held elsewhere travel
 /// inside the call (see [`small_value`]).
 pub(crate) fn encode_for(target: u32, job: &JobRef) -> Encoded {
-    TARGET.with(|t| {
-        t.set(target);
-        let e = job.encode_remote();
-        t.set(0);
-        e
-    })
+    let _mode = Mode::set(target, false);
+    job.encode_remote()
 }
 
 /// While a call is encoded for a worker: the encoding of `data`, an input of the call, if it
