@@ -825,6 +825,55 @@ fn results_of_region_tasks_are_sent_with_tasks_in_workers() {
 }
 
 #[test]
+fn results_of_region_tasks_stay_in_the_worker_that_made_them() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let base = (0..10_000u64).sum::<u64>();
+        // a large result made in worker 1: read there (nothing moves), in worker 2 (pulled
+        // from worker 1 directly), and here by a closure (fetched once)
+        let t = Transfers::new();
+        let (made, s1, s2, here) =
+            spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+                let made = dd.spawn_task_with(on(1), make_buf, (Val(10_000u64),));
+                let s1 = dd.spawn_task_with(on(1), total, (made.clone(),));
+                let s2 = dd.spawn_task_with(on(2), total, (made.clone(),));
+                let here = dd.spawn(|b: &Buf| b.0[7], (made.clone(),));
+                (made, s1, s2, here)
+            })
+            .unwrap();
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.moved, s.fetched, s.written_back, s.remote_tasks),
+            (0, 1, 1, 0, 3),
+            "{s:?}"
+        );
+        assert!(
+            s.moved_bytes >= 10_000 && s.fetched_bytes >= 10_000,
+            "{s:?}"
+        );
+        assert_eq!((s1.fetch().unwrap(), s2.fetch().unwrap()), (base, base));
+        assert_eq!(here.fetch().unwrap(), 7);
+        assert_eq!(made.fetch().unwrap().0[9_999], 9_999);
+
+        // only tasks in workers read it: it never comes here during the region, and is
+        // fetched when the handle is read after it
+        let t = Transfers::new();
+        let (made, s2) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let made = dd.spawn_task_with(on(2), make_buf, (Val(10_000u64),));
+            let s2 = dd.spawn_task_with(on(2), total, (made.clone(),));
+            let s1 = dd.spawn_task_with(on(1), total, (made.clone(),));
+            (made, (s2, s1))
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!((s.sent, s.moved, s.fetched), (0, 1, 0), "{s:?}");
+        assert_eq!((s2.0.fetch().unwrap(), s2.1.fetch().unwrap()), (base, base));
+        assert_eq!(made.into_value().unwrap().0.len(), 10_000);
+    });
+}
+
+#[test]
 fn vecs_of_handles_read_reach_workers() {
     let ctx = cluster();
     ctx.enter(|| {

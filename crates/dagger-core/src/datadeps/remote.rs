@@ -6,7 +6,8 @@
 //! and only when every argument can be encoded: whole values ([`Data`]), views of slices
 //! ([`Slice`]), blocks of matrices ([`Block`]) and parts of values ([`Part`]) of serde types,
 //! and [`Val`]s; a `Vec` of handles read (for a `Vec<&T>` parameter); results of earlier
-//! tasks of the region (encoded when the task starts, sent with it). Closures stay in this
+//! tasks of the region (those made here, or small, encoded when the task starts and sent with
+//! it; those a worker made are kept there and passed by reference). Closures stay in this
 //! process.
 //!
 //! The home copy of every piece of data is the one registered with the region (in this
@@ -32,8 +33,9 @@
 use super::access::{Access, In, InOut, Out, Val};
 use super::data::{Block, BlockMut, BlockRef, Data, Part, Parts, Slice, Target};
 use crate::error::BoxError;
+use crate::remote::data::DataLink;
 use crate::remote::wire::{Location, WireArg, WireCall, WireOptions};
-use crate::remote::Mover;
+use crate::remote::{Mover, Ran};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::TypeId;
@@ -105,8 +107,9 @@ pub(crate) enum Repr {
         type_id: TypeId,
         type_name: &'static str,
     },
-    /// The result of an earlier task of the region (read), encoded when the task using it
-    /// starts (after that task finished) and sent with it.
+    /// The result of an earlier task of the region (read): where it is when the task using
+    /// it starts (after that task finished): here (encoded and sent with the task) or kept
+    /// in the worker that made it (passed by reference).
     Result {
         encode: ResultEncoder,
         type_id: TypeId,
@@ -123,8 +126,16 @@ pub(crate) enum Item {
     View(Arc<View>),
 }
 
-/// Encodes the result of a finished region task.
-pub(crate) type ResultEncoder = Arc<dyn Fn() -> Result<Vec<u8>, String> + Send + Sync>;
+/// Where the result of a finished region task is, for a task in a worker reading it.
+pub(crate) type ResultEncoder = Arc<dyn Fn() -> Result<ResultArg, String> + Send + Sync>;
+
+/// The result of a finished region task, as a task in a worker receives it.
+pub(crate) enum ResultArg {
+    /// Encoded here (it is here, or small enough to travel with the task).
+    Value(Vec<u8>),
+    /// Kept in the worker process that made it.
+    At(Location),
+}
 
 /// An argument that a task running in another process can receive: a data handle of a serde
 /// type ([`Data`], [`Slice`], [`Block`], [`Part`]; bare or in [`In`], [`Out`], [`InOut`]) and
@@ -916,17 +927,19 @@ impl Copies {
     }
 
     /// Runs `spec` on thread `thread` of worker `worker` (after its copies were made): the
-    /// encoded result. The views it reads travel with the call; those it writes are lent to
-    /// the worker for the call and brought home right after it.
+    /// encoded result, or with `keep`, where the worker keeps it. The views it reads travel
+    /// with the call; those it writes are lent to the worker for the call and brought home
+    /// right after it.
     pub(crate) fn run(
         &self,
         worker: u32,
         thread: u32,
         spec: &RemoteSpec,
         name: Option<&str>,
-    ) -> Result<bytes::Bytes, BoxError> {
+        keep: bool,
+    ) -> Result<Ran, BoxError> {
         let mut lent: Vec<(Location, &View)> = Vec::new();
-        let ran = self.run_lending(worker, thread, spec, name, &mut lent);
+        let ran = self.run_lending(worker, thread, spec, name, keep, &mut lent);
         // the written views come home (unless the task failed: then the region fails, and
         // the data is left as it is)
         let mut back: Result<(), String> = Ok(());
@@ -960,8 +973,9 @@ impl Copies {
         thread: u32,
         spec: &'s RemoteSpec,
         name: Option<&str>,
+        keep: bool,
         lent: &mut Vec<(Location, &'s View)>,
-    ) -> Result<bytes::Bytes, BoxError> {
+    ) -> Result<Ran, BoxError> {
         let c = &self.transfers.0;
         let what = |e: String| {
             format!(
@@ -1010,9 +1024,20 @@ impl Copies {
                     writes.push(false);
                 }
                 Repr::Result { encode, .. } => {
-                    let bytes = encode().map_err(what)?;
-                    Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
-                    args.push(WireArg::Value(bytes));
+                    match encode().map_err(what)? {
+                        ResultArg::Value(bytes) => {
+                            Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                            args.push(WireArg::Value(bytes));
+                        }
+                        ResultArg::At(loc) => {
+                            // kept where it was made: another worker fetches it from there
+                            // directly
+                            if loc.worker != worker {
+                                Transfers::add(&c.moved, &c.moved_bytes, loc.bytes as usize);
+                            }
+                            args.push(WireArg::Ref(loc));
+                        }
+                    }
                     writes.push(false);
                 }
                 Repr::Refused(why) => return Err(why.clone().into()),
@@ -1027,12 +1052,12 @@ impl Copies {
                 ..WireOptions::default()
             },
         };
-        let ran = crate::sched::blocking(|| self.mover.run_in_place(worker, call, writes))
+        let ran = crate::sched::blocking(|| self.mover.run_in_place(worker, call, writes, keep))
             .map_err(|e| format!("{} could not run on worker {worker}: {e}", spec.fn_name))?;
         match ran {
-            Ok((bytes, _run_ns)) => {
+            Ok((ran, _run_ns)) => {
                 c.remote_tasks.fetch_add(1, Ordering::Relaxed);
-                Ok(bytes)
+                Ok(ran)
             }
             Err((kind, message)) => Err(format!(
                 "{} failed on worker {worker} ({kind:?}): {message}",
@@ -1040,6 +1065,17 @@ impl Copies {
             )
             .into()),
         }
+    }
+
+    /// Reaches the values workers keep for this process.
+    pub(crate) fn link(&self) -> Option<Arc<dyn DataLink>> {
+        self.mover.link()
+    }
+
+    /// Counts a result of a region task kept in a worker that a task here needed.
+    pub(crate) fn count_fetched(&self, bytes: usize) {
+        let c = &self.transfers.0;
+        Transfers::add(&c.fetched, &c.fetched_bytes, bytes);
     }
 
     /// Drops every copy the workers hold.
