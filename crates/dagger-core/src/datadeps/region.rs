@@ -559,9 +559,6 @@ struct State {
     preds: Vec<u32>,
     data_start: Vec<u32>,
     data: Vec<PlanData>,
-    /// For each of `data`: whether the task overwrites the whole value ([`Out`](super::Out)
-    /// of a whole value): a process holding an older copy need not get the latest first.
-    overwrite: Vec<bool>,
     owned: Vec<OwnedSlot>,
     /// The key of each owned value's slot (`owned` index), by key.
     owned_of_key: HashMap<u32, usize>,
@@ -1222,8 +1219,8 @@ impl<'scope, 'env> Region<'scope, 'env> {
                         key,
                         write,
                         view: span != Span::All,
+                        overwrite: overwrite && span == Span::All,
                     });
-                    st.overwrite.push(overwrite && span == Span::All);
                 }
                 Declared::Result { task, .. } if task < index => {
                     st.preds.push(task);
@@ -1575,11 +1572,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
             };
             needs.clear();
             if let Some(v) = versions.as_mut() {
-                let range = data_start[i] as usize..data_start[i + 1] as usize;
-                let all = data
-                    .iter()
-                    .zip(&st.overwrite[range])
-                    .map(|(d, &o)| (d.key, d.write, o, !d.view));
+                let all = data.iter().map(|d| (d.key, d.write, d.overwrite, !d.view));
                 let access = |keep: bool| {
                     all.clone()
                         .filter(move |a| a.3 == keep)
@@ -2097,7 +2090,6 @@ where
             preds: Vec::new(),
             data_start: Vec::new(),
             data: Vec::new(),
-            overwrite: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
             lazy: HashMap::new(),
