@@ -30,7 +30,7 @@ fn spread() -> DatadepsOptions {
 
 // ---- counting copies ----
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Buf(Vec<u64>);
 
 #[dagger::task]
@@ -697,6 +697,45 @@ fn out_sends_no_old_contents_where_an_older_copy_is() {
             out.sent_bytes < inout.sent_bytes && out.sent_bytes >= 2 * 10_000,
             "{out:?} {inout:?}"
         );
+    });
+}
+
+#[dagger::task]
+fn fill_n(x: &mut Buf, n: u64, k: u64) {
+    x.0 = vec![k; n as usize];
+}
+
+/// Overwrites `x` in worker 2 (which holds no copy) and reads it there: what was sent, the
+/// sum read, and `x` after the region.
+fn fresh_program(out_default: bool) -> (TransferStats, u64, Buf) {
+    let on2 = || Options::new().scope(Scope::worker(2));
+    let mut x = Buf(vec![1; 10_000]);
+    let t = Transfers::new();
+    let sum = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+        let mut d = dd.data(&mut x);
+        if out_default {
+            d = dd.out_default(d);
+        }
+        dd.spawn_task_with(on2(), fill_n, (Out(d), Val(5_000u64), Val(9u64)));
+        dd.spawn_task_with(on2(), total, (In(d),))
+    })
+    .unwrap();
+    (t.stats(), sum.fetch().unwrap(), x)
+}
+
+#[test]
+fn out_default_makes_the_value_in_the_worker() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let (sent, sum_sent, x_sent) = fresh_program(false);
+        let (made, sum_made, x_made) = fresh_program(true);
+        assert_eq!((sum_made, &x_made), (45_000, &Buf(vec![9; 5_000])));
+        assert_eq!((sum_sent, x_sent), (sum_made, x_made));
+        // without: the old contents go to worker 2; with: only `Buf::default()`'s encoding
+        assert_eq!((sent.sent, sent.written_back), (1, 1), "{sent:?}");
+        assert!(sent.sent_bytes >= 10_000, "{sent:?}");
+        assert_eq!((made.sent, made.written_back), (1, 1), "{made:?}");
+        assert!(made.sent_bytes < 8, "{made:?}");
     });
 }
 

@@ -575,6 +575,8 @@ struct State {
     /// For each task that may run in a worker (where it keeps its result), how a task here
     /// reading its result brings it here.
     fetchers: Vec<Option<FetchResult>>,
+    /// The keys that workers may make from `T::default()` ([`Region::out_default`]).
+    defaults: HashMap<u32, rm::MakeDefault>,
 }
 
 /// The functions the region's tasks call, each once: run-time estimates are looked up and
@@ -675,6 +677,43 @@ impl<'scope, 'env> Region<'scope, 'env> {
             ptr: NonNull::from(value),
             _scope: PhantomData,
         }
+    }
+
+    /// Lets a task in a worker that overwrites `data` whole ([`Out`](super::Out)) start from
+    /// `T::default()` made there when that worker holds no copy of it yet, instead of being
+    /// sent the current contents (a worker holding an older copy overwrites that one, and a
+    /// task here overwrites the registered value, as without this). Only for tasks that
+    /// really overwrite the value: one that reads what it declared `Out` may see the default.
+    /// Returns `data`.
+    ///
+    /// ```
+    /// use dagger_core::{spawn_datadeps, In, Out};
+    /// let mut v = vec![1u64; 1000];
+    /// let sum = spawn_datadeps(|dd| {
+    ///     let v = dd.out_default(dd.data(&mut v));
+    ///     dd.spawn(|v: &mut Vec<u64>| *v = vec![2; 10], (Out(v),));
+    ///     dd.spawn(|v: &Vec<u64>| v.iter().sum::<u64>(), (In(v),))
+    /// })
+    /// .unwrap();
+    /// assert_eq!((sum.fetch().unwrap(), v.len()), (20, 10));
+    /// ```
+    pub fn out_default<T>(&'scope self, data: Data<'scope, T>) -> Data<'scope, T>
+    where
+        T: Default + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut st = self.state.borrow_mut();
+        if data.key.region == self.id {
+            st.defaults
+                .insert(data.key.key, rm::encode_default::<T> as rm::MakeDefault);
+        } else if st.refused.is_none() {
+            st.refused = Some(TaskError::with_message(
+                TaskId::next(),
+                Some(Arc::from("datadeps out_default")),
+                ErrorKind::Runtime,
+                "out_default was given data of another datadeps region".into(),
+            ));
+        }
+        data
     }
 
     /// Registers `value` for reading only: a task declaring `Out` or `InOut` on it is refused.
@@ -1465,12 +1504,10 @@ impl<'scope, 'env> Region<'scope, 'env> {
             }
         }
         let copies = match mover {
-            Some(m) if procs.len() > local.len() => Some(Arc::new(Copies::new(
-                m,
-                st.homes.clone(),
-                st.lazy.clone(),
-                opts.transfers.clone(),
-            ))),
+            Some(m) if procs.len() > local.len() => Some(Arc::new(
+                Copies::new(m, st.homes.clone(), st.lazy.clone(), opts.transfers.clone())
+                    .with_defaults(st.defaults.clone()),
+            )),
             _ => None,
         };
         if copies.is_none() {
@@ -1522,9 +1559,10 @@ impl<'scope, 'env> Region<'scope, 'env> {
         let plan_procs: Vec<PlanProc> = procs.iter().map(|(p, _)| *p).collect();
         opts.planner.start_procs(&plan_procs, n);
         let inherited = crate::tls::spawn_env().options;
-        let mut versions = copies
-            .as_ref()
-            .map(|_| VersionPlan::new(st.keys.len(), st.lazy.keys().copied()));
+        let mut versions = copies.as_ref().map(|_| {
+            VersionPlan::new(st.keys.len(), st.lazy.keys().copied())
+                .with_fresh(st.defaults.keys().copied())
+        });
         let mut needs: Vec<Need> = Vec::new();
 
         self.shared.bodies.fetch_add(n, Ordering::AcqRel);
@@ -2099,6 +2137,7 @@ where
             scratch: Declarations::default(),
             sigs: Signatures::default(),
             fetchers: Vec::new(),
+            defaults: HashMap::new(),
         }),
         shared: Arc::new(Shared {
             finished: AtomicBool::new(false),

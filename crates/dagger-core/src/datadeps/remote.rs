@@ -724,6 +724,18 @@ impl fmt::Debug for Transfers {
 /// (see [`Lazy`]).
 pub(crate) const LAZY: u32 = u32::MAX;
 
+/// The "process" a value comes from when a worker makes it as `T::default()` for a task that
+/// overwrites it ([`Region::out_default`](super::Region::out_default)).
+pub(crate) const FRESH: u32 = u32::MAX - 1;
+
+/// Encodes `T::default()`.
+pub(crate) type MakeDefault = fn() -> Result<Vec<u8>, BoxError>;
+
+/// Encodes `T::default()` (a [`MakeDefault`]).
+pub(crate) fn encode_default<T: Default + Serialize>() -> Result<Vec<u8>, BoxError> {
+    postcard::to_allocvec(&T::default()).map_err(encode_error::<T>)
+}
+
 /// A value taken into a region from a chunk that lives in a worker process
 /// ([`Region::own_chunk`](super::Region::own_chunk)) without bringing it here: its version 0
 /// is the chunk's value, which tasks in workers copy from where it lives (inside that worker,
@@ -785,6 +797,8 @@ pub(crate) struct Copies {
     lazy: HashMap<u32, Arc<Lazy>>,
     /// Where each process keeps its copy of each key: (key, process) -> location.
     slots: Mutex<HashMap<(u32, u32), Location>>,
+    /// How to make a fresh value of a key in a worker ([`FRESH`]), by key.
+    defaults: HashMap<u32, MakeDefault>,
     made: Mutex<HashMap<(u32, u32, u32), Cell>>,
     transfers: Transfers,
 }
@@ -805,9 +819,16 @@ impl Copies {
             homes,
             lazy,
             slots: Mutex::new(HashMap::new()),
+            defaults: HashMap::new(),
             made: Mutex::new(HashMap::new()),
             transfers,
         }
+    }
+
+    /// Lets workers make fresh values of the keys in `defaults` ([`FRESH`]).
+    pub(crate) fn with_defaults(mut self, defaults: HashMap<u32, MakeDefault>) -> Self {
+        self.defaults = defaults;
+        self
     }
 
     /// Makes every copy in `needs` (or waits for the task making it).
@@ -873,6 +894,18 @@ impl Copies {
         let lazy = self.lazy.get(&n.key);
         match (n.from, n.to) {
             (0, 0) => Ok(()),
+            (FRESH, to) => {
+                // `T::default()`, not the current contents: the task overwrites it
+                let make = self.defaults.get(&n.key).ok_or_else(|| {
+                    format!("region data {} has no default (internal error)", n.key)
+                })?;
+                let bytes = make().map_err(|e| what(e.to_string()))?;
+                let len = bytes.len();
+                let loc = self.mover.put(to, bytes.into()).map_err(what)?;
+                Transfers::add(&c.sent, &c.sent_bytes, len);
+                self.set_slot(n.key, to, loc);
+                Ok(())
+            }
             (LAZY, to) => {
                 let lazy = lazy.ok_or_else(|| {
                     format!("region data {} has no chunk (internal error)", n.key)
@@ -1097,6 +1130,9 @@ pub(crate) struct VersionPlan {
     /// Whether home starts without the key's value (taken from a chunk in a worker: its
     /// version 0 comes from [`LAZY`]).
     lazy: Vec<bool>,
+    /// Whether a worker holding no copy of the key makes one from `T::default()` ([`FRESH`])
+    /// for a task overwriting it.
+    fresh: Vec<bool>,
 }
 
 impl VersionPlan {
@@ -1108,6 +1144,7 @@ impl VersionPlan {
             held: HashMap::new(),
             copied: HashMap::new(),
             lazy: vec![false; keys],
+            fresh: vec![false; keys],
         };
         for k in lazy {
             if let Some(l) = p.lazy.get_mut(k as usize) {
@@ -1116,6 +1153,17 @@ impl VersionPlan {
             }
         }
         p
+    }
+
+    /// Lets workers make the values of `keys` from `T::default()` for tasks overwriting them
+    /// where they hold no copy.
+    pub(crate) fn with_fresh(mut self, keys: impl IntoIterator<Item = u32>) -> Self {
+        for k in keys {
+            if let Some(f) = self.fresh.get_mut(k as usize) {
+                *f = true;
+            }
+        }
+        self
     }
 
     /// The version of `key` home starts with (none for a value still in a chunk).
@@ -1171,10 +1219,12 @@ impl VersionPlan {
                 continue;
             }
             if has != Some(v) {
+                // a worker with no copy makes a fresh one where it may
+                let fresh = overwrite && at != 0 && self.fresh[k];
                 let need = Need {
                     key,
                     version: v,
-                    from: self.source[k],
+                    from: if fresh { FRESH } else { self.source[k] },
                     to: at,
                 };
                 out.push(need);
@@ -1347,6 +1397,39 @@ mod tests {
         p.task_with(0, [(1, true, true)].into_iter(), &mut n);
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].from, LAZY);
+    }
+
+    #[test]
+    fn fresh_values_are_made_in_workers_without_a_copy() {
+        let mut p = VersionPlan::new(2, []).with_fresh([0]);
+        let mut n = Vec::new();
+        // overwritten in worker 1 (no copy): made there; key 1 (not fresh) is sent
+        p.task_with(1, [(0, true, true), (1, true, true)].into_iter(), &mut n);
+        assert_eq!(
+            n,
+            [
+                Need {
+                    key: 0,
+                    version: 0,
+                    from: FRESH,
+                    to: 1
+                },
+                Need {
+                    key: 1,
+                    version: 0,
+                    from: 0,
+                    to: 1
+                }
+            ]
+        );
+        // read in worker 2: pulled from worker 1; only overwriting makes a fresh value
+        n.clear();
+        p.task_with(2, [(0, false, false)].into_iter(), &mut n);
+        assert_eq!(n[0].from, 1);
+        // home always holds a copy to overwrite; worker 1's is written back at the end
+        n.clear();
+        p.task_with(0, [(0, true, true)].into_iter(), &mut n);
+        assert!(n.is_empty(), "{n:?}");
     }
 
     fn view_of(arg: RemoteArg) -> Arc<View> {
