@@ -232,6 +232,38 @@ fn a_worker_lost_mid_region_is_an_error() {
     });
 }
 
+#[dagger::task]
+fn copy_of(x: &Buf) -> Buf {
+    x.clone()
+}
+
+#[test]
+fn a_result_lost_with_its_worker_is_a_clear_error() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let killer = ctx.clone();
+        let err = spawn_datadeps(|dd| {
+            let token = dd.own(Buf(vec![3; 10_000]));
+            // a large result kept in worker 1 ...
+            let on1 = Options::new().scope(Scope::worker(1)).name("maker");
+            let made = dd.spawn_task_with(on1, copy_of, (In(token),));
+            // ... which a task here kills afterwards ...
+            dd.spawn(
+                move |_t: &mut Buf| killer.kill_worker(WorkerId(1)).unwrap(),
+                (InOut(token),),
+            );
+            // ... before a task here reads the result
+            dd.spawn(|b: &Buf, _t: &Buf| b.0.len(), (made, In(token)));
+        })
+        .unwrap_err();
+        let e = err.to_string();
+        assert!(
+            e.contains("bringing the result of maker here from worker 1 failed"),
+            "{e}"
+        );
+    });
+}
+
 /// Never returns (its worker is killed while it runs).
 #[dagger::task]
 fn hang(x: &mut Buf) {
@@ -1046,6 +1078,30 @@ enum Op {
     TileMix(Tile, Tile, u64),
     /// the sum of a block of the matrix (rows, columns; a result)
     BlockSum(Span, Span),
+    /// a task's result: a copy of a buffer, large enough to be kept in a worker
+    Snap(usize),
+    /// the last `Snap`'s result mixed into a buffer, by a task in a worker or (`true`) here
+    UseSnap(usize, u64, bool),
+}
+
+/// A buffer as it was, padded past the size of results that travel with their report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Snap {
+    h: Halves,
+    pad: Vec<u8>,
+}
+
+#[dagger::task]
+fn snapshot(a: &Halves) -> Snap {
+    Snap {
+        h: a.clone(),
+        pad: vec![0; 600],
+    }
+}
+
+#[dagger::task]
+fn mix_snap(s: &Snap, b: &mut Halves, salt: u64) {
+    mix(&s.h, b, salt)
 }
 
 const BUFS: usize = 4;
@@ -1181,6 +1237,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Local(a, s)),
         (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::LocalHalf(a, h, s)),
         b.clone().prop_map(Op::Sum),
+        b.clone().prop_map(Op::Snap),
+        (b.clone(), any::<u64>(), any::<bool>()).prop_map(|(a, s, h)| Op::UseSnap(a, s, h)),
         (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::Half(a, h, s)),
         (
             b.clone(),
@@ -1236,8 +1294,15 @@ fn sequential(ops: &[Op]) -> (World, Vec<u64>) {
     let mut w = start();
     let bufs = &mut w.bufs;
     let mut sums = Vec::new();
+    let mut snaps: Vec<Snap> = Vec::new();
     for op in ops {
         match *op {
+            Op::Snap(a) => snaps.push(snapshot(&bufs[a])),
+            Op::UseSnap(b, s, _) => {
+                if let Some(x) = snaps.last() {
+                    mix_snap(x, &mut bufs[b], s)
+                }
+            }
             Op::Fill(a, s) => fill(&mut bufs[a], s),
             Op::Mix(a, b, s) => {
                 let x = bufs[a].clone();
@@ -1312,8 +1377,22 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
         let m = dd.matrix(mat, DIM, DIM);
         let tile = |(i, j): Tile| m.tile(i, j, TB, TB);
         let mut sums = Vec::new();
+        let mut snaps = Vec::new();
         for op in ops {
             match *op {
+                Op::Snap(a) => snaps.push(dd.spawn_task(snapshot, (In(h[a]),))),
+                Op::UseSnap(b, s, here) => {
+                    if let Some(x) = snaps.last().cloned() {
+                        if here {
+                            dd.spawn(
+                                move |x: &Snap, b: &mut Halves| mix_snap(x, b, s),
+                                (x, InOut(h[b])),
+                            );
+                        } else {
+                            dd.spawn_task(mix_snap, (x, InOut(h[b]), Val(s)));
+                        }
+                    }
+                }
                 Op::Fill(a, s) => {
                     dd.spawn_task(fill, (Out(h[a]), Val(s)));
                 }
