@@ -298,8 +298,9 @@ impl<R: Send + Sync + 'static> Access for RegionTask<R> {
 }
 
 /// An earlier task's result, read by a later task of the same region that may run in a worker
-/// process ([`Region::spawn_task`]): the result (kept here) is encoded when the later task
-/// starts and sent with it.
+/// process ([`Region::spawn_task`]): a result made here (or a small one) is encoded when the
+/// later task starts and sent with it; a result kept in the worker that made it is passed by
+/// reference (fetched from that worker directly by another worker).
 impl<R: Serialize + Send + Sync + 'static> RemoteAccess for RegionTask<R> {
     fn remote(&self) -> RemoteArg {
         let slot = self.slot.clone();
