@@ -600,6 +600,16 @@ fn chunks_in_workers_are_changed_where_they_live() {
         let v = last.fetch().unwrap();
         assert_eq!((v.0[0], v.0[10]), (100, 16));
 
+        // no task at all: `output` brings the value here, `output_chunk` gives the chunk
+        let (value, chunk) = spawn_datadeps(|dd| {
+            let d = dd.own_chunk(&last).unwrap();
+            let e = dd.own_chunk(&last).unwrap();
+            (dd.output(d), dd.output_chunk(e))
+        })
+        .unwrap();
+        assert_eq!(value.into_inner().expect("a value").0[..2], [100, 7]);
+        assert_eq!(chunk.into_inner().unwrap().processor().worker, WorkerId(2));
+
         // only tasks here: the value comes here before they start
         let out = spawn_datadeps(|dd| {
             let d = dd.own_chunk(&last).unwrap();

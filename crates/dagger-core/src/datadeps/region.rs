@@ -1333,6 +1333,32 @@ impl<'scope, 'env> Region<'scope, 'env> {
         }
         let n = st.tasks.len();
         if n == 0 {
+            // No task: a value taken from a chunk in a worker comes here only to be taken out
+            // with `output` (with `output_chunk` the chunk itself comes out).
+            let wanted: Vec<_> = st
+                .lazy
+                .iter()
+                .filter(|(key, _)| {
+                    st.owned_of_key
+                        .get(key)
+                        .is_some_and(|&slot| st.owned[slot].out == OutKind::Value)
+                })
+                .map(|(_, lazy)| lazy.clone())
+                .collect();
+            drop(st);
+            for lazy in wanted {
+                crate::sched::blocking(|| lazy.fill()).map_err(|e| {
+                    TaskError::with_message(
+                        TaskId::next(),
+                        Some(Arc::from("datadeps output")),
+                        ErrorKind::Runtime,
+                        format!(
+                            "bringing a chunk's value here from worker {} failed: {e}",
+                            lazy.loc.worker
+                        ),
+                    )
+                })?;
+            }
             return Ok(());
         }
         let _ = self
