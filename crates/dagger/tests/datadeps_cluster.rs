@@ -30,7 +30,7 @@ fn spread() -> DatadepsOptions {
 
 // ---- counting copies ----
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Buf(Vec<u64>);
 
 #[dagger::task]
@@ -229,6 +229,38 @@ fn a_worker_lost_mid_region_is_an_error() {
         .unwrap_err();
         assert!(err.to_string().contains("from process 1"), "{err}");
         assert!(err.to_string().contains("reader"), "{err}");
+    });
+}
+
+#[dagger::task]
+fn copy_of(x: &Buf) -> Buf {
+    x.clone()
+}
+
+#[test]
+fn a_result_lost_with_its_worker_is_a_clear_error() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let killer = ctx.clone();
+        let err = spawn_datadeps(|dd| {
+            let token = dd.own(Buf(vec![3; 10_000]));
+            // a large result kept in worker 1 ...
+            let on1 = Options::new().scope(Scope::worker(1)).name("maker");
+            let made = dd.spawn_task_with(on1, copy_of, (In(token),));
+            // ... which a task here kills afterwards ...
+            dd.spawn(
+                move |_t: &mut Buf| killer.kill_worker(WorkerId(1)).unwrap(),
+                (InOut(token),),
+            );
+            // ... before a task here reads the result
+            dd.spawn(|b: &Buf, _t: &Buf| b.0.len(), (made, In(token)));
+        })
+        .unwrap_err();
+        let e = err.to_string();
+        assert!(
+            e.contains("bringing the result of maker here from worker 1 failed"),
+            "{e}"
+        );
     });
 }
 
@@ -710,6 +742,45 @@ fn out_sends_no_old_contents_where_an_older_copy_is() {
     });
 }
 
+#[dagger::task]
+fn fill_n(x: &mut Buf, n: u64, k: u64) {
+    x.0 = vec![k; n as usize];
+}
+
+/// Overwrites `x` in worker 2 (which holds no copy) and reads it there: what was sent, the
+/// sum read, and `x` after the region.
+fn fresh_program(out_default: bool) -> (TransferStats, u64, Buf) {
+    let on2 = || Options::new().scope(Scope::worker(2));
+    let mut x = Buf(vec![1; 10_000]);
+    let t = Transfers::new();
+    let sum = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+        let mut d = dd.data(&mut x);
+        if out_default {
+            d = dd.out_default(d);
+        }
+        dd.spawn_task_with(on2(), fill_n, (Out(d), Val(5_000u64), Val(9u64)));
+        dd.spawn_task_with(on2(), total, (In(d),))
+    })
+    .unwrap();
+    (t.stats(), sum.fetch().unwrap(), x)
+}
+
+#[test]
+fn out_default_makes_the_value_in_the_worker() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let (sent, sum_sent, x_sent) = fresh_program(false);
+        let (made, sum_made, x_made) = fresh_program(true);
+        assert_eq!((sum_made, &x_made), (45_000, &Buf(vec![9; 5_000])));
+        assert_eq!((sum_sent, x_sent), (sum_made, x_made));
+        // without: the old contents go to worker 2; with: only `Buf::default()`'s encoding
+        assert_eq!((sent.sent, sent.written_back), (1, 1), "{sent:?}");
+        assert!(sent.sent_bytes >= 10_000, "{sent:?}");
+        assert_eq!((made.sent, made.written_back), (1, 1), "{made:?}");
+        assert!(made.sent_bytes < 8, "{made:?}");
+    });
+}
+
 // ---- results of earlier tasks as region data ----
 
 #[dagger::task]
@@ -831,6 +902,55 @@ fn results_of_region_tasks_are_sent_with_tasks_in_workers() {
         .unwrap_err();
         assert!(err.to_string().contains("no scalar"), "{err}");
         assert_eq!(acc.0[0], 1 + 4950 + 3);
+    });
+}
+
+#[test]
+fn results_of_region_tasks_stay_in_the_worker_that_made_them() {
+    let ctx = cluster();
+    ctx.enter(|| {
+        let on = |w: u32| Options::new().scope(Scope::worker(w));
+        let base = (0..10_000u64).sum::<u64>();
+        // a large result made in worker 1: read there (nothing moves), in worker 2 (pulled
+        // from worker 1 directly), and here by a closure (fetched once)
+        let t = Transfers::new();
+        let (made, s1, s2, here) =
+            spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+                let made = dd.spawn_task_with(on(1), make_buf, (Val(10_000u64),));
+                let s1 = dd.spawn_task_with(on(1), total, (made.clone(),));
+                let s2 = dd.spawn_task_with(on(2), total, (made.clone(),));
+                let here = dd.spawn(|b: &Buf| b.0[7], (made.clone(),));
+                (made, s1, s2, here)
+            })
+            .unwrap();
+        let s = t.stats();
+        assert_eq!(
+            (s.sent, s.moved, s.fetched, s.written_back, s.remote_tasks),
+            (0, 1, 1, 0, 3),
+            "{s:?}"
+        );
+        assert!(
+            s.moved_bytes >= 10_000 && s.fetched_bytes >= 10_000,
+            "{s:?}"
+        );
+        assert_eq!((s1.fetch().unwrap(), s2.fetch().unwrap()), (base, base));
+        assert_eq!(here.fetch().unwrap(), 7);
+        assert_eq!(made.fetch().unwrap().0[9_999], 9_999);
+
+        // only tasks in workers read it: it never comes here during the region, and is
+        // fetched when the handle is read after it
+        let t = Transfers::new();
+        let (made, s2) = spawn_datadeps_with(DatadepsOptions::new().transfers(&t), |dd| {
+            let made = dd.spawn_task_with(on(2), make_buf, (Val(10_000u64),));
+            let s2 = dd.spawn_task_with(on(2), total, (made.clone(),));
+            let s1 = dd.spawn_task_with(on(1), total, (made.clone(),));
+            (made, (s2, s1))
+        })
+        .unwrap();
+        let s = t.stats();
+        assert_eq!((s.sent, s.moved, s.fetched), (0, 1, 0), "{s:?}");
+        assert_eq!((s2.0.fetch().unwrap(), s2.1.fetch().unwrap()), (base, base));
+        assert_eq!(made.into_value().unwrap().0.len(), 10_000);
     });
 }
 
@@ -968,6 +1088,30 @@ enum Op {
     TileMix(Tile, Tile, u64),
     /// the sum of a block of the matrix (rows, columns; a result)
     BlockSum(Span, Span),
+    /// a task's result: a copy of a buffer, large enough to be kept in a worker
+    Snap(usize),
+    /// the last `Snap`'s result mixed into a buffer, by a task in a worker or (`true`) here
+    UseSnap(usize, u64, bool),
+}
+
+/// A buffer as it was, padded past the size of results that travel with their report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Snap {
+    h: Halves,
+    pad: Vec<u8>,
+}
+
+#[dagger::task]
+fn snapshot(a: &Halves) -> Snap {
+    Snap {
+        h: a.clone(),
+        pad: vec![0; 600],
+    }
+}
+
+#[dagger::task]
+fn mix_snap(s: &Snap, b: &mut Halves, salt: u64) {
+    mix(&s.h, b, salt)
 }
 
 const BUFS: usize = 4;
@@ -1103,6 +1247,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         (b.clone(), any::<u64>()).prop_map(|(a, s)| Op::Local(a, s)),
         (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::LocalHalf(a, h, s)),
         b.clone().prop_map(Op::Sum),
+        b.clone().prop_map(Op::Snap),
+        (b.clone(), any::<u64>(), any::<bool>()).prop_map(|(a, s, h)| Op::UseSnap(a, s, h)),
         (b.clone(), any::<bool>(), any::<u64>()).prop_map(|(a, h, s)| Op::Half(a, h, s)),
         (
             b.clone(),
@@ -1158,8 +1304,15 @@ fn sequential(ops: &[Op]) -> (World, Vec<u64>) {
     let mut w = start();
     let bufs = &mut w.bufs;
     let mut sums = Vec::new();
+    let mut snaps: Vec<Snap> = Vec::new();
     for op in ops {
         match *op {
+            Op::Snap(a) => snaps.push(snapshot(&bufs[a])),
+            Op::UseSnap(b, s, _) => {
+                if let Some(x) = snaps.last() {
+                    mix_snap(x, &mut bufs[b], s)
+                }
+            }
             Op::Fill(a, s) => fill(&mut bufs[a], s),
             Op::Mix(a, b, s) => {
                 let x = bufs[a].clone();
@@ -1234,8 +1387,22 @@ fn in_region(ops: &[Op], opts: DatadepsOptions) -> (World, Vec<u64>) {
         let m = dd.matrix(mat, DIM, DIM);
         let tile = |(i, j): Tile| m.tile(i, j, TB, TB);
         let mut sums = Vec::new();
+        let mut snaps = Vec::new();
         for op in ops {
             match *op {
+                Op::Snap(a) => snaps.push(dd.spawn_task(snapshot, (In(h[a]),))),
+                Op::UseSnap(b, s, here) => {
+                    if let Some(x) = snaps.last().cloned() {
+                        if here {
+                            dd.spawn(
+                                move |x: &Snap, b: &mut Halves| mix_snap(x, b, s),
+                                (x, InOut(h[b])),
+                            );
+                        } else {
+                            dd.spawn_task(mix_snap, (x, InOut(h[b]), Val(s)));
+                        }
+                    }
+                }
                 Op::Fill(a, s) => {
                     dd.spawn_task(fill, (Out(h[a]), Val(s)));
                 }

@@ -161,11 +161,12 @@ pub(crate) enum Msg {
     Stolen(Vec<u64>),
     /// Run a task of a data-dependency region: the arguments marked in `writes` are values
     /// this process holds that the function changes in place. Answered by `Ran` or
-    /// `RanError`.
+    /// `RanError`, or, with `keep`, by `RanKept` (the result stays in this process).
     RunInPlace {
         req: u64,
         call: WireCall,
         writes: Vec<bool>,
+        keep: bool,
     },
     /// The answer to `RunInPlace`: the next transport message holds the encoded result.
     Ran {
@@ -176,6 +177,14 @@ pub(crate) enum Msg {
         req: u64,
         kind: FailKind,
         message: String,
+    },
+    /// The answer to `RunInPlace` with `keep`: the result is kept at `loc`; the next
+    /// transport message holds its encoding too when it is `small`, else nothing.
+    RanKept {
+        req: u64,
+        run_ns: u64,
+        loc: Location,
+        small: bool,
     },
 }
 
@@ -232,7 +241,10 @@ impl Msg {
 
     /// Whether a raw payload (the next transport message) follows this message.
     pub(crate) fn has_payload(&self) -> bool {
-        matches!(self, Msg::Data { .. } | Msg::Put { .. } | Msg::Ran { .. })
+        matches!(
+            self,
+            Msg::Data { .. } | Msg::Put { .. } | Msg::Ran { .. } | Msg::RanKept { .. }
+        )
     }
 
     /// The announced size of the payload that follows, when the message gives it.

@@ -35,6 +35,9 @@ pub(crate) enum Reply {
     Ran(Bytes, u64),
     /// How a call run in place failed.
     RanError(super::msg::FailKind, String),
+    /// Where the result of a call run in place is kept, its encoding when small, its run
+    /// time (answering `RunInPlace` with `keep`).
+    RanKept(Location, Option<Bytes>, u64),
 }
 
 /// Who waits for the answer to a request: a blocked thread, or a task on the I/O thread.
@@ -404,9 +407,19 @@ impl Node {
         peer: u32,
         call: crate::remote::wire::WireCall,
         writes: Vec<bool>,
+        keep: bool,
     ) -> crate::remote::RanInPlace {
-        match self.request(peer, |l, req| l.send(Msg::RunInPlace { req, call, writes }))? {
-            Reply::Ran(bytes, ns) => Ok(Ok((bytes, ns))),
+        let send = |l: &Link, req| {
+            l.send(Msg::RunInPlace {
+                req,
+                call,
+                writes,
+                keep,
+            })
+        };
+        match self.request(peer, send)? {
+            Reply::Ran(bytes, ns) => Ok(Ok((crate::remote::Ran::Bytes(bytes), ns))),
+            Reply::RanKept(loc, small, ns) => Ok(Ok((crate::remote::Ran::Kept(loc, small), ns))),
             Reply::RanError(kind, message) => Ok(Err((kind.kind(), message))),
             _ => Err(format!(
                 "process {peer} answered a call with something else"
@@ -523,6 +536,15 @@ impl Handler for Node {
             Msg::RanError { req, kind, message } => {
                 self.answer(req, Ok(Reply::RanError(kind, message)))
             }
+            Msg::RanKept {
+                req,
+                run_ns,
+                loc,
+                small,
+            } => {
+                let small = payload.filter(|_| small);
+                self.answer(req, Ok(Reply::RanKept(loc, small, run_ns)))
+            }
             Msg::Put { req } => {
                 let loc = self.store.insert_bytes(payload.unwrap_or_default());
                 link.send(Msg::Stored { req, loc });
@@ -626,8 +648,14 @@ impl crate::remote::Mover for NodeMover {
         worker: u32,
         call: crate::remote::wire::WireCall,
         writes: Vec<bool>,
+        keep: bool,
     ) -> crate::remote::RanInPlace {
-        self.node()?.run_in_place(worker, call, writes)
+        self.node()?.run_in_place(worker, call, writes, keep)
+    }
+
+    fn link(&self) -> Option<Arc<dyn DataLink>> {
+        let link: Arc<dyn DataLink> = Arc::new(NodeLink(self.node().ok()?));
+        Some(link)
     }
 }
 

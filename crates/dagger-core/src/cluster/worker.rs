@@ -501,8 +501,10 @@ impl Worker {
         req: u64,
         call: crate::remote::wire::WireCall,
         writes: Vec<bool>,
+        keep: bool,
     ) {
         let fetch: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
+        let store = node.store.clone();
         match run_in_place(&self.ctx, call, writes, node.store.clone(), fetch) {
             Ok(dtask) => {
                 self.running.fetch_add(1, Ordering::Relaxed);
@@ -512,6 +514,20 @@ impl Worker {
                     let done = dtask.await;
                     me.running.fetch_sub(1, Ordering::Relaxed);
                     match done {
+                        Ok((bytes, run_ns)) if keep => {
+                            // the result stays here; a small one also goes with the answer
+                            let bytes = bytes::Bytes::from(bytes);
+                            let small = bytes.len() <= crate::remote::functions::SMALL_VALUE;
+                            let loc = store.insert_bytes(bytes.clone());
+                            let msg = Msg::RanKept {
+                                req,
+                                run_ns,
+                                loc,
+                                small,
+                            };
+                            let payload = if small { bytes } else { bytes::Bytes::new() };
+                            link.send_with_payload(msg, payload);
+                        }
                         Ok((bytes, run_ns)) => {
                             link.send_with_payload(Msg::Ran { req, run_ns }, bytes.into());
                         }
@@ -547,9 +563,12 @@ impl Role for Worker {
             Msg::PeerJoined(p) => node.set_peer(p),
             Msg::PeerLeft(id) => node.forget_peer(id),
             Msg::Run(runs) => self.run(node, link, runs),
-            Msg::RunInPlace { req, call, writes } => {
-                self.run_in_place(node, link, req, call, writes)
-            }
+            Msg::RunInPlace {
+                req,
+                call,
+                writes,
+                keep,
+            } => self.run_in_place(node, link, req, call, writes, keep),
             Msg::Free(ids) => {
                 node.store.free_many(&ids);
                 self.freed(&ids);

@@ -32,6 +32,10 @@ pub struct PlanData {
     /// data's home copy here, and the elements it writes come back here right after it: so a
     /// view written in a worker leaves the data's latest version here, not in the worker.
     pub view: bool,
+    /// Whether the task overwrites the whole value without reading it ([`Out`](super::Out)
+    /// of a whole value): a process holding an older copy of it (this one always does) gets
+    /// no copy of the latest version first.
+    pub overwrite: bool,
 }
 
 /// What a [`Planner`] knows about the task it places.
@@ -169,8 +173,11 @@ impl Planner for WorkStealing {
 /// it there. A view ([`PlanData::view`]) used in a worker pays that cost too (its elements
 /// travel with the task from here), and once more when a worker holds the latest whole value
 /// (it is brought here first); a view written in a worker leaves the data's latest version
-/// here (its elements come back after the task). Run times are [`PlanTask::cost_ns`]. Tasks
-/// that may not run in worker processes are only placed on this process's threads.
+/// here (its elements come back after the task). A whole value the task overwrites
+/// ([`PlanData::overwrite`]) costs nothing to move to a process that holds an older copy of it
+/// (this process, or a worker where an earlier task used it whole). Run times are
+/// [`PlanTask::cost_ns`]. Tasks that may not run in worker processes are only placed on this
+/// process's threads.
 #[derive(Clone, Debug)]
 pub struct CostPlanner {
     move_cost: f64,
@@ -181,6 +188,9 @@ pub struct CostPlanner {
     home: Vec<u32>,
     process: Vec<u32>,
     local: usize,
+    /// The (key, worker process) pairs where a task used the whole value (a copy of some
+    /// version stays there), tracked only with workers.
+    held: std::collections::HashSet<(u32, u32)>,
 }
 
 impl Default for CostPlanner {
@@ -194,6 +204,7 @@ impl Default for CostPlanner {
             home: Vec::new(),
             process: Vec::new(),
             local: 0,
+            held: std::collections::HashSet::new(),
         }
     }
 }
@@ -229,6 +240,7 @@ impl Planner for CostPlanner {
         self.home.clear();
         self.process = vec![0; threads.max(1)];
         self.local = threads.max(1);
+        self.held.clear();
     }
 
     fn start_procs(&mut self, procs: &[PlanProc], tasks: usize) {
@@ -267,6 +279,8 @@ impl Planner for CostPlanner {
                     // the elements travel with the task, from the home copy (brought here
                     // first if a worker holds the latest version)
                     remote += 1 + u64::from(at != 0);
+                } else if d.overwrite && (here == 0 || self.held.contains(&(d.key, here))) {
+                    // overwritten in the older copy this process holds: nothing moves
                 } else if at != here {
                     remote += 1;
                 } else if h != NO_THREAD && h != t as u32 {
@@ -289,6 +303,9 @@ impl Planner for CostPlanner {
         let remote = self.process[t] != 0;
         for d in task.data {
             let k = d.key as usize;
+            if remote && !d.view {
+                self.held.insert((d.key, self.process[t]));
+            }
             if self.home.len() <= k {
                 self.home.resize(k + 1, NO_THREAD);
             }
@@ -418,6 +435,7 @@ mod tests {
             key: 0,
             write: true,
             view: false,
+            overwrite: false,
         }];
         let a = cp.place(&PlanTask { data: &d, ..t(0) });
         let b = cp.place(&t(1));
@@ -430,6 +448,44 @@ mod tests {
         });
         assert_eq!(c, a);
         assert_eq!(WorkStealing.place(&t(3)), None);
+    }
+
+    #[test]
+    fn overwriting_where_an_older_copy_is_moves_nothing() {
+        let procs: Vec<PlanProc> = (0..3)
+            .map(|process| PlanProc { process, thread: 0 })
+            .collect();
+        let place = |overwrite: bool| {
+            let mut cp = CostPlanner::new().with_remote_move_cost(1_000_000);
+            cp.start_procs(&procs, 4);
+            let task = |index, preds, cost_ns, data, remote| PlanTask {
+                index,
+                name: None,
+                preds,
+                cost_ns,
+                data,
+                remote,
+            };
+            let x = |write, overwrite| {
+                [PlanData {
+                    key: 0,
+                    write,
+                    view: false,
+                    overwrite,
+                }]
+            };
+            let (write, last) = (x(true, false), x(true, overwrite));
+            // a long task keeps this process busy: the next (writing x) goes to worker 1
+            assert_eq!(cp.place(&task(0, &[], 50_000_000, &[], false)), Some(0));
+            assert_eq!(cp.place(&task(1, &[], 10_000, &write, true)), Some(1));
+            // changed here: worker 1 holds an older copy, worker 2 none
+            assert_eq!(cp.place(&task(2, &[1], 10_000, &write, false)), Some(0));
+            // then overwritten: with `Out`, worker 1's older copy will do (it is free
+            // earlier than this process's thread); worker 2 would still need a copy
+            cp.place(&task(3, &[2], 10_000, &last, true))
+        };
+        assert_eq!(place(true), Some(1));
+        assert_eq!(place(false), Some(0));
     }
 
     #[test]
@@ -460,6 +516,7 @@ mod tests {
             key: 0,
             write: true,
             view: true,
+            overwrite: false,
         }];
         assert_eq!(cp.place(&task(1, &[], 10_000, &view, true)), Some(1));
         // the view's elements came back here: a reader of the whole value after both is
@@ -468,6 +525,7 @@ mod tests {
             key: 0,
             write: false,
             view: false,
+            overwrite: false,
         }];
         assert_eq!(cp.place(&task(2, &[0, 1], 10_000, &whole, true)), Some(0));
     }

@@ -15,11 +15,15 @@ use crate::chunk::Chunk;
 use crate::error::{BoxError, ErrorKind, TaskError};
 use crate::id::TaskId;
 use crate::options::Options;
+use crate::remote::data::{Label, RemoteData};
+use crate::remote::Ran;
 use crate::sched::{Exec, Placement, Registry, WorkerThread};
 use crate::scope::{ProcessorInfo, Scope};
 use crate::task::state::{TaskState, WAITING};
 use crate::task::wait_list::{Slot, WaitList};
-use crate::task::{link_inputs, DTask, Header, JobRef, TaskInner, NO_PROC};
+use crate::task::{
+    link_inputs, DTask, Header, JobRef, Outcome, RemoteValue, TaskBody, TaskInner, NO_PROC,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::TypeId;
@@ -294,19 +298,37 @@ impl<R: Send + Sync + 'static> Access for RegionTask<R> {
 }
 
 /// An earlier task's result, read by a later task of the same region that may run in a worker
-/// process ([`Region::spawn_task`]): the result (kept here) is encoded when the later task
-/// starts and sent with it.
+/// process ([`Region::spawn_task`]): a result made here (or a small one) is encoded when the
+/// later task starts and sent with it; a result kept in the worker that made it is passed by
+/// reference (fetched from that worker directly by another worker).
 impl<R: Serialize + Send + Sync + 'static> RemoteAccess for RegionTask<R> {
     fn remote(&self) -> RemoteArg {
         let slot = self.slot.clone();
         let encode: rm::ResultEncoder = Arc::new(move || {
-            let value = slot
+            let task = slot
                 .task
                 .get()
-                .and_then(|t| t.cell.value())
+                .ok_or("the task whose result it reads has not finished (internal error)")?;
+            if let Some(r) = task.cell.remote_value() {
+                // kept in the worker that made it: passed by reference (small ones travel
+                // with the task)
+                if let Some(small) = r.data.small() {
+                    return Ok(rm::ResultArg::Value(small.to_vec()));
+                }
+                return r.data.location().map(rm::ResultArg::At).map_err(|e| {
+                    format!(
+                        "the result of {} is lost: {e}",
+                        slot.name.as_deref().unwrap_or(slot.static_name)
+                    )
+                });
+            }
+            let value = task
+                .cell
+                .value()
                 .ok_or("the task whose result it reads has not finished (internal error)")?
                 .map_err(|e| e.to_string())?;
             postcard::to_allocvec(value)
+                .map(rm::ResultArg::Value)
                 .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<R>()))
         });
         RemoteArg(rm::Repr::Result {
@@ -455,7 +477,25 @@ trait Launch {
 
 /// The body of a launched region task.
 trait Body<R>: Send {
-    fn run(self: Box<Self>) -> Result<R, BoxError>;
+    /// The task's value: here, or kept in the worker that made it.
+    fn run(self: Box<Self>) -> Result<Outcome<R>, BoxError>;
+}
+
+/// The runtime task body of a region task.
+struct RegionBody<R>(Box<dyn Body<R>>);
+
+impl<R: Send + Sync + 'static> TaskBody<R> for RegionBody<R> {
+    fn run(self) -> Result<R, BoxError> {
+        match self.run_outcome()? {
+            Outcome::Value(v) => Ok(v),
+            Outcome::Remote(r) => r.into_value(),
+            Outcome::Failed(e) => Err(e.into()),
+        }
+    }
+
+    fn run_outcome(self) -> Result<Outcome<R>, BoxError> {
+        self.0.run()
+    }
 }
 
 /// Erases the `'scope` of a closure kept by the region.
@@ -520,9 +560,6 @@ struct State {
     preds: Vec<u32>,
     data_start: Vec<u32>,
     data: Vec<PlanData>,
-    /// For each of `data`: whether the task overwrites the whole value ([`Out`](super::Out)
-    /// of a whole value): a process holding an older copy need not get the latest first.
-    overwrite: Vec<bool>,
     owned: Vec<OwnedSlot>,
     /// The key of each owned value's slot (`owned` index), by key.
     owned_of_key: HashMap<u32, usize>,
@@ -536,6 +573,11 @@ struct State {
     refused: Option<TaskError>,
     scratch: Declarations,
     sigs: Signatures,
+    /// For each task that may run in a worker (where it keeps its result), how a task here
+    /// reading its result brings it here.
+    fetchers: Vec<Option<FetchResult>>,
+    /// The keys that workers may make from `T::default()` ([`Region::out_default`]).
+    defaults: HashMap<u32, rm::MakeDefault>,
 }
 
 /// The functions the region's tasks call, each once: run-time estimates are looked up and
@@ -636,6 +678,43 @@ impl<'scope, 'env> Region<'scope, 'env> {
             ptr: NonNull::from(value),
             _scope: PhantomData,
         }
+    }
+
+    /// Lets a task in a worker that overwrites `data` whole ([`Out`](super::Out)) start from
+    /// `T::default()` made there when that worker holds no copy of it yet, instead of being
+    /// sent the current contents (a worker holding an older copy overwrites that one, and a
+    /// task here overwrites the registered value, as without this). Only for tasks that
+    /// really overwrite the value: one that reads what it declared `Out` may see the default.
+    /// Returns `data`.
+    ///
+    /// ```
+    /// use dagger_core::{spawn_datadeps, In, Out};
+    /// let mut v = vec![1u64; 1000];
+    /// let sum = spawn_datadeps(|dd| {
+    ///     let v = dd.out_default(dd.data(&mut v));
+    ///     dd.spawn(|v: &mut Vec<u64>| *v = vec![2; 10], (Out(v),));
+    ///     dd.spawn(|v: &Vec<u64>| v.iter().sum::<u64>(), (In(v),))
+    /// })
+    /// .unwrap();
+    /// assert_eq!((sum.fetch().unwrap(), v.len()), (20, 10));
+    /// ```
+    pub fn out_default<T>(&'scope self, data: Data<'scope, T>) -> Data<'scope, T>
+    where
+        T: Default + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let mut st = self.state.borrow_mut();
+        if data.key.region == self.id {
+            st.defaults
+                .insert(data.key.key, rm::encode_default::<T> as rm::MakeDefault);
+        } else if st.refused.is_none() {
+            st.refused = Some(TaskError::with_message(
+                TaskId::next(),
+                Some(Arc::from("datadeps out_default")),
+                ErrorKind::Runtime,
+                "out_default was given data of another datadeps region".into(),
+            ));
+        }
+        data
     }
 
     /// Registers `value` for reading only: a task declaring `Out` or `InOut` on it is refused.
@@ -1101,7 +1180,13 @@ impl<'scope, 'env> Region<'scope, 'env> {
                 }
             }
         }
-        self.spawn_inner(options, f, args, spec.map(Some), Some(decode_result::<R>))
+        self.spawn_inner(
+            options,
+            f,
+            args,
+            spec.map(Some),
+            Some((decode_result::<R>, decode_any::<R>)),
+        )
     }
 
     fn spawn_inner<F, A, R>(
@@ -1110,7 +1195,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
         f: F,
         args: A,
         remote: Result<Option<RemoteSpec>, String>,
-        decode: Option<Decode<R>>,
+        decode: Option<(Decode<R>, crate::task::outcome::Decode)>,
     ) -> RegionTask<R>
     where
         F: Call<A, Output = R> + 'scope,
@@ -1159,6 +1244,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
         };
         let may_run_remote = remote.is_some();
         let first_pred = st.preds.len();
+        let mut results = Vec::new();
         for d in &decls.0 {
             match *d {
                 Declared::Data {
@@ -1173,10 +1259,15 @@ impl<'scope, 'env> Region<'scope, 'env> {
                         key,
                         write,
                         view: span != Span::All,
+                        overwrite: overwrite && span == Span::All,
                     });
-                    st.overwrite.push(overwrite && span == Span::All);
                 }
-                Declared::Result { task, .. } if task < index => st.preds.push(task),
+                Declared::Result { task, .. } if task < index => {
+                    st.preds.push(task);
+                    if let Some(f) = &st.fetchers[task as usize] {
+                        results.push(f.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -1197,9 +1288,10 @@ impl<'scope, 'env> Region<'scope, 'env> {
         // What only tasks that may run in a worker need, boxed: the recorded tasks of purely
         // local tasks stay small (they are allocated per task).
         let remote: Option<Box<RemoteParts<R>>> = match (remote, decode) {
-            (Some(spec), Some(decode)) => Some(Box::new(RemoteParts {
+            (Some(spec), Some((decode, decode_any))) => Some(Box::new(RemoteParts {
                 spec,
                 decode,
+                decode_any,
                 name: name.clone(),
             })),
             _ => None,
@@ -1215,8 +1307,11 @@ impl<'scope, 'env> Region<'scope, 'env> {
             remote,
             placed: None,
             guard: None,
+            results,
             _scope: PhantomData,
         });
+        st.fetchers
+            .push(may_run_remote.then(|| fetch_result(&slot)));
         // SAFETY: the region runs or drops every recorded task before it returns.
         let launch = unsafe { erase::<'scope, _, dyn Launch>(recipe) };
         st.tasks.push(Recorded {
@@ -1436,12 +1531,10 @@ impl<'scope, 'env> Region<'scope, 'env> {
             }
         }
         let copies = match mover {
-            Some(m) if procs.len() > local.len() => Some(Arc::new(Copies::new(
-                m,
-                st.homes.clone(),
-                st.lazy.clone(),
-                opts.transfers.clone(),
-            ))),
+            Some(m) if procs.len() > local.len() => Some(Arc::new(
+                Copies::new(m, st.homes.clone(), st.lazy.clone(), opts.transfers.clone())
+                    .with_defaults(st.defaults.clone()),
+            )),
             _ => None,
         };
         if copies.is_none() {
@@ -1493,9 +1586,10 @@ impl<'scope, 'env> Region<'scope, 'env> {
         let plan_procs: Vec<PlanProc> = procs.iter().map(|(p, _)| *p).collect();
         opts.planner.start_procs(&plan_procs, n);
         let inherited = crate::tls::spawn_env().options;
-        let mut versions = copies
-            .as_ref()
-            .map(|_| VersionPlan::new(st.keys.len(), st.lazy.keys().copied()));
+        let mut versions = copies.as_ref().map(|_| {
+            VersionPlan::new(st.keys.len(), st.lazy.keys().copied())
+                .with_fresh(st.defaults.keys().copied())
+        });
         let mut needs: Vec<Need> = Vec::new();
 
         self.shared.bodies.fetch_add(n, Ordering::AcqRel);
@@ -1543,11 +1637,7 @@ impl<'scope, 'env> Region<'scope, 'env> {
             };
             needs.clear();
             if let Some(v) = versions.as_mut() {
-                let range = data_start[i] as usize..data_start[i + 1] as usize;
-                let all = data
-                    .iter()
-                    .zip(&st.overwrite[range])
-                    .map(|(d, &o)| (d.key, d.write, o, !d.view));
+                let all = data.iter().map(|d| (d.key, d.write, d.overwrite, !d.view));
                 let access = |keep: bool| {
                     all.clone()
                         .filter(move |a| a.3 == keep)
@@ -1775,7 +1865,36 @@ struct Recipe<'scope, F, A, R> {
     placed: Option<Box<Placed>>,
     /// Counts the body as alive (set when launched: an unlaunched task is not counted).
     guard: Option<BodyGuard>,
+    /// Bring here the results of earlier tasks it reads that are kept in workers.
+    results: Vec<FetchResult>,
     _scope: PhantomData<&'scope ()>,
+}
+
+/// Brings the result of a finished region task kept in a worker here (nothing when it is
+/// here): the bytes fetched, if any.
+type FetchResult = Arc<dyn Fn() -> Result<Option<usize>, String> + Send + Sync>;
+
+/// The [`FetchResult`] of the task behind `slot`.
+fn fetch_result<R: Send + Sync + 'static>(slot: &Arc<TaskSlot<R>>) -> FetchResult {
+    let slot = slot.clone();
+    Arc::new(move || {
+        let Some(r) = slot.task.get().and_then(|t| t.cell.remote_value()) else {
+            return Ok(None);
+        };
+        if r.is_here() {
+            return Ok(None);
+        }
+        let fetched = r.data.small().is_none();
+        let loc = r.data.location().ok();
+        r.get().map_err(|e| {
+            let from = loc.map_or(String::new(), |l| format!(" from worker {}", l.worker));
+            format!(
+                "bringing the result of {} here{from} failed: {e}",
+                slot.name.as_deref().unwrap_or(slot.static_name)
+            )
+        })?;
+        Ok(fetched.then(|| loc.map_or(0, |l| l.bytes as usize)))
+    })
 }
 
 impl<'scope, F, A, R> Launch for Recipe<'scope, F, A, R>
@@ -1814,15 +1933,17 @@ where
     A: Send + 'scope,
     R: Send + Sync + 'static,
 {
-    fn run(self: Box<Self>) -> Result<R, BoxError> {
+    fn run(self: Box<Self>) -> Result<Outcome<R>, BoxError> {
         let Recipe {
             f,
             args,
             index,
+            id,
             static_name,
             remote,
             placed,
             guard,
+            results,
             ..
         } = *self;
         let start = Instant::now();
@@ -1833,11 +1954,38 @@ where
             (Some(p), Some(rp)) if p.at.is_some() => {
                 let (worker, thread) = p.at.expect("checked");
                 let name = rp.name.as_deref().unwrap_or(static_name);
-                (rp.decode)(&p.copies.run(worker, thread, &rp.spec, Some(name))?)?
+                // the result stays in the worker (where later tasks there use it) when this
+                // process can reach it there later
+                let link = p.copies.link();
+                match p
+                    .copies
+                    .run(worker, thread, &rp.spec, Some(name), link.is_some())?
+                {
+                    Ran::Bytes(bytes) => Outcome::Value((rp.decode)(&bytes)?),
+                    Ran::Kept(loc, small) => {
+                        let link = link.ok_or("the cluster is shut down")?;
+                        let label = Label::Task(id.get(), Some(Arc::from(name)));
+                        let data = RemoteData::new(loc, link, None, label);
+                        if let Some(small) = small {
+                            data.keep_small(small);
+                        }
+                        Outcome::Remote(RemoteValue::new(data, rp.decode_any))
+                    }
+                }
             }
-            // SAFETY: the region launched this task after every task whose accesses conflict
-            // with its own, and they all finished before it runs.
-            _ => unsafe { f.call(args) },
+            _ => {
+                if let Some(p) = &placed {
+                    // results kept in workers that this task reads come here first
+                    for fetch in &results {
+                        if let Some(bytes) = fetch()? {
+                            p.copies.count_fetched(bytes);
+                        }
+                    }
+                }
+                // SAFETY: the region launched this task after every task whose accesses
+                // conflict with its own, and they all finished before it runs.
+                Outcome::Value(unsafe { f.call(args) })
+            }
         };
         if let Some(times) = guard.as_ref().and_then(|g| g.0.times.get()) {
             times[index as usize].store(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -1853,7 +2001,16 @@ type Decode<R> = fn(&[u8]) -> Result<R, BoxError>;
 struct RemoteParts<R> {
     spec: RemoteSpec,
     decode: Decode<R>,
+    /// Decodes the result when it is kept in the worker and read here later.
+    decode_any: crate::task::outcome::Decode,
     name: Option<Arc<str>>,
+}
+
+/// Decodes the encoded result of a task kept in another process.
+fn decode_any<R: DeserializeOwned + Send + Sync + 'static>(
+    bytes: &[u8],
+) -> Result<crate::remote::functions::AnyValue, BoxError> {
+    Ok(Arc::new(decode_result::<R>(bytes)?))
 }
 
 /// Where a task of a region with workers runs, and the copies it makes first.
@@ -1918,7 +2075,7 @@ fn launch_task<R: Send + Sync + 'static>(
             inherited: ctx.inherited.clone(),
             planned_ns: Some(ctx.cost_ns),
         },
-        Some(move || body.run()),
+        Some(RegionBody(body)),
         None,
     ));
     let job: JobRef = task.clone();
@@ -1998,7 +2155,6 @@ where
             preds: Vec::new(),
             data_start: Vec::new(),
             data: Vec::new(),
-            overwrite: Vec::new(),
             owned: Vec::new(),
             owned_of_key: HashMap::new(),
             lazy: HashMap::new(),
@@ -2007,6 +2163,8 @@ where
             refused: None,
             scratch: Declarations::default(),
             sigs: Signatures::default(),
+            fetchers: Vec::new(),
+            defaults: HashMap::new(),
         }),
         shared: Arc::new(Shared {
             finished: AtomicBool::new(false),

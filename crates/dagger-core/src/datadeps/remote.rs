@@ -6,7 +6,8 @@
 //! and only when every argument can be encoded: whole values ([`Data`]), views of slices
 //! ([`Slice`]), blocks of matrices ([`Block`]) and parts of values ([`Part`]) of serde types,
 //! and [`Val`]s; a `Vec` of handles read (for a `Vec<&T>` parameter); results of earlier
-//! tasks of the region (encoded when the task starts, sent with it). Closures stay in this
+//! tasks of the region (those made here, or small, encoded when the task starts and sent with
+//! it; those a worker made are kept there and passed by reference). Closures stay in this
 //! process.
 //!
 //! The home copy of every piece of data is the one registered with the region (in this
@@ -32,8 +33,9 @@
 use super::access::{Access, In, InOut, Out, Val};
 use super::data::{Block, BlockMut, BlockRef, Data, Part, Parts, Slice, Target};
 use crate::error::BoxError;
+use crate::remote::data::DataLink;
 use crate::remote::wire::{Location, WireArg, WireCall, WireOptions};
-use crate::remote::Mover;
+use crate::remote::{Mover, Ran};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::TypeId;
@@ -105,8 +107,9 @@ pub(crate) enum Repr {
         type_id: TypeId,
         type_name: &'static str,
     },
-    /// The result of an earlier task of the region (read), encoded when the task using it
-    /// starts (after that task finished) and sent with it.
+    /// The result of an earlier task of the region (read): where it is when the task using
+    /// it starts (after that task finished): here (encoded and sent with the task) or kept
+    /// in the worker that made it (passed by reference).
     Result {
         encode: ResultEncoder,
         type_id: TypeId,
@@ -123,8 +126,16 @@ pub(crate) enum Item {
     View(Arc<View>),
 }
 
-/// Encodes the result of a finished region task.
-pub(crate) type ResultEncoder = Arc<dyn Fn() -> Result<Vec<u8>, String> + Send + Sync>;
+/// Where the result of a finished region task is, for a task in a worker reading it.
+pub(crate) type ResultEncoder = Arc<dyn Fn() -> Result<ResultArg, String> + Send + Sync>;
+
+/// The result of a finished region task, as a task in a worker receives it.
+pub(crate) enum ResultArg {
+    /// Encoded here (it is here, or small enough to travel with the task).
+    Value(Vec<u8>),
+    /// Kept in the worker process that made it.
+    At(Location),
+}
 
 /// An argument that a task running in another process can receive: a data handle of a serde
 /// type ([`Data`], [`Slice`], [`Block`], [`Part`]; bare or in [`In`], [`Out`], [`InOut`]) and
@@ -713,6 +724,18 @@ impl fmt::Debug for Transfers {
 /// (see [`Lazy`]).
 pub(crate) const LAZY: u32 = u32::MAX;
 
+/// The "process" a value comes from when a worker makes it as `T::default()` for a task that
+/// overwrites it ([`Region::out_default`](super::Region::out_default)).
+pub(crate) const FRESH: u32 = u32::MAX - 1;
+
+/// Encodes `T::default()`.
+pub(crate) type MakeDefault = fn() -> Result<Vec<u8>, BoxError>;
+
+/// Encodes `T::default()` (a [`MakeDefault`]).
+pub(crate) fn encode_default<T: Default + Serialize>() -> Result<Vec<u8>, BoxError> {
+    postcard::to_allocvec(&T::default()).map_err(encode_error::<T>)
+}
+
 /// A value taken into a region from a chunk that lives in a worker process
 /// ([`Region::own_chunk`](super::Region::own_chunk)) without bringing it here: its version 0
 /// is the chunk's value, which tasks in workers copy from where it lives (inside that worker,
@@ -774,6 +797,8 @@ pub(crate) struct Copies {
     lazy: HashMap<u32, Arc<Lazy>>,
     /// Where each process keeps its copy of each key: (key, process) -> location.
     slots: Mutex<HashMap<(u32, u32), Location>>,
+    /// How to make a fresh value of a key in a worker ([`FRESH`]), by key.
+    defaults: HashMap<u32, MakeDefault>,
     made: Mutex<HashMap<(u32, u32, u32), Cell>>,
     transfers: Transfers,
 }
@@ -794,9 +819,16 @@ impl Copies {
             homes,
             lazy,
             slots: Mutex::new(HashMap::new()),
+            defaults: HashMap::new(),
             made: Mutex::new(HashMap::new()),
             transfers,
         }
+    }
+
+    /// Lets workers make fresh values of the keys in `defaults` ([`FRESH`]).
+    pub(crate) fn with_defaults(mut self, defaults: HashMap<u32, MakeDefault>) -> Self {
+        self.defaults = defaults;
+        self
     }
 
     /// Makes every copy in `needs` (or waits for the task making it).
@@ -862,6 +894,18 @@ impl Copies {
         let lazy = self.lazy.get(&n.key);
         match (n.from, n.to) {
             (0, 0) => Ok(()),
+            (FRESH, to) => {
+                // `T::default()`, not the current contents: the task overwrites it
+                let make = self.defaults.get(&n.key).ok_or_else(|| {
+                    format!("region data {} has no default (internal error)", n.key)
+                })?;
+                let bytes = make().map_err(|e| what(e.to_string()))?;
+                let len = bytes.len();
+                let loc = self.mover.put(to, bytes.into()).map_err(what)?;
+                Transfers::add(&c.sent, &c.sent_bytes, len);
+                self.set_slot(n.key, to, loc);
+                Ok(())
+            }
             (LAZY, to) => {
                 let lazy = lazy.ok_or_else(|| {
                     format!("region data {} has no chunk (internal error)", n.key)
@@ -916,17 +960,19 @@ impl Copies {
     }
 
     /// Runs `spec` on thread `thread` of worker `worker` (after its copies were made): the
-    /// encoded result. The views it reads travel with the call; those it writes are lent to
-    /// the worker for the call and brought home right after it.
+    /// encoded result, or with `keep`, where the worker keeps it. The views it reads travel
+    /// with the call; those it writes are lent to the worker for the call and brought home
+    /// right after it.
     pub(crate) fn run(
         &self,
         worker: u32,
         thread: u32,
         spec: &RemoteSpec,
         name: Option<&str>,
-    ) -> Result<bytes::Bytes, BoxError> {
+        keep: bool,
+    ) -> Result<Ran, BoxError> {
         let mut lent: Vec<(Location, &View)> = Vec::new();
-        let ran = self.run_lending(worker, thread, spec, name, &mut lent);
+        let ran = self.run_lending(worker, thread, spec, name, keep, &mut lent);
         // the written views come home (unless the task failed: then the region fails, and
         // the data is left as it is)
         let mut back: Result<(), String> = Ok(());
@@ -960,8 +1006,9 @@ impl Copies {
         thread: u32,
         spec: &'s RemoteSpec,
         name: Option<&str>,
+        keep: bool,
         lent: &mut Vec<(Location, &'s View)>,
-    ) -> Result<bytes::Bytes, BoxError> {
+    ) -> Result<Ran, BoxError> {
         let c = &self.transfers.0;
         let what = |e: String| {
             format!(
@@ -1010,9 +1057,20 @@ impl Copies {
                     writes.push(false);
                 }
                 Repr::Result { encode, .. } => {
-                    let bytes = encode().map_err(what)?;
-                    Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
-                    args.push(WireArg::Value(bytes));
+                    match encode().map_err(what)? {
+                        ResultArg::Value(bytes) => {
+                            Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
+                            args.push(WireArg::Value(bytes));
+                        }
+                        ResultArg::At(loc) => {
+                            // kept where it was made: another worker fetches it from there
+                            // directly
+                            if loc.worker != worker {
+                                Transfers::add(&c.moved, &c.moved_bytes, loc.bytes as usize);
+                            }
+                            args.push(WireArg::Ref(loc));
+                        }
+                    }
                     writes.push(false);
                 }
                 Repr::Refused(why) => return Err(why.clone().into()),
@@ -1027,12 +1085,12 @@ impl Copies {
                 ..WireOptions::default()
             },
         };
-        let ran = crate::sched::blocking(|| self.mover.run_in_place(worker, call, writes))
+        let ran = crate::sched::blocking(|| self.mover.run_in_place(worker, call, writes, keep))
             .map_err(|e| format!("{} could not run on worker {worker}: {e}", spec.fn_name))?;
         match ran {
-            Ok((bytes, _run_ns)) => {
+            Ok((ran, _run_ns)) => {
                 c.remote_tasks.fetch_add(1, Ordering::Relaxed);
-                Ok(bytes)
+                Ok(ran)
             }
             Err((kind, message)) => Err(format!(
                 "{} failed on worker {worker} ({kind:?}): {message}",
@@ -1040,6 +1098,17 @@ impl Copies {
             )
             .into()),
         }
+    }
+
+    /// Reaches the values workers keep for this process.
+    pub(crate) fn link(&self) -> Option<Arc<dyn DataLink>> {
+        self.mover.link()
+    }
+
+    /// Counts a result of a region task kept in a worker that a task here needed.
+    pub(crate) fn count_fetched(&self, bytes: usize) {
+        let c = &self.transfers.0;
+        Transfers::add(&c.fetched, &c.fetched_bytes, bytes);
     }
 
     /// Drops every copy the workers hold.
@@ -1061,6 +1130,9 @@ pub(crate) struct VersionPlan {
     /// Whether home starts without the key's value (taken from a chunk in a worker: its
     /// version 0 comes from [`LAZY`]).
     lazy: Vec<bool>,
+    /// Whether a worker holding no copy of the key makes one from `T::default()` ([`FRESH`])
+    /// for a task overwriting it.
+    fresh: Vec<bool>,
 }
 
 impl VersionPlan {
@@ -1072,6 +1144,7 @@ impl VersionPlan {
             held: HashMap::new(),
             copied: HashMap::new(),
             lazy: vec![false; keys],
+            fresh: vec![false; keys],
         };
         for k in lazy {
             if let Some(l) = p.lazy.get_mut(k as usize) {
@@ -1080,6 +1153,17 @@ impl VersionPlan {
             }
         }
         p
+    }
+
+    /// Lets workers make the values of `keys` from `T::default()` for tasks overwriting them
+    /// where they hold no copy.
+    pub(crate) fn with_fresh(mut self, keys: impl IntoIterator<Item = u32>) -> Self {
+        for k in keys {
+            if let Some(f) = self.fresh.get_mut(k as usize) {
+                *f = true;
+            }
+        }
+        self
     }
 
     /// The version of `key` home starts with (none for a value still in a chunk).
@@ -1135,10 +1219,12 @@ impl VersionPlan {
                 continue;
             }
             if has != Some(v) {
+                // a worker with no copy makes a fresh one where it may
+                let fresh = overwrite && at != 0 && self.fresh[k];
                 let need = Need {
                     key,
                     version: v,
-                    from: self.source[k],
+                    from: if fresh { FRESH } else { self.source[k] },
                     to: at,
                 };
                 out.push(need);
@@ -1311,6 +1397,39 @@ mod tests {
         p.task_with(0, [(1, true, true)].into_iter(), &mut n);
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].from, LAZY);
+    }
+
+    #[test]
+    fn fresh_values_are_made_in_workers_without_a_copy() {
+        let mut p = VersionPlan::new(2, []).with_fresh([0]);
+        let mut n = Vec::new();
+        // overwritten in worker 1 (no copy): made there; key 1 (not fresh) is sent
+        p.task_with(1, [(0, true, true), (1, true, true)].into_iter(), &mut n);
+        assert_eq!(
+            n,
+            [
+                Need {
+                    key: 0,
+                    version: 0,
+                    from: FRESH,
+                    to: 1
+                },
+                Need {
+                    key: 1,
+                    version: 0,
+                    from: 0,
+                    to: 1
+                }
+            ]
+        );
+        // read in worker 2: pulled from worker 1; only overwriting makes a fresh value
+        n.clear();
+        p.task_with(2, [(0, false, false)].into_iter(), &mut n);
+        assert_eq!(n[0].from, 1);
+        // home always holds a copy to overwrite; worker 1's is written back at the end
+        n.clear();
+        p.task_with(0, [(0, true, true)].into_iter(), &mut n);
+        assert!(n.is_empty(), "{n:?}");
     }
 
     fn view_of(arg: RemoteArg) -> Arc<View> {

@@ -15,7 +15,15 @@ use std::sync::Arc;
 
 /// What running a call in place gives: the encoded result and run time, or how the call
 /// failed; the outer error says the worker could not be asked or did not answer.
-pub(crate) type RanInPlace = Result<Result<(bytes::Bytes, u64), (ErrorKind, String)>, String>;
+pub(crate) type RanInPlace = Result<Result<(Ran, u64), (ErrorKind, String)>, String>;
+
+/// The result of a call run in place.
+pub(crate) enum Ran {
+    /// Its encoding, sent here.
+    Bytes(bytes::Bytes),
+    /// Kept where it was made, at this location; its encoding too when it is small.
+    Kept(wire::Location, Option<bytes::Bytes>),
+}
 
 /// How a data-dependency region moves values between the head and its workers (blocking
 /// calls; implemented by the cluster layer).
@@ -30,8 +38,17 @@ pub(crate) trait Mover: Send + Sync {
     fn free(&self, loc: wire::Location);
     /// Runs `call` on worker `worker`, changing the arguments marked in `writes` in place
     /// there; the encoded result and the run time. The outer error: the worker could not be
-    /// asked or did not answer; the inner one: how the call failed.
-    fn run_in_place(&self, worker: u32, call: wire::WireCall, writes: Vec<bool>) -> RanInPlace;
+    /// asked or did not answer; the inner one: how the call failed. With `keep`, the worker
+    /// keeps the result ([`Ran::Kept`]).
+    fn run_in_place(
+        &self,
+        worker: u32,
+        call: wire::WireCall,
+        writes: Vec<bool>,
+        keep: bool,
+    ) -> RanInPlace;
+    /// Reaches the values workers keep for this process (`None` once the cluster is gone).
+    fn link(&self) -> Option<Arc<dyn data::DataLink>>;
 }
 
 /// Makes `ctx` a head process: tasks calling registered functions may now be sent to worker

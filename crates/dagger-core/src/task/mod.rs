@@ -186,6 +186,15 @@ pub(crate) trait TaskBody<T>: Send + 'static {
     /// Runs the body on this thread.
     fn run(self) -> Result<T, BoxError>;
 
+    /// Runs the body on this thread: its value, which may also be left in another process
+    /// (a region task in a worker keeps its result there).
+    fn run_outcome(self) -> Result<Outcome<T>, BoxError>
+    where
+        Self: Sized,
+    {
+        self.run().map(Outcome::Value)
+    }
+
     /// The registered function this body calls (its dense id and entry), when the call may
     /// run in another process (after [`bind_remote`](TaskBody::bind_remote)).
     fn remote(&self) -> Option<(u32, &'static TaskFn)> {
@@ -233,6 +242,14 @@ impl<T: Send + Sync + 'static> dyn TaskCell<T> {
     pub(crate) fn remote_data(&self) -> Option<&Arc<crate::remote::data::RemoteData>> {
         match self.outcome()? {
             Outcome::Remote(r) => Some(&r.data),
+            _ => None,
+        }
+    }
+
+    /// The value, when it lives in another process (maybe with a copy here).
+    pub(crate) fn remote_value(&self) -> Option<&RemoteValue<T>> {
+        match self.outcome()? {
+            Outcome::Remote(r) => Some(r),
             _ => None,
         }
     }
@@ -445,16 +462,17 @@ where
         let started = measure.then(std::time::Instant::now);
         let outcome = {
             let _scope = BodyScope::enter(me, header);
-            catch_unwind(AssertUnwindSafe(|| body.run()))
+            catch_unwind(AssertUnwindSafe(|| body.run_outcome()))
         };
         if let Some(started) = started {
             crate::sched::record_run_time(header, self.signature(), started.elapsed());
         }
         let result = match outcome {
-            Ok(Ok(v)) => {
+            Ok(Ok(Outcome::Value(v))) => {
                 self.checkpoint(&v);
                 Outcome::Value(v)
             }
+            Ok(Ok(other)) => other,
             Ok(Err(e)) => Outcome::Failed(TaskError::failed(header.id, header.name(), e)),
             Err(payload) => Outcome::Failed(TaskError::panicked(header.id, header.name(), payload)),
         };

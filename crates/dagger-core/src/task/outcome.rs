@@ -36,6 +36,11 @@ impl<T: Send + Sync + 'static> RemoteValue<T> {
         }
     }
 
+    /// Whether the value was brought here already.
+    pub(crate) fn is_here(&self) -> bool {
+        self.local.get().is_some()
+    }
+
     /// The value, fetched and decoded on first use.
     pub(crate) fn get(&self) -> Result<&T, BoxError> {
         if let Some(v) = self.local.get() {
