@@ -386,6 +386,24 @@ mod tests {
         (vec![0, 0, 1, 2, 3, 3], vec![0, 0, 1])
     }
 
+    /// A task for the planner tests.
+    fn task<'a>(
+        index: usize,
+        preds: &'a [u32],
+        cost_ns: u64,
+        data: &'a [PlanData],
+        remote: bool,
+    ) -> PlanTask<'a> {
+        PlanTask {
+            index,
+            name: None,
+            preds,
+            cost_ns,
+            data,
+            remote,
+        }
+    }
+
     fn check_topological(o: &[u32], starts: &[u32], preds: &[u32]) {
         let pos: Vec<usize> = (0..o.len())
             .map(|i| o.iter().position(|&x| x as usize == i).unwrap())
@@ -458,14 +476,6 @@ mod tests {
         let place = |overwrite: bool| {
             let mut cp = CostPlanner::new().with_remote_move_cost(1_000_000);
             cp.start_procs(&procs, 4);
-            let task = |index, preds, cost_ns, data, remote| PlanTask {
-                index,
-                name: None,
-                preds,
-                cost_ns,
-                data,
-                remote,
-            };
             let x = |write, overwrite| {
                 [PlanData {
                     key: 0,
@@ -502,14 +512,6 @@ mod tests {
         ];
         let mut cp = CostPlanner::new().with_remote_move_cost(1_000_000);
         cp.start_procs(&procs, 3);
-        let task = |index, preds, cost_ns, data, remote| PlanTask {
-            index,
-            name: None,
-            preds,
-            cost_ns,
-            data,
-            remote,
-        };
         // a long task keeps this process's thread busy: the next goes to the worker
         assert_eq!(cp.place(&task(0, &[], 50_000_000, &[], false)), Some(0));
         let view = [PlanData {
