@@ -1074,15 +1074,11 @@ impl Role for Head {
 
 /// Points the `Ref` arguments of a call (depth first) at `locs`.
 fn substitute(args: &mut [WireArg], locs: &mut impl Iterator<Item = Location>) {
-    for a in args {
-        match a {
-            WireArg::Ref(loc) => {
-                if let Some(l) = locs.next() {
-                    *loc = l;
-                }
+    WireArg::each_mut(args, &mut |a| {
+        if let WireArg::Ref(loc) = a {
+            if let Some(l) = locs.next() {
+                *loc = l;
             }
-            WireArg::Many(items) => substitute(items, locs),
-            WireArg::Value(_) | WireArg::Local(_) | WireArg::After(_) => {}
         }
-    }
+    });
 }

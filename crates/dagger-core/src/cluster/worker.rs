@@ -465,13 +465,10 @@ fn release(ahead: &mut Ahead, report: Report, send: &mut Vec<Done>) {
 
 /// The inputs of a call that other processes hold (depth first).
 fn remote_inputs(args: &[WireArg], here: u32, out: &mut Vec<Location>) {
-    for a in args {
-        match a {
-            WireArg::Ref(loc) if loc.worker != here => out.push(*loc),
-            WireArg::Many(items) => remote_inputs(items, here, out),
-            _ => {}
-        }
-    }
+    WireArg::each(args, &mut |a| match a {
+        WireArg::Ref(loc) if loc.worker != here => out.push(*loc),
+        _ => {}
+    });
 }
 
 /// The inputs of one call, fetched before it started; others are fetched through `rest`.

@@ -530,24 +530,19 @@ pub(crate) fn run_after(
 
 /// Points the `After(task)` arguments of a call (depth first) at `loc`.
 pub(crate) fn resolve_after(args: &mut [WireArg], task: u64, loc: Location) {
-    for a in args {
-        match a {
-            WireArg::After(t) if *t == task => *a = WireArg::Ref(loc),
-            WireArg::Many(items) => resolve_after(items, task, loc),
-            _ => {}
+    WireArg::each_mut(args, &mut |a| {
+        if matches!(a, WireArg::After(t) if *t == task) {
+            *a = WireArg::Ref(loc);
         }
-    }
+    });
 }
 
 /// The head's tasks a call waits for (its `After` arguments, depth first, each once).
 pub(crate) fn afters_of(args: &[WireArg], out: &mut Vec<u64>) {
-    for a in args {
-        match a {
-            WireArg::After(t) if !out.contains(t) => out.push(*t),
-            WireArg::Many(items) => afters_of(items, out),
-            _ => {}
-        }
-    }
+    WireArg::each(args, &mut |a| match a {
+        WireArg::After(t) if !out.contains(t) => out.push(*t),
+        _ => {}
+    });
 }
 
 /// Runs a call of a data-dependency region that arrived from the head, as a task on `ctx`:

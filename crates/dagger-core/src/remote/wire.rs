@@ -32,6 +32,28 @@ pub enum WireArg {
     After(u64),
 }
 
+impl WireArg {
+    /// Calls `f` on each argument of `args` that is not a collection, depth first.
+    pub(crate) fn each(args: &[WireArg], f: &mut impl FnMut(&WireArg)) {
+        for a in args {
+            match a {
+                WireArg::Many(items) => WireArg::each(items, f),
+                other => f(other),
+            }
+        }
+    }
+
+    /// Like [`each`](WireArg::each), letting `f` change the arguments.
+    pub(crate) fn each_mut(args: &mut [WireArg], f: &mut impl FnMut(&mut WireArg)) {
+        for a in args {
+            match a {
+                WireArg::Many(items) => WireArg::each_mut(items, f),
+                other => f(other),
+            }
+        }
+    }
+}
+
 /// Options a remote task runs with (the serialisable ones: hooks stay home).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WireOptions {
