@@ -455,9 +455,9 @@ fn encode_cell<T: Send + Sync + 'static>(
     codec: &Codec,
     inputs: &mut Vec<Input>,
 ) -> Result<WireArg, BoxError> {
-    if let Some(task) = crate::sched::encode::after_arg(cell.header()) {
-        // Being made on the worker the call is sent ahead to.
-        return Ok(WireArg::After(task));
+    if let Some(after) = crate::sched::encode::after_arg(cell.header()) {
+        // Being made on a worker: the call is sent ahead of it.
+        return Ok(after);
     }
     if let Some(data) = cell.remote_data() {
         if let Some(small) = crate::sched::encode::small_value(data) {

@@ -340,3 +340,63 @@ fn a_worker_that_exits_before_joining_is_reported_at_once() {
         .to_string();
     assert!(err.contains("worker 1 exited before it joined"), "{err}");
 }
+
+/// A stencil whose border points read values made on another worker, sent ahead of them
+/// (see `cluster::stencil_tasks_are_sent_ahead_of_inputs_made_on_another_worker`): the
+/// worker making the right half is killed mid-graph, while the left half's calls wait for
+/// its values. They are placed again, the lost values made again on the spare worker, and
+/// every answer is right.
+#[test]
+fn calls_waiting_for_a_killed_worker_run_again() {
+    const WIDTH: usize = 4;
+    const STEPS: usize = 200;
+    let mut expect = vec![vec![0u64; WIDTH]; STEPS];
+    for (c, e) in expect[0].iter_mut().enumerate() {
+        *e = mix(c as u64, vec![&0]);
+    }
+    for s in 1..STEPS {
+        for c in 0..WIDTH {
+            let ins: Vec<&u64> = expect[s - 1][c.saturating_sub(1)..(c + 2).min(WIDTH)]
+                .iter()
+                .collect();
+            expect[s][c] = mix((s * WIDTH + c) as u64, ins);
+        }
+    }
+    for kill_at in [STEPS / 4, STEPS / 2] {
+        let ctx = cluster(3, Duration::from_secs(10));
+        ctx.enter(|| {
+            let (open, opened) = std::sync::mpsc::channel::<()>();
+            let gate = dagger::spawn(move || {
+                let _ = opened.recv();
+                0u64
+            });
+            // The left half on worker 1, the right half on worker 2; worker 3 is the spare.
+            let scope_of = |c: usize| on_workers([1 + (c * 2 / WIDTH) as u32, 3]);
+            let first: Vec<DTask<u64>> = (0..WIDTH)
+                .map(|c| spawn!(mix(c as u64, &vec![gate.clone()]); scope = Scope::worker(1 + (c * 2 / WIDTH) as u32)))
+                .collect();
+            let mut rows = vec![first];
+            for s in 1..STEPS {
+                let prev = &rows[s - 1];
+                let row = (0..WIDTH)
+                    .map(|c| {
+                        let ins: Vec<DTask<u64>> =
+                            prev[c.saturating_sub(1)..(c + 2).min(WIDTH)].to_vec();
+                        spawn!(mix((s * WIDTH + c) as u64, &ins); scope = scope_of(c))
+                    })
+                    .collect();
+                rows.push(row);
+            }
+            open.send(()).unwrap();
+            rows[kill_at][WIDTH - 1].wait();
+            ctx.kill_worker(WorkerId(2)).unwrap();
+            for c in 0..WIDTH {
+                assert_eq!(
+                    rows[STEPS - 1][c].fetch().unwrap(),
+                    expect[STEPS - 1][c],
+                    "killed at step {kill_at}: point {c} of the last step"
+                );
+            }
+        });
+    }
+}

@@ -34,6 +34,25 @@ struct InFlight {
     task: RemoteTask,
 }
 
+/// Whether the head learnt that every input of `task` ended, or learns it from the reports
+/// `earlier` in the batch being handled.
+fn inputs_known(task: &RemoteTask, earlier: &[u64]) -> bool {
+    let h = task.job.header();
+    if h.pending.load(Ordering::SeqCst) == 0 {
+        return true;
+    }
+    let crate::sched::Placement::Anywhere(a) = &h.placement else {
+        return true;
+    };
+    a.inputs
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .all(|i| {
+            let ih = i.header();
+            ih.state.is_done() || earlier.contains(&ih.id.get())
+        })
+}
+
 /// A task a worker reported done.
 enum Completed {
     /// Its value, made from the call as it was sent.
@@ -356,12 +375,15 @@ impl Head {
 
     /// Tasks ended on worker `peer` (one batch): takes the state lock once for the whole
     /// batch, then completes the tasks outside it.
-    fn on_done(&self, node: &Arc<Node>, peer: u32, done: Vec<Done>) {
+    fn on_done(self: &Arc<Self>, node: &Arc<Node>, peer: u32, done: Vec<Done>) {
         let link: Arc<dyn DataLink> = Arc::new(NodeLink(node.clone()));
         let mut completed = Vec::with_capacity(done.len());
         let mut waiting = Vec::new();
         let mut failed = Vec::new();
         let mut recovered = Vec::new();
+        let mut now = Vec::new();
+        // Tasks of this batch that ended well, so far.
+        let mut earlier = Vec::new();
         {
             let mut s = lock(&self.state);
             let s = &mut *s;
@@ -369,6 +391,19 @@ impl Head {
                 w.last_pong = Instant::now();
             }
             for d in done {
+                if let Some(f) = s.inflight.get(&d.task) {
+                    if f.worker != peer {
+                        // An early report handled after its worker was lost, and the task
+                        // sent again to another one.
+                        continue;
+                    }
+                    if d.result.is_ok() && f.task.is_ahead() && !inputs_known(&f.task, &earlier) {
+                        if let Some(early) = self.early(node, peer, &f.task, d) {
+                            now.push(early);
+                        }
+                        continue;
+                    }
+                }
                 let Some(f) = s.inflight.remove(&d.task) else {
                     if let Some(r) = s.recovering.remove(&d.task) {
                         recovered.push((r, d.result));
@@ -377,6 +412,9 @@ impl Head {
                 };
                 if let Some(w) = s.workers.get(&f.worker) {
                     f.task.leave(&w.remote);
+                }
+                if d.result.is_ok() {
+                    earlier.push(d.task);
                 }
                 match d.result {
                     Ok(loc) if f.task.is_ahead() => {
@@ -452,6 +490,39 @@ impl Head {
                 Some(holder) => self.input_lost(task, holder, msg),
                 None => task.fail(kind.kind(), msg),
             }
+        }
+        if !now.is_empty() {
+            self.on_done(node, peer, now);
+        }
+    }
+
+    /// The report `d` of a task sent ahead, made from inputs some of which came from other
+    /// workers: kept (to handle once the head learnt of them all) while one of them has not
+    /// been reported; else given back to handle now.
+    fn early(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        peer: u32,
+        task: &RemoteTask,
+        d: Done,
+    ) -> Option<Done> {
+        let h = task.job.header();
+        if task.is_finished() || h.pending.load(Ordering::SeqCst) == 0 {
+            return Some(d);
+        }
+        let head = Arc::downgrade(self);
+        let node = Arc::downgrade(node);
+        let shared = Arc::new(Mutex::new(Some(d)));
+        let kept = shared.clone();
+        let handle: crate::sched::ahead::Early = Box::new(move || {
+            let d = kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let (Some(head), Some(node), Some(d)) = (head.upgrade(), node.upgrade(), d) {
+                head.on_done(&node, peer, vec![d]);
+            }
+        });
+        match crate::sched::ahead::report_early(h, handle) {
+            None => None,
+            Some(_) => shared.lock().unwrap_or_else(|e| e.into_inner()).take(),
         }
     }
 

@@ -186,6 +186,22 @@ pub(crate) enum Msg {
         loc: Location,
         small: bool,
     },
+    // worker -> worker
+    /// Tell me when these head tasks, sent to you, end (calls sent ahead of them here wait
+    /// for them). Answered by `Made`, at once for those already ended or unknown.
+    Await(Vec<u64>),
+    /// Head tasks awaited with `Await` ended (or will not be made here).
+    Made(Vec<Made>),
+}
+
+/// A head task awaited by another worker ended on the worker it was sent to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Made {
+    pub(crate) task: u64,
+    /// Where its result is, or why it will not be made there.
+    pub(crate) result: Result<Location, String>,
+    /// The result's encoding, when it is small.
+    pub(crate) small: Option<Vec<u8>>,
 }
 
 /// The serialised form of one [`Run`], written without cloning the call. A `Run` batch on

@@ -2,14 +2,15 @@
 //! exits when the head says so or goes away.
 
 use super::io::Link;
-use super::msg::{Done, FailKind, Msg, Run, WorkerStats};
+use super::msg::{Done, FailKind, Made as MadeMsg, Msg, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
 use crate::error::BoxError;
 use crate::error::TaskError;
 use crate::remote::data::DataLink;
 use crate::remote::store::{
-    afters_of, resolve_after, run_after, run_in_place, Afters, Claim, Fetch, InputLost, Store,
+    afters_elsewhere, afters_of, resolve_after, resolve_after_on, run_after, run_in_place, Afters,
+    Claim, Fetch, InputLost, Store,
 };
 use crate::remote::wire::{Location, WireArg};
 use crate::task::DTask;
@@ -58,6 +59,14 @@ struct Ahead {
     made: HashMap<u64, Made>,
     /// The head task whose result each kept value is, by the value's id in the store.
     by_value: HashMap<u64, u64>,
+    /// Other workers waiting for head tasks made here to end (their `Await`), by task.
+    awaited: HashMap<u64, Vec<Link>>,
+    /// Calls sent ahead of inputs being made on other workers, by head task.
+    parked: HashMap<u64, Call>,
+    /// The calls of `parked` waiting for each (worker, head task) made there.
+    elsewhere: HashMap<(u32, u64), Vec<u64>>,
+    /// Head tasks to ask each worker this process is connecting to about, once connected.
+    connecting: HashMap<u32, Vec<u64>>,
 }
 
 /// The report of a call that ended, waiting to be sent.
@@ -106,22 +115,45 @@ impl Worker {
                     .made
                     .insert(r.task, Made::Waiting(Vec::new()));
             }
+            let mut elsewhere = Vec::new();
+            afters_elsewhere(&r.call.args, &mut elsewhere);
             let mut afters = Vec::new();
             afters_of(&r.call.args, &mut afters);
-            if !afters.is_empty() {
+            if !elsewhere.is_empty() || !afters.is_empty() {
                 self.sent_ahead.fetch_add(1, Ordering::Relaxed);
-                self.start_ahead(node, link, Call { run: r, claim }, &mut started);
+            }
+            if !elsewhere.is_empty() {
+                self.await_elsewhere(node, Call { run: r, claim }, elsewhere);
                 continue;
             }
-            let mut remote = Vec::new();
-            remote_inputs(&r.call.args, node.id, &mut remote);
-            if remote.is_empty() {
-                started.extend(self.start(node, link, r, here.clone(), claim, Vec::new()));
-            } else {
-                self.prefetch_and_start(node, link, r, remote, claim);
-            }
+            self.dispatch(node, link, Call { run: r, claim }, &here, &mut started);
         }
         self.report_when_done(node, link, started);
+    }
+
+    /// Starts a call whose inputs are here or being made here (it starts once they are),
+    /// or fetches those held by other processes first.
+    fn dispatch(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        link: &Link,
+        call: Call,
+        here: &Arc<dyn Fetch>,
+        started: &mut Vec<Started>,
+    ) {
+        let mut afters = Vec::new();
+        afters_of(&call.run.call.args, &mut afters);
+        if !afters.is_empty() {
+            return self.start_ahead(node, link, call, started);
+        }
+        let Call { run: r, claim } = call;
+        let mut remote = Vec::new();
+        remote_inputs(&r.call.args, node.id, &mut remote);
+        if remote.is_empty() {
+            started.extend(self.start(node, link, r, here.clone(), claim, Vec::new()));
+        } else {
+            self.prefetch_and_start(node, link, r, remote, claim);
+        }
     }
 
     /// Reports each of `started` as it ends, from one task on the I/O thread.
@@ -195,6 +227,190 @@ impl Worker {
         let fetch: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
         let Call { run, claim } = call;
         started.extend(self.start(node, link, run, fetch, claim, deps));
+    }
+
+    /// Parks a call sent ahead of inputs being made on other workers (`elsewhere`: each
+    /// worker and head task) and asks those workers to say when they are made. It goes on
+    /// once they all are ([`Worker::made`]), and fails (for the head to place it again) if
+    /// one is not, or its worker leaves.
+    fn await_elsewhere(self: &Arc<Self>, node: &Arc<Node>, call: Call, elsewhere: Vec<(u32, u64)>) {
+        let task = call.run.task;
+        let mut ask: Vec<(u32, Vec<u64>)> = Vec::new();
+        {
+            let mut ahead = lock(&self.ahead);
+            ahead.parked.insert(task, call);
+            for (worker, t) in elsewhere {
+                let waiting = ahead.elsewhere.entry((worker, t)).or_default();
+                if waiting.is_empty() {
+                    match ask.iter_mut().find(|(w, _)| *w == worker) {
+                        Some((_, tasks)) => tasks.push(t),
+                        None => ask.push((worker, vec![t])),
+                    }
+                }
+                waiting.push(task);
+            }
+        }
+        for (worker, tasks) in ask {
+            if let Some(l) = node.link(worker) {
+                if !l.send(Msg::Await(tasks)) {
+                    self.peer_gone(node, worker);
+                }
+                continue;
+            }
+            // Not connected yet: connect off the I/O thread (once), then ask.
+            match lock(&self.ahead).connecting.entry(worker) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.get_mut().extend(tasks);
+                    continue;
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(tasks);
+                }
+            }
+            let me = self.clone();
+            let n = node.clone();
+            let node = node.clone();
+            n.io.spawn(async move {
+                let n = node.clone();
+                let linked = tokio::task::spawn_blocking(move || n.link_to(worker)).await;
+                let tasks = lock(&me.ahead)
+                    .connecting
+                    .remove(&worker)
+                    .unwrap_or_default();
+                let sent = match linked {
+                    Ok(Ok(l)) => l.send(Msg::Await(tasks)),
+                    _ => false,
+                };
+                if !sent {
+                    me.peer_gone(&node, worker);
+                }
+            });
+        }
+    }
+
+    /// Worker `from` says that head tasks made there ended (or will not be made there): the
+    /// calls waiting for them here go on, or fail for the head to place them again.
+    fn made(self: &Arc<Self>, node: &Arc<Node>, from: u32, made: Vec<MadeMsg>) {
+        let mut ready = Vec::new();
+        let mut refused = Vec::new();
+        {
+            let mut ahead = lock(&self.ahead);
+            for m in made {
+                let Some(calls) = ahead.elsewhere.remove(&(from, m.task)) else {
+                    continue;
+                };
+                for c in calls {
+                    // A call of that task sent again (after this one failed) may wait for
+                    // other inputs: only the arguments naming this one change.
+                    let Some(call) = ahead.parked.get_mut(&c) else {
+                        continue;
+                    };
+                    match &m.result {
+                        Ok(loc) => {
+                            let args = &mut call.run.call.args;
+                            resolve_after_on(args, m.task, from, *loc, m.small.as_deref());
+                            let mut left = Vec::new();
+                            afters_elsewhere(args, &mut left);
+                            if left.is_empty() {
+                                ready.extend(ahead.parked.remove(&c));
+                            }
+                        }
+                        Err(why) => {
+                            if waits_for(call, from, m.task) {
+                                let call = ahead.parked.remove(&c).expect("parked");
+                                refused.push((
+                                    call,
+                                    format!("task {} on worker {from}: {why}", m.task),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.go_on(node, ready, refused);
+    }
+
+    /// Worker `worker` left (or cannot be reached): the calls waiting for tasks made there
+    /// fail, for the head to place them again.
+    fn peer_gone(self: &Arc<Self>, node: &Arc<Node>, worker: u32) {
+        let refused: Vec<(Call, String)> = {
+            let mut ahead = lock(&self.ahead);
+            let keys: Vec<(u32, u64)> = ahead
+                .elsewhere
+                .keys()
+                .filter(|(w, _)| *w == worker)
+                .copied()
+                .collect();
+            let mut refused = Vec::new();
+            for k in keys {
+                for c in ahead.elsewhere.remove(&k).unwrap_or_default() {
+                    if ahead
+                        .parked
+                        .get(&c)
+                        .is_some_and(|call| waits_for(call, worker, k.1))
+                    {
+                        let call = ahead.parked.remove(&c).expect("parked");
+                        refused.push((call, format!("worker {worker}, making task {}, left", k.1)));
+                    }
+                }
+            }
+            refused
+        };
+        self.go_on(node, Vec::new(), refused);
+    }
+
+    /// Starts the calls of `ready`, whose inputs made elsewhere all are, and fails those of
+    /// `refused`.
+    fn go_on(self: &Arc<Self>, node: &Arc<Node>, ready: Vec<Call>, refused: Vec<(Call, String)>) {
+        if ready.is_empty() && refused.is_empty() {
+            return;
+        }
+        let Some(head) = node.link(0) else {
+            return;
+        };
+        for (call, why) in refused {
+            self.refuse(&head, call, FailKind::InputMissing, why);
+        }
+        let here: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
+        let mut started = Vec::new();
+        for call in ready {
+            self.dispatch(node, &head, call, &here, &mut started);
+        }
+        self.report_when_done(node, &head, started);
+    }
+
+    /// Worker `link.peer` waits for these head tasks, sent here, to end: says at once for
+    /// those that did (or are not known here), and when the others do.
+    fn awaited(&self, node: &Node, link: &Link, tasks: Vec<u64>) {
+        let mut now = Vec::new();
+        {
+            let mut ahead = lock(&self.ahead);
+            for task in tasks {
+                let ended = match ahead.made.get(&task) {
+                    Some(Made::Ended(loc)) => Some(Ok(*loc)),
+                    Some(Made::Running(dtask, _)) if dtask.is_ready() => {
+                        Some(dtask.fetch().map(|(loc, _)| loc).map_err(|e| e.message()))
+                    }
+                    Some(Made::Running(..) | Made::Waiting(_)) => None,
+                    None => Some(Err("it is not made here".to_string())),
+                };
+                match ended {
+                    Some(result) => now.push(MadeMsg {
+                        task,
+                        small: match &result {
+                            Ok(loc) => node.store.small_encoding(loc.id),
+                            Err(_) => None,
+                        },
+                        result,
+                    }),
+                    None => ahead.awaited.entry(task).or_default().push(link.clone()),
+                }
+            }
+        }
+        if !now.is_empty() {
+            link.send(Msg::Made(now));
+        }
     }
 
     /// Fetches the inputs of `r` held by other processes on the I/O thread (within the
@@ -329,6 +545,12 @@ impl Worker {
     /// `task` will not make a result here: the calls sent ahead of it fail (the head places
     /// them again), and the reports waiting for its own are sent.
     fn forget(&self, link: &Link, task: u64) {
+        tell_awaiting(
+            &self.ahead,
+            task,
+            Err("it did not run there".to_string()),
+            None,
+        );
         let mut send = Vec::new();
         let waiting = {
             let mut ahead = lock(&self.ahead);
@@ -403,6 +625,13 @@ impl Worker {
             link.send_done(done);
             return;
         }
+        if s.feeds {
+            let result = match &done.result {
+                Ok(loc) => Ok(*loc),
+                Err((_, why)) => Err(why.clone()),
+            };
+            tell_awaiting(&self.ahead, task, result, done.small.as_ref());
+        }
         let report = Report {
             done,
             feeds: s.feeds,
@@ -426,6 +655,36 @@ impl Worker {
                 ahead.made.remove(&task);
             }
         }
+    }
+}
+
+/// Whether `call` waits for head task `task` being made on worker `worker`.
+fn waits_for(call: &Call, worker: u32, task: u64) -> bool {
+    let mut found = false;
+    WireArg::each(&call.run.call.args, &mut |a| {
+        found |= *a == (WireArg::AfterOn { task, worker })
+    });
+    found
+}
+
+/// Tells the other workers waiting for head task `task` that it ended with `result` (its
+/// encoding `small` when small), or will not be made here.
+fn tell_awaiting(
+    ahead: &Mutex<Ahead>,
+    task: u64,
+    result: Result<Location, String>,
+    small: Option<&Vec<u8>>,
+) {
+    let Some(links) = lock(ahead).awaited.remove(&task) else {
+        return;
+    };
+    let made = MadeMsg {
+        task,
+        result,
+        small: small.cloned(),
+    };
+    for l in links {
+        l.send(Msg::Made(vec![made.clone()]));
     }
 }
 
@@ -558,7 +817,12 @@ impl Role for Worker {
                 }
             }
             Msg::PeerJoined(p) => node.set_peer(p),
-            Msg::PeerLeft(id) => node.forget_peer(id),
+            Msg::PeerLeft(id) => {
+                node.forget_peer(id);
+                self.peer_gone(node, id);
+            }
+            Msg::Await(tasks) => self.awaited(node, link, tasks),
+            Msg::Made(made) => self.made(node, link.peer, made),
             Msg::Run(runs) => self.run(node, link, runs),
             Msg::RunInPlace {
                 req,
@@ -618,5 +882,6 @@ impl Role for Worker {
             }
             std::process::exit(0);
         }
+        self.peer_gone(node, peer);
     }
 }

@@ -286,7 +286,7 @@ fn resolve_one(
             decode_from(&bytes, codec.decode)
         }
         WireArg::Many(_) => Err("a nested collection cannot be one value".into()),
-        WireArg::After(task) => Err(format!(
+        WireArg::After(task) | WireArg::AfterOn { task, .. } => Err(format!(
             "the call was sent ahead of the result of task {task}, which was not made here"
         )
         .into()),
@@ -543,6 +543,40 @@ pub(crate) fn afters_of(args: &[WireArg], out: &mut Vec<u64>) {
         WireArg::After(t) if !out.contains(t) => out.push(*t),
         _ => {}
     });
+}
+
+/// The head's tasks, being made on other workers, that a call waits for (its `AfterOn`
+/// arguments, depth first, each once), with the worker making each.
+pub(crate) fn afters_elsewhere(args: &[WireArg], out: &mut Vec<(u32, u64)>) {
+    WireArg::each(args, &mut |a| match a {
+        WireArg::AfterOn { task, worker } if !out.contains(&(*worker, *task)) => {
+            out.push((*worker, *task))
+        }
+        _ => {}
+    });
+}
+
+/// Puts the result of the head's task `task`, made on worker `worker`, in place of the call's
+/// `AfterOn` arguments naming it: its encoding when it is `small`, else where it is. Returns
+/// how many arguments it replaced.
+pub(crate) fn resolve_after_on(
+    args: &mut [WireArg],
+    task: u64,
+    worker: u32,
+    loc: Location,
+    small: Option<&[u8]>,
+) -> usize {
+    let mut replaced = 0;
+    WireArg::each_mut(args, &mut |a| {
+        if *a == (WireArg::AfterOn { task, worker }) {
+            *a = match small {
+                Some(bytes) => WireArg::Value(bytes.to_vec()),
+                None => WireArg::Ref(loc),
+            };
+            replaced += 1;
+        }
+    });
+    replaced
 }
 
 /// Runs a call of a data-dependency region that arrived from the head, as a task on `ctx`:

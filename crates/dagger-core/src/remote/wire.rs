@@ -30,6 +30,15 @@ pub enum WireArg {
     /// this call and has not ended yet: the call starts once that task ended there (a call
     /// sent ahead of its input).
     After(u64),
+    /// The result of the head's task `task`, which was sent to worker `worker` (another one)
+    /// and has not ended yet: the call asks that worker to say when it ended there, and
+    /// starts once it has (a call sent ahead of an input made elsewhere).
+    AfterOn {
+        /// The head's id of the task.
+        task: u64,
+        /// The worker it was sent to.
+        worker: u32,
+    },
 }
 
 impl WireArg {

@@ -31,6 +31,19 @@ pub(crate) struct Ahead {
     sent_to: u32,
     /// Whether its worker keeps track of it, so that calls may be sent ahead of it.
     feeds: bool,
+    /// Its worker's report that it ended, which came before the reports of some of its
+    /// inputs made on other workers: handled once they all arrived.
+    early: Option<Early>,
+}
+
+/// Handles a report that came early (see [`report_early`]).
+pub(crate) type Early = Box<dyn FnOnce() + Send>;
+
+thread_local! {
+    /// Early reports whose inputs arrived while this thread handled another one (handled
+    /// in turn by the outermost call, not recursively: a long chain of them cannot overflow
+    /// the stack).
+    static LATE: std::cell::RefCell<Option<Vec<Early>>> = const { std::cell::RefCell::new(None) };
 }
 
 fn lock(m: &Mutex<Ahead>) -> MutexGuard<'_, Ahead> {
@@ -58,6 +71,7 @@ pub(crate) fn mark_sent(h: &Header, worker: u32) -> bool {
     let mut a = lock(m);
     a.sent_to = worker;
     a.feeds = !a.dependents.is_empty();
+    a.early = None;
     a.feeds
 }
 
@@ -67,15 +81,78 @@ pub(crate) fn forget_sent(h: &Header) {
         let mut a = lock(m);
         a.sent_to = 0;
         a.feeds = false;
+        a.early = None;
     }
 }
 
-/// The task of `a` is done: no task is sent ahead of it any more.
+/// The task of `a` is done: no task is sent ahead of it any more. If it completed (failed,
+/// or was cancelled) while its worker's early report waited for its inputs, that report is
+/// handled now (it finds the task complete).
 pub(crate) fn finished(a: &super::Anywhere) {
-    let mut a = lock(&a.ahead);
-    a.dependents = Vec::new();
-    a.sent_to = 0;
-    a.feeds = false;
+    let early = {
+        let mut a = lock(&a.ahead);
+        a.dependents = Vec::new();
+        a.sent_to = 0;
+        a.feeds = false;
+        a.early.take()
+    };
+    if let Some(handle) = early {
+        handle_late(handle);
+    }
+}
+
+/// The worker running the task of `h`, sent ahead of inputs made on other workers, reported
+/// it ended before the head learnt that they did. Keeps `handle` to run once they all have,
+/// or gives it back if they have by now (the caller then runs it): the head learns of a task
+/// only after its inputs, so that it can always name their results for its lineage.
+pub(crate) fn report_early(h: &Header, handle: Early) -> Option<Early> {
+    let Some(m) = ahead_of(h) else {
+        return Some(handle);
+    };
+    let mut a = lock(m);
+    // Sequentially consistent with `inputs_arrived`, which runs after the count reached 0.
+    if h.pending.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        return Some(handle);
+    }
+    a.early = Some(handle);
+    None
+}
+
+/// Every input of the task of `h` arrived while it ran (sent ahead of them): handles its
+/// report if it came early.
+pub(crate) fn inputs_arrived(h: &Header) {
+    if let Some(handle) = ahead_of(h).and_then(|m| lock(m).early.take()) {
+        handle_late(handle);
+    }
+}
+
+/// Runs `handle`, or queues it if this thread is running another one (see [`LATE`]).
+fn handle_late(handle: Early) {
+    let nested = LATE.with(|l| match &mut *l.borrow_mut() {
+        Some(queue) => {
+            queue.push(handle);
+            None
+        }
+        slot @ None => {
+            *slot = Some(Vec::new());
+            Some(handle)
+        }
+    });
+    let Some(first) = nested else {
+        return;
+    };
+    // Clears the queue even if a handler panics.
+    struct Outermost;
+    impl Drop for Outermost {
+        fn drop(&mut self) {
+            LATE.with(|l| *l.borrow_mut() = None);
+        }
+    }
+    let _outermost = Outermost;
+    first();
+    while let Some(next) = LATE.with(|l| l.borrow_mut().as_mut().and_then(Vec::pop)) {
+        next();
+    }
 }
 
 /// What became of an attempt to send a task ahead.
@@ -182,9 +259,9 @@ impl Registry {
         self.frontier_lock().push(Arc::downgrade(job));
     }
 
-    /// Sends `job` ahead of its inputs if they are all being made on one worker and the
-    /// placement cost puts it there. `busy` lists the workers found too busy so far (they
-    /// are not weighed again).
+    /// Sends `job` ahead of its inputs if they are all being made on workers and the
+    /// placement cost puts it on a worker. `busy` lists the workers found too busy so far
+    /// for tasks whose inputs are all being made there (they are not weighed again).
     fn try_ahead(&self, job: &JobRef, busy: &mut Vec<u32>) -> Sent {
         let h = job.header();
         if h.state.load() != state::WAITING {
@@ -193,7 +270,8 @@ impl Registry {
         let Placement::Anywhere(a) = &h.placement else {
             return Sent::No;
         };
-        let mut target = 0;
+        // The worker making all its unfinished inputs (0: none yet; u32::MAX: several).
+        let mut home = 0;
         for input in a.inputs.iter().filter_map(Weak::upgrade) {
             let ih = input.header();
             if ih.state.is_done() {
@@ -203,28 +281,37 @@ impl Registry {
                 return Sent::No;
             };
             let ia = lock(m);
-            if ia.sent_to == 0 || !ia.feeds || (target != 0 && ia.sent_to != target) {
+            if ia.sent_to == 0 || !ia.feeds {
                 return Sent::No;
             }
-            target = ia.sent_to;
+            home = match home {
+                0 => ia.sent_to,
+                w if w == ia.sent_to => w,
+                _ => u32::MAX,
+            };
         }
-        if target == 0 {
+        if home == 0 {
             return Sent::No;
         }
-        if busy.contains(&target) {
+        if busy.contains(&home) {
             return Sent::Busy;
         }
         let est = self.estimate_anywhere(job);
-        let (best, local) = self.anywhere_costs(job, a, None, est, target);
+        let (best, local) = self.anywhere_costs(job, a, None, est, true);
         let (worker, thread) = match best {
-            Some((cost, w, thread)) if w.id == target && local.is_none_or(|l| cost < l) => {
+            Some((cost, w, thread))
+                if (home == u32::MAX || w.id == home) && local.is_none_or(|l| cost < l) =>
+            {
                 (w, thread)
             }
             _ => {
-                busy.push(target);
+                if home != u32::MAX {
+                    busy.push(home);
+                }
                 return Sent::Busy;
             }
         };
+        let target = worker.id;
         let Some(dispatch) = self.remote.dispatcher().cloned() else {
             return Sent::No;
         };

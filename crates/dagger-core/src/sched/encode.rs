@@ -1,13 +1,14 @@
 //! Encoding a call for the worker process it goes to.
 //!
 //! What a call carries depends on where it goes: an input being made on that worker is named
-//! by `WireArg::After` (the call is sent ahead of it, see [`super::ahead`]); a small value
+//! by `WireArg::After`, one being made on another worker by `WireArg::AfterOn` (the call is
+//! sent ahead of them, see [`super::ahead`]); a small value
 //! whose encoding is kept here travels inside the call, unless that worker holds it; other
 //! values are named by where they are (`WireArg::Ref`) and fetched from there. A call encoded
 //! for a lineage (to make a lost value again) names every input by where it is or was.
 
 use crate::remote::data::{Input, RemoteData};
-use crate::remote::wire::WireCall;
+use crate::remote::wire::{WireArg, WireCall};
 use crate::task::{Header, JobRef};
 use std::cell::Cell;
 
@@ -80,12 +81,18 @@ pub(crate) fn small_value(data: &RemoteData) -> Option<&bytes::Bytes> {
     }
 }
 
-/// While a call is encoded to be sent ahead to worker `target`: the id of the task `h`,
-/// if its result is to be named by `After` (it is being made on that worker).
-pub(crate) fn after_arg(h: &Header) -> Option<u64> {
+/// While a call is encoded to be sent ahead to a worker: how it names the result of task
+/// `h` if that is being made on a worker: `After` on the same worker, `AfterOn` on another.
+pub(crate) fn after_arg(h: &Header) -> Option<WireArg> {
     let target = TARGET.with(Cell::get);
     if target == 0 || h.state.is_done() {
         return None;
     }
-    (super::ahead::feeding_on(h) == Some(target)).then(|| h.id.get())
+    let worker = super::ahead::feeding_on(h)?;
+    let task = h.id.get();
+    Some(if worker == target {
+        WireArg::After(task)
+    } else {
+        WireArg::AfterOn { task, worker }
+    })
 }

@@ -631,32 +631,34 @@ impl Registry {
     /// What running a task that may run anywhere costs (ns) on the cheapest worker process
     /// (with that worker and the thread to name), and in this process (`None`: it may not run
     /// here): its estimated run time `est`, plus queued work, plus moving its inputs, plus for
-    /// a worker the measured round trip. Inputs not made yet are counted as made on worker
-    /// `pending_on` (0: not counted).
+    /// a worker the measured round trip. With `ahead`, inputs not made yet count as made on
+    /// the worker they were sent to (else they are not counted).
     pub(crate) fn anywhere_costs(
         &self,
         job: &JobRef,
         a: &Anywhere,
         current: Option<u32>,
         est: u64,
-        pending_on: u32,
+        ahead: bool,
     ) -> (Option<RemoteChoice>, Option<u64>) {
-        let inputs: Vec<Held> = a
-            .inputs
-            .iter()
-            .filter_map(Weak::upgrade)
-            .filter_map(|j| match j.held() {
-                Some(h) => Some(h),
-                None if pending_on != 0 && !j.header().state.is_done() => {
-                    Some(Held::At(crate::remote::wire::Location {
-                        worker: pending_on,
-                        id: 0,
-                        bytes: 0,
-                    }))
-                }
-                None => None,
-            })
-            .collect();
+        let inputs: Vec<Held> =
+            a.inputs
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter_map(|j| match j.held() {
+                    Some(h) => Some(h),
+                    // Sending ahead: an unfinished input counts as held where it is being made.
+                    None if ahead && !j.header().state.is_done() => ahead::feeding_on(j.header())
+                        .map(|worker| {
+                            Held::At(crate::remote::wire::Location {
+                                worker,
+                                id: 0,
+                                bytes: 0,
+                            })
+                        }),
+                    None => None,
+                })
+                .collect();
         let mut best: Option<RemoteChoice> = None;
         let workers = self.remote.snapshot();
         let rtt_of = |id: u32| {
@@ -714,7 +716,7 @@ impl Registry {
     /// plus queued work, plus for a worker the measured round trip).
     fn route_anywhere(&self, job: JobRef, a: &Anywhere, current: Option<u32>) {
         let est = self.estimate_anywhere(&job);
-        let (best, local_cost) = self.anywhere_costs(&job, a, current, est, 0);
+        let (best, local_cost) = self.anywhere_costs(&job, a, current, est, false);
         let go_remote = match (&best, local_cost) {
             (Some(_), None) => true,
             (Some((rc, _, _)), Some(lc)) => *rc < lc,

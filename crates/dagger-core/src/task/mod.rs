@@ -633,8 +633,14 @@ fn cascade(mut failed: Vec<(JobRef, TaskError)>) {
 /// One input of `dep` became available.
 pub(crate) fn input_ready(dep: JobRef) {
     // Sequentially consistent with `remote::requeue`, which may move `dep` back to WAITING.
-    if dep.header().pending.fetch_sub(1, Ordering::SeqCst) == 1 && dep.header().state.make_ready() {
-        crate::sched::schedule(dep);
+    let h = dep.header();
+    if h.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if h.state.make_ready() {
+            crate::sched::schedule(dep);
+        } else {
+            // It was sent ahead of its inputs, and its worker may have reported it already.
+            crate::sched::ahead::inputs_arrived(h);
+        }
     }
 }
 
