@@ -367,7 +367,7 @@ impl Worker {
             return;
         }
         let Some(head) = node.link(0) else {
-            return;
+            return; // the head is gone: this process exits
         };
         for (call, why) in refused {
             self.refuse(&head, call, FailKind::InputMissing, why);

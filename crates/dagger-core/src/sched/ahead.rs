@@ -155,6 +155,19 @@ fn handle_late(handle: Early) {
     }
 }
 
+/// Whether `w` has at most one task ready to run per thread (those sent ahead of their
+/// inputs wait). A task sent ahead of inputs made on other workers costs messages between
+/// them; it saves time only if it would otherwise wait for the head's round trip with
+/// threads idle, not when ready work keeps them busy until the head places it.
+fn short_of_work(w: &super::remote::RemoteWorker) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ready = w
+        .inflight
+        .load(Relaxed)
+        .saturating_sub(w.ahead.load(Relaxed));
+    ready <= w.threads as usize
+}
+
 /// What became of an attempt to send a task ahead.
 enum Sent {
     /// It was sent.
@@ -300,7 +313,8 @@ impl Registry {
         let (best, local) = self.anywhere_costs(job, a, None, est, true);
         let (worker, thread) = match best {
             Some((cost, w, thread))
-                if (home == u32::MAX || w.id == home) && local.is_none_or(|l| cost < l) =>
+                if (w.id == home || home == u32::MAX && short_of_work(&w))
+                    && local.is_none_or(|l| cost < l) =>
             {
                 (w, thread)
             }
