@@ -1,20 +1,30 @@
 //! Sending a task ahead of its inputs to the worker process making them.
 //!
-//! A task whose unfinished inputs are all being made on one worker process, and which the
-//! placement cost would put on that worker once they are made, is sent there before they
-//! are: its call names them with [`WireArg::After`](crate::remote::wire::WireArg::After), and
-//! the worker starts it as soon as they are made there. A chain of tasks then hops from one
-//! task to the next inside the worker; otherwise each hop is a round trip through the head
-//! (the worker reports, the head finds the next task ready and sends it).
+//! A task whose unfinished inputs are all being made on one worker, and which the placement
+//! cost would put on that worker once they are made, is sent there before they are: its
+//! call names them with [`WireArg::After`](crate::remote::wire::WireArg::After), and the
+//! worker starts it as soon as they are made there. A chain of tasks then hops from one task
+//! to the next inside the worker; otherwise each hop is a round trip through the head (the
+//! worker reports, the head finds the next task ready and sends it).
+//!
+//! A task whose unfinished inputs are being made on several workers is sent ahead too, to
+//! the worker the cost puts it on, if that worker is short of ready work (otherwise it gains
+//! nothing): its call names the inputs made elsewhere with
+//! [`WireArg::AfterOn`](crate::remote::wire::WireArg::AfterOn), and the worker asks the
+//! workers making them to say when they are made (sending the value along when it is
+//! small). A stencil's border points, which read values made on both sides, then move from
+//! step to step without the head.
 //!
 //! The head stays the owner of every task. A worker keeps track only of the tasks the head
 //! marks (those with dependents when they are sent), and reports a task sent ahead only after
-//! the tasks it waited for, so the head learns of results in order. A task sent ahead of an
-//! input that is not made there after all (its worker died, the input failed there or was
-//! taken back to run elsewhere) goes back to waiting for its inputs and is placed again
-//! when they are made. How deep a chain is sent ahead is bounded by the placement cost: each
-//! task sent to a worker adds to its queued work, until another place is as cheap, and the
-//! rest waits in the registry's frontier until the worker reports tasks done.
+//! the tasks it waited for there, so the head learns of results in order. A report that
+//! arrives before those of inputs made on other workers waits on the head until they arrived
+//! ([`report_early`]). A task sent ahead of an input that is not made after all (its worker
+//! died, the input failed there or was taken back to run elsewhere) goes back to waiting for
+//! its inputs and is placed again when they are made. How deep a chain is sent ahead is
+//! bounded by the placement cost: each task sent to a worker adds to its queued work, until
+//! another place is as cheap, and the rest waits in the registry's frontier until the worker
+//! reports tasks done.
 
 use super::remote::RemoteTask;
 use super::{Placement, Registry};
