@@ -230,6 +230,11 @@ impl Batch {
         Ok(true)
     }
 
+    /// Whether only frees are pending.
+    fn only_frees(&self) -> bool {
+        self.run_count == 0 && self.done.is_empty() && !self.free.is_empty()
+    }
+
     /// Queues the pending batch, if any, on `sender`.
     fn send(&mut self, sender: &mut Sender) -> Result<(), NetError> {
         if self.run_count > 0 {
@@ -247,11 +252,34 @@ impl Batch {
     }
 }
 
+/// How long frees wait for other messages to go with before they are sent alone (they only
+/// give memory back, and sending them one message each costs both processes a wake-up).
+const FREE_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+/// Frees sent at once, without waiting for company.
+const FREE_ALONE: usize = 256;
+
 /// Sends what is queued for a link: everything queued when it wakes up goes out with one
-/// flush, `Run`/`Done`/`Free` items coalesced into batch messages.
+/// flush, `Run`/`Done`/`Free` items coalesced into batch messages. Frees queued alone wait up
+/// to [`FREE_DELAY`] for more.
 async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
     let mut batch = Batch::default();
-    while let Some(out) = rx.recv().await {
+    // When the frees waiting alone are sent at the latest.
+    let mut frees_due: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match frees_due {
+            Some(due) => match tokio::time::timeout_at(due, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    frees_due = None;
+                    if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(out) = next else { break };
         let mut open = match batch.feed(&mut sender, out) {
             Ok(open) => open,
             Err(_) => break,
@@ -265,7 +293,15 @@ async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
                 Err(_) => break,
             }
         }
-        if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
+        if open && batch.only_frees() && batch.free.len() < FREE_ALONE {
+            frees_due.get_or_insert_with(|| tokio::time::Instant::now() + FREE_DELAY);
+        } else {
+            frees_due = None;
+            if batch.send(&mut sender).is_err() {
+                return;
+            }
+        }
+        if sender.flush().await.is_err() {
             return;
         }
         if !open {
@@ -273,6 +309,8 @@ async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
             return;
         }
     }
+    let _ = batch.send(&mut sender);
+    let _ = sender.flush().await;
     let _ = sender.close().await;
 }
 
