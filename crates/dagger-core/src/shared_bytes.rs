@@ -111,6 +111,8 @@ impl fmt::Debug for SharedBytes {
 
 impl Serialize for SharedBytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Inside `encode_parts`, the encoder may send these bytes as they are.
+        let _lent = Lend::new(&self.0);
         s.serialize_bytes(&self.0)
     }
 }
@@ -182,12 +184,176 @@ fn share(v: &[u8]) -> Option<Bytes> {
     }
     SOURCE.with(|s| {
         let s = s.borrow();
-        let src = s.as_ref()?;
-        let start = src.as_ptr() as usize;
-        let at = v.as_ptr() as usize;
-        // Address comparisons only: `slice_ref` is called for a subslice of `src` alone.
-        (at >= start && at + v.len() <= start + src.len()).then(|| src.slice_ref(v))
+        slice_within(s.as_ref()?, v)
     })
+}
+
+/// An encoded value as pieces that are sent one after the other: the bytes of a large
+/// [`SharedBytes`] inside the value are a piece of their own, the very buffer the value
+/// holds (not a copy), and the rest of the encoding lies in the pieces between.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Encoding {
+    parts: Vec<Bytes>,
+    len: usize,
+    /// Bytes of the pieces that are the value's own buffers.
+    lent: usize,
+}
+
+impl Encoding {
+    /// The pieces, in order.
+    pub fn parts(&self) -> &[Bytes] {
+        &self.parts
+    }
+
+    /// Length of the whole encoding.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Bytes of the pieces that were written for the encoding (not buffers of the value):
+    /// the memory that keeping the encoding costs.
+    pub fn copied(&self) -> usize {
+        self.len - self.lent
+    }
+
+    /// Whether the encoding is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The encoding in one buffer (a copy if it has several pieces).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.parts[..] {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            parts => {
+                let mut v = Vec::with_capacity(self.len);
+                for p in parts {
+                    v.extend_from_slice(p);
+                }
+                Bytes::from(v)
+            }
+        }
+    }
+
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.parts.push(b);
+        }
+    }
+}
+
+impl From<Bytes> for Encoding {
+    fn from(b: Bytes) -> Encoding {
+        let mut e = Encoding::default();
+        e.push(b);
+        e
+    }
+}
+
+impl From<Vec<u8>> for Encoding {
+    fn from(v: Vec<u8>) -> Encoding {
+        Encoding::from(Bytes::from(v))
+    }
+}
+
+thread_local! {
+    /// Whether an `encode_parts` runs on this thread.
+    static ENCODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The bytes of the [`SharedBytes`] being serialised now, within `encode_parts`.
+    static LENT: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Lends a [`SharedBytes`]'s buffer to the encoder while it is serialised (only within
+/// `encode_parts`, and only buffers worth sending by reference).
+struct Lend(bool);
+
+impl Lend {
+    fn new(b: &Bytes) -> Lend {
+        let lend = b.len() >= SHARE_MIN && ENCODING.with(|e| e.get());
+        if lend {
+            LENT.with(|l| *l.borrow_mut() = Some(b.clone()));
+        }
+        Lend(lend)
+    }
+}
+
+impl Drop for Lend {
+    fn drop(&mut self) {
+        if self.0 {
+            LENT.with(|l| l.borrow_mut().take());
+        }
+    }
+}
+
+/// Ends an `encode_parts` scope (also when serialising panics).
+struct EndEncoding(bool);
+
+impl Drop for EndEncoding {
+    fn drop(&mut self) {
+        ENCODING.with(|e| e.set(self.0));
+        LENT.with(|l| l.borrow_mut().take());
+    }
+}
+
+/// A postcard output that keeps lent buffers as pieces instead of copying them.
+#[derive(Default)]
+struct Parts {
+    done: Encoding,
+    cur: Vec<u8>,
+}
+
+impl Parts {
+    fn close_piece(&mut self) {
+        if !self.cur.is_empty() {
+            self.done.push(Bytes::from(std::mem::take(&mut self.cur)));
+        }
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Parts {
+    type Output = Encoding;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        let lent = (data.len() >= SHARE_MIN)
+            .then(|| LENT.with(|l| l.borrow().as_ref().and_then(|b| slice_within(b, data))))
+            .flatten();
+        match lent {
+            Some(piece) => {
+                self.close_piece();
+                self.done.lent += piece.len();
+                self.done.push(piece);
+            }
+            None => self.cur.extend_from_slice(data),
+        }
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.cur.push(data);
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<Encoding> {
+        self.close_piece();
+        Ok(self.done)
+    }
+}
+
+/// `v` as a view of `src`, if it lies inside it.
+fn slice_within(src: &Bytes, v: &[u8]) -> Option<Bytes> {
+    let start = src.as_ptr() as usize;
+    let at = v.as_ptr() as usize;
+    // Address comparisons only: `slice_ref` is called for a subslice of `src` alone.
+    (at >= start && at + v.len() <= start + src.len()).then(|| src.slice_ref(v))
+}
+
+/// Encodes `v` with postcard, the bytes of the large [`SharedBytes`] in it as pieces of their
+/// own (not copied): the same bytes as `postcard::to_allocvec`, in pieces.
+pub(crate) fn encode_parts<T: Serialize + ?Sized>(v: &T) -> postcard::Result<Encoding> {
+    let _end = EndEncoding(ENCODING.with(|e| e.replace(true)));
+    postcard::serialize_with_flavor(v, Parts::default())
 }
 
 #[cfg(test)]
@@ -247,6 +413,74 @@ mod tests {
                 .deserialize_seq(SharedVisitor)
                 .unwrap();
         assert_eq!(&json_like[..], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn large_shared_bytes_are_encoded_by_reference() {
+        let tile = Tile {
+            name: "t".into(),
+            data: SharedBytes::from(vec![5u8; 10_000]),
+            small: SharedBytes::from(vec![6u8; 10]),
+        };
+        let whole = postcard::to_allocvec(&tile).unwrap();
+        let enc = encode_parts(&tile).unwrap();
+        // The same bytes; the large byte string is the value's own buffer.
+        assert_eq!(enc.len(), whole.len());
+        assert_eq!(&enc.to_bytes()[..], &whole[..]);
+        assert_eq!(enc.parts().len(), 3);
+        assert_eq!(enc.parts()[1].as_ptr(), tile.data.as_ptr());
+        assert_eq!(enc.parts()[1].len(), 10_000);
+        assert_eq!(enc.copied(), whole.len() - 10_000);
+        // A `Vec<u8>` of the same size, and a lone large value, outside `Tile`.
+        let v = vec![7u8; 10_000];
+        let e = encode_parts(&(serde_bytes_like(&v), tile.data.clone())).unwrap();
+        assert_eq!(e.parts().len(), 2);
+        assert_ne!(e.parts()[0].as_ptr(), v.as_ptr());
+        assert_eq!(e.parts()[1].as_ptr(), tile.data.as_ptr());
+        assert_eq!(
+            &e.to_bytes()[..],
+            &postcard::to_allocvec(&(serde_bytes_like(&v), tile.data.clone())).unwrap()[..]
+        );
+        let lone = encode_parts(&tile.data).unwrap();
+        assert_eq!(lone.parts().len(), 2);
+        assert_eq!(
+            &lone.to_bytes()[..],
+            &postcard::to_allocvec(&tile.data).unwrap()[..]
+        );
+        // Outside `encode_parts` nothing is lent.
+        assert!(!ENCODING.with(|e| e.get()));
+        assert!(LENT.with(|l| l.borrow().is_none()));
+        let _ = postcard::to_allocvec(&tile).unwrap();
+        assert!(LENT.with(|l| l.borrow().is_none()));
+        // Empty and single-piece encodings.
+        assert!(encode_parts(&()).unwrap().is_empty());
+        assert_eq!(encode_parts(&5u8).unwrap().parts().len(), 1);
+    }
+
+    /// Serialises a slice as a byte string (like `serde_bytes`).
+    fn serde_bytes_like(v: &[u8]) -> impl Serialize + '_ {
+        struct B<'a>(&'a [u8]);
+        impl Serialize for B<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        B(v)
+    }
+
+    #[test]
+    fn a_panicking_encode_ends_its_scope() {
+        struct Boom;
+        impl Serialize for Boom {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                panic!("boom")
+            }
+        }
+        let data = SharedBytes::from(vec![1u8; 8192]);
+        let r = std::panic::catch_unwind(|| encode_parts(&(data.clone(), Boom)));
+        assert!(r.is_err());
+        assert!(!ENCODING.with(|e| e.get()));
+        assert!(LENT.with(|l| l.borrow().is_none()));
     }
 
     #[test]

@@ -346,6 +346,12 @@ impl Sender {
         self.writer.feed_slice(msg)
     }
 
+    /// Queues one message made of `parts` one after the other, without copying large ones
+    /// (see [`MessageWriter::feed_parts`]).
+    pub fn feed_parts(&mut self, parts: &[Bytes]) -> Result<(), NetError> {
+        self.writer.feed_parts(parts)
+    }
+
     /// Writes all queued messages. Cancel-safe: if the future is dropped, what was not
     /// written stays queued for the next flush.
     pub async fn flush(&mut self) -> Result<(), NetError> {

@@ -24,7 +24,7 @@ struct Loopback {
 impl DataLink for Loopback {
     fn fetch(&self, loc: Location) -> Result<bytes::Bytes, dagger::BoxError> {
         self.fetches.fetch_add(1, Ordering::SeqCst);
-        self.store.encode(loc.id)
+        self.store.encode(loc.id).map(|e| e.to_bytes())
     }
     fn free(&self, loc: Location) {
         self.store.free(loc.id);

@@ -1,6 +1,7 @@
 //! The I/O thread of a process (a current-thread tokio runtime) and connections to peers.
 
 use super::msg::{run_batch, run_body, Done, Msg};
+use crate::shared_bytes::Encoding;
 use bytes::Bytes;
 use dagger_net::{Connection, NetError, Receiver, Sender};
 use std::future::Future;
@@ -86,6 +87,8 @@ pub(crate) enum Out {
     Msg(Msg),
     /// A message followed by a raw payload (sent without copying).
     WithPayload(Msg, Bytes),
+    /// A message and its payload given as pieces (an encoded value: see [`Encoding`]).
+    WithEncoding(Msg, Encoding),
     /// One task to run, encoded by [`encode_run`](super::msg::encode_run); sent in one
     /// `Msg::Run` with the tasks queued next to it (alone, without a copy, if large).
     Run(Vec<u8>),
@@ -111,6 +114,12 @@ impl Link {
 
     pub(crate) fn send_with_payload(&self, msg: Msg, payload: Bytes) -> bool {
         self.tx.send(Out::WithPayload(msg, payload)).is_ok()
+    }
+
+    /// Sends `msg` and then `payload`, an encoded value in pieces, as one message (the
+    /// pieces are not joined: a value's large byte buffers are written as they are).
+    pub(crate) fn send_encoding(&self, msg: Msg, payload: Encoding) -> bool {
+        self.tx.send(Out::WithEncoding(msg, payload)).is_ok()
     }
 
     /// Sends one task to run (encoded by [`encode_run`](super::msg::encode_run)), batched
@@ -222,6 +231,10 @@ impl Batch {
                     Out::WithPayload(m, p) => {
                         sender.feed(m.encode())?;
                         sender.feed(p)?;
+                    }
+                    Out::WithEncoding(m, e) => {
+                        sender.feed(m.encode())?;
+                        sender.feed_parts(e.parts())?;
                     }
                     _ => return Ok(false),
                 }

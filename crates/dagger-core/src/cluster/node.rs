@@ -339,7 +339,11 @@ impl Node {
     /// Fetches the encoded value at `loc` (blocks).
     pub(crate) fn fetch_bytes(self: &Arc<Self>, loc: Location) -> Result<Bytes, String> {
         if loc.worker == self.id {
-            return self.store.encode(loc.id).map_err(|e| e.to_string());
+            return self
+                .store
+                .encode(loc.id)
+                .map(|e| e.to_bytes())
+                .map_err(|e| e.to_string());
         }
         let _slot = self.fetches.take();
         match self.request(loc.worker, |l, req| l.send(Msg::Fetch { req, id: loc.id }))? {
@@ -453,13 +457,13 @@ impl Node {
     fn serve_fetch(self: &Arc<Self>, link: &Link, req: u64, id: u64) {
         // Encoded already (kept from an earlier fetch, or arrived as bytes): sent at once,
         // without copying.
-        if let Some(bytes) = self.store.encoded(id) {
-            link.send_with_payload(
+        if let Some(encoding) = self.store.encoded(id) {
+            link.send_encoding(
                 Msg::Data {
                     req,
-                    len: bytes.len() as u64,
+                    len: encoding.len() as u64,
                 },
-                bytes,
+                encoding,
             );
             return;
         }
@@ -469,13 +473,13 @@ impl Node {
         self.io.spawn(async move {
             let encoded = tokio::task::spawn_blocking(move || store.encode(id)).await;
             match encoded {
-                Ok(Ok(bytes)) => {
-                    link.send_with_payload(
+                Ok(Ok(encoding)) => {
+                    link.send_encoding(
                         Msg::Data {
                             req,
-                            len: bytes.len() as u64,
+                            len: encoding.len() as u64,
                         },
-                        bytes,
+                        encoding,
                     );
                 }
                 Ok(Err(e)) => {

@@ -6,6 +6,8 @@
 //! dense ids, and a hash of the names and signatures identifies the binary in the handshake.
 
 use crate::error::BoxError;
+use crate::shared_bytes::encode_parts;
+pub use crate::shared_bytes::Encoding;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::{Any, TypeId};
@@ -20,6 +22,9 @@ pub struct Stored {
     pub value: Arc<dyn Any + Send + Sync>,
     /// Encodes `value` (which has the type this was made with).
     pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
+    /// Encodes `value` as pieces: the bytes of large [`SharedBytes`](crate::SharedBytes)
+    /// in it are not copied (the same bytes as `encode`).
+    pub encode_parts: fn(&dyn Any) -> Result<Encoding, BoxError>,
     /// Encodes `value` if its encoding is at most [`SMALL_VALUE`] bytes (stops early
     /// otherwise).
     pub encode_small: fn(&dyn Any) -> Option<Vec<u8>>,
@@ -38,6 +43,7 @@ impl Stored {
         Stored {
             value: Arc::new(value),
             encode: encode_any::<T>,
+            encode_parts: encode_parts_any::<T>,
             encode_small: encode_small_any::<T>,
             type_name: std::any::type_name::<T>(),
         }
@@ -46,6 +52,12 @@ impl Stored {
     /// The encoded bytes of the value.
     pub fn to_bytes(&self) -> Result<Vec<u8>, BoxError> {
         (self.encode)(self.value.as_ref() as &dyn Any)
+    }
+
+    /// The encoded value as pieces, sharing the buffers of large
+    /// [`SharedBytes`](crate::SharedBytes) in it.
+    pub fn to_parts(&self) -> Result<Encoding, BoxError> {
+        (self.encode_parts)(self.value.as_ref() as &dyn Any)
     }
 }
 
@@ -64,6 +76,20 @@ pub fn encode_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Vec<u8>, BoxErr
         )
     })?;
     postcard::to_allocvec(v)
+        .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
+}
+
+/// Encodes a `T` given as `&dyn Any` as pieces (see
+/// [`Encoding`]): the bytes of large [`SharedBytes`](crate::SharedBytes) in it are the
+/// value's own buffers.
+pub fn encode_parts_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Encoding, BoxError> {
+    let v = v.downcast_ref::<T>().ok_or_else(|| {
+        format!(
+            "cannot encode a value as {}: it has another type",
+            std::any::type_name::<T>()
+        )
+    })?;
+    encode_parts(v)
         .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
 }
 
@@ -100,6 +126,8 @@ pub struct Codec {
     pub type_name: fn() -> &'static str,
     /// Encodes a value of the type.
     pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
+    /// Encodes a value of the type as pieces (see [`Stored::encode_parts`]).
+    pub encode_parts: fn(&dyn Any) -> Result<Encoding, BoxError>,
     /// Encodes a value of the type if it takes at most [`SMALL_VALUE`] bytes.
     pub encode_small: fn(&dyn Any) -> Option<Vec<u8>>,
     /// Decodes a value of the type.
@@ -113,6 +141,7 @@ impl Codec {
             type_id: type_id_of::<T>,
             type_name: std::any::type_name::<T>,
             encode: encode_any::<T>,
+            encode_parts: encode_parts_any::<T>,
             encode_small: encode_small_any::<T>,
             decode: decode_any::<T>,
         }

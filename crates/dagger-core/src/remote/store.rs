@@ -1,7 +1,7 @@
 //! The values a process holds for others, and running calls that arrive from other
 //! processes.
 
-use super::functions::{table, AnyValue, ArgValue, Args, Codec, MutArg, Stored, TaskFn};
+use super::functions::{table, AnyValue, ArgValue, Args, Codec, Encoding, MutArg, Stored, TaskFn};
 use super::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
@@ -20,15 +20,16 @@ use std::time::Duration;
 /// the bytes it arrived as (a value put here or moved here, decoded by the first task that
 /// reads it).
 enum Entry {
-    Typed(Stored, Option<bytes::Bytes>),
+    Typed(Stored, Option<Encoding>),
     Raw(bytes::Bytes),
 }
 
 impl Entry {
-    /// Bytes of encodings kept beside a decoded value.
+    /// Bytes of encodings kept beside a decoded value (not counting the value's own
+    /// buffers that an encoding shares).
     fn cached(&self) -> usize {
         match self {
-            Entry::Typed(_, Some(b)) => b.len(),
+            Entry::Typed(_, Some(e)) => e.copied(),
             _ => 0,
         }
     }
@@ -119,14 +120,14 @@ impl Store {
         format!("process {} holds no value {id} (it was freed)", self.worker).into()
     }
 
-    /// Keeps `bytes`, the encoding of value `id`, beside it if the bound allows.
-    fn keep_encoding(&self, values: &mut Values, id: u64, bytes: &bytes::Bytes) {
-        if values.cached + bytes.len() > self.cache_limit {
+    /// Keeps `encoding`, the encoding of value `id`, beside it if the bound allows.
+    fn keep_encoding(&self, values: &mut Values, id: u64, encoding: &Encoding) {
+        if values.cached + encoding.copied() > self.cache_limit {
             return;
         }
         if let Some(Entry::Typed(_, slot @ None)) = values.map.get_mut(&id) {
-            *slot = Some(bytes.clone());
-            values.cached += bytes.len();
+            *slot = Some(encoding.clone());
+            values.cached += encoding.copied();
         }
     }
 
@@ -149,12 +150,13 @@ impl Store {
                     Stored {
                         value: value.clone(),
                         encode: codec.encode,
+                        encode_parts: codec.encode_parts,
                         encode_small: codec.encode_small,
                         type_name: (codec.type_name)(),
                     },
                     None,
                 );
-                self.keep_encoding(&mut values, id, &raw);
+                self.keep_encoding(&mut values, id, &Encoding::from(raw));
             }
         }
         Ok(value)
@@ -180,6 +182,7 @@ impl Store {
             Stored {
                 value,
                 encode: codec.encode,
+                encode_parts: codec.encode_parts,
                 encode_small: codec.encode_small,
                 type_name: (codec.type_name)(),
             },
@@ -197,32 +200,34 @@ impl Store {
         use super::functions::SMALL_VALUE;
         let values = self.map();
         match values.map.get(&id)? {
-            Entry::Typed(_, Some(b)) | Entry::Raw(b) => {
-                (b.len() <= SMALL_VALUE).then(|| b.to_vec())
-            }
+            Entry::Typed(_, Some(e)) => (e.len() <= SMALL_VALUE).then(|| e.to_bytes().to_vec()),
+            Entry::Raw(b) => (b.len() <= SMALL_VALUE).then(|| b.to_vec()),
             Entry::Typed(s, None) => (s.encode_small)(s.value.as_ref()),
         }
     }
 
-    /// The encoded bytes of the value with id `id`, if they are at hand (no encoding needed).
-    pub fn encoded(&self, id: u64) -> Option<bytes::Bytes> {
+    /// The encoding of the value with id `id`, if it is at hand (no encoding needed).
+    pub fn encoded(&self, id: u64) -> Option<Encoding> {
         match self.map().map.get(&id) {
-            Some(Entry::Typed(_, Some(b)) | Entry::Raw(b)) => Some(b.clone()),
+            Some(Entry::Typed(_, Some(e))) => Some(e.clone()),
+            Some(Entry::Raw(b)) => Some(Encoding::from(b.clone())),
             _ => None,
         }
     }
 
-    /// The encoded bytes of the value with id `id` (encoded once: the bytes are kept for
-    /// later fetches, within the store's bound).
-    pub fn encode(&self, id: u64) -> Result<bytes::Bytes, BoxError> {
+    /// The encoding of the value with id `id` (encoded once: the encoding is kept for later
+    /// fetches, within the store's bound). The bytes of large
+    /// [`SharedBytes`](crate::SharedBytes) in the value are pieces of it, not copies.
+    pub fn encode(&self, id: u64) -> Result<Encoding, BoxError> {
         let typed = match self.map().map.get(&id) {
-            Some(Entry::Typed(_, Some(b)) | Entry::Raw(b)) => return Ok(b.clone()),
+            Some(Entry::Typed(_, Some(e))) => return Ok(e.clone()),
+            Some(Entry::Raw(b)) => return Ok(Encoding::from(b.clone())),
             Some(Entry::Typed(s, None)) => s.clone(),
             None => return Err(self.freed(id)),
         };
-        let bytes = bytes::Bytes::from(typed.to_bytes()?);
-        self.keep_encoding(&mut self.map(), id, &bytes);
-        Ok(bytes)
+        let encoding = typed.to_parts()?;
+        self.keep_encoding(&mut self.map(), id, &encoding);
+        Ok(encoding)
     }
 
     /// Bytes of encodings kept beside decoded values.
@@ -679,14 +684,14 @@ mod tests {
         let first = store.encode(a).unwrap();
         let again = store.encode(a).unwrap();
         // The same bytes, not a second encoding.
-        assert_eq!(first.as_ptr(), again.as_ptr());
+        assert_eq!(first.parts()[0].as_ptr(), again.parts()[0].as_ptr());
         assert_eq!(store.encoded(a).unwrap(), first);
         assert_eq!(store.cached_bytes(), first.len());
         // Past the bound: encoded on every fetch, nothing kept.
         let b1 = store.encode(b).unwrap();
         let b2 = store.encode(b).unwrap();
         assert_eq!(b1, b2);
-        assert_ne!(b1.as_ptr(), b2.as_ptr());
+        assert_ne!(b1.parts()[0].as_ptr(), b2.parts()[0].as_ptr());
         assert_eq!(store.cached_bytes(), first.len());
         assert!(store.free(a));
         assert_eq!(store.cached_bytes(), 0);
@@ -699,13 +704,39 @@ mod tests {
     }
 
     #[test]
+    fn shared_bytes_are_encoded_without_a_copy() {
+        let data = crate::SharedBytes::from(vec![3u8; 100_000]);
+        // A bound smaller than the value: only the copied prefix counts against it.
+        let store = Store::with_cache_limit(1, 16);
+        let id = store.insert(Stored::new(data.clone())).id;
+        let e = store.encode(id).unwrap();
+        assert_eq!(
+            &e.to_bytes()[..],
+            &postcard::to_allocvec(&data).unwrap()[..]
+        );
+        assert_eq!(e.parts().len(), 2);
+        assert_eq!(e.parts()[1].as_ptr(), data.as_ptr());
+        assert_eq!(store.cached_bytes(), e.len() - data.len());
+        assert_eq!(store.encoded(id), Some(e));
+        // Small values and the value itself are as before.
+        assert!(store.small_encoding(id).is_none());
+        let v = store.get(id, &Codec::of::<crate::SharedBytes>()).unwrap();
+        assert_eq!(v.downcast_ref::<crate::SharedBytes>(), Some(&data));
+        assert!(store.free(id));
+        assert_eq!(store.cached_bytes(), 0);
+    }
+
+    #[test]
     fn values_that_arrived_encoded_keep_their_bytes_once_decoded() {
         let store = Store::new(1);
         let bytes = bytes::Bytes::from(postcard::to_allocvec(&vec![1u32, 2, 3]).unwrap());
         let id = store.insert_bytes(bytes.clone()).id;
         let v = store.get(id, &Codec::of::<Vec<u32>>()).unwrap();
         assert_eq!(v.downcast_ref::<Vec<u32>>(), Some(&vec![1, 2, 3]));
-        assert_eq!(store.encode(id).unwrap().as_ptr(), bytes.as_ptr());
+        assert_eq!(
+            store.encode(id).unwrap().to_bytes().as_ptr(),
+            bytes.as_ptr()
+        );
         assert_eq!(store.cached_bytes(), bytes.len());
         assert!(store.free(id));
         assert_eq!(store.cached_bytes(), 0);
