@@ -29,8 +29,14 @@ pub(crate) struct HeadWorker {
     last_pong: Instant,
 }
 
+/// A task sent to a worker and not reported back yet.
 struct InFlight {
     worker: u32,
+    /// The worker the task is counted on (`RemoteTask::send`): whoever takes the task out of
+    /// `State::inflight` takes it out of these counts too, through this handle, whether or
+    /// not the worker is still in the registry or in `State::workers` (a retiring worker
+    /// leaves the registry first, and `retire` waits for its count to reach zero).
+    remote: Arc<RemoteWorker>,
     task: RemoteTask,
 }
 
@@ -51,6 +57,14 @@ fn inputs_known(task: &RemoteTask, earlier: &[u64]) -> bool {
             let ih = i.header();
             ih.state.is_done() || earlier.contains(&ih.id.get())
         })
+}
+
+impl InFlight {
+    /// Takes the task out of its worker's counts and hands it back.
+    fn leave(self) -> RemoteTask {
+        self.task.leave(&self.remote);
+        self.task
+    }
 }
 
 /// A task a worker reported done.
@@ -410,21 +424,19 @@ impl Head {
                     }
                     continue;
                 };
-                if let Some(w) = s.workers.get(&f.worker) {
-                    f.task.leave(&w.remote);
-                }
+                let task = f.leave();
                 if d.result.is_ok() {
                     earlier.push(d.task);
                 }
                 match d.result {
-                    Ok(loc) if f.task.is_ahead() => {
+                    Ok(loc) if task.is_ahead() => {
                         if !s.retries.is_empty() {
                             s.retries.remove(&d.task);
                         }
-                        completed.push(Completed::Ahead(Box::new(f.task), loc, d.run_ns, d.small));
+                        completed.push(Completed::Ahead(Box::new(task), loc, d.run_ns, d.small));
                     }
                     Ok(loc) => {
-                        let (job, lineage) = f.task.into_parts();
+                        let (job, lineage) = task.into_parts();
                         let label = lineage.label.clone();
                         let data =
                             RemoteData::new(loc, link.clone(), Some(Arc::new(lineage)), label);
@@ -439,14 +451,14 @@ impl Head {
                     }
                     Err((FailKind::InputMissing, msg)) => {
                         log::debug!("task {} waits again: {msg}", d.task);
-                        waiting.push(f.task);
+                        waiting.push(task);
                     }
                     Err((FailKind::InputLost(holder), msg)) => {
-                        failed.push((f.task, Some(holder), FailKind::Runtime, msg))
+                        failed.push((task, Some(holder), FailKind::Runtime, msg))
                     }
                     Err((kind, msg)) => {
                         s.retries.remove(&d.task);
-                        failed.push((f.task, None, kind, msg));
+                        failed.push((task, None, kind, msg));
                     }
                 }
             }
@@ -586,7 +598,12 @@ impl Head {
                 .filter(|(_, f)| f.worker == id)
                 .map(|(t, _)| *t)
                 .collect();
-            let lost: Vec<InFlight> = ids.iter().filter_map(|t| s.inflight.remove(t)).collect();
+            // Out of the worker's counts too: `retire` may be waiting for them.
+            let lost: Vec<RemoteTask> = ids
+                .iter()
+                .filter_map(|t| s.inflight.remove(t))
+                .map(InFlight::leave)
+                .collect();
             let others: Vec<u32> = s.workers.keys().copied().collect();
             let values = s.located.remove(&id).unwrap_or_default().values;
             let (parked, keep): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut s.parked)
@@ -633,8 +650,8 @@ impl Head {
         for v in lost_values {
             v.start_recovery();
         }
-        for f in lost {
-            let task_id = f.task.id();
+        for task in lost {
+            let task_id = task.id();
             let give_up = {
                 let mut s = lock(&self.state);
                 let tries = s.retries.entry(task_id).or_insert(0);
@@ -646,7 +663,7 @@ impl Head {
                 give_up
             };
             if give_up {
-                f.task.fail(
+                task.fail(
                     ErrorKind::Runtime,
                     format!(
                         "worker {id} was lost while running it ({why}), the {MAX_ATTEMPTS}th \
@@ -655,7 +672,7 @@ impl Head {
                 );
             } else {
                 log::debug!("task {task_id} runs again: worker {id} was lost while running it");
-                f.task.requeue();
+                task.requeue();
             }
         }
         self.joined.notify_all();
@@ -940,6 +957,7 @@ impl Dispatch for Head {
             id,
             InFlight {
                 worker: worker.id,
+                remote: worker.clone(),
                 task,
             },
         );
@@ -947,8 +965,7 @@ impl Dispatch for Head {
             let f = lock(&self.state).inflight.remove(&id);
             if let Some(f) = f {
                 worker.alive.store(false, Ordering::Release);
-                f.task.leave(worker);
-                f.task.requeue();
+                f.leave().requeue();
             }
         }
     }
@@ -1030,7 +1047,9 @@ impl Head {
                     Some(f) if f.worker == victim => s.inflight.remove(id),
                     _ => None,
                 })
-                .map(|f| f.task)
+                // Out of the victim's counts even if it left the registry meanwhile (it
+                // is retiring, and `retire` waits for these counts to reach zero).
+                .map(InFlight::leave)
                 .collect()
         };
         if tasks.is_empty() {
@@ -1040,11 +1059,6 @@ impl Head {
             return;
         };
         let workers = reg.remote.snapshot();
-        if let Some(v) = workers.iter().find(|w| w.id == victim) {
-            for t in &tasks {
-                t.leave(v);
-            }
-        }
         log::debug!("took {} tasks back from worker {victim}", tasks.len());
         for task in tasks {
             let target = workers
