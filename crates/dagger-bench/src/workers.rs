@@ -14,7 +14,10 @@
 //!   the same chunks between two threads of this process in the same run; once with chunks
 //!   owning a `Vec<u8>` (system `dagger`: decoding copies the received bytes), once with
 //!   `dagger::SharedBytes` chunks (system `dagger-shared-bytes`: decoded as a view of the
-//!   received bytes).
+//!   received bytes). The raw TCP writer sends `count` distinct buffers it holds, as worker 1
+//!   sends the distinct chunks it holds (`tcp-loopback`, the baseline of `ratio_to_tcp`);
+//!   the older baseline, one cache-hot buffer written `count` times, is measured beside it
+//!   (`tcp-loopback-hot`, `ratio_to_tcp_hot`). Both read into one reused buffer.
 //!
 //! Task Bench across processes is `taskbench ... --workers N` (see `taskbench.rs`).
 
@@ -313,10 +316,26 @@ fn read_shared(b: &dagger::SharedBytes) -> (u64, u64, u32) {
     (b.len() as u64, ends, dagger::current_processor().worker.0)
 }
 
+/// How the raw TCP writer holds the chunks it sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TcpSource {
+    /// `count` distinct buffers of `size` bytes, chunk `i` filled with `fill(i)`: 1 GiB of
+    /// memory that the caches do not hold, as worker 1 holds the chunks it sends (made for
+    /// the run, before the clock starts, and freed after it).
+    Distinct,
+    /// One buffer of `size` bytes written `count` times (hot in the cache after the first
+    /// write): the baseline of earlier measurements.
+    Hot,
+}
+
 /// Moves `count` chunks of `size` bytes from one thread to another over a loopback TCP
 /// connection (the reader reads each whole chunk into its buffer); returns the time from the
 /// first byte written to the last byte read.
-fn tcp_loopback(size: usize, count: usize) -> Result<Duration, String> {
+fn tcp_loopback(size: usize, count: usize, source: TcpSource) -> Result<Duration, String> {
+    let held: Vec<Vec<u8>> = match source {
+        TcpSource::Distinct => (0..count).map(|i| vec![fill(i); size]).collect(),
+        TcpSource::Hot => vec![vec![7u8; size]],
+    };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let reader = std::thread::spawn(move || -> std::io::Result<(Duration, u64)> {
@@ -334,16 +353,17 @@ fn tcp_loopback(size: usize, count: usize) -> Result<Duration, String> {
     });
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let chunk = vec![7u8; size];
     s.write_all(&[1]).map_err(|e| e.to_string())?;
-    for _ in 0..count {
-        s.write_all(&chunk).map_err(|e| e.to_string())?;
+    for i in 0..count {
+        s.write_all(&held[i % held.len()])
+            .map_err(|e| e.to_string())?;
     }
     let (e, ends) = reader
         .join()
         .map_err(|_| "the TCP reader panicked".to_string())?
         .map_err(|e| e.to_string())?;
-    assert_eq!(ends, 14 * count as u64);
+    let expected: u64 = (0..count).map(|i| 2 * held[i % held.len()][0] as u64).sum();
+    assert_eq!(ends, expected);
     Ok(e)
 }
 
@@ -422,28 +442,34 @@ fn transfer_phase<T: Send + Sync + 'static>(
             e
         })
     };
-    let mut tcp_run = || tcp_loopback(size, count).expect("TCP loopback");
-    let runs = interleaved(cfg.runs, &mut [&mut dagger_run, &mut tcp_run]);
+    let mut tcp_run = || tcp_loopback(size, count, TcpSource::Distinct).expect("TCP loopback");
+    let mut hot_run = || tcp_loopback(size, count, TcpSource::Hot).expect("TCP loopback");
+    let runs = interleaved(cfg.runs, &mut [&mut dagger_run, &mut tcp_run, &mut hot_run]);
     drop(chunks);
     settle(ctx);
-    let tcp_secs = median(runs[1].clone());
-    let tcp_gbs = bytes / tcp_secs / 1e9;
-    Line::new("transfer", "tcp-loopback")
-        .int("tasks", count as u64)
-        .num("seconds", tcp_secs)
-        .num("us_per_task", tcp_secs * 1e6 / count as f64)
-        .int("workers", 0)
-        .int("chunk_bytes", size as u64)
-        .int("bytes", bytes as u64)
-        .num("gb_per_s", tcp_gbs)
-        .str("baseline_for", system)
-        .nums("runs", &runs[1])
-        .print();
+    let tcp_line = |name: &str, runs: &[f64]| {
+        let secs = median(runs.to_vec());
+        Line::new("transfer", name)
+            .int("tasks", count as u64)
+            .num("seconds", secs)
+            .num("us_per_task", secs * 1e6 / count as f64)
+            .int("workers", 0)
+            .int("chunk_bytes", size as u64)
+            .int("bytes", bytes as u64)
+            .num("gb_per_s", bytes / secs / 1e9)
+            .str("baseline_for", system)
+            .nums("runs", runs)
+            .print();
+        bytes / secs / 1e9
+    };
+    let tcp_gbs = tcp_line("tcp-loopback", &runs[1]);
+    let hot_gbs = tcp_line("tcp-loopback-hot", &runs[2]);
     let (line, secs) = timed_as("transfer", system, count, cfg, &runs[0]);
     let gbs = bytes / secs / 1e9;
     line.int("chunk_bytes", size as u64)
         .int("bytes", bytes as u64)
         .num("gb_per_s", gbs)
+        .num("ratio_to_tcp_hot", gbs / hot_gbs)
         .num("ratio_to_tcp", gbs / tcp_gbs)
         .num("ratio_to_tcp_target_min", 0.75)
         .bool("met", gbs / tcp_gbs >= 0.75)
