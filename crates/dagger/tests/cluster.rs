@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 dagger::init_before_main!();
 
+mod common;
+
 #[dagger::task]
 fn square(x: u64) -> u64 {
     x * x
@@ -118,16 +120,10 @@ fn step(x: u64, fail_at: u64) -> Result<u64, String> {
     }
 }
 
-/// One point of a stencil step: a hash of its seed and its inputs.
+/// One point of a stencil step (see `common::spawn_stencil`).
 #[dagger::task]
 fn mix(seed: u64, inputs: Vec<&u64>) -> u64 {
-    mix_here(seed, inputs.into_iter().copied())
-}
-
-fn mix_here(seed: u64, inputs: impl IntoIterator<Item = u64>) -> u64 {
-    inputs.into_iter().fold(seed, |acc, x| {
-        acc.wrapping_mul(0x9E37_79B9).wrapping_add(x) % 1_000_003
-    })
+    common::mix_values(seed, inputs.into_iter().copied())
 }
 
 #[dagger::task]
@@ -674,46 +670,18 @@ fn chains_are_sent_ahead_to_the_worker_making_their_input() {
 
 /// A 1-d stencil (each point reads itself and its neighbours of the step before), its left
 /// half on worker 1 and its right half on worker 2: the points at the border read a value
-/// made on the other worker. Spawned whole before its first step runs (a gate on the head
-/// holds it), every later task is sent ahead of its inputs, also of those made on the other
-/// worker, which tells the waiting worker directly when they are made.
+/// made on the other worker. Spawned whole before its first step runs, every later task is
+/// sent ahead of its inputs, also of those made on the other worker, which tells the waiting
+/// worker directly when they are made.
 #[test]
 fn stencil_tasks_are_sent_ahead_of_inputs_made_on_another_worker() {
     const WIDTH: usize = 4;
     const STEPS: usize = 60;
-    let mut expect = vec![vec![0u64; WIDTH]; STEPS];
-    for (c, e) in expect[0].iter_mut().enumerate() {
-        *e = mix_here(c as u64, [0]);
-    }
-    for s in 1..STEPS {
-        for c in 0..WIDTH {
-            let ins = (c.saturating_sub(1)..(c + 2).min(WIDTH)).map(|j| expect[s - 1][j]);
-            expect[s][c] = mix_here((s * WIDTH + c) as u64, ins);
-        }
-    }
     let ctx = cluster(2);
     ctx.enter(|| {
-        let (open, opened) = std::sync::mpsc::channel::<()>();
-        let gate = dagger::spawn(move || {
-            let _ = opened.recv();
-            0u64
+        let (rows, expect) = common::spawn_stencil(WIDTH, STEPS, |_, c, seed, ins| {
+            spawn!(mix(seed, &ins); scope = Scope::worker(1 + (c * 2 / WIDTH) as u32))
         });
-        let scope_of = |c: usize| Scope::worker(1 + (c * 2 / WIDTH) as u32);
-        let mut rows: Vec<Vec<DTask<u64>>> = vec![(0..WIDTH)
-            .map(|c| spawn!(mix(c as u64, &vec![gate.clone()]); scope = scope_of(c)))
-            .collect()];
-        for s in 1..STEPS {
-            let prev = &rows[s - 1];
-            let row = (0..WIDTH)
-                .map(|c| {
-                    let ins: Vec<DTask<u64>> =
-                        prev[c.saturating_sub(1)..(c + 2).min(WIDTH)].to_vec();
-                    spawn!(mix((s * WIDTH + c) as u64, &ins); scope = scope_of(c))
-                })
-                .collect();
-            rows.push(row);
-        }
-        open.send(()).unwrap();
         for (s, row) in rows.iter().enumerate() {
             for (c, t) in row.iter().enumerate() {
                 assert_eq!(t.fetch().unwrap(), expect[s][c], "step {s}, point {c}");

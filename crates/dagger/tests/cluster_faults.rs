@@ -8,6 +8,8 @@ use std::time::Duration;
 
 dagger::init_before_main!();
 
+mod common;
+
 #[dagger::task]
 fn make(n: u64) -> Vec<u64> {
     (0..n).collect()
@@ -20,9 +22,7 @@ fn total(xs: &[u64]) -> u64 {
 
 #[dagger::task]
 fn mix(seed: u64, inputs: Vec<&u64>) -> u64 {
-    inputs.into_iter().fold(seed, |acc, x| {
-        acc.wrapping_mul(0x9E37_79B9).wrapping_add(*x) % 1_000_003
-    })
+    common::mix_values(seed, inputs.into_iter().copied())
 }
 
 #[dagger::task]
@@ -350,108 +350,29 @@ fn a_worker_that_exits_before_joining_is_reported_at_once() {
 fn calls_waiting_for_a_killed_worker_run_again() {
     const WIDTH: usize = 4;
     const STEPS: usize = 200;
-    let mut expect = vec![vec![0u64; WIDTH]; STEPS];
-    for (c, e) in expect[0].iter_mut().enumerate() {
-        *e = mix(c as u64, vec![&0]);
-    }
-    for s in 1..STEPS {
-        for c in 0..WIDTH {
-            let ins: Vec<&u64> = expect[s - 1][c.saturating_sub(1)..(c + 2).min(WIDTH)]
-                .iter()
-                .collect();
-            expect[s][c] = mix((s * WIDTH + c) as u64, ins);
-        }
-    }
     for kill_at in [STEPS / 4, STEPS / 2] {
         let ctx = cluster(3, Duration::from_secs(10));
         ctx.enter(|| {
-            let (open, opened) = std::sync::mpsc::channel::<()>();
-            let gate = dagger::spawn(move || {
-                let _ = opened.recv();
-                0u64
+            // The left half on worker 1, the right half on worker 2; after the first step,
+            // worker 3 may stand in for either.
+            let (rows, expect) = common::spawn_stencil(WIDTH, STEPS, |s, c, seed, ins| {
+                let home = 1 + (c * 2 / WIDTH) as u32;
+                let scope = if s == 0 {
+                    Scope::worker(home)
+                } else {
+                    on_workers([home, 3])
+                };
+                spawn!(mix(seed, &ins); scope = scope)
             });
-            // The left half on worker 1, the right half on worker 2; worker 3 is the spare.
-            let scope_of = |c: usize| on_workers([1 + (c * 2 / WIDTH) as u32, 3]);
-            let first: Vec<DTask<u64>> = (0..WIDTH)
-                .map(|c| spawn!(mix(c as u64, &vec![gate.clone()]); scope = Scope::worker(1 + (c * 2 / WIDTH) as u32)))
-                .collect();
-            let mut rows = vec![first];
-            for s in 1..STEPS {
-                let prev = &rows[s - 1];
-                let row = (0..WIDTH)
-                    .map(|c| {
-                        let ins: Vec<DTask<u64>> =
-                            prev[c.saturating_sub(1)..(c + 2).min(WIDTH)].to_vec();
-                        spawn!(mix((s * WIDTH + c) as u64, &ins); scope = scope_of(c))
-                    })
-                    .collect();
-                rows.push(row);
-            }
-            open.send(()).unwrap();
             rows[kill_at][WIDTH - 1].wait();
             ctx.kill_worker(WorkerId(2)).unwrap();
-            for c in 0..WIDTH {
+            for (c, t) in rows[STEPS - 1].iter().enumerate() {
                 assert_eq!(
-                    rows[STEPS - 1][c].fetch().unwrap(),
+                    t.fetch().unwrap(),
                     expect[STEPS - 1][c],
                     "killed at step {kill_at}: point {c} of the last step"
                 );
             }
         });
     }
-}
-
-/// Does not return on worker 1 (until its process is killed); returns `x` anywhere else.
-#[dagger::task]
-fn stuck_on_worker_1(x: u64) -> u64 {
-    if dagger::current_processor().worker.0 == 1 {
-        loop {
-            std::thread::park();
-        }
-    }
-    x
-}
-
-/// `remove_workers` waits for the leaving worker's tasks to end. If the worker dies
-/// meanwhile, its tasks run again elsewhere and the removal ends: the head used to leave the
-/// dead worker's tasks in its count of tasks in flight, and the removal waited for that
-/// count for ten minutes. (A task taken back by work stealing while its worker was leaving
-/// stayed in the count the same way; that race hung `workers_join_and_leave_while_a_graph_runs`
-/// about once in 50 runs.)
-#[test]
-fn a_worker_killed_while_it_is_being_removed_does_not_hold_up_the_removal() {
-    let ctx = cluster(2, Duration::from_secs(10));
-    ctx.enter(|| {
-        let tasks: Vec<DTask<u64>> = (0..4)
-            .map(|i| spawn!(stuck_on_worker_1(i); scope = on_workers([1, 2])))
-            .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while ctx.worker_stats(WorkerId(1)).unwrap().running == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "worker 1 never got a task"
-            );
-            std::thread::yield_now();
-        }
-        let (started, removing) = std::sync::mpsc::channel();
-        let removed = std::thread::scope(|s| {
-            let remover = s.spawn(|| {
-                started.send(()).unwrap();
-                // Waits for worker 1's tasks, which do not end there.
-                ctx.remove_workers(&[WorkerId(1)])
-            });
-            removing.recv().unwrap();
-            ctx.kill_worker(WorkerId(1)).unwrap();
-            remover.join().unwrap()
-        });
-        // Killed before the removal began, the worker may be gone already when it looks.
-        if let Err(e) = removed {
-            assert!(e.to_string().contains("no worker 1"), "{e}");
-        }
-        for (i, t) in tasks.iter().enumerate() {
-            assert_eq!(t.fetch().unwrap(), i as u64);
-        }
-        let ids: Vec<WorkerId> = ctx.workers().iter().map(|w| w.id).collect();
-        assert_eq!(ids, vec![WorkerId(2)]);
-    });
 }
