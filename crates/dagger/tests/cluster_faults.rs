@@ -271,19 +271,18 @@ fn small_results_outlive_their_worker() {
     });
 }
 
+/// The worker holding a value that tasks need stops answering (SIGSTOP): the heartbeat
+/// declares it dead, the value is made again on the other worker, and the tasks finish.
 #[test]
 fn a_hung_worker_is_declared_dead_by_heartbeat() {
     let ctx = cluster(2, Duration::from_millis(1500));
     ctx.enter(|| {
         let anywhere = on_workers([1, 2]);
-        let pid = ctx
-            .workers()
-            .iter()
-            .find(|w| w.id == WorkerId(1))
-            .unwrap()
-            .pid;
-        let data = spawn!(make(100); scope = anywhere.clone());
+        // Large enough not to travel with its worker's report: only its worker holds it.
+        let data = spawn!(make(1000); scope = anywhere.clone());
         data.wait();
+        let victim = data.processor().expect("it ran on a worker").worker;
+        let pid = ctx.workers().iter().find(|w| w.id == victim).unwrap().pid;
         let stopped = std::process::Command::new("kill")
             .args(["-STOP", &pid.to_string()])
             .status()
@@ -293,9 +292,12 @@ fn a_hung_worker_is_declared_dead_by_heartbeat() {
             .map(|_| spawn!(total(&data); scope = anywhere.clone()))
             .collect();
         for s in &sums {
-            assert_eq!(s.fetch().unwrap(), (0..100u64).sum::<u64>());
+            assert_eq!(s.fetch().unwrap(), (0..1000u64).sum::<u64>());
         }
-        assert!(ctx.workers().iter().all(|w| w.id != WorkerId(1)));
+        assert!(
+            ctx.workers().iter().all(|w| w.id != victim),
+            "{victim:?} is still a worker"
+        );
     });
 }
 
