@@ -378,3 +378,58 @@ fn calls_waiting_for_a_killed_worker_run_again() {
         });
     }
 }
+
+/// Does not return on worker 1 (until its process is killed); returns `x` anywhere else.
+#[dagger::task]
+fn stuck_on_worker_1(x: u64) -> u64 {
+    if dagger::current_processor().worker.0 == 1 {
+        loop {
+            std::thread::park();
+        }
+    }
+    x
+}
+
+/// `remove_workers` waits for the leaving worker's tasks to end. If the worker dies
+/// meanwhile, its tasks run again elsewhere and the removal ends: the head used to leave the
+/// dead worker's tasks in its count of tasks in flight, and the removal waited for that
+/// count for ten minutes. (A task taken back by work stealing while its worker was leaving
+/// stayed in the count the same way; that race hung `workers_join_and_leave_while_a_graph_runs`
+/// about once in 50 runs.)
+#[test]
+fn a_worker_killed_while_it_is_being_removed_does_not_hold_up_the_removal() {
+    let ctx = cluster(2, Duration::from_secs(10));
+    ctx.enter(|| {
+        let tasks: Vec<DTask<u64>> = (0..4)
+            .map(|i| spawn!(stuck_on_worker_1(i); scope = on_workers([1, 2])))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ctx.worker_stats(WorkerId(1)).unwrap().running == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "worker 1 never got a task"
+            );
+            std::thread::yield_now();
+        }
+        let (started, removing) = std::sync::mpsc::channel();
+        let removed = std::thread::scope(|s| {
+            let remover = s.spawn(|| {
+                started.send(()).unwrap();
+                // Waits for worker 1's tasks, which do not end there.
+                ctx.remove_workers(&[WorkerId(1)])
+            });
+            removing.recv().unwrap();
+            ctx.kill_worker(WorkerId(1)).unwrap();
+            remover.join().unwrap()
+        });
+        // Killed before the removal began, the worker may be gone already when it looks.
+        if let Err(e) = removed {
+            assert!(e.to_string().contains("no worker 1"), "{e}");
+        }
+        for (i, t) in tasks.iter().enumerate() {
+            assert_eq!(t.fetch().unwrap(), i as u64);
+        }
+        let ids: Vec<WorkerId> = ctx.workers().iter().map(|w| w.id).collect();
+        assert_eq!(ids, vec![WorkerId(2)]);
+    });
+}
