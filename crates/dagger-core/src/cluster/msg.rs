@@ -290,6 +290,25 @@ mod tests {
             small: None,
         }]);
         assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
+        let made = Msg::Made(vec![
+            Made {
+                task: 9,
+                result: Ok(Location {
+                    worker: 2,
+                    id: 40,
+                    bytes: 3,
+                }),
+                small: Some(vec![1, 2, 3]),
+            },
+            Made {
+                task: 10,
+                result: Err("it is not made here".into()),
+                small: None,
+            },
+        ]);
+        for m in [made, Msg::Await(vec![9, 10, u64::MAX])] {
+            assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
+        }
     }
 
     fn call(func: u32, arg: Vec<u8>) -> WireCall {

@@ -676,6 +676,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn inputs_made_elsewhere_are_listed_once_and_resolved_by_task_and_worker() {
+        let on = |task, worker| WireArg::AfterOn { task, worker };
+        let loc = Location {
+            worker: 3,
+            id: 17,
+            bytes: 900,
+        };
+        let mut args = vec![
+            on(5, 3),
+            WireArg::Many(vec![on(5, 3), on(6, 2), WireArg::After(7)]),
+            on(5, 2),
+        ];
+        let mut waits = Vec::new();
+        afters_elsewhere(&args, &mut waits);
+        assert_eq!(waits, vec![(3, 5), (2, 6), (2, 5)]);
+        // Task 5 made on worker 3: its two arguments, not the one naming worker 2.
+        assert_eq!(resolve_after_on(&mut args, 5, 3, loc, None), 2);
+        assert_eq!(args[0], WireArg::Ref(loc));
+        assert_eq!(args[2], on(5, 2));
+        // A small result goes in as its encoding.
+        assert_eq!(resolve_after_on(&mut args, 6, 2, loc, Some(&[1, 2])), 1);
+        assert_eq!(
+            args[1],
+            WireArg::Many(vec![
+                WireArg::Ref(loc),
+                WireArg::Value(vec![1, 2]),
+                WireArg::After(7)
+            ])
+        );
+        waits.clear();
+        afters_elsewhere(&args, &mut waits);
+        assert_eq!(waits, vec![(2, 5)]);
+        assert_eq!(resolve_after_on(&mut args, 5, 3, loc, None), 0);
+    }
+
+    #[test]
     fn values_are_encoded_once_within_the_bound_and_freed_with_their_encoding() {
         let store = Store::with_cache_limit(1, 100);
         let a = store.insert(Stored::new(vec![7u8; 60])).id;
