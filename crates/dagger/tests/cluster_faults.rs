@@ -55,6 +55,18 @@ fn on_workers(ids: impl IntoIterator<Item = u32>) -> Scope {
     Scope::spec().workers(ids).build().unwrap()
 }
 
+/// Returns once worker `w` is running a task (fails the test after 30 s).
+fn until_running_on(ctx: &Context, w: WorkerId) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ctx.worker_stats(w).unwrap().running == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{w:?} never got a task"
+        );
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn lost_results_are_made_again() {
     let ctx = cluster(2, Duration::from_secs(10));
@@ -126,14 +138,7 @@ fn tasks_running_on_a_killed_worker_run_again_elsewhere() {
             .map(|_| spawn!(wait_ms(300); scope = anywhere.clone()))
             .collect();
         // Wait until worker 1 is running some of them, then kill it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while ctx.worker_stats(WorkerId(1)).unwrap().running == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "worker 1 never got a task"
-            );
-            std::thread::yield_now();
-        }
+        until_running_on(&ctx, WorkerId(1));
         ctx.kill_worker(WorkerId(1)).unwrap();
         for t in &slow {
             assert_eq!(t.fetch().unwrap(), 300);
@@ -403,14 +408,7 @@ fn a_worker_killed_while_it_is_being_removed_does_not_hold_up_the_removal() {
         let tasks: Vec<DTask<u64>> = (0..4)
             .map(|i| spawn!(stuck_on_worker_1(i); scope = on_workers([1, 2])))
             .collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while ctx.worker_stats(WorkerId(1)).unwrap().running == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "worker 1 never got a task"
-            );
-            std::thread::yield_now();
-        }
+        until_running_on(&ctx, WorkerId(1));
         let (started, removing) = std::sync::mpsc::channel();
         let removed = std::thread::scope(|s| {
             let remover = s.spawn(|| {
