@@ -103,11 +103,27 @@ fn count(c: &AtomicU64) -> u64 {
 /// Keeps its thread busy until `gate` exists (or a minute passed).
 #[dagger::task]
 fn wait_for(gate: String) -> u32 {
+    hold(&gate)
+}
+
+/// [`wait_for`], once `_after` is made.
+#[dagger::task]
+fn wait_for_after(gate: String, _after: u64) -> u32 {
+    hold(&gate)
+}
+
+fn hold(gate: &str) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::path::Path::new(&gate).exists() && Instant::now() < deadline {
+    while !std::path::Path::new(gate).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     current_processor().worker.0
+}
+
+/// The sum of two workers' numbers (from [`wait_for`]).
+#[dagger::task]
+fn add_ids(a: u32, b: u32) -> u64 {
+    u64::from(a + b)
 }
 
 /// One step of a chain: `x + 1`, failing at `fail_at`.
@@ -629,6 +645,43 @@ fn large_values_cross_whole() {
         let back = data.fetch().unwrap();
         assert_eq!((back.len() as u64, back[12_345]), (m, 12_345));
     });
+}
+
+/// A long chain sent ahead to worker 1, whose first task waits for a value worker 2 is still
+/// making, starts link after link once that value is made (not by recursion: 5000 links
+/// overflowed the stack of worker 1's I/O thread).
+#[test]
+fn a_long_chain_waiting_for_another_worker_starts_once_its_input_is_made() {
+    const LINKS: u64 = 5000;
+    let ctx = cluster(2);
+    let gate = std::env::temp_dir()
+        .join(format!("dagger-chain-gate-{}", std::process::id()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = std::fs::remove_file(&gate);
+    ctx.enter(|| {
+        // The workers keep track of a task for calls sent ahead of it only if it had
+        // dependents when it was sent: the graph is spawned before its first tasks are sent.
+        let (open, opened) = std::sync::mpsc::channel::<()>();
+        let start = dagger::spawn(move || {
+            let _ = opened.recv();
+            0u64
+        });
+        let here = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
+        let there = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(2));
+        let mut t = spawn!(add_ids(here, there); scope = Scope::worker(1));
+        for _ in 0..LINKS {
+            t = spawn!(step(t, u64::MAX)?; scope = Scope::worker(1));
+        }
+        open.send(()).unwrap();
+        eventually("the whole chain is on worker 1", || {
+            ctx.worker_stats(WorkerId(1)).unwrap().sent_ahead > LINKS
+        });
+        std::fs::write(&gate, b"").unwrap();
+        assert_eq!(t.fetch().unwrap(), 3 + LINKS);
+    });
+    let _ = std::fs::remove_file(&gate);
 }
 
 #[test]

@@ -59,6 +59,23 @@ impl Lineage {
     }
 }
 
+impl Drop for Lineage {
+    /// Unlinks the lineages only this one holds one at a time: a chain of tasks has a
+    /// lineage as long as itself, and dropping it recursively would overflow the stack.
+    fn drop(&mut self) {
+        let mut unlinked: Vec<Arc<Lineage>> = self
+            .inputs
+            .iter_mut()
+            .filter_map(|i| i.lineage.take())
+            .collect();
+        while let Some(l) = unlinked.pop() {
+            if let Some(mut last) = Arc::into_inner(l) {
+                unlinked.extend(last.inputs.iter_mut().filter_map(|i| i.lineage.take()));
+            }
+        }
+    }
+}
+
 /// An input of a call: its value if still alive, and how to make it again otherwise.
 #[derive(Clone)]
 pub struct Input {
