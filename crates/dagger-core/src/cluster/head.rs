@@ -481,8 +481,7 @@ impl Head {
                         crate::sched::encode::lineage_call(&job)
                             .ok()
                             .map(|(call, inputs)| {
-                                lineage.call.args = call.args;
-                                lineage.inputs = inputs;
+                                lineage.set_inputs(call.args, inputs);
                                 Arc::new(lineage)
                             });
                     let data = RemoteData::new(loc, link.clone(), lineage, label);

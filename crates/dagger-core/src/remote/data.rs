@@ -38,13 +38,57 @@ pub struct Lineage {
 impl Lineage {
     /// How a value made by `call`, in `scope`, from `inputs` can be made again.
     pub fn new(call: WireCall, scope: Scope, inputs: Vec<Input>, label: Label) -> Lineage {
-        Lineage {
+        let mut lineage = Lineage {
             call,
             scope,
             inputs,
             label,
             remade: Mutex::new(Weak::new()),
+        };
+        lineage.keep_small_inputs();
+        lineage
+    }
+
+    /// Replaces the call's arguments and its inputs (one per `Ref` argument, in order).
+    pub fn set_inputs(&mut self, args: Vec<super::wire::WireArg>, inputs: Vec<Input>) {
+        self.call.args = args;
+        self.inputs = inputs;
+        self.keep_small_inputs();
+    }
+
+    /// Puts the inputs whose encoding the head keeps (small ones) into the call itself, and
+    /// forgets their lineages. Otherwise every value made in a chain of tasks would keep the
+    /// lineage of the whole chain alive, and a long iterative program holding only its
+    /// latest value would grow without bound.
+    fn keep_small_inputs(&mut self) {
+        use super::wire::WireArg;
+        let mut refs = 0;
+        WireArg::each(&self.call.args, &mut |a| {
+            refs += usize::from(matches!(a, WireArg::Ref(_)))
+        });
+        if refs != self.inputs.len() {
+            return;
         }
+        let small: Vec<Option<bytes::Bytes>> = self
+            .inputs
+            .iter()
+            .map(|i| i.data.upgrade().and_then(|d| d.small().cloned()))
+            .collect();
+        if small.iter().all(Option::is_none) {
+            return;
+        }
+        let mut i = 0;
+        WireArg::each_mut(&mut self.call.args, &mut |a| {
+            if matches!(a, WireArg::Ref(_)) {
+                if let Some(bytes) = &small[i] {
+                    *a = WireArg::Value(bytes.to_vec());
+                }
+                i += 1;
+            }
+        });
+        let mut kept = small.iter();
+        self.inputs
+            .retain(|_| kept.next().is_some_and(Option::is_none));
     }
 
     /// The value this lineage makes, to be made again: the one already being made if any.
@@ -411,5 +455,94 @@ impl Drop for RemoteData {
         if let State::Ready(loc) = &*lock(&self.state) {
             self.link.free(*loc);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::wire::WireArg;
+
+    struct NoLink;
+    impl DataLink for NoLink {
+        fn fetch(&self, _: Location) -> Result<bytes::Bytes, BoxError> {
+            Err("no link".into())
+        }
+        fn free(&self, _: Location) {}
+    }
+
+    fn value(id: u64, small: Option<&[u8]>, lineage: Option<Arc<Lineage>>) -> Arc<RemoteData> {
+        let loc = Location {
+            worker: 1,
+            id,
+            bytes: 8,
+        };
+        let d = RemoteData::new(
+            loc,
+            Arc::new(NoLink),
+            lineage,
+            Label::Text(format!("v{id}")),
+        );
+        if let Some(b) = small {
+            d.keep_small(bytes::Bytes::copy_from_slice(b));
+        }
+        d
+    }
+
+    fn lineage_of(inputs: &[&Arc<RemoteData>]) -> Lineage {
+        let args = vec![WireArg::Many(
+            inputs
+                .iter()
+                .map(|d| WireArg::Ref(d.try_location().unwrap()))
+                .collect(),
+        )];
+        let call = WireCall {
+            func: 0,
+            args,
+            thread: None,
+            options: Default::default(),
+        };
+        let inputs = inputs
+            .iter()
+            .map(|d| Input {
+                data: Arc::downgrade(d),
+                lineage: d.lineage().cloned(),
+            })
+            .collect();
+        Lineage::new(call, Scope::default(), inputs, Label::Text("made".into()))
+    }
+
+    #[test]
+    fn a_lineage_carries_small_inputs_and_forgets_their_lineages() {
+        let root = Arc::new(lineage_of(&[]));
+        let small = value(1, Some(b"tiny"), Some(root.clone()));
+        let large = value(2, None, Some(root.clone()));
+        let l = lineage_of(&[&small, &large]);
+        let WireArg::Many(args) = &l.call.args[0] else {
+            panic!("{:?}", l.call.args)
+        };
+        assert_eq!(args[0], WireArg::Value(b"tiny".to_vec()));
+        assert!(matches!(args[1], WireArg::Ref(loc) if loc.id == 2));
+        assert_eq!(
+            l.inputs.len(),
+            1,
+            "only the large input is named by its lineage"
+        );
+        assert!(l.inputs[0]
+            .data
+            .upgrade()
+            .is_some_and(|d| Arc::ptr_eq(&d, &large)));
+        // Only `large` (and this test) still hold the root lineage.
+        assert_eq!(Arc::strong_count(&root), 4);
+    }
+
+    #[test]
+    fn a_long_chain_of_lineages_drops_without_recursing() {
+        let mut last = value(0, None, None);
+        for id in 1..200_000 {
+            let l = Arc::new(lineage_of(&[&last]));
+            last = value(id, None, Some(l));
+        }
+        drop(last);
     }
 }
