@@ -9,6 +9,8 @@
 pub mod auth;
 pub mod conn;
 pub mod frame;
+#[cfg(target_os = "linux")]
+mod local;
 pub mod pool;
 pub mod tls;
 

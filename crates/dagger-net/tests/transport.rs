@@ -77,8 +77,17 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn small_messages_round_trip_in_order() {
-    let (mut client, mut server) = pair(&config(1)).await;
+    for local_sockets in [true, false] {
+        small_messages_round_trip_over(config(1).with_local_sockets(local_sockets)).await;
+    }
+}
+
+async fn small_messages_round_trip_over(config: NetConfig) {
+    let (mut client, mut server) = pair(&config).await;
+    assert_eq!(client.uses_local_socket(), config.local_sockets);
+    assert_eq!(server.uses_local_socket(), config.local_sockets);
     assert_eq!(client.peer_addr(), server.local_addr());
+    assert_eq!(server.peer_addr(), client.local_addr());
     within(client.send(&b"hello"[..])).await.unwrap();
     assert_eq!(within(server.recv()).await.unwrap().unwrap(), &b"hello"[..]);
     within(server.send(Vec::new())).await.unwrap();
@@ -119,7 +128,14 @@ async fn small_messages_round_trip_in_order() {
 
 #[tokio::test]
 async fn large_message_round_trip() {
-    let (client, mut server) = pair(&config(1)).await;
+    for local_sockets in [true, false] {
+        large_message_round_trip_over(config(1).with_local_sockets(local_sockets)).await;
+    }
+}
+
+async fn large_message_round_trip_over(config: NetConfig) {
+    let (client, mut server) = pair(&config).await;
+    assert_eq!(client.uses_local_socket(), config.local_sockets);
     let big = Bytes::from(pattern(64 << 20));
     let (mut tx, _rx) = client.split();
     let sent = big.clone();
@@ -212,19 +228,44 @@ async fn peers_learn_each_other() {
 
 #[tokio::test]
 async fn wrong_secret_refused_on_both_sides() {
-    let mut listener = listen(&config(1)).await;
-    let addr = listener.local_addr();
-    let wrong = config(2);
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &wrong, worker(1)), listener.accept()) }).await;
-    let client = client.expect_err("client must fail");
-    let server = server.expect_err("server must fail");
-    assert!(matches!(client, NetError::AuthFailed), "{client}");
-    assert!(matches!(server, NetError::AuthFailed), "{server}");
-    assert_eq!(
-        client.to_string(),
-        "authentication failed: the peer does not know the cluster secret"
-    );
+    for local_sockets in [true, false] {
+        let mut listener = listen(&config(1).with_local_sockets(local_sockets)).await;
+        let addr = listener.local_addr();
+        let wrong = config(2).with_local_sockets(local_sockets);
+        let (client, server) =
+            within(async { tokio::join!(connect(addr, &wrong, worker(1)), listener.accept()) })
+                .await;
+        let client = client.expect_err("client must fail");
+        let server = server.expect_err("server must fail");
+        assert!(matches!(client, NetError::AuthFailed), "{client}");
+        assert!(matches!(server, NetError::AuthFailed), "{server}");
+        assert_eq!(
+            client.to_string(),
+            "authentication failed: the peer does not know the cluster secret"
+        );
+    }
+}
+
+/// A client wanting a local socket reaches a listener without one by TCP, and the listener
+/// still serves TCP clients when it has one.
+#[tokio::test]
+async fn local_sockets_fall_back_to_tcp() {
+    for (listener_local, client_local) in [(false, true), (true, false)] {
+        let mut listener = listen(&config(1).with_local_sockets(listener_local)).await;
+        let addr = listener.local_addr();
+        let client_config = config(1).with_local_sockets(client_local);
+        let (client, server) = within(async {
+            tokio::join!(connect(addr, &client_config, worker(1)), listener.accept())
+        })
+        .await;
+        let (mut client, mut server) = (client.unwrap().0, server.unwrap().0);
+        assert!(!client.uses_local_socket() && !server.uses_local_socket());
+        within(client.send(&b"over tcp"[..])).await.unwrap();
+        assert_eq!(
+            within(server.recv()).await.unwrap().unwrap(),
+            &b"over tcp"[..]
+        );
+    }
 }
 
 #[tokio::test]
