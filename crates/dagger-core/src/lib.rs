@@ -32,6 +32,7 @@ mod sync;
 mod task;
 mod thunk;
 mod tls;
+mod unnest;
 
 #[doc(hidden)]
 #[path = "private.rs"]

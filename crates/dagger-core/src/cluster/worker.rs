@@ -527,40 +527,13 @@ impl Worker {
     /// them start in turn, from a queue: a long chain sent ahead must not recurse once per
     /// link on the I/O thread's stack.
     fn start_waiting(self: &Arc<Self>, node: &Arc<Node>, link: &Link, calls: Vec<Call>) {
-        let first = STARTING.with(|s| match &mut *s.borrow_mut() {
-            Some(queue) => {
-                queue.extend(calls);
-                None
-            }
-            slot @ None => {
-                *slot = Some(Vec::new());
-                Some(calls)
-            }
-        });
-        let Some(mut calls) = first else {
-            return;
-        };
-        // Clears the queue even if starting a call panics.
-        struct Outermost;
-        impl Drop for Outermost {
-            fn drop(&mut self) {
-                STARTING.with(|s| *s.borrow_mut() = None);
-            }
-        }
-        let _outermost = Outermost;
         let mut started = Vec::new();
-        while !calls.is_empty() {
-            for call in calls.drain(..) {
-                self.start_ahead(node, link, call, &mut started);
-            }
-            calls = STARTING.with(|s| {
-                s.borrow_mut()
-                    .as_mut()
-                    .map(std::mem::take)
-                    .unwrap_or_default()
-            });
+        let outermost = crate::unnest::unnested(&STARTING, calls, |call| {
+            self.start_ahead(node, link, call, &mut started)
+        });
+        if outermost {
+            self.report_when_done(node, link, started);
         }
-        self.report_when_done(node, link, started);
     }
 
     /// Fails a call that could not start (`kind` tells the head what to do with it).
@@ -697,7 +670,7 @@ impl Worker {
 thread_local! {
     /// Calls to start once the outermost [`Worker::start_waiting`] on this thread gets to
     /// them.
-    static STARTING: std::cell::RefCell<Option<Vec<Call>>> = const { std::cell::RefCell::new(None) };
+    static STARTING: crate::unnest::Queue<Call> = const { std::cell::RefCell::new(None) };
 }
 
 /// Whether `call` waits for head task `task` being made on worker `worker`.

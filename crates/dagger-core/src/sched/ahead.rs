@@ -53,7 +53,7 @@ thread_local! {
     /// Early reports whose inputs arrived while this thread handled another one (handled
     /// in turn by the outermost call, not recursively: a long chain of them cannot overflow
     /// the stack).
-    static LATE: std::cell::RefCell<Option<Vec<Early>>> = const { std::cell::RefCell::new(None) };
+    static LATE: crate::unnest::Queue<Early> = const { std::cell::RefCell::new(None) };
 }
 
 fn lock(m: &Mutex<Ahead>) -> MutexGuard<'_, Ahead> {
@@ -138,31 +138,7 @@ pub(crate) fn inputs_arrived(h: &Header) {
 
 /// Runs `handle`, or queues it if this thread is running another one (see [`LATE`]).
 fn handle_late(handle: Early) {
-    let nested = LATE.with(|l| match &mut *l.borrow_mut() {
-        Some(queue) => {
-            queue.push(handle);
-            None
-        }
-        slot @ None => {
-            *slot = Some(Vec::new());
-            Some(handle)
-        }
-    });
-    let Some(first) = nested else {
-        return;
-    };
-    // Clears the queue even if a handler panics.
-    struct Outermost;
-    impl Drop for Outermost {
-        fn drop(&mut self) {
-            LATE.with(|l| *l.borrow_mut() = None);
-        }
-    }
-    let _outermost = Outermost;
-    first();
-    while let Some(next) = LATE.with(|l| l.borrow_mut().as_mut().and_then(Vec::pop)) {
-        next();
-    }
+    crate::unnest::unnested(&LATE, [handle], |h| h());
 }
 
 /// Whether `w` has at most one task ready to run per thread (those sent ahead of their
