@@ -76,6 +76,12 @@ fn parse(args: &[String]) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// Why the bench stopped: bad arguments (the usage is printed too), or a failed run.
+enum Failed {
+    Usage(String),
+    Run(String),
+}
+
 fn main() -> ExitCode {
     // In a worker process (started by the head with `--workers`) this runs the worker and
     // never returns.
@@ -89,20 +95,31 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let result = if scenario == "taskbench" {
-        taskbench::main(&args[1..])
+        taskbench::parse(&args[1..])
+            .map_err(Failed::Usage)
+            .and_then(|a| taskbench::run(a).map_err(Failed::Run))
     } else {
-        parse(&args[1..]).and_then(|cfg| {
-            if scenario == "transport" {
-                return transport::run(&cfg);
-            }
-            datadeps::run(scenario, &cfg).unwrap_or_else(|| scenarios::run(scenario, &cfg))
+        parse(&args[1..]).map_err(Failed::Usage).and_then(|cfg| {
+            let ran = if scenario == "transport" {
+                transport::run(&cfg)
+            } else {
+                datadeps::run(scenario, &cfg).unwrap_or_else(|| scenarios::run(scenario, &cfg))
+            };
+            ran.map_err(|e| match e.starts_with("unknown scenario") {
+                true => Failed::Usage(e),
+                false => Failed::Run(e),
+            })
         })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failed::Usage(e)) => {
             eprintln!("dagger-bench: {e}\n{}", usage());
             ExitCode::from(2)
+        }
+        Err(Failed::Run(e)) => {
+            eprintln!("dagger-bench: {e}");
+            ExitCode::from(1)
         }
     }
 }

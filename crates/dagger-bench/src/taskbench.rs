@@ -30,8 +30,7 @@ use crate::json::Line;
 use std::fmt::Write;
 
 /// Runs `dagger-bench taskbench <args>`.
-pub fn main(args: &[String]) -> Result<(), String> {
-    let args = parse(args)?;
+pub fn run(args: Args) -> Result<(), String> {
     if args.help {
         print!("{}", help());
         return Ok(());
