@@ -813,6 +813,13 @@ impl Head {
                     lock(&self.state).remade.push(d.clone());
                     d
                 }
+                (None, None) if lineage.is_cut() => {
+                    return Err(format!(
+                        "one of its inputs is gone: the history behind a value is kept for \
+                         {} generations of tasks",
+                        crate::remote::data::MAX_LINEAGE_DEPTH
+                    ))
+                }
                 (None, None) => return Err("one of its inputs is gone".into()),
             };
             let loc = d

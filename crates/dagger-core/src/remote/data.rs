@@ -33,7 +33,17 @@ pub struct Lineage {
     /// The value made again from this lineage after the original was dropped, while
     /// someone holds it: values needed by several recomputations are made once.
     remade: Mutex<Weak<RemoteData>>,
+    /// Generations of lineage behind it, itself included (at most [`MAX_LINEAGE_DEPTH`]).
+    depth: u32,
+    /// Whether its inputs' lineages were forgotten to keep within [`MAX_LINEAGE_DEPTH`].
+    cut: bool,
 }
+
+/// Generations of lineage kept behind a value. A longer history is cut there: otherwise a
+/// program iterating over large values (those not kept on the head, which lineages carry
+/// by value) would keep every call it ever made on the head. A lost value whose remaking
+/// needs an input from before the cut that nobody holds any more fails, saying so.
+pub const MAX_LINEAGE_DEPTH: u32 = 4096;
 
 impl Lineage {
     /// How a value made by `call`, in `scope`, from `inputs` can be made again.
@@ -44,8 +54,10 @@ impl Lineage {
             inputs,
             label,
             remade: Mutex::new(Weak::new()),
+            depth: 1,
+            cut: false,
         };
-        lineage.keep_small_inputs();
+        lineage.bound();
         lineage
     }
 
@@ -53,7 +65,33 @@ impl Lineage {
     pub fn set_inputs(&mut self, args: Vec<super::wire::WireArg>, inputs: Vec<Input>) {
         self.call.args = args;
         self.inputs = inputs;
+        self.bound();
+    }
+
+    /// Whether the lineages of its inputs were forgotten (see [`MAX_LINEAGE_DEPTH`]).
+    pub fn is_cut(&self) -> bool {
+        self.cut
+    }
+
+    /// Keeps the history behind it bounded: small inputs by value, at most
+    /// [`MAX_LINEAGE_DEPTH`] generations.
+    fn bound(&mut self) {
         self.keep_small_inputs();
+        let deepest = self
+            .inputs
+            .iter()
+            .filter_map(|i| i.lineage.as_ref().map(|l| l.depth))
+            .max()
+            .unwrap_or(0);
+        self.cut = deepest >= MAX_LINEAGE_DEPTH;
+        if self.cut {
+            for input in &mut self.inputs {
+                input.lineage = None;
+            }
+            self.depth = 1;
+        } else {
+            self.depth = deepest + 1;
+        }
     }
 
     /// Puts the inputs whose encoding the head keeps (small ones) into the call itself, and
@@ -534,6 +572,27 @@ mod tests {
             .is_some_and(|d| Arc::ptr_eq(&d, &large)));
         // Only `large` (and this test) still hold the root lineage.
         assert_eq!(Arc::strong_count(&root), 4);
+    }
+
+    #[test]
+    fn the_history_behind_a_value_is_cut_after_max_lineage_depth_generations() {
+        let first = Arc::new(lineage_of(&[]));
+        let mut last = value(0, None, Some(first.clone()));
+        let mut cut_at = Vec::new();
+        for id in 1..=2 * MAX_LINEAGE_DEPTH as u64 + 1 {
+            let l = Arc::new(lineage_of(&[&last]));
+            if l.is_cut() {
+                cut_at.push(id);
+            }
+            last = value(id, None, Some(l));
+        }
+        assert_eq!(
+            cut_at,
+            [MAX_LINEAGE_DEPTH as u64, 2 * MAX_LINEAGE_DEPTH as u64],
+            "a chain is cut every MAX_LINEAGE_DEPTH generations"
+        );
+        // Only the test holds the first lineage now: the history before the cuts is gone.
+        assert_eq!(Arc::strong_count(&first), 1);
     }
 
     #[test]
