@@ -174,6 +174,17 @@ fn cluster(workers: usize) -> Context {
         .expect("the cluster starts")
 }
 
+/// A path for [`wait_for`] that does not exist yet (named after `name` and this process).
+fn fresh_gate(name: &str) -> String {
+    let gate = std::env::temp_dir()
+        .join(format!("{name}-{}", std::process::id()))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = std::fs::remove_file(&gate);
+    gate
+}
+
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cond() {
@@ -487,12 +498,7 @@ fn idle_workers_take_waiting_tasks_from_busy_ones() {
         })
         .build()
         .expect("the cluster starts");
-    let gate = std::env::temp_dir()
-        .join(format!("dagger-steal-gate-{}", std::process::id()))
-        .to_str()
-        .unwrap()
-        .to_string();
-    let _ = std::fs::remove_file(&gate);
+    let gate = fresh_gate("dagger-steal-gate");
     let on_workers = Scope::worker(1).union(&Scope::worker(2));
     ctx.enter(|| {
         // Worker 1's only thread is taken until the gate opens: the tasks placed there can
@@ -654,12 +660,7 @@ fn large_values_cross_whole() {
 fn a_long_chain_waiting_for_another_worker_starts_once_its_input_is_made() {
     const LINKS: u64 = 5000;
     let ctx = cluster(2);
-    let gate = std::env::temp_dir()
-        .join(format!("dagger-chain-gate-{}", std::process::id()))
-        .to_str()
-        .unwrap()
-        .to_string();
-    let _ = std::fs::remove_file(&gate);
+    let gate = fresh_gate("dagger-chain-gate");
     ctx.enter(|| {
         // The workers keep track of a task for calls sent ahead of it only if it had
         // dependents when it was sent: the graph is spawned before its first tasks are sent.
