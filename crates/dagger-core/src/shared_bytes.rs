@@ -367,13 +367,18 @@ mod tests {
         small: SharedBytes,
     }
 
-    #[test]
-    fn decoding_from_received_bytes_shares_them() {
-        let tile = Tile {
+    /// A tile with one large byte string (shared on decoding) and one small (copied).
+    fn tile() -> Tile {
+        Tile {
             name: "t".into(),
             data: SharedBytes::from(vec![5u8; 10_000]),
             small: SharedBytes::from(vec![6u8; 10]),
-        };
+        }
+    }
+
+    #[test]
+    fn decoding_from_received_bytes_shares_them() {
+        let tile = tile();
         let wire = Bytes::from(postcard::to_allocvec(&tile).unwrap());
         let back: Tile = decode_from(&wire, |b| postcard::from_bytes(b)).unwrap();
         assert_eq!(back, tile);
@@ -417,11 +422,7 @@ mod tests {
 
     #[test]
     fn large_shared_bytes_are_encoded_by_reference() {
-        let tile = Tile {
-            name: "t".into(),
-            data: SharedBytes::from(vec![5u8; 10_000]),
-            small: SharedBytes::from(vec![6u8; 10]),
-        };
+        let tile = tile();
         let whole = postcard::to_allocvec(&tile).unwrap();
         let enc = encode_parts(&tile).unwrap();
         // The same bytes; the large byte string is the value's own buffer.
