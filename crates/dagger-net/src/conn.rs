@@ -49,6 +49,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use crate::auth::{self, Hello, PeerHello, PeerInfo, Secret, Side};
+use crate::direct::{DirectWriter, Stream as DirectStream};
 use crate::frame::{FrameError, MessageCodec, MessageReader, MessageWriter, DEFAULT_MAX_MESSAGE};
 use crate::pool::RecvPool;
 use crate::tls::{self, TlsConfig};
@@ -292,6 +293,31 @@ impl AsyncRead for ReadHalf {
     }
 }
 
+impl WriteHalf {
+    #[cfg(not(unix))]
+    fn duplicate(&self) -> Option<DirectStream> {
+        None
+    }
+
+    /// Another descriptor of the socket, for a [`DirectWriter`] (not with TLS).
+    #[cfg(unix)]
+    fn duplicate(&self) -> Option<DirectStream> {
+        use std::os::fd::AsFd;
+        match self {
+            WriteHalf::Tcp(w) => {
+                let fd = w.as_ref().as_fd().try_clone_to_owned().ok()?;
+                Some(DirectStream::Tcp(std::net::TcpStream::from(fd)))
+            }
+            WriteHalf::Tls(_) => None,
+            #[cfg(target_os = "linux")]
+            WriteHalf::Unix(w) => {
+                let fd = w.as_ref().as_fd().try_clone_to_owned().ok()?;
+                Some(DirectStream::Unix(std::os::unix::net::UnixStream::from(fd)))
+            }
+        }
+    }
+}
+
 impl AsyncWrite for WriteHalf {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -379,6 +405,24 @@ impl Sender {
     /// (see [`MessageWriter::feed_parts`]).
     pub fn feed_parts(&mut self, parts: &[Bytes]) -> Result<(), NetError> {
         self.writer.feed_parts(parts)
+    }
+
+    /// Queues bytes that are already framed: the rest of a message a [`DirectWriter`] of
+    /// this sender could not write at once (they must go before any other message).
+    pub fn feed_framed(&mut self, framed: Bytes) {
+        self.writer.feed_framed(framed)
+    }
+
+    /// A writer of small messages that any thread can use, on a plain connection (`None`
+    /// with TLS, or if the socket could not be duplicated). See [`crate::direct`] for the
+    /// ordering rules.
+    pub fn direct_writer(&self) -> Option<DirectWriter> {
+        let stream = self.writer.get_ref().duplicate()?;
+        Some(DirectWriter::new(
+            stream,
+            self.writer.max_message(),
+            self.writer.max_frame(),
+        ))
     }
 
     /// Writes all queued messages. Cancel-safe: if the future is dropped, what was not

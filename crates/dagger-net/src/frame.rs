@@ -329,7 +329,7 @@ impl MessageCodec {
     }
 }
 
-fn check_size(len: usize, max: u64) -> Result<(), NetError> {
+pub(crate) fn check_size(len: usize, max: u64) -> Result<(), NetError> {
     if len as u64 > max {
         Err(NetError::Oversized {
             size: len as u64,
@@ -694,9 +694,30 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
         }
     }
 
+    /// Queues bytes that are already framed (the rest of a message a
+    /// [`DirectWriter`](crate::DirectWriter) could not write at once), after what is queued.
+    pub fn feed_framed(&mut self, framed: Bytes) {
+        if framed.is_empty() {
+            return;
+        }
+        self.seal();
+        self.queued += framed.len();
+        self.queue.push_back(framed);
+    }
+
     /// Bytes queued and not yet written.
     pub fn buffered(&self) -> usize {
         self.queued
+    }
+
+    /// The largest frame payload this writer produces.
+    pub(crate) fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// The largest message this writer accepts.
+    pub(crate) fn max_message(&self) -> u64 {
+        self.max_message
     }
 
     /// Moves the write buffer's contents to the queue.

@@ -8,6 +8,7 @@
 // Transport: framing, authentication, TLS, connections.
 pub mod auth;
 pub mod conn;
+pub mod direct;
 pub mod frame;
 #[cfg(target_os = "linux")]
 mod local;
@@ -19,5 +20,6 @@ pub mod launch;
 
 pub use auth::{Hello, PeerHello, Role, Secret};
 pub use conn::{connect, Connection, Listener, NetConfig, NetError, Receiver, Sender};
+pub use direct::DirectWriter;
 pub use frame::FrameError;
 pub use tls::{TlsConfig, TlsIdentity};

@@ -156,6 +156,79 @@ async fn large_message_round_trip_over(config: NetConfig) {
     within(send).await.unwrap();
 }
 
+#[tokio::test]
+async fn direct_writes_keep_their_place_among_queued_messages() {
+    for local_sockets in [true, false] {
+        direct_writes_over(config(1).with_local_sockets(local_sockets)).await;
+    }
+}
+
+async fn direct_writes_over(config: NetConfig) {
+    let (client, mut server) = pair(&config).await;
+    let (mut tx, _rx) = client.split();
+    let direct = tx
+        .direct_writer()
+        .expect("a plain connection writes directly");
+    within(tx.send(&b"queued first"[..])).await.unwrap();
+    // From another thread, as a compute thread would.
+    let d = direct.clone();
+    let rest = std::thread::spawn(move || d.write(b"direct"))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty(), "a short message fits in the socket buffer");
+    within(tx.send(&b"queued after"[..])).await.unwrap();
+    for want in [&b"queued first"[..], b"direct", b"queued after"] {
+        assert_eq!(within(server.recv()).await.unwrap().unwrap(), want);
+    }
+
+    // A message larger than the socket buffer, written while nobody reads: the socket takes
+    // part of it, and the sender writes the rest before the next message.
+    let big = pattern(8 << 20);
+    let rest = direct.write(&big).unwrap();
+    assert!(!rest.is_empty(), "8 MiB cannot fit in a socket buffer");
+    tx.feed_framed(rest);
+    tx.feed(&b"next"[..]).unwrap();
+    let flush = tokio::spawn(async move {
+        tx.flush().await.unwrap();
+        tx
+    });
+    within(async {
+        let got = server.recv().await.unwrap().unwrap();
+        assert!(
+            got == big,
+            "the message split between the writers arrives whole"
+        );
+        assert_eq!(server.recv().await.unwrap().unwrap(), &b"next"[..]);
+    })
+    .await;
+    let tx = within(flush).await.unwrap();
+
+    // Over the size limit: refused, nothing written.
+    let small_limit = tx.direct_writer().unwrap();
+    drop(tx);
+    assert!(matches!(
+        within(server.recv()).await,
+        Ok(None) | Err(NetError::Closed)
+    ));
+    assert!(
+        matches!(small_limit.write(b"x"), Err(NetError::Io(_))),
+        "writing on a closed connection fails"
+    );
+}
+
+#[tokio::test]
+async fn direct_writes_refuse_oversized_messages() {
+    let (client, _server) = pair(&config(1).with_max_message(16)).await;
+    let (tx, _rx) = client.split();
+    let direct = tx.direct_writer().unwrap();
+    let err = direct.write(&[0; 17]).unwrap_err();
+    assert!(
+        matches!(err, NetError::Oversized { size: 17, max: 16 }),
+        "{err}"
+    );
+}
+
 /// `recv` and `flush` cancelled over and over (by a branch that is always ready soon) still
 /// deliver every message intact.
 #[tokio::test]
@@ -666,6 +739,23 @@ async fn tls_round_trip_with_pinning() {
     })
     .await;
     within(echo).await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_connections_write_only_through_their_sender() {
+    let server_id = TlsIdentity::generate().unwrap();
+    let server_fp = server_id.fingerprint();
+    let server_config = tls_config(1, server_id);
+    let client_config = tls_config(1, TlsIdentity::generate().unwrap())
+        .for_peer(&server_fp)
+        .unwrap();
+    let mut listener = listen(&server_config).await;
+    let addr = listener.local_addr();
+    let (client, _server) =
+        within(async { tokio::join!(connect(addr, &client_config, worker(1)), listener.accept()) })
+            .await;
+    let (tx, _rx) = client.unwrap().0.split();
+    assert!(tx.direct_writer().is_none());
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use super::msg::{run_batch, run_body, Done, Msg};
 use crate::shared_bytes::Encoding;
 use bytes::Bytes;
-use dagger_net::{Connection, NetError, Receiver, Sender};
+use dagger_net::{Connection, DirectWriter, NetError, Receiver, Sender};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -96,50 +96,113 @@ pub(crate) enum Out {
     Done(Done),
     /// A freed value; sent in one `Msg::Free` with those queued next to it.
     Free(u64),
+    /// The framed rest of a message written in part by [`Link::send_now`].
+    Framed(Bytes),
     Close,
 }
 
 /// The sending side of a connection to a peer: messages queue here and a writer task on the
-/// I/O thread sends everything queued with one flush.
+/// I/O thread sends everything queued with one flush. On a plain connection, a message that
+/// someone waits for can also go out at once from the calling thread
+/// ([`send_now`](Link::send_now)) while nothing is queued.
 #[derive(Clone)]
 pub(crate) struct Link {
     pub(crate) peer: u32,
     tx: mpsc::UnboundedSender<Out>,
+    direct: Option<Arc<Direct>>,
+}
+
+/// The state shared by a link's senders and its writer task for writing from other threads.
+struct Direct {
+    state: std::sync::Mutex<DirectState>,
+}
+
+struct DirectState {
+    /// `None` once the writer task ended.
+    writer: Option<DirectWriter>,
+    /// Items queued for the writer task and not yet written: a message may be written from
+    /// another thread only when there are none (it would overtake them otherwise).
+    queued: usize,
+}
+
+impl Direct {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DirectState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Link {
+    /// Queues `out` for the writer task.
+    fn queue(&self, out: Out) -> bool {
+        match &self.direct {
+            // Counted under the lock, so that no direct write starts between the count and
+            // the queueing.
+            Some(d) => {
+                let mut state = d.lock();
+                state.queued += 1;
+                self.tx.send(out).is_ok()
+            }
+            None => self.tx.send(out).is_ok(),
+        }
+    }
+
     pub(crate) fn send(&self, msg: Msg) -> bool {
-        self.tx.send(Out::Msg(msg)).is_ok()
+        self.queue(Out::Msg(msg))
+    }
+
+    /// Sends `msg` from this thread if the writer task has nothing queued (without waiting
+    /// for the I/O thread to get a CPU), else queues it. For short messages that a peer waits
+    /// for, sent from threads other than the I/O thread.
+    pub(crate) fn send_now(&self, msg: Msg) -> bool {
+        let Some(d) = &self.direct else {
+            return self.send(msg);
+        };
+        let mut state = d.lock();
+        let writer = match &state.writer {
+            Some(w) if state.queued == 0 => w,
+            _ => {
+                state.queued += 1;
+                return self.tx.send(Out::Msg(msg)).is_ok();
+            }
+        };
+        let out = match writer.write(&msg.encode()) {
+            Ok(rest) if rest.is_empty() => return true,
+            Ok(rest) => Out::Framed(rest),
+            // Nothing was written: the writer task meets the error and closes the link.
+            Err(_) => Out::Msg(msg),
+        };
+        state.queued += 1;
+        self.tx.send(out).is_ok()
     }
 
     pub(crate) fn send_with_payload(&self, msg: Msg, payload: Bytes) -> bool {
-        self.tx.send(Out::WithPayload(msg, payload)).is_ok()
+        self.queue(Out::WithPayload(msg, payload))
     }
 
     /// Sends `msg` and then `payload`, an encoded value in pieces, as one message (the
     /// pieces are not joined: a value's large byte buffers are written as they are).
     pub(crate) fn send_encoding(&self, msg: Msg, payload: Encoding) -> bool {
-        self.tx.send(Out::WithEncoding(msg, payload)).is_ok()
+        self.queue(Out::WithEncoding(msg, payload))
     }
 
     /// Sends one task to run (encoded by [`encode_run`](super::msg::encode_run)), batched
     /// with the others queued at the same time.
     pub(crate) fn send_run(&self, encoded: Vec<u8>) -> bool {
-        self.tx.send(Out::Run(encoded)).is_ok()
+        self.queue(Out::Run(encoded))
     }
 
     /// Reports a finished task, batched with the others queued at the same time.
     pub(crate) fn send_done(&self, done: Done) -> bool {
-        self.tx.send(Out::Done(done)).is_ok()
+        self.queue(Out::Done(done))
     }
 
     /// Frees a value held by the peer, batched with the others queued at the same time.
     pub(crate) fn send_free(&self, id: u64) -> bool {
-        self.tx.send(Out::Free(id)).is_ok()
+        self.queue(Out::Free(id))
     }
 
     pub(crate) fn close(&self) {
-        let _ = self.tx.send(Out::Close);
+        self.queue(Out::Close);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -164,8 +227,20 @@ pub(crate) trait Handler: Send + Sync + 'static {
 pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>) -> Link {
     let (sender, receiver) = conn.split();
     let (tx, rx) = mpsc::unbounded_channel();
-    let link = Link { peer, tx };
-    tokio::spawn(write_loop(sender, rx));
+    let direct = sender.direct_writer().map(|writer| {
+        Arc::new(Direct {
+            state: std::sync::Mutex::new(DirectState {
+                writer: Some(writer),
+                queued: 0,
+            }),
+        })
+    });
+    let link = Link {
+        peer,
+        tx,
+        direct: direct.clone(),
+    };
+    tokio::spawn(write_loop(sender, rx, direct));
     tokio::spawn(read_loop(receiver, link.clone(), handler));
     link
 }
@@ -236,6 +311,7 @@ impl Batch {
                         sender.feed(m.encode())?;
                         sender.feed_parts(e.parts())?;
                     }
+                    Out::Framed(rest) => sender.feed_framed(rest),
                     _ => return Ok(false),
                 }
             }
@@ -273,8 +349,22 @@ const FREE_ALONE: usize = 256;
 
 /// Sends what is queued for a link: everything queued when it wakes up goes out with one
 /// flush, `Run`/`Done`/`Free` items coalesced into batch messages. Frees queued alone wait up
-/// to [`FREE_DELAY`] for more.
-async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
+/// to [`FREE_DELAY`] for more. Once what it took is written, other threads may write on the
+/// link again ([`Link::send_now`]).
+async fn write_loop(
+    mut sender: Sender,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    direct: Option<Arc<Direct>>,
+) {
+    let _gone = direct.clone().map(WriterGone);
+    // Items taken from the queue and not yet written.
+    let mut taken = 0usize;
+    let written = |taken: &mut usize| {
+        if let Some(d) = &direct {
+            d.lock().queued -= *taken;
+        }
+        *taken = 0;
+    };
     let mut batch = Batch::default();
     // When the frees waiting alone are sent at the latest.
     let mut frees_due: Option<tokio::time::Instant> = None;
@@ -287,22 +377,27 @@ async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
                     if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
                         return;
                     }
+                    written(&mut taken);
                     continue;
                 }
             },
             None => rx.recv().await,
         };
         let Some(out) = next else { break };
+        taken += 1;
         let mut open = match batch.feed(&mut sender, out) {
             Ok(open) => open,
             Err(_) => break,
         };
         while open {
             match rx.try_recv() {
-                Ok(out) => match batch.feed(&mut sender, out) {
-                    Ok(o) => open = o,
-                    Err(_) => return,
-                },
+                Ok(out) => {
+                    taken += 1;
+                    match batch.feed(&mut sender, out) {
+                        Ok(o) => open = o,
+                        Err(_) => return,
+                    }
+                }
                 Err(_) => break,
             }
         }
@@ -321,10 +416,22 @@ async fn write_loop(mut sender: Sender, mut rx: mpsc::UnboundedReceiver<Out>) {
             let _ = sender.close().await;
             return;
         }
+        if frees_due.is_none() {
+            written(&mut taken);
+        }
     }
     let _ = batch.send(&mut sender);
     let _ = sender.flush().await;
     let _ = sender.close().await;
+}
+
+/// Stops direct writes on a link once its writer task ended.
+struct WriterGone(Arc<Direct>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        self.0.lock().writer = None;
+    }
 }
 
 async fn read_loop<H: Handler>(mut receiver: Receiver, link: Link, handler: Arc<H>) {
@@ -357,4 +464,84 @@ async fn read_loop<H: Handler>(mut receiver: Receiver, link: Link, handler: Arc<
     };
     link.close();
     handler.on_closed(&link, err);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dagger_net::{connect, Hello, Listener, NetConfig, Role, Secret};
+
+    struct Ignore;
+
+    impl Handler for Ignore {
+        fn on_message(self: Arc<Self>, _: &Link, _: Msg, _: Option<Bytes>) {}
+        fn on_closed(self: Arc<Self>, _: &Link, _: Option<NetError>) {}
+    }
+
+    /// Messages sent at once from another thread never overtake those queued before them,
+    /// nor do the queued ones overtake them, even when the socket takes only part of one.
+    #[test]
+    fn messages_sent_now_keep_their_order_with_queued_ones() {
+        let io = Io::start("test-io").unwrap();
+        let config = NetConfig::new(Secret::from_bytes(vec![7; 32]).unwrap());
+        let (link, mut server) = io
+            .run(async move {
+                let mut listener =
+                    Listener::bind("127.0.0.1:0", &config, Hello::new(Role::Head, 1))
+                        .await
+                        .unwrap();
+                let addr = listener.local_addr();
+                let (client, server) = tokio::join!(
+                    connect(addr, &config, Hello::new(Role::Worker, 1)),
+                    listener.accept()
+                );
+                let link = open_link(client.unwrap().0, 1, Arc::new(Ignore));
+                (link, server.unwrap().0)
+            })
+            .unwrap();
+        assert!(link.direct.is_some(), "a plain connection writes directly");
+        // Large messages fill the socket while nobody reads: some go out in part.
+        let big = vec![5u8; 3 << 20];
+        let n = 3000u64;
+        for i in 0..n {
+            match i % 4 {
+                0 => assert!(link.send(Msg::Ping(i))),
+                1 | 2 => assert!(link.send_now(Msg::Ping(i))),
+                _ if i % 500 == 3 => {
+                    assert!(link.send_now(Msg::Made(vec![super::super::msg::Made {
+                        task: i,
+                        result: Err(String::new()),
+                        small: Some(big.clone()),
+                    }])))
+                }
+                _ => assert!(link.send_done(Done {
+                    task: i,
+                    result: Err((super::super::msg::FailKind::Failed, String::new())),
+                    run_ns: 0,
+                    small: None,
+                })),
+            }
+        }
+        link.close();
+        let received = io
+            .run(async move {
+                let mut got = Vec::new();
+                let read = async {
+                    while let Some(bytes) = server.recv().await.unwrap() {
+                        match Msg::decode(&bytes).unwrap() {
+                            Msg::Ping(i) => got.push(i),
+                            Msg::Made(m) => got.extend(m.iter().map(|m| m.task)),
+                            Msg::Done(d) => got.extend(d.iter().map(|d| d.task)),
+                            other => panic!("unexpected {other:?}"),
+                        }
+                    }
+                };
+                tokio::time::timeout(std::time::Duration::from_secs(30), read)
+                    .await
+                    .expect("the link closes after its last message");
+                got
+            })
+            .unwrap();
+        assert_eq!(received, (0..n).collect::<Vec<_>>());
+    }
 }

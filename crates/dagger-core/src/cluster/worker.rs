@@ -16,8 +16,8 @@ use crate::remote::wire::{Location, WireArg};
 use crate::task::DTask;
 use bytes::Bytes;
 use dagger_net::NetError;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::collections::HashMap;
+use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -89,6 +89,65 @@ struct Started {
     afters: Vec<u64>,
 }
 
+/// Reports a started call once it ended, from the thread that ended it (a compute thread,
+/// usually): its task wakes this waker as it completes. The report then leaves at once
+/// ([`Link::send_now`]) rather than after the I/O thread got a CPU, which, with every CPU
+/// busy running tasks, can take as long as a task.
+struct ReportOnEnd(Mutex<Option<Ending>>);
+
+struct Ending {
+    worker: Arc<Worker>,
+    store: Arc<Store>,
+    link: Link,
+    started: Started,
+}
+
+impl ReportOnEnd {
+    /// Reports now if the call ended, or once it does.
+    fn watch(self: Arc<Self>) {
+        let waker = std::task::Waker::from(self.clone());
+        let Some(mut ended) = lock(&self.0)
+            .as_ref()
+            .map(|e| (&e.started.dtask).into_future())
+        else {
+            return;
+        };
+        let ready = std::pin::Pin::new(&mut ended)
+            .poll(&mut std::task::Context::from_waker(&waker))
+            .is_ready();
+        if ready {
+            self.report();
+        }
+    }
+
+    /// Reports, unless another thread did.
+    fn report(&self) {
+        let Some(e) = lock(&self.0).take() else {
+            return;
+        };
+        if !e.started.dtask.is_ready() {
+            // Not ended after all: wait again.
+            *lock(&self.0) = Some(e);
+            return;
+        }
+        let result = e.started.dtask.fetch();
+        e.worker.report(&e.store, &e.link, &e.started, result);
+    }
+}
+
+impl std::task::Wake for ReportOnEnd {
+    fn wake(self: Arc<Self>) {
+        if lock(&self.0)
+            .as_ref()
+            .is_some_and(|e| e.started.dtask.is_ready())
+        {
+            self.report();
+        } else {
+            self.watch();
+        }
+    }
+}
+
 impl Worker {
     pub(crate) fn new(ctx: Context) -> Arc<Worker> {
         Arc::new(Worker {
@@ -156,37 +215,17 @@ impl Worker {
         }
     }
 
-    /// Reports each of `started` as it ends, from one task on the I/O thread.
-    fn report_when_done(
-        self: &Arc<Self>,
-        node: &Arc<Node>,
-        link: &Link,
-        mut started: Vec<Started>,
-    ) {
-        let me = self.clone();
-        let link = link.clone();
-        let store = node.store.clone();
-        if started.len() <= 1 {
-            if let Some(s) = started.pop() {
-                node.io.spawn(async move {
-                    let result = (&s.dtask).await;
-                    me.report(&store, &link, &s, result);
-                });
-            }
-            return;
+    /// Reports each of `started` as it ends, from the thread that ends it (see
+    /// [`ReportOnEnd`]).
+    fn report_when_done(self: &Arc<Self>, node: &Arc<Node>, link: &Link, started: Vec<Started>) {
+        for s in started {
+            ReportOnEnd::watch(Arc::new(ReportOnEnd(Mutex::new(Some(Ending {
+                worker: self.clone(),
+                store: node.store.clone(),
+                link: link.clone(),
+                started: s,
+            })))));
         }
-        node.io.spawn(async move {
-            let mut ending: FuturesUnordered<_> = started
-                .into_iter()
-                .map(|s| async move {
-                    let result = (&s.dtask).await;
-                    (s, result)
-                })
-                .collect();
-            while let Some((s, result)) = ending.next().await {
-                me.report(&store, &link, &s, result);
-            }
-        });
     }
 
     /// Starts a call sent ahead of its inputs once each of them started here: its task waits
@@ -631,7 +670,7 @@ impl Worker {
             }
         };
         if s.afters.is_empty() && !s.feeds {
-            link.send_done(done);
+            link.send_now(Msg::Done(vec![done]));
             return;
         }
         if s.feeds {
@@ -648,8 +687,8 @@ impl Worker {
         };
         let mut send = Vec::new();
         release(&mut lock(&self.ahead), report, &mut send);
-        for d in send {
-            link.send_done(d);
+        if !send.is_empty() {
+            link.send_now(Msg::Done(send));
         }
     }
 
@@ -699,7 +738,7 @@ fn tell_awaiting(
         small: small.cloned(),
     };
     for l in links {
-        l.send(Msg::Made(vec![made.clone()]));
+        l.send_now(Msg::Made(vec![made.clone()]));
     }
 }
 
