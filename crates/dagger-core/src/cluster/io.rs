@@ -160,10 +160,7 @@ impl Link {
         let mut state = d.lock();
         let writer = match &state.writer {
             Some(w) if state.queued == 0 => w,
-            _ => {
-                state.queued += 1;
-                return self.tx.send(Out::Msg(msg)).is_ok();
-            }
+            _ => return self.queue_locked(&mut state, msg),
         };
         let out = match writer.write(&msg.encode()) {
             Ok(rest) if rest.is_empty() => return true,
@@ -173,6 +170,21 @@ impl Link {
         };
         state.queued += 1;
         self.tx.send(out).is_ok()
+    }
+
+    /// Queues `msg` under the lock of the link's direct state (reports one by one, to be
+    /// batched with those queued next to them).
+    fn queue_locked(&self, state: &mut DirectState, msg: Msg) -> bool {
+        match msg {
+            Msg::Done(done) => done.into_iter().all(|d| {
+                state.queued += 1;
+                self.tx.send(Out::Done(d)).is_ok()
+            }),
+            msg => {
+                state.queued += 1;
+                self.tx.send(Out::Msg(msg)).is_ok()
+            }
+        }
     }
 
     pub(crate) fn send_with_payload(&self, msg: Msg, payload: Bytes) -> bool {

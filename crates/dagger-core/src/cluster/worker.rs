@@ -598,6 +598,7 @@ impl Worker {
             task,
             Err("it did not run there".to_string()),
             None,
+            false,
         );
         let mut send = Vec::new();
         let waiting = {
@@ -669,8 +670,20 @@ impl Worker {
                 }
             }
         };
+        // Tasks this short end faster than one system call per report pays off: their
+        // reports go in batches from the I/O thread.
+        let now = done.run_ns >= DIRECT_REPORT_NS;
+        let send = |done: Vec<Done>| {
+            if now {
+                link.send_now(Msg::Done(done));
+            } else {
+                for d in done {
+                    link.send_done(d);
+                }
+            }
+        };
         if s.afters.is_empty() && !s.feeds {
-            link.send_now(Msg::Done(vec![done]));
+            send(vec![done]);
             return;
         }
         if s.feeds {
@@ -678,17 +691,17 @@ impl Worker {
                 Ok(loc) => Ok(*loc),
                 Err((_, why)) => Err(why.clone()),
             };
-            tell_awaiting(&self.ahead, task, result, done.small.as_ref());
+            tell_awaiting(&self.ahead, task, result, done.small.as_ref(), now);
         }
         let report = Report {
             done,
             feeds: s.feeds,
             afters: s.afters.clone(),
         };
-        let mut send = Vec::new();
-        release(&mut lock(&self.ahead), report, &mut send);
-        if !send.is_empty() {
-            link.send_now(Msg::Done(send));
+        let mut released = Vec::new();
+        release(&mut lock(&self.ahead), report, &mut released);
+        if !released.is_empty() {
+            send(released);
         }
     }
 
@@ -706,6 +719,10 @@ impl Worker {
     }
 }
 
+/// Reports of tasks that ran at least this long (in nanoseconds) leave from the thread that
+/// ran them ([`Link::send_now`]).
+const DIRECT_REPORT_NS: u64 = 20_000;
+
 thread_local! {
     /// Calls to start once the outermost [`Worker::start_waiting`] on this thread gets to
     /// them.
@@ -722,12 +739,14 @@ fn waits_for(call: &Call, worker: u32, task: u64) -> bool {
 }
 
 /// Tells the other workers waiting for head task `task` that it ended with `result` (its
-/// encoding `small` when small), or will not be made here.
+/// encoding `small` when small), or will not be made here; `now`: from this thread
+/// ([`Link::send_now`]).
 fn tell_awaiting(
     ahead: &Mutex<Ahead>,
     task: u64,
     result: Result<Location, String>,
     small: Option<&Vec<u8>>,
+    now: bool,
 ) {
     let Some(links) = lock(ahead).awaited.remove(&task) else {
         return;
@@ -738,7 +757,12 @@ fn tell_awaiting(
         small: small.cloned(),
     };
     for l in links {
-        l.send_now(Msg::Made(vec![made.clone()]));
+        let msg = Msg::Made(vec![made.clone()]);
+        if now {
+            l.send_now(msg);
+        } else {
+            l.send(msg);
+        }
     }
 }
 
