@@ -56,6 +56,13 @@ async fn pair(config: &NetConfig) -> (Connection, Connection) {
     (client.unwrap().0, server.unwrap().0)
 }
 
+/// Runs `test` over a local socket, then over loopback TCP.
+async fn over_both_transports<F: Future<Output = ()>>(test: impl Fn(NetConfig) -> F) {
+    for local_sockets in [true, false] {
+        test(config(1).with_local_sockets(local_sockets)).await;
+    }
+}
+
 /// `n` bytes where every 4 KiB block differs (block index in front), cheap in debug builds.
 fn pattern(n: usize) -> Vec<u8> {
     let block: Vec<u8> = (0..4096u32)
@@ -77,9 +84,7 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn small_messages_round_trip_in_order() {
-    for local_sockets in [true, false] {
-        small_messages_round_trip_over(config(1).with_local_sockets(local_sockets)).await;
-    }
+    over_both_transports(small_messages_round_trip_over).await;
 }
 
 async fn small_messages_round_trip_over(config: NetConfig) {
@@ -128,9 +133,7 @@ async fn small_messages_round_trip_over(config: NetConfig) {
 
 #[tokio::test]
 async fn large_message_round_trip() {
-    for local_sockets in [true, false] {
-        large_message_round_trip_over(config(1).with_local_sockets(local_sockets)).await;
-    }
+    over_both_transports(large_message_round_trip_over).await;
 }
 
 async fn large_message_round_trip_over(config: NetConfig) {
@@ -158,9 +161,7 @@ async fn large_message_round_trip_over(config: NetConfig) {
 
 #[tokio::test]
 async fn direct_writes_keep_their_place_among_queued_messages() {
-    for local_sockets in [true, false] {
-        direct_writes_over(config(1).with_local_sockets(local_sockets)).await;
-    }
+    over_both_transports(direct_writes_over).await;
 }
 
 async fn direct_writes_over(config: NetConfig) {
