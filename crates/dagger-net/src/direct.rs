@@ -10,9 +10,9 @@
 //! something queued or is writing, and what a direct write could not write at once must reach
 //! the sender, with [`Sender::feed_framed`](crate::Sender::feed_framed), before anything else.
 
-use crate::frame::{encode_header, HEADER_LEN};
+use crate::frame::frame_copy;
 use crate::NetError;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::io::{self, Write};
 use std::sync::Arc;
 
@@ -67,19 +67,8 @@ impl DirectWriter {
     /// and with an I/O error if the connection is broken; nothing is written then.
     pub fn write(&self, msg: &[u8]) -> Result<Bytes, NetError> {
         crate::frame::check_size(msg.len(), self.max_message)?;
-        let frames = msg.len().div_ceil(self.max_frame).max(1);
-        let mut framed = BytesMut::with_capacity(msg.len() + frames * HEADER_LEN);
-        let mut off = 0;
-        loop {
-            let n = (msg.len() - off).min(self.max_frame);
-            let more = off + n < msg.len();
-            framed.put_slice(&encode_header(n, more));
-            framed.put_slice(&msg[off..off + n]);
-            off += n;
-            if !more {
-                break;
-            }
-        }
+        let mut framed = BytesMut::new();
+        frame_copy(msg, self.max_frame, &mut framed);
         let mut framed = framed.freeze();
         let mut first = true;
         while !framed.is_empty() {

@@ -329,6 +329,23 @@ impl MessageCodec {
     }
 }
 
+/// Appends `msg` to `buf` as frames of at most `max_frame` bytes; returns the bytes added.
+pub(crate) fn frame_copy(msg: &[u8], max_frame: usize, buf: &mut BytesMut) -> usize {
+    let frames = msg.len().div_ceil(max_frame).max(1);
+    buf.reserve(msg.len() + frames * HEADER_LEN);
+    let mut off = 0;
+    loop {
+        let n = (msg.len() - off).min(max_frame);
+        let more = off + n < msg.len();
+        buf.put_slice(&encode_header(n, more));
+        buf.put_slice(&msg[off..off + n]);
+        off += n;
+        if !more {
+            return msg.len() + frames * HEADER_LEN;
+        }
+    }
+}
+
 pub(crate) fn check_size(len: usize, max: u64) -> Result<(), NetError> {
     if len as u64 > max {
         Err(NetError::Oversized {
@@ -670,9 +687,10 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     /// Frames `msg`; payloads of large frames are queued as slices of `shared` when given.
     fn put_frames(&mut self, msg: &[u8], shared: Option<&Bytes>) -> Result<(), NetError> {
         check_size(msg.len(), self.max_message)?;
-        if msg.len() <= COPY_THRESHOLD {
-            let frames = msg.len().div_ceil(self.max_frame).max(1);
-            self.buf.reserve(msg.len() + frames * HEADER_LEN);
+        // Every frame is copied: the message is small, or nothing can be shared.
+        if shared.is_none() || msg.len() <= COPY_THRESHOLD {
+            self.queued += frame_copy(msg, self.max_frame, &mut self.buf);
+            return Ok(());
         }
         let mut off = 0;
         loop {
