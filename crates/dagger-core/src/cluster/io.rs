@@ -96,15 +96,15 @@ pub(crate) enum Out {
     Done(Done),
     /// A freed value; sent in one `Msg::Free` with those queued next to it.
     Free(u64),
-    /// The framed rest of a message written in part by [`Link::send_now`].
+    /// The framed rest of a message written in part by [`Link::send_report`].
     Framed(Bytes),
     Close,
 }
 
 /// The sending side of a connection to a peer: messages queue here and a writer task on the
-/// I/O thread sends everything queued with one flush. On a plain connection, a message that
+/// I/O thread sends everything queued with one flush. On a plain connection, a report that
 /// someone waits for can also go out at once from the calling thread
-/// ([`send_now`](Link::send_now)) while nothing is queued.
+/// ([`send_report`](Link::send_report)) while nothing is queued.
 #[derive(Clone)]
 pub(crate) struct Link {
     pub(crate) peer: u32,
@@ -150,40 +150,36 @@ impl Link {
         self.queue(Out::Msg(msg))
     }
 
-    /// Sends `msg` from this thread if the writer task has nothing queued (without waiting
-    /// for the I/O thread to get a CPU), else queues it. For short messages that a peer waits
-    /// for, sent from threads other than the I/O thread.
-    pub(crate) fn send_now(&self, msg: Msg) -> bool {
-        let Some(d) = &self.direct else {
-            return self.send(msg);
-        };
-        let mut state = d.lock();
-        let writer = match &state.writer {
-            Some(w) if state.queued == 0 => w,
-            _ => return self.queue_locked(&mut state, msg),
-        };
-        let out = match writer.write(&msg.encode()) {
-            Ok(rest) if rest.is_empty() => return true,
-            Ok(rest) => Out::Framed(rest),
-            // Nothing was written: the writer task meets the error and closes the link.
-            Err(_) => Out::Msg(msg),
-        };
-        state.queued += 1;
-        self.tx.send(out).is_ok()
+    /// Sends a report (`Done` or `Made`): with `at_once`, from this thread if the writer task
+    /// has nothing queued (without waiting for the I/O thread to get a CPU); otherwise
+    /// queued, its `Done` items batched with those queued next to them.
+    pub(crate) fn send_report(&self, msg: Msg, at_once: bool) -> bool {
+        match &self.direct {
+            Some(d) if at_once => {
+                let mut state = d.lock();
+                let Some(writer) = state.writer.as_ref().filter(|_| state.queued == 0) else {
+                    drop(state);
+                    return self.queue_report(msg);
+                };
+                let out = match writer.write(&msg.encode()) {
+                    Ok(rest) if rest.is_empty() => return true,
+                    Ok(rest) => Out::Framed(rest),
+                    // Nothing was written: the writer task meets the error and closes the
+                    // link.
+                    Err(_) => Out::Msg(msg),
+                };
+                // Still under the lock: the rest goes before anything queued after it.
+                state.queued += 1;
+                self.tx.send(out).is_ok()
+            }
+            _ => self.queue_report(msg),
+        }
     }
 
-    /// Queues `msg` under the lock of the link's direct state (reports one by one, to be
-    /// batched with those queued next to them).
-    fn queue_locked(&self, state: &mut DirectState, msg: Msg) -> bool {
+    fn queue_report(&self, msg: Msg) -> bool {
         match msg {
-            Msg::Done(done) => done.into_iter().all(|d| {
-                state.queued += 1;
-                self.tx.send(Out::Done(d)).is_ok()
-            }),
-            msg => {
-                state.queued += 1;
-                self.tx.send(Out::Msg(msg)).is_ok()
-            }
+            Msg::Done(done) => done.into_iter().all(|d| self.send_done(d)),
+            msg => self.send(msg),
         }
     }
 
@@ -362,7 +358,7 @@ const FREE_ALONE: usize = 256;
 /// Sends what is queued for a link: everything queued when it wakes up goes out with one
 /// flush, `Run`/`Done`/`Free` items coalesced into batch messages. Frees queued alone wait up
 /// to [`FREE_DELAY`] for more. Once what it took is written, other threads may write on the
-/// link again ([`Link::send_now`]).
+/// link again ([`Link::send_report`]).
 async fn write_loop(
     mut sender: Sender,
     mut rx: mpsc::UnboundedReceiver<Out>,
@@ -518,13 +514,16 @@ mod tests {
         for i in 0..n {
             match i % 4 {
                 0 => assert!(link.send(Msg::Ping(i))),
-                1 | 2 => assert!(link.send_now(Msg::Ping(i))),
+                1 | 2 => assert!(link.send_report(Msg::Ping(i), true)),
                 _ if i % 500 == 3 => {
-                    assert!(link.send_now(Msg::Made(vec![super::super::msg::Made {
-                        task: i,
-                        result: Err(String::new()),
-                        small: Some(big.clone()),
-                    }])))
+                    assert!(link.send_report(
+                        Msg::Made(vec![super::super::msg::Made {
+                            task: i,
+                            result: Err(String::new()),
+                            small: Some(big.clone()),
+                        }]),
+                        true
+                    ))
                 }
                 _ => assert!(link.send_done(Done {
                     task: i,

@@ -91,7 +91,7 @@ struct Started {
 
 /// Reports a started call once it ended, from the thread that ended it (a compute thread,
 /// usually): its task wakes this waker as it completes. The report then leaves at once
-/// ([`Link::send_now`]) rather than after the I/O thread got a CPU, which, with every CPU
+/// ([`Link::send_report`]) rather than after the I/O thread got a CPU, which, with every CPU
 /// busy running tasks, can take as long as a task.
 struct ReportOnEnd(Mutex<Option<Ending>>);
 
@@ -120,29 +120,25 @@ impl ReportOnEnd {
         }
     }
 
-    /// Reports, unless another thread did.
-    fn report(&self) {
+    /// Reports if the call ended (unless another thread did); false if it has not ended.
+    fn report(&self) -> bool {
         let Some(e) = lock(&self.0).take() else {
-            return;
+            return true;
         };
         if !e.started.dtask.is_ready() {
-            // Not ended after all: wait again.
             *lock(&self.0) = Some(e);
-            return;
+            return false;
         }
         let result = e.started.dtask.fetch();
         e.worker.report(&e.store, &e.link, &e.started, result);
+        true
     }
 }
 
 impl std::task::Wake for ReportOnEnd {
     fn wake(self: Arc<Self>) {
-        if lock(&self.0)
-            .as_ref()
-            .is_some_and(|e| e.started.dtask.is_ready())
-        {
-            self.report();
-        } else {
+        if !self.report() {
+            // Not ended after all: wait again.
             self.watch();
         }
     }
@@ -673,17 +669,8 @@ impl Worker {
         // Tasks this short end faster than one system call per report pays off: their
         // reports go in batches from the I/O thread.
         let now = done.run_ns >= DIRECT_REPORT_NS;
-        let send = |done: Vec<Done>| {
-            if now {
-                link.send_now(Msg::Done(done));
-            } else {
-                for d in done {
-                    link.send_done(d);
-                }
-            }
-        };
         if s.afters.is_empty() && !s.feeds {
-            send(vec![done]);
+            link.send_report(Msg::Done(vec![done]), now);
             return;
         }
         if s.feeds {
@@ -701,7 +688,7 @@ impl Worker {
         let mut released = Vec::new();
         release(&mut lock(&self.ahead), report, &mut released);
         if !released.is_empty() {
-            send(released);
+            link.send_report(Msg::Done(released), now);
         }
     }
 
@@ -720,7 +707,7 @@ impl Worker {
 }
 
 /// Reports of tasks that ran at least this long (in nanoseconds) leave from the thread that
-/// ran them ([`Link::send_now`]).
+/// ran them ([`Link::send_report`]).
 const DIRECT_REPORT_NS: u64 = 20_000;
 
 thread_local! {
@@ -740,7 +727,7 @@ fn waits_for(call: &Call, worker: u32, task: u64) -> bool {
 
 /// Tells the other workers waiting for head task `task` that it ended with `result` (its
 /// encoding `small` when small), or will not be made here; `now`: from this thread
-/// ([`Link::send_now`]).
+/// ([`Link::send_report`]).
 fn tell_awaiting(
     ahead: &Mutex<Ahead>,
     task: u64,
@@ -757,12 +744,7 @@ fn tell_awaiting(
         small: small.cloned(),
     };
     for l in links {
-        let msg = Msg::Made(vec![made.clone()]);
-        if now {
-            l.send_now(msg);
-        } else {
-            l.send(msg);
-        }
+        l.send_report(Msg::Made(vec![made.clone()]), now);
     }
 }
 
