@@ -47,12 +47,24 @@ async fn listen(config: &NetConfig) -> Listener {
         .unwrap()
 }
 
+/// Connects to `listener` with `config` and `hello` while it accepts: (the client's result,
+/// the listener's).
+async fn meet(
+    listener: &mut Listener,
+    config: &NetConfig,
+    hello: Hello,
+) -> (
+    Result<(Connection, PeerHello), NetError>,
+    Result<(Connection, PeerHello), NetError>,
+) {
+    let addr = listener.local_addr();
+    within(async { tokio::join!(connect(addr, config, hello), listener.accept()) }).await
+}
+
 /// A connected pair: (client side, server side).
 async fn pair(config: &NetConfig) -> (Connection, Connection) {
     let mut listener = listen(config).await;
-    let addr = listener.local_addr();
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, config, worker(1)), listener.accept()) }).await;
+    let (client, server) = meet(&mut listener, config, worker(1)).await;
     (client.unwrap().0, server.unwrap().0)
 }
 
@@ -278,8 +290,7 @@ async fn peers_learn_each_other() {
     let config = config(1);
     let mut listener = listen(&config).await;
     let addr = listener.local_addr();
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &config, worker(7)), listener.accept()) }).await;
+    let (client, server) = meet(&mut listener, &config, worker(7)).await;
     let (conn, head_hello): (Connection, PeerHello) = client.unwrap();
     let (_, worker_hello) = server.unwrap();
     assert_eq!(head_hello.role, Role::Head);
@@ -294,8 +305,7 @@ async fn peers_learn_each_other() {
 
     // The hello of later connections can change.
     listener.set_hello(head().with_peer_id(0));
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &config, worker(8)), listener.accept()) }).await;
+    let (client, server) = meet(&mut listener, &config, worker(8)).await;
     assert_eq!(client.unwrap().1.peer_id, Some(0));
     server.unwrap();
 }
@@ -304,11 +314,8 @@ async fn peers_learn_each_other() {
 async fn wrong_secret_refused_on_both_sides() {
     for local_sockets in [true, false] {
         let mut listener = listen(&config(1).with_local_sockets(local_sockets)).await;
-        let addr = listener.local_addr();
         let wrong = config(2).with_local_sockets(local_sockets);
-        let (client, server) =
-            within(async { tokio::join!(connect(addr, &wrong, worker(1)), listener.accept()) })
-                .await;
+        let (client, server) = meet(&mut listener, &wrong, worker(1)).await;
         let client = client.expect_err("client must fail");
         let server = server.expect_err("server must fail");
         assert!(matches!(client, NetError::AuthFailed), "{client}");
@@ -326,12 +333,8 @@ async fn wrong_secret_refused_on_both_sides() {
 async fn local_sockets_fall_back_to_tcp() {
     for (listener_local, client_local) in [(false, true), (true, false)] {
         let mut listener = listen(&config(1).with_local_sockets(listener_local)).await;
-        let addr = listener.local_addr();
         let client_config = config(1).with_local_sockets(client_local);
-        let (client, server) = within(async {
-            tokio::join!(connect(addr, &client_config, worker(1)), listener.accept())
-        })
-        .await;
+        let (client, server) = meet(&mut listener, &client_config, worker(1)).await;
         let (mut client, mut server) = (client.unwrap().0, server.unwrap().0);
         assert!(!client.uses_local_socket() && !server.uses_local_socket());
         within(client.send(&b"over tcp"[..])).await.unwrap();
@@ -346,10 +349,8 @@ async fn local_sockets_fall_back_to_tcp() {
 async fn registry_mismatch_refused_on_both_sides() {
     let config = config(1);
     let mut listener = listen(&config).await;
-    let addr = listener.local_addr();
     let other = Hello::new(Role::Worker, 0xabc);
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &config, other), listener.accept()) }).await;
+    let (client, server) = meet(&mut listener, &config, other).await;
     let client = client.expect_err("client must fail");
     let server = server.expect_err("server must fail");
     assert!(
@@ -614,8 +615,7 @@ async fn bad_frames_after_the_handshake_close_that_connection_only() {
     );
 
     // Other connections are unaffected.
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &config, worker(2)), listener.accept()) }).await;
+    let (client, server) = meet(&mut listener, &config, worker(2)).await;
     let (mut client, mut server) = (client.unwrap().0, server.unwrap().0);
     within(client.send(&b"still fine"[..])).await.unwrap();
     assert_eq!(
@@ -629,9 +629,7 @@ async fn oversized_messages_refused() {
     let small = config(1).with_max_message(1 << 20);
     let large = config(1).with_max_message(16 << 20);
     let mut listener = listen(&small).await;
-    let addr = listener.local_addr();
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &large, worker(1)), listener.accept()) }).await;
+    let (client, server) = meet(&mut listener, &large, worker(1)).await;
     let (mut client, mut server) = (client.unwrap().0, server.unwrap().0);
 
     // The sender refuses what exceeds its own limit, without sending anything.
@@ -715,10 +713,7 @@ async fn tls_round_trip_with_pinning() {
     let client_config = tls_config(1, client_id).for_peer(&server_fp).unwrap();
 
     let mut listener = listen(&server_config).await;
-    let addr = listener.local_addr();
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &client_config, worker(1)), listener.accept()) })
-            .await;
+    let (client, server) = meet(&mut listener, &client_config, worker(1)).await;
     let (mut client, head_hello) = client.unwrap();
     let (mut server, worker_hello) = server.unwrap();
     assert_eq!(head_hello.tls_fingerprint.as_deref(), Some(&*server_fp));
@@ -751,10 +746,7 @@ async fn tls_connections_write_only_through_their_sender() {
         .for_peer(&server_fp)
         .unwrap();
     let mut listener = listen(&server_config).await;
-    let addr = listener.local_addr();
-    let (client, _server) =
-        within(async { tokio::join!(connect(addr, &client_config, worker(1)), listener.accept()) })
-            .await;
+    let (client, _server) = meet(&mut listener, &client_config, worker(1)).await;
     let (tx, _rx) = client.unwrap().0.split();
     assert!(tx.direct_writer().is_none());
 }
@@ -767,10 +759,7 @@ async fn tls_wrong_fingerprint_refused() {
         .for_peer(&impostor)
         .unwrap();
     let mut listener = listen(&server_config).await;
-    let addr = listener.local_addr();
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &client_config, worker(1)), listener.accept()) })
-            .await;
+    let (client, server) = meet(&mut listener, &client_config, worker(1)).await;
     let client = client.expect_err("client must fail");
     assert!(
         matches!(&client, NetError::FingerprintMismatch { expected, .. } if *expected == impostor),
@@ -789,15 +778,12 @@ async fn tls_client_allow_list_and_secret_still_checked() {
     let server_tls = TlsConfig::new(server_id).allow_client(&allowed_fp).unwrap();
     let server_config = config(1).with_tls(server_tls);
     let mut listener = listen(&server_config).await;
-    let addr = listener.local_addr();
 
     // An unknown client certificate is refused.
     let stranger = tls_config(1, TlsIdentity::generate().unwrap())
         .for_peer(&server_fp)
         .unwrap();
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &stranger, worker(1)), listener.accept()) })
-            .await;
+    let (client, server) = meet(&mut listener, &stranger, worker(1)).await;
     assert!(client.is_err());
     assert!(
         matches!(server, Err(NetError::Tls(_))),
@@ -807,9 +793,7 @@ async fn tls_client_allow_list_and_secret_still_checked() {
 
     // The allowed certificate with the wrong secret is refused by authentication.
     let wrong_secret = tls_config(2, allowed).for_peer(&server_fp).unwrap();
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &wrong_secret, worker(1)), listener.accept()) })
-            .await;
+    let (client, server) = meet(&mut listener, &wrong_secret, worker(1)).await;
     assert!(
         matches!(client, Err(NetError::AuthFailed)),
         "{:?}",
@@ -823,8 +807,7 @@ async fn tls_client_allow_list_and_secret_still_checked() {
 
     // Plain TCP against TLS fails clearly.
     let plain = config(1);
-    let (client, server) =
-        within(async { tokio::join!(connect(addr, &plain, worker(1)), listener.accept()) }).await;
+    let (client, server) = meet(&mut listener, &plain, worker(1)).await;
     assert!(
         matches!(client, Err(NetError::Tls(_))),
         "{:?}",
