@@ -6,7 +6,6 @@ use bytes::Bytes;
 use dagger_net::{Connection, DirectWriter, NetError, Receiver, Sender};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 
 /// The runtime thread that owns every socket of this process.
 pub(crate) struct Io {
@@ -108,42 +107,66 @@ pub(crate) enum Out {
 #[derive(Clone)]
 pub(crate) struct Link {
     pub(crate) peer: u32,
-    tx: mpsc::UnboundedSender<Out>,
-    direct: Option<Arc<Direct>>,
+    senders: Arc<Senders>,
 }
 
-/// The state shared by a link's senders and its writer task for writing from other threads.
-struct Direct {
-    state: std::sync::Mutex<DirectState>,
+/// Held by every clone of a link: when the last one is dropped, the writer task sends what
+/// is queued and closes the connection.
+struct Senders(Arc<Queue>);
+
+impl Drop for Senders {
+    fn drop(&mut self) {
+        self.0.push(self.0.lock(), Out::Close);
+    }
 }
 
-struct DirectState {
-    /// `None` once the writer task ended.
+/// What a link's senders share with its writer task.
+struct Queue {
+    state: std::sync::Mutex<QueueState>,
+    /// Wakes the writer task when an item arrives in an empty queue.
+    arrived: tokio::sync::Notify,
+}
+
+struct QueueState {
+    /// Items for the writer task, in order. The writer task takes them all at once.
+    items: Vec<Out>,
+    /// False once the writer task ended: nothing queued after that is sent.
+    open: bool,
+    /// Writes whole messages from other threads (plain connections only); `None` once the
+    /// writer task ended.
     writer: Option<DirectWriter>,
-    /// Items queued for the writer task and not yet written: a message may be written from
-    /// another thread only when there are none (it would overtake them otherwise).
+    /// Items queued and not yet written: a message may be written from another thread only
+    /// when there are none (it would overtake them otherwise).
     queued: usize,
 }
 
-impl Direct {
-    fn lock(&self) -> std::sync::MutexGuard<'_, DirectState> {
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `out` under the lock `state`; false once the writer task ended.
+    fn push(&self, mut state: std::sync::MutexGuard<'_, QueueState>, out: Out) -> bool {
+        if !state.open {
+            return false;
+        }
+        state.items.push(out);
+        state.queued += 1;
+        let first = state.items.len() == 1;
+        drop(state);
+        // Later items find the writer task woken already (it takes every item at once).
+        if first {
+            self.arrived.notify_one();
+        }
+        true
     }
 }
 
 impl Link {
     /// Queues `out` for the writer task.
     fn queue(&self, out: Out) -> bool {
-        match &self.direct {
-            // Counted under the lock, so that no direct write starts between the count and
-            // the queueing.
-            Some(d) => {
-                let mut state = d.lock();
-                state.queued += 1;
-                self.tx.send(out).is_ok()
-            }
-            None => self.tx.send(out).is_ok(),
-        }
+        let queue = &self.senders.0;
+        queue.push(queue.lock(), out)
     }
 
     pub(crate) fn send(&self, msg: Msg) -> bool {
@@ -154,26 +177,23 @@ impl Link {
     /// has nothing queued (without waiting for the I/O thread to get a CPU); otherwise
     /// queued, its `Done` items batched with those queued next to them.
     pub(crate) fn send_report(&self, msg: Msg, at_once: bool) -> bool {
-        match &self.direct {
-            Some(d) if at_once => {
-                let mut state = d.lock();
-                let Some(writer) = state.writer.as_ref().filter(|_| state.queued == 0) else {
-                    drop(state);
-                    return self.queue_report(msg);
-                };
-                let out = match writer.write(&msg.encode()) {
-                    Ok(rest) if rest.is_empty() => return true,
-                    Ok(rest) => Out::Framed(rest),
-                    // Nothing was written: the writer task meets the error and closes the
-                    // link.
-                    Err(_) => Out::Msg(msg),
-                };
-                // Still under the lock: the rest goes before anything queued after it.
-                state.queued += 1;
-                self.tx.send(out).is_ok()
-            }
-            _ => self.queue_report(msg),
+        if !at_once {
+            return self.queue_report(msg);
         }
+        let queue = &self.senders.0;
+        let state = queue.lock();
+        let Some(writer) = state.writer.as_ref().filter(|_| state.queued == 0) else {
+            drop(state);
+            return self.queue_report(msg);
+        };
+        let out = match writer.write(&msg.encode()) {
+            Ok(rest) if rest.is_empty() => return true,
+            Ok(rest) => Out::Framed(rest),
+            // Nothing was written: the writer task meets the error and closes the link.
+            Err(_) => Out::Msg(msg),
+        };
+        // Still under the lock: the rest goes before anything queued after it.
+        queue.push(state, out)
     }
 
     fn queue_report(&self, msg: Msg) -> bool {
@@ -214,12 +234,12 @@ impl Link {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        !self.senders.0.lock().open
     }
 
     /// Whether both are the same connection.
     pub(crate) fn same(&self, other: &Link) -> bool {
-        self.tx.same_channel(&other.tx)
+        Arc::ptr_eq(&self.senders, &other.senders)
     }
 }
 
@@ -234,21 +254,20 @@ pub(crate) trait Handler: Send + Sync + 'static {
 /// Starts the reader and writer tasks of a connection on the current runtime.
 pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>) -> Link {
     let (sender, receiver) = conn.split();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let direct = sender.direct_writer().map(|writer| {
-        Arc::new(Direct {
-            state: std::sync::Mutex::new(DirectState {
-                writer: Some(writer),
-                queued: 0,
-            }),
-        })
+    let queue = Arc::new(Queue {
+        state: std::sync::Mutex::new(QueueState {
+            items: Vec::new(),
+            open: true,
+            writer: sender.direct_writer(),
+            queued: 0,
+        }),
+        arrived: tokio::sync::Notify::new(),
     });
     let link = Link {
         peer,
-        tx,
-        direct: direct.clone(),
+        senders: Arc::new(Senders(queue.clone())),
     };
-    tokio::spawn(write_loop(sender, rx, direct));
+    tokio::spawn(write_loop(sender, queue));
     tokio::spawn(read_loop(receiver, link.clone(), handler));
     link
 }
@@ -359,54 +378,54 @@ const FREE_ALONE: usize = 256;
 /// flush, `Run`/`Done`/`Free` items coalesced into batch messages. Frees queued alone wait up
 /// to [`FREE_DELAY`] for more. Once what it took is written, other threads may write on the
 /// link again ([`Link::send_report`]).
-async fn write_loop(
-    mut sender: Sender,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    direct: Option<Arc<Direct>>,
-) {
-    let _gone = direct.clone().map(WriterGone);
+async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
+    let _gone = WriterGone(queue.clone());
     // Items taken from the queue and not yet written.
     let mut taken = 0usize;
     let written = |taken: &mut usize| {
-        if let Some(d) = &direct {
-            d.lock().queued -= *taken;
-        }
+        queue.lock().queued -= *taken;
         *taken = 0;
     };
     let mut batch = Batch::default();
+    let mut items = Vec::new();
     // When the frees waiting alone are sent at the latest.
     let mut frees_due: Option<tokio::time::Instant> = None;
     loop {
-        let next = match frees_due {
-            Some(due) => match tokio::time::timeout_at(due, rx.recv()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    frees_due = None;
-                    if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
-                        return;
-                    }
-                    written(&mut taken);
-                    continue;
-                }
-            },
-            None => rx.recv().await,
-        };
-        let Some(out) = next else { break };
-        taken += 1;
-        let mut open = match batch.feed(&mut sender, out) {
-            Ok(open) => open,
-            Err(_) => break,
-        };
-        while open {
-            match rx.try_recv() {
-                Ok(out) => {
-                    taken += 1;
-                    match batch.feed(&mut sender, out) {
-                        Ok(o) => open = o,
-                        Err(_) => return,
+        std::mem::swap(&mut queue.lock().items, &mut items);
+        if items.is_empty() {
+            match frees_due {
+                Some(due) => {
+                    if tokio::time::timeout_at(due, queue.arrived.notified())
+                        .await
+                        .is_err()
+                    {
+                        frees_due = None;
+                        if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
+                            return;
+                        }
+                        written(&mut taken);
                     }
                 }
-                Err(_) => break,
+                None => queue.arrived.notified().await,
+            }
+            continue;
+        }
+        // What arrives meanwhile goes with the same flush.
+        let mut open = true;
+        while open && !items.is_empty() {
+            taken += items.len();
+            for out in items.drain(..) {
+                match batch.feed(&mut sender, out) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => return,
+                }
+            }
+            if open {
+                std::mem::swap(&mut queue.lock().items, &mut items);
             }
         }
         if open && batch.only_frees() && batch.free.len() < FREE_ALONE {
@@ -428,17 +447,18 @@ async fn write_loop(
             written(&mut taken);
         }
     }
-    let _ = batch.send(&mut sender);
-    let _ = sender.flush().await;
-    let _ = sender.close().await;
 }
 
-/// Stops direct writes on a link once its writer task ended.
-struct WriterGone(Arc<Direct>);
+/// Closes a link's queue once its writer task ended (direct writes stop, and what is queued
+/// after that is refused).
+struct WriterGone(Arc<Queue>);
 
 impl Drop for WriterGone {
     fn drop(&mut self) {
-        self.0.lock().writer = None;
+        let mut state = self.0.lock();
+        state.open = false;
+        state.writer = None;
+        state.items.clear();
     }
 }
 
@@ -507,7 +527,10 @@ mod tests {
                 (link, server.unwrap().0)
             })
             .unwrap();
-        assert!(link.direct.is_some(), "a plain connection writes directly");
+        assert!(
+            link.senders.0.lock().writer.is_some(),
+            "a plain connection writes directly"
+        );
         // Large messages fill the socket while nobody reads: some go out in part.
         let big = vec![5u8; 3 << 20];
         let n = 3000u64;
