@@ -18,6 +18,7 @@ mod cluster;
 mod context;
 mod datadeps;
 mod error;
+mod hash;
 mod id;
 mod options;
 mod processor;

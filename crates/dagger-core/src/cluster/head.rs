@@ -5,6 +5,7 @@ use super::io::Link;
 use super::msg::{encode_run, Done, FailKind, Msg, PeerInfo, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::error::ErrorKind;
+use crate::hash::IdMap;
 use crate::id::NodeId;
 use crate::remote::data::{DataLink, Label, Lineage};
 use crate::remote::wire::{Location, WireArg};
@@ -123,7 +124,7 @@ impl Located {
 struct State {
     workers: HashMap<u32, HeadWorker>,
     hosts: Vec<String>,
-    inflight: HashMap<u64, InFlight>,
+    inflight: IdMap<u64, InFlight>,
     stats: HashMap<u64, SyncSender<WorkerStats>>,
     next_req: u64,
     pings: HashMap<u64, (u32, Instant)>,
@@ -131,7 +132,7 @@ struct State {
     gone: HashMap<u32, String>,
     located: HashMap<u32, Located>,
     /// Tasks tried again after a loss, and how often.
-    retries: HashMap<u64, u32>,
+    retries: IdMap<u64, u32>,
     parked: Vec<Parked>,
     recovering: HashMap<u64, Recovery>,
     next_recovery: u64,

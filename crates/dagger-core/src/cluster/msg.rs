@@ -1,6 +1,6 @@
 //! The messages processes of a cluster exchange (postcard-encoded, one per transport message).
 
-use crate::remote::wire::{Location, WireCall};
+use crate::remote::wire::{Location, WireArg, WireCall};
 use serde::{Deserialize, Serialize};
 
 /// How a remote task failed (mirrors [`ErrorKind`](crate::ErrorKind)).
@@ -222,8 +222,18 @@ pub(crate) const ONE_RUN_HEADER: usize = 2;
 /// One task to run, encoded as a complete one-task `Msg::Run` (sent as it is, without a copy,
 /// when it is large); its [`run_body`] can be batched with its neighbours.
 pub(crate) fn encode_run(task: u64, call: &WireCall, feeds: bool) -> Vec<u8> {
-    postcard::to_extend(&RunRef { task, call, feeds }, vec![RUN_TAG as u8, 1])
-        .expect("calls always encode")
+    // Room for the fixed fields, the options and the inline values (the encoder would grow
+    // the buffer several times otherwise).
+    let mut inline = 0;
+    WireArg::each(&call.args, &mut |a| {
+        inline += match a {
+            WireArg::Value(v) => v.len() + 10,
+            _ => 24,
+        }
+    });
+    let mut out = Vec::with_capacity(64 + inline);
+    out.extend_from_slice(&[RUN_TAG as u8, 1]);
+    postcard::to_extend(&RunRef { task, call, feeds }, out).expect("calls always encode")
 }
 
 /// The encoded [`Run`] inside a message made by [`encode_run`].

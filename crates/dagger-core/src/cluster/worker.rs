@@ -7,6 +7,7 @@ use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
 use crate::error::BoxError;
 use crate::error::TaskError;
+use crate::hash::IdMap;
 use crate::remote::data::DataLink;
 use crate::remote::store::{
     afters_elsewhere, afters_of, resolve_after, resolve_after_on, run_after, run_in_place, Afters,
@@ -27,7 +28,7 @@ pub(crate) struct Worker {
     /// Calls that arrived ahead of their inputs.
     sent_ahead: AtomicU64,
     /// The head's tasks sent here and not finished, which it may take back until they start.
-    claims: Mutex<HashMap<u64, Arc<Claim>>>,
+    claims: Mutex<IdMap<u64, Arc<Claim>>>,
     /// The head's tasks that calls may be sent ahead of.
     ahead: Mutex<Ahead>,
 }
@@ -56,13 +57,13 @@ enum Made {
 
 #[derive(Default)]
 struct Ahead {
-    made: HashMap<u64, Made>,
+    made: IdMap<u64, Made>,
     /// The head task whose result each kept value is, by the value's id in the store.
-    by_value: HashMap<u64, u64>,
+    by_value: IdMap<u64, u64>,
     /// Other workers waiting for head tasks made here to end (their `Await`), by task.
-    awaited: HashMap<u64, Vec<Link>>,
+    awaited: IdMap<u64, Vec<Link>>,
     /// Calls sent ahead of inputs being made on other workers, by head task.
-    parked: HashMap<u64, Call>,
+    parked: IdMap<u64, Call>,
     /// The calls of `parked` waiting for each (worker, head task) made there.
     elsewhere: HashMap<(u32, u64), Vec<u64>>,
     /// Head tasks to ask each worker this process is connecting to about, once connected.
@@ -150,7 +151,7 @@ impl Worker {
             ctx,
             running: AtomicU64::new(0),
             sent_ahead: AtomicU64::new(0),
-            claims: Mutex::new(HashMap::new()),
+            claims: Mutex::new(IdMap::default()),
             ahead: Mutex::new(Ahead::default()),
         })
     }

@@ -30,7 +30,6 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::NonNull;
@@ -588,7 +587,7 @@ struct Signatures {
     /// The type name of each function and the name shown for its tasks.
     names: Vec<(&'static str, &'static str)>,
     /// By the address and length of the type name (equal addresses are equal names).
-    index: HashMap<(usize, usize), u32, BuildHasherDefault<AddrHasher>>,
+    index: crate::hash::IdMap<(usize, usize), u32>,
 }
 
 impl Signatures {
@@ -602,30 +601,6 @@ impl Signatures {
                 names.push((sig, short_name(sig)));
                 (names.len() - 1) as u32
             })
-    }
-}
-
-/// A hasher for addresses (a multiplicative hash: the table uses the high bits).
-#[derive(Default)]
-struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

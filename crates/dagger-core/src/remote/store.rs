@@ -5,12 +5,12 @@ use super::functions::{table, AnyValue, ArgValue, Args, Codec, Encoding, MutArg,
 use super::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
+use crate::hash::IdMap;
 use crate::options::Options;
 use crate::remote::data::DataLink;
 use crate::scope::Scope;
 use crate::shared_bytes::decode_from;
 use crate::task::DTask;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +37,7 @@ impl Entry {
 
 #[derive(Default)]
 struct Values {
-    map: HashMap<u64, Entry>,
+    map: IdMap<u64, Entry>,
     /// Sum of [`Entry::cached`] over `map`.
     cached: usize,
 }

@@ -198,8 +198,10 @@ impl Registry {
     /// all being made there (and, in turn, theirs).
     pub(crate) fn send_dependents_ahead(&self, job: JobRef) {
         let mut busy = Vec::new();
-        let mut work = vec![job];
-        while let Some(job) = work.pop() {
+        // Most tasks have no dependents: no allocation for them.
+        let mut next = Some(job);
+        let mut work = Vec::new();
+        while let Some(job) = next.take().or_else(|| work.pop()) {
             let Some(m) = ahead_of(job.header()) else {
                 continue;
             };

@@ -624,7 +624,8 @@ impl Registry {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_else(|| {
                 self.estimates
-                    .estimate(job.signature(), &[ProcessorKind::THREAD])[0]
+                    .get(job.signature(), ProcessorKind::THREAD)
+                    .map_or(0, |(ns, _)| ns)
             })
     }
 

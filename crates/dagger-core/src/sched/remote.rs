@@ -66,12 +66,9 @@ impl RemoteWorker {
     /// The threads of this worker in `scope`: `None` when none is, `Some(None)` when every
     /// thread is (any may run the task), `Some(Some(t))` for the first of only some threads.
     pub(crate) fn threads_in(&self, scope: &Scope) -> Option<Option<u32>> {
-        let inside = self.all_threads_in(scope);
-        match inside.len() {
-            0 => None,
-            n if n == self.threads as usize => Some(None),
-            _ => Some(Some(inside[0])),
-        }
+        let mut inside = (0..self.threads).filter(|&t| scope.contains(&self.info(t)));
+        let first = inside.next()?;
+        Some((inside.count() + 1 < self.threads as usize).then_some(first))
     }
 }
 
