@@ -267,7 +267,7 @@ enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
     #[cfg(target_os = "linux")]
-    Unix(tokio::net::unix::OwnedReadHalf),
+    Unix(crate::local::LocalRead),
 }
 
 /// Write half of a plain or TLS stream.
@@ -275,7 +275,7 @@ enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
     #[cfg(target_os = "linux")]
-    Unix(tokio::net::unix::OwnedWriteHalf),
+    Unix(crate::local::LocalWrite),
 }
 
 impl AsyncRead for ReadHalf {
@@ -310,10 +310,7 @@ impl WriteHalf {
             }
             WriteHalf::Tls(_) => None,
             #[cfg(target_os = "linux")]
-            WriteHalf::Unix(w) => {
-                let fd = w.as_ref().as_fd().try_clone_to_owned().ok()?;
-                Some(DirectStream::Unix(std::os::unix::net::UnixStream::from(fd)))
-            }
+            WriteHalf::Unix(w) => w.duplicate().ok().map(DirectStream::Unix),
         }
     }
 }
@@ -715,7 +712,7 @@ async fn establish_local(
 ) -> Result<(Connection, PeerHello), NetError> {
     let mut buf = BytesMut::new();
     let info = auth::handshake(&mut stream, &mut buf, &config.secret, hello, side, None).await?;
-    let (r, w) = stream.into_split();
+    let (r, w) = crate::local::split(stream)?;
     // A local socket has no IP address: the listening end is named by the listener's
     // address, the connecting end by its IP and port 0.
     let connecting = SocketAddr::new(listener.ip(), 0);
