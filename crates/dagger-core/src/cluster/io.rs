@@ -97,6 +97,8 @@ pub(crate) enum Out {
     Free(u64),
     /// The framed rest of a message written in part by [`Link::send_report`].
     Framed(Bytes),
+    /// Reports are held ([`Link::report_done`]): send them at this instant at the latest.
+    ReportsDue(std::time::Instant),
     Close,
 }
 
@@ -138,6 +140,12 @@ struct QueueState {
     /// Items queued and not yet written: a message may be written from another thread only
     /// when there are none (it would overtake them otherwise).
     queued: usize,
+    /// Reports of ended tasks waiting for their turn ([`Link::report_done`]).
+    held: Vec<Done>,
+    /// When reports last left (were written or queued).
+    reported: Option<std::time::Instant>,
+    /// The writer task was told when to send `held` ([`Out::ReportsDue`]).
+    held_due: bool,
 }
 
 impl Queue {
@@ -173,18 +181,52 @@ impl Link {
         self.queue(Out::Msg(msg))
     }
 
-    /// Sends a report (`Done` or `Made`): with `at_once`, from this thread if the writer task
-    /// has nothing queued (without waiting for the I/O thread to get a CPU); otherwise
-    /// queued, its `Done` items batched with those queued next to them.
+    /// Sends a report someone waits for (`Made`, to another worker): with `at_once`, from
+    /// this thread if the writer task has nothing queued (without waiting for the I/O thread
+    /// to get a CPU); otherwise queued.
     pub(crate) fn send_report(&self, msg: Msg, at_once: bool) -> bool {
-        if !at_once {
-            return self.queue_report(msg);
+        let state = self.senders.0.lock();
+        if at_once {
+            self.write_or_queue(state, msg)
+        } else {
+            self.queue_locked(state, msg)
         }
+    }
+
+    /// Reports tasks that ended (to the head). Reports leave at once when none left in the
+    /// last [`REPORT_INTERVAL`]; otherwise they are held until that interval has passed, and
+    /// then leave together (so a busy worker sends the head one message per interval rather
+    /// than one per task), unless `idle` (the worker has nothing else in hand: nothing
+    /// would come to send them with) or [`MAX_HELD`] are held. The reports of a link keep
+    /// their order.
+    pub(crate) fn report_done(&self, done: Vec<Done>, idle: bool) -> bool {
         let queue = &self.senders.0;
-        let state = queue.lock();
+        let mut state = queue.lock();
+        if !state.open {
+            return false;
+        }
+        state.held.extend(done);
+        let now = std::time::Instant::now();
+        let next_turn = state.reported.map(|t| t + REPORT_INTERVAL);
+        if idle || state.held.len() >= MAX_HELD || next_turn.is_none_or(|t| now >= t) {
+            state.reported = Some(now);
+            let held = std::mem::take(&mut state.held);
+            return self.write_or_queue(state, Msg::Done(held));
+        }
+        if state.held_due {
+            return true;
+        }
+        state.held_due = true;
+        let due = next_turn.unwrap_or(now);
+        queue.push(state, Out::ReportsDue(due))
+    }
+
+    /// Writes `msg` from this thread if nothing is queued (see
+    /// [`send_report`](Self::send_report)), else queues it.
+    fn write_or_queue(&self, state: std::sync::MutexGuard<'_, QueueState>, msg: Msg) -> bool {
+        let queue = &self.senders.0;
         let Some(writer) = state.writer.as_ref().filter(|_| state.queued == 0) else {
-            drop(state);
-            return self.queue_report(msg);
+            return self.queue_locked(state, msg);
         };
         let out = match writer.write(&msg.encode()) {
             Ok(rest) if rest.is_empty() => return true,
@@ -196,10 +238,27 @@ impl Link {
         queue.push(state, out)
     }
 
-    fn queue_report(&self, msg: Msg) -> bool {
+    /// Queues a report under the lock `state`, its `Done` items batched with those queued
+    /// next to them.
+    fn queue_locked(&self, mut state: std::sync::MutexGuard<'_, QueueState>, msg: Msg) -> bool {
+        let queue = &self.senders.0;
         match msg {
-            Msg::Done(done) => done.into_iter().all(|d| self.send_done(d)),
-            msg => self.send(msg),
+            Msg::Done(done) => {
+                let Some(last) = done.len().checked_sub(1) else {
+                    return true;
+                };
+                let mut all = done.into_iter();
+                for d in all.by_ref().take(last) {
+                    if !state.open {
+                        return false;
+                    }
+                    state.items.push(Out::Done(d));
+                    state.queued += 1;
+                }
+                // The last one through `push`, which wakes the writer task if needed.
+                queue.push(state, Out::Done(all.next().expect("last")))
+            }
+            msg => queue.push(state, Out::Msg(msg)),
         }
     }
 
@@ -219,8 +278,10 @@ impl Link {
         self.queue(Out::Run(encoded))
     }
 
-    /// Reports a finished task, batched with the others queued at the same time.
-    pub(crate) fn send_done(&self, done: Done) -> bool {
+    /// Reports a finished task, batched with the others queued at the same time (tests
+    /// of the writer task; the runtime reports with [`report_done`](Self::report_done)).
+    #[cfg(test)]
+    fn send_done(&self, done: Done) -> bool {
         self.queue(Out::Done(done))
     }
 
@@ -260,6 +321,9 @@ pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>
             open: true,
             writer: sender.direct_writer(),
             queued: 0,
+            held: Vec::new(),
+            reported: None,
+            held_due: false,
         }),
         arrived: tokio::sync::Notify::new(),
     });
@@ -368,6 +432,16 @@ impl Batch {
     }
 }
 
+/// Capacity of the writer task's item buffer kept between wake-ups (items are ~200 bytes).
+const MAX_KEPT_ITEMS: usize = 1024;
+/// How often a busy worker reports ended tasks: a report waits until this long after the
+/// previous one left (the head learns of results at most this late, and a worker ending
+/// tasks every few microseconds sends it one message per interval instead of one per
+/// task: each message costs both processes a wake-up). Dask's workers batch their messages
+/// to the scheduler the same way (every 2 ms).
+pub(crate) const REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+/// Held reports that leave at once, without waiting for their turn.
+const MAX_HELD: usize = 1024;
 /// How long frees wait for other messages to go with before they are sent alone (they only
 /// give memory back, and sending them one message each costs both processes a wake-up).
 const FREE_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
@@ -376,8 +450,9 @@ const FREE_ALONE: usize = 256;
 
 /// Sends what is queued for a link: everything queued when it wakes up goes out with one
 /// flush, `Run`/`Done`/`Free` items coalesced into batch messages. Frees queued alone wait up
-/// to [`FREE_DELAY`] for more. Once what it took is written, other threads may write on the
-/// link again ([`Link::send_report`]).
+/// to [`FREE_DELAY`] for more; reports held by [`Link::report_done`] are sent when their turn
+/// comes. Once what it took is written, other threads may write on the link again
+/// ([`Link::send_report`]).
 async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
     let _gone = WriterGone(queue.clone());
     // Items taken from the queue and not yet written.
@@ -390,23 +465,31 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
     let mut items = Vec::new();
     // When the frees waiting alone are sent at the latest.
     let mut frees_due: Option<tokio::time::Instant> = None;
+    // When to look at the held reports.
+    let mut reports_due: Option<tokio::time::Instant> = None;
     loop {
         std::mem::swap(&mut queue.lock().items, &mut items);
         if items.is_empty() {
-            match frees_due {
-                Some(due) => {
-                    if tokio::time::timeout_at(due, queue.arrived.notified())
-                        .await
-                        .is_err()
-                    {
-                        frees_due = None;
-                        if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
-                            return;
-                        }
-                        written(&mut taken);
-                    }
+            let Some(due) = frees_due.into_iter().chain(reports_due).min() else {
+                queue.arrived.notified().await;
+                continue;
+            };
+            if tokio::time::timeout_at(due, queue.arrived.notified())
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if reports_due.is_some_and(|d| d <= now) {
+                reports_due = release_held(&queue);
+            }
+            if frees_due.is_some_and(|d| d <= now) {
+                frees_due = None;
+                if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
+                    return;
                 }
-                None => queue.arrived.notified().await,
+                written(&mut taken);
             }
             continue;
         }
@@ -415,7 +498,22 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
         while open && !items.is_empty() {
             taken += items.len();
             for out in items.drain(..) {
-                match batch.feed(&mut sender, out) {
+                let fed = match out {
+                    Out::ReportsDue(due) => {
+                        let due = tokio::time::Instant::from_std(due);
+                        reports_due = Some(reports_due.map_or(due, |d| d.min(due)));
+                        Ok(true)
+                    }
+                    Out::Close => {
+                        // Held reports go before the end.
+                        let held = std::mem::take(&mut queue.lock().held);
+                        held.into_iter()
+                            .try_for_each(|d| batch.feed(&mut sender, Out::Done(d)).map(|_| ()))
+                            .map(|()| false)
+                    }
+                    out => batch.feed(&mut sender, out),
+                };
+                match fed {
                     Ok(true) => {}
                     Ok(false) => {
                         open = false;
@@ -423,6 +521,11 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
                     }
                     Err(_) => return,
                 }
+            }
+            // A burst (frees of a whole graph's results) leaves a large buffer behind: give
+            // it back rather than keep it for the life of the connection.
+            if items.capacity() > MAX_KEPT_ITEMS {
+                items = Vec::new();
             }
             if open {
                 std::mem::swap(&mut queue.lock().items, &mut items);
@@ -449,6 +552,27 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
     }
 }
 
+/// The held reports' time came: queues them for the writer task if their turn came, and
+/// returns when to look again (their turn moved: reports left meanwhile), if any are held.
+fn release_held(queue: &Queue) -> Option<tokio::time::Instant> {
+    let mut state = queue.lock();
+    let now = std::time::Instant::now();
+    let turn = state.reported.map_or(now, |t| t + REPORT_INTERVAL);
+    if state.held.is_empty() {
+        state.held_due = false;
+        return None;
+    }
+    if turn > now {
+        return Some(tokio::time::Instant::from_std(turn));
+    }
+    state.held_due = false;
+    state.reported = Some(now);
+    let held = std::mem::take(&mut state.held);
+    state.queued += held.len();
+    state.items.extend(held.into_iter().map(Out::Done));
+    None
+}
+
 /// Closes a link's queue once its writer task ended (direct writes stop, and what is queued
 /// after that is refused).
 struct WriterGone(Arc<Queue>);
@@ -459,6 +583,7 @@ impl Drop for WriterGone {
         state.open = false;
         state.writer = None;
         state.items.clear();
+        state.held.clear();
     }
 }
 
@@ -501,6 +626,96 @@ mod tests {
 
     struct Ignore;
 
+    /// A link on `io` and the connection at its other end.
+    fn connected_link(io: &Io) -> (Link, dagger_net::Connection) {
+        let config = NetConfig::new(Secret::from_bytes(vec![7; 32]).unwrap());
+        io.run(async move {
+            let mut listener = Listener::bind("127.0.0.1:0", &config, Hello::new(Role::Head, 1))
+                .await
+                .unwrap();
+            let addr = listener.local_addr();
+            let (client, server) = tokio::join!(
+                connect(addr, &config, Hello::new(Role::Worker, 1)),
+                listener.accept()
+            );
+            let link = open_link(client.unwrap().0, 1, Arc::new(Ignore));
+            (link, server.unwrap().0)
+        })
+        .unwrap()
+    }
+
+    fn failed(task: u64) -> Done {
+        Done {
+            task,
+            result: Err((super::super::msg::FailKind::Failed, String::new())),
+            run_ns: 0,
+            small: None,
+        }
+    }
+
+    /// Receives `Done` messages on `server` until `n` reports came; the tasks of each message.
+    fn receive_reports(io: &Io, server: dagger_net::Connection, n: usize) -> Vec<Vec<u64>> {
+        io.run(async move {
+            let mut server = server;
+            let mut messages = Vec::new();
+            let read = async {
+                while messages.iter().map(Vec::len).sum::<usize>() < n {
+                    let bytes = server.recv().await.unwrap().expect("open");
+                    match Msg::decode(&bytes).unwrap() {
+                        Msg::Done(d) => messages.push(d.iter().map(|d| d.task).collect()),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(30), read)
+                .await
+                .expect("every report arrives");
+            messages
+        })
+        .unwrap()
+    }
+
+    /// Reports sent in a burst leave together, in order: the first at once, the others when
+    /// their turn comes (nothing else is sent to carry them).
+    #[test]
+    fn reports_in_a_burst_share_messages_and_keep_their_order() {
+        let io = Io::start("test-io").unwrap();
+        let (link, server) = connected_link(&io);
+        let n = 1000u64;
+        for task in 0..n {
+            assert!(link.report_done(vec![failed(task)], false));
+        }
+        let messages = receive_reports(&io, server, n as usize);
+        assert_eq!(messages.concat(), (0..n).collect::<Vec<_>>());
+        assert_eq!(messages[0], [0], "the first report leaves at once");
+        assert!(
+            messages.len() < n as usize / 2,
+            "{} messages for {n} reports",
+            messages.len()
+        );
+    }
+
+    /// A report sent when the process has nothing else in hand leaves at once, with those
+    /// held before it; held reports also leave before the link closes.
+    #[test]
+    fn idle_and_closing_links_send_held_reports() {
+        let io = Io::start("test-io").unwrap();
+        let (link, server) = connected_link(&io);
+        assert!(link.report_done(vec![failed(1)], false));
+        assert!(link.report_done(vec![failed(2), failed(3)], false));
+        assert!(link.report_done(vec![failed(4)], true));
+        assert!(link.report_done(vec![failed(5)], false));
+        link.close();
+        let messages = receive_reports(&io, server, 5);
+        assert_eq!(messages.concat(), [1, 2, 3, 4, 5]);
+        assert!(
+            messages
+                .iter()
+                .any(|m| [2, 3, 4].iter().all(|t| m.contains(t))),
+            "the idle report takes the held ones with it: {messages:?}"
+        );
+    }
+
     impl Handler for Ignore {
         fn on_message(self: Arc<Self>, _: &Link, _: Msg, _: Option<Bytes>) {}
         fn on_closed(self: Arc<Self>, _: &Link, _: Option<NetError>) {}
@@ -511,22 +726,7 @@ mod tests {
     #[test]
     fn messages_sent_now_keep_their_order_with_queued_ones() {
         let io = Io::start("test-io").unwrap();
-        let config = NetConfig::new(Secret::from_bytes(vec![7; 32]).unwrap());
-        let (link, mut server) = io
-            .run(async move {
-                let mut listener =
-                    Listener::bind("127.0.0.1:0", &config, Hello::new(Role::Head, 1))
-                        .await
-                        .unwrap();
-                let addr = listener.local_addr();
-                let (client, server) = tokio::join!(
-                    connect(addr, &config, Hello::new(Role::Worker, 1)),
-                    listener.accept()
-                );
-                let link = open_link(client.unwrap().0, 1, Arc::new(Ignore));
-                (link, server.unwrap().0)
-            })
-            .unwrap();
+        let (link, mut server) = connected_link(&io);
         assert!(
             link.senders.0.lock().writer.is_some(),
             "a plain connection writes directly"
@@ -548,12 +748,7 @@ mod tests {
                         true
                     ))
                 }
-                _ => assert!(link.send_done(Done {
-                    task: i,
-                    result: Err((super::super::msg::FailKind::Failed, String::new())),
-                    run_ns: 0,
-                    small: None,
-                })),
+                _ => assert!(link.send_done(failed(i))),
             }
         }
         link.close();

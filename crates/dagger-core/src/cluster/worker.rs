@@ -91,9 +91,9 @@ struct Started {
 }
 
 /// Reports a started call once it ended, from the thread that ended it (a compute thread,
-/// usually): its task wakes this waker as it completes. The report then leaves at once
-/// ([`Link::send_report`]) rather than after the I/O thread got a CPU, which, with every CPU
-/// busy running tasks, can take as long as a task.
+/// usually): its task wakes this waker as it completes. When it is the report's turn
+/// ([`Link::report_done`]), it then leaves from that thread rather than after the I/O thread
+/// got a CPU, which, with every CPU busy running tasks, can take as long as a task.
 struct ReportOnEnd(Mutex<Option<Ending>>);
 
 struct Ending {
@@ -545,12 +545,15 @@ impl Worker {
             }
             Err(e) => {
                 lock(&self.claims).remove(&task);
-                link.send_done(Done {
-                    task,
-                    result: Err((FailKind::Runtime, e.to_string())),
-                    run_ns: 0,
-                    small: None,
-                });
+                self.report_done(
+                    link,
+                    vec![Done {
+                        task,
+                        result: Err((FailKind::Runtime, e.to_string())),
+                        run_ns: 0,
+                        small: None,
+                    }],
+                );
                 if feeds {
                     self.forget(link, task);
                 }
@@ -576,12 +579,15 @@ impl Worker {
     fn refuse(&self, link: &Link, call: Call, kind: FailKind, message: String) {
         let task = call.run.task;
         lock(&self.claims).remove(&task);
-        link.send_done(Done {
-            task,
-            result: Err((kind, message)),
-            run_ns: 0,
-            small: None,
-        });
+        self.report_done(
+            link,
+            vec![Done {
+                task,
+                result: Err((kind, message)),
+                run_ns: 0,
+                small: None,
+            }],
+        );
         if call.run.feeds {
             self.forget(link, task);
         }
@@ -611,8 +617,8 @@ impl Worker {
                 Some(Made::Ended(_)) | None => Vec::new(),
             }
         };
-        for d in send {
-            link.send_done(d);
+        if !send.is_empty() {
+            self.report_done(link, send);
         }
         for call in waiting {
             self.refuse(
@@ -667,14 +673,14 @@ impl Worker {
                 }
             }
         };
-        // Tasks this short end faster than one system call per report pays off: their
-        // reports go in batches from the I/O thread.
-        let now = done.run_ns >= DIRECT_REPORT_NS;
         if s.afters.is_empty() && !s.feeds {
-            link.send_report(Msg::Done(vec![done]), now);
+            self.report_done(link, vec![done]);
             return;
         }
         if s.feeds {
+            // Tasks this short end faster than one system call per message pays off: what
+            // other workers wait for goes in batches from the I/O thread.
+            let now = done.run_ns >= DIRECT_REPORT_NS;
             let result = match &done.result {
                 Ok(loc) => Ok(*loc),
                 Err((_, why)) => Err(why.clone()),
@@ -689,8 +695,15 @@ impl Worker {
         let mut released = Vec::new();
         release(&mut lock(&self.ahead), report, &mut released);
         if !released.is_empty() {
-            link.send_report(Msg::Done(released), now);
+            self.report_done(link, released);
         }
+    }
+
+    /// Reports ended calls to the head, at once if this process has no other call in hand
+    /// (see [`Link::report_done`]).
+    fn report_done(&self, link: &Link, done: Vec<Done>) {
+        let idle = lock(&self.claims).is_empty();
+        link.report_done(done, idle);
     }
 
     /// The head freed these values: forget the tasks whose results they were.
@@ -707,8 +720,8 @@ impl Worker {
     }
 }
 
-/// Reports of tasks that ran at least this long (in nanoseconds) leave from the thread that
-/// ran them ([`Link::send_report`]).
+/// What other workers wait for (`Made`) leaves from the thread that ran the task when it ran
+/// at least this long (in nanoseconds) ([`Link::send_report`]).
 const DIRECT_REPORT_NS: u64 = 20_000;
 
 thread_local! {
