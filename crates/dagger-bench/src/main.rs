@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Scenarios: `independent`, `chain`, `tree`, `fib`, `memory`, `scale`, `idle`, `all`;
-//! `transport` measures the transport alone (`dagger-net` over loopback against raw TCP).
+//! `transport` measures the transport alone (`dagger-net` over loopback against raw TCP);
+//! `floor` measures what the machine allows a stencil across two processes without any
+//! runtime (the bound for `taskbench metg --workers 2`).
 //! With `--workers W` this process becomes the head of a cluster of W local worker processes
 //! (this same binary, `--worker-threads` compute threads each, default 1) and the scenarios
 //! `independent`, `chain`, `tree`, `transfer` and `all` run their tasks on the workers;
@@ -43,7 +45,7 @@ pub struct Config {
 }
 
 fn usage() -> &'static str {
-    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench transport [--runs R] [--n N]\n       dagger-bench <independent|chain|tree|transfer|cholesky|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N] [--chunk-mib M]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
+    "usage: dagger-bench <independent|chain|tree|fib|memory|scale|idle|all> [--threads N] [--runs R] [--n N]\n       dagger-bench transport [--runs R] [--n N]\n       dagger-bench floor [--runs R] [--n STEPS]\n       dagger-bench <independent|chain|tree|transfer|cholesky|all> --workers W [--worker-threads T] [--threads N] [--runs R] [--n N] [--chunk-mib M]\n       dagger-bench taskbench [-steps N -width N -type T -kernel K -iter N ...] [metg] [--workers W [--worker-threads T]]"
 }
 
 fn parse(args: &[String]) -> Result<Config, String> {
@@ -83,6 +85,8 @@ enum Failed {
 }
 
 fn main() -> ExitCode {
+    // The second process of `floor` serves it and exits here.
+    taskbench::floor::serve_if_peer();
     // In a worker process (started by the head with `--workers`) this runs the worker and
     // never returns.
     if let Err(e) = dagger::init() {
@@ -102,6 +106,8 @@ fn main() -> ExitCode {
         parse(&args[1..]).map_err(Failed::Usage).and_then(|cfg| {
             let ran = if scenario == "transport" {
                 transport::run(&cfg)
+            } else if scenario == "floor" {
+                taskbench::floor::run(&cfg)
             } else {
                 datadeps::run(scenario, &cfg).unwrap_or_else(|| scenarios::run(scenario, &cfg))
             };

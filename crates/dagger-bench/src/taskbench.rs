@@ -17,6 +17,7 @@
 //! granularity. Each point is the best (shortest) of `-runs` runs (default 3).
 
 mod exec;
+pub mod floor;
 mod graph;
 mod kernel;
 

@@ -1,0 +1,268 @@
+//! `floor`: what this machine allows a message-bound stencil across two processes, without
+//! any runtime: the bound that dagger's cross-process METG is measured against.
+//!
+//! Two processes (this binary and a copy of it) run Task Bench's `stencil_1d` of width 4,
+//! two columns each, with the `compute_bound` kernel: every timestep each process runs its
+//! two tasks and sends the other the value its border column made (16 bytes over a Unix
+//! socket), then reads the other's with a blocking read: one thread per process, like an MPI
+//! rank. Two orders:
+//!
+//! * `border-first`: the border column runs first and its value is sent before the inner
+//!   column runs, so the message travels while the receiver computes (what MPI codes do);
+//! * `border-last`: both columns run, then the exchange: nothing hides its latency.
+//!
+//! The sweep is `taskbench metg`'s: `-iter` halves from 262 144 until the efficiency (FLOP/s
+//! against the first point) drops below 25 %; granularity = elapsed × 2 threads / tasks;
+//! METG(50 %) is reported like `taskbench metg` does. `--runs R`: best of R runs per point
+//! (default 7); `--n N`: timesteps per run (default 1000).
+
+use super::kernel::{Kernel, KernelType};
+use super::{metg_interpolated, metg_of, MetgPoint};
+use crate::json::Line;
+use crate::Config;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command};
+use std::time::Instant;
+
+/// Set in the copy of this binary that plays the other process: the socket to connect to.
+const PEER_VAR: &str = "DAGGER_BENCH_FLOOR_PEER";
+const START_ITER: i64 = 1 << 18;
+
+/// In the peer process: serves the sweep and exits. Returns normally only when this
+/// process is not a peer.
+pub fn serve_if_peer() {
+    let Ok(path) = std::env::var(PEER_VAR) else {
+        return;
+    };
+    let code = match peer(&path) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("dagger-bench floor peer: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// One command to both processes: run `steps` timesteps of `iterations` per task.
+#[derive(Clone, Copy)]
+struct Command16 {
+    iterations: i64,
+    steps: u32,
+    border_first: bool,
+}
+
+impl Command16 {
+    fn encode(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.iterations.to_le_bytes());
+        b[8..12].copy_from_slice(&self.steps.to_le_bytes());
+        b[12] = self.border_first as u8;
+        b
+    }
+
+    fn decode(b: &[u8; 16]) -> Command16 {
+        Command16 {
+            iterations: i64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+            steps: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+            border_first: b[12] != 0,
+        }
+    }
+}
+
+fn peer(path: &str) -> std::io::Result<()> {
+    let mut s = UnixStream::connect(path)?;
+    let mut cmd = [0u8; 16];
+    loop {
+        match s.read_exact(&mut cmd) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        steps(&mut s, Command16::decode(&cmd))?;
+    }
+}
+
+/// Runs the timesteps of `cmd` on this process's two columns.
+fn steps(s: &mut UnixStream, cmd: Command16) -> std::io::Result<f64> {
+    let kernel = Kernel {
+        kind: KernelType::ComputeBound,
+        iterations: cmd.iterations,
+        ..Kernel::default()
+    };
+    let mut value = [0u8; 16];
+    let mut sum = 0.0;
+    for t in 0..cmd.steps as i64 {
+        if cmd.border_first {
+            sum += kernel.execute(0, t, 1, &mut []);
+            s.write_all(&value)?;
+            sum += kernel.execute(0, t, 0, &mut []);
+        } else {
+            sum += kernel.execute(0, t, 0, &mut []);
+            sum += kernel.execute(0, t, 1, &mut []);
+            s.write_all(&value)?;
+        }
+        s.read_exact(&mut value)?;
+    }
+    Ok(sum)
+}
+
+/// The peer process, killed when dropped.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(cfg: &Config) -> Result<(), String> {
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
+        move |e| format!("floor: {what}: {e}")
+    }
+    let path = std::env::temp_dir().join(format!("dagger-bench-floor-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io("listen"))?;
+    let exe = std::env::current_exe().map_err(io("find this binary"))?;
+    let child = Command::new(exe)
+        .env(PEER_VAR, &path)
+        .spawn()
+        .map_err(io("start the peer process"))?;
+    let _peer = Peer(child);
+    let accepted = listener.accept();
+    let _ = std::fs::remove_file(&path);
+    let (mut s, _) = accepted.map_err(io("accept the peer"))?;
+    let steps = cfg.n.unwrap_or(1000) as u32;
+    let mut run = |iterations: i64, border_first: bool| -> Result<f64, String> {
+        let cmd = Command16 {
+            iterations,
+            steps,
+            border_first,
+        };
+        let start = Instant::now();
+        s.write_all(&cmd.encode()).map_err(io("command the peer"))?;
+        steps_checked(&mut s, cmd)?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    // Warm-up: both processes' caches and frequencies.
+    run(1024, true)?;
+    for border_first in [true, false] {
+        sweep(cfg, steps, border_first, &mut run)?;
+    }
+    Ok(())
+}
+
+fn steps_checked(s: &mut UnixStream, cmd: Command16) -> Result<(), String> {
+    steps(s, cmd)
+        .map(|sum| {
+            std::hint::black_box(sum);
+        })
+        .map_err(|e| format!("floor: exchanging values with the peer: {e}"))
+}
+
+fn sweep(
+    cfg: &Config,
+    steps: u32,
+    border_first: bool,
+    run: &mut impl FnMut(i64, bool) -> Result<f64, String>,
+) -> Result<(), String> {
+    let tasks = 4.0 * steps as f64;
+    let flops = |iterations: i64| (2 * 64 * iterations + 64) as f64 * tasks;
+    let mut points: Vec<MetgPoint> = Vec::new();
+    let mut iter = START_ITER;
+    loop {
+        let mut best = f64::INFINITY;
+        for _ in 0..cfg.runs {
+            best = best.min(run(iter, border_first)?);
+        }
+        let rate = flops(iter) / best;
+        let peak = points.first().map_or(rate, |p| p.rate);
+        let p = MetgPoint {
+            iter,
+            seconds: best,
+            granularity_us: best * 2.0 / tasks * 1e6,
+            rate,
+            efficiency: rate / peak,
+        };
+        points.push(p);
+        if p.efficiency < 0.25 || iter == 1 {
+            break;
+        }
+        iter /= 2;
+    }
+    let metg = metg_of(&points, 0.5).unwrap_or(points[0]);
+    let order = if border_first {
+        "border-first"
+    } else {
+        "border-last"
+    };
+    Line::new("taskbench-floor", "two-processes")
+        .str("order", order)
+        .str("type", "stencil_1d")
+        .int("width", 4)
+        .int("steps", steps as u64)
+        .str("kernel", "compute_bound")
+        .int("threads", 2)
+        .int("workers", 0)
+        .num("metg_us", metg.granularity_us)
+        .num(
+            "metg_interp_us",
+            metg_interpolated(&points, 0.5).unwrap_or(f64::NAN),
+        )
+        .int("metg_iter", metg.iter as u64)
+        .int("runs_per_point", cfg.runs as u64)
+        .str("statistic", "best")
+        .nums(
+            "sweep_us",
+            &points.iter().map(|p| p.granularity_us).collect::<Vec<_>>(),
+        )
+        .nums(
+            "sweep_efficiency",
+            &points.iter().map(|p| p.efficiency).collect::<Vec<_>>(),
+        )
+        .print();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_round_trip() {
+        for (iterations, steps, border_first) in [(0, 0, false), (1 << 18, 1000, true)] {
+            let c = Command16::decode(
+                &Command16 {
+                    iterations,
+                    steps,
+                    border_first,
+                }
+                .encode(),
+            );
+            assert_eq!(
+                (c.iterations, c.steps, c.border_first),
+                (iterations, steps, border_first)
+            );
+        }
+    }
+
+    /// Both orders exchange one value per timestep and end together.
+    #[test]
+    fn both_orders_exchange_one_value_per_step() {
+        for border_first in [true, false] {
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            let cmd = Command16 {
+                iterations: 4,
+                steps: 50,
+                border_first,
+            };
+            let other = std::thread::spawn(move || steps(&mut b, cmd).unwrap());
+            let mine = steps(&mut a, cmd).unwrap();
+            assert_eq!(mine, other.join().unwrap(), "the same work on both sides");
+            // The other side is gone (its socket dropped): nothing was left unread.
+            assert!(matches!(a.read(&mut [0u8; 1]), Ok(0)), "nothing left over");
+        }
+    }
+}
