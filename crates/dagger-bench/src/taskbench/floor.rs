@@ -11,6 +11,10 @@
 //!   column runs, so the message travels while the receiver computes (what MPI codes do);
 //! * `border-last`: both columns run, then the exchange: nothing hides its latency.
 //!
+//! and two ways to receive: `direct` (the computing thread reads the socket) and `hand-off`
+//! (another thread of the process reads it and hands the value over through a mutex and
+//! condition variable, as dagger's I/O thread hands messages to its compute threads).
+//!
 //! The sweep is `taskbench metg`'s: `-iter` halves from 262 144 until the efficiency (FLOP/s
 //! against the first point) drops below 25 %; granularity = elapsed × 2 threads / tasks;
 //! METG(50 %) is reported like `taskbench metg` does. `--runs R`: best of R runs per point
@@ -51,6 +55,7 @@ struct Command16 {
     iterations: i64,
     steps: u32,
     border_first: bool,
+    hand_off: bool,
 }
 
 impl Command16 {
@@ -59,6 +64,7 @@ impl Command16 {
         b[..8].copy_from_slice(&self.iterations.to_le_bytes());
         b[8..12].copy_from_slice(&self.steps.to_le_bytes());
         b[12] = self.border_first as u8;
+        b[13] = self.hand_off as u8;
         b
     }
 
@@ -67,6 +73,7 @@ impl Command16 {
             iterations: i64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
             steps: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
             border_first: b[12] != 0,
+            hand_off: b[13] != 0,
         }
     }
 }
@@ -91,7 +98,8 @@ fn steps(s: &mut UnixStream, cmd: Command16) -> std::io::Result<f64> {
         iterations: cmd.iterations,
         ..Kernel::default()
     };
-    let mut value = [0u8; 16];
+    let value = [0u8; 16];
+    let mut receive = Receive::new(s, cmd)?;
     let mut sum = 0.0;
     for t in 0..cmd.steps as i64 {
         if cmd.border_first {
@@ -103,9 +111,72 @@ fn steps(s: &mut UnixStream, cmd: Command16) -> std::io::Result<f64> {
             sum += kernel.execute(0, t, 1, &mut []);
             s.write_all(&value)?;
         }
-        s.read_exact(&mut value)?;
+        receive.next(s)?;
     }
+    receive.finish()?;
     Ok(sum)
+}
+
+/// How the other process's values reach the computing thread.
+enum Receive {
+    /// It reads them itself.
+    Direct,
+    /// A reader thread reads them and counts them here.
+    HandOff {
+        arrived: std::sync::Arc<(std::sync::Mutex<u32>, std::sync::Condvar)>,
+        taken: u32,
+        reader: std::thread::JoinHandle<std::io::Result<()>>,
+    },
+}
+
+impl Receive {
+    fn new(s: &UnixStream, cmd: Command16) -> std::io::Result<Receive> {
+        if !cmd.hand_off {
+            return Ok(Receive::Direct);
+        }
+        let mut r = s.try_clone()?;
+        let arrived = std::sync::Arc::new((std::sync::Mutex::new(0u32), std::sync::Condvar::new()));
+        let counted = arrived.clone();
+        let reader = std::thread::spawn(move || {
+            let mut value = [0u8; 16];
+            for _ in 0..cmd.steps {
+                r.read_exact(&mut value)?;
+                *counted.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                counted.1.notify_one();
+            }
+            Ok(())
+        });
+        Ok(Receive::HandOff {
+            arrived,
+            taken: 0,
+            reader,
+        })
+    }
+
+    /// Waits for the other process's next value.
+    fn next(&mut self, s: &mut UnixStream) -> std::io::Result<()> {
+        match self {
+            Receive::Direct => s.read_exact(&mut [0u8; 16]),
+            Receive::HandOff { arrived, taken, .. } => {
+                *taken += 1;
+                let (count, cv) = &**arrived;
+                let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+                while *n < *taken {
+                    n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Receive::Direct => Ok(()),
+            Receive::HandOff { reader, .. } => reader
+                .join()
+                .map_err(|_| std::io::Error::other("the reader thread panicked"))?,
+        }
+    }
 }
 
 /// The peer process, killed when dropped.
@@ -135,11 +206,12 @@ pub fn run(cfg: &Config) -> Result<(), String> {
     let _ = std::fs::remove_file(&path);
     let (mut s, _) = accepted.map_err(io("accept the peer"))?;
     let steps = cfg.n.unwrap_or(1000) as u32;
-    let mut run = |iterations: i64, border_first: bool| -> Result<f64, String> {
+    let mut run = |iterations: i64, border_first: bool, hand_off: bool| -> Result<f64, String> {
         let cmd = Command16 {
             iterations,
             steps,
             border_first,
+            hand_off,
         };
         let start = Instant::now();
         s.write_all(&cmd.encode()).map_err(io("command the peer"))?;
@@ -147,9 +219,9 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         Ok(start.elapsed().as_secs_f64())
     };
     // Warm-up: both processes' caches and frequencies.
-    run(1024, true)?;
-    for border_first in [true, false] {
-        sweep(cfg, steps, border_first, &mut run)?;
+    run(1024, true, false)?;
+    for (border_first, hand_off) in [(true, false), (false, false), (true, true), (false, true)] {
+        sweep(cfg, steps, border_first, hand_off, &mut run)?;
     }
     Ok(())
 }
@@ -166,7 +238,8 @@ fn sweep(
     cfg: &Config,
     steps: u32,
     border_first: bool,
-    run: &mut impl FnMut(i64, bool) -> Result<f64, String>,
+    hand_off: bool,
+    run: &mut impl FnMut(i64, bool, bool) -> Result<f64, String>,
 ) -> Result<(), String> {
     let tasks = 4.0 * steps as f64;
     let flops = |iterations: i64| (2 * 64 * iterations + 64) as f64 * tasks;
@@ -175,7 +248,7 @@ fn sweep(
     loop {
         let mut best = f64::INFINITY;
         for _ in 0..cfg.runs {
-            best = best.min(run(iter, border_first)?);
+            best = best.min(run(iter, border_first, hand_off)?);
         }
         let rate = flops(iter) / best;
         let peak = points.first().map_or(rate, |p| p.rate);
@@ -200,6 +273,7 @@ fn sweep(
     };
     Line::new("taskbench-floor", "two-processes")
         .str("order", order)
+        .str("receive", if hand_off { "hand-off" } else { "direct" })
         .str("type", "stencil_1d")
         .int("width", 4)
         .int("steps", steps as u64)
@@ -232,31 +306,37 @@ mod tests {
 
     #[test]
     fn commands_round_trip() {
-        for (iterations, steps, border_first) in [(0, 0, false), (1 << 18, 1000, true)] {
+        for (iterations, steps, border_first, hand_off) in
+            [(0, 0, false, true), (1 << 18, 1000, true, false)]
+        {
             let c = Command16::decode(
                 &Command16 {
                     iterations,
                     steps,
                     border_first,
+                    hand_off,
                 }
                 .encode(),
             );
             assert_eq!(
-                (c.iterations, c.steps, c.border_first),
-                (iterations, steps, border_first)
+                (c.iterations, c.steps, c.border_first, c.hand_off),
+                (iterations, steps, border_first, hand_off)
             );
         }
     }
 
-    /// Both orders exchange one value per timestep and end together.
+    /// Every order and way of receiving exchanges one value per timestep, and both sides
+    /// end together.
     #[test]
     fn both_orders_exchange_one_value_per_step() {
-        for border_first in [true, false] {
+        for (border_first, hand_off) in [(true, false), (false, false), (true, true), (false, true)]
+        {
             let (mut a, mut b) = UnixStream::pair().unwrap();
             let cmd = Command16 {
                 iterations: 4,
                 steps: 50,
                 border_first,
+                hand_off,
             };
             let other = std::thread::spawn(move || steps(&mut b, cmd).unwrap());
             let mine = steps(&mut a, cmd).unwrap();
