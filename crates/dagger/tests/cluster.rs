@@ -120,6 +120,24 @@ fn hold(gate: &str) -> u32 {
     current_processor().worker.0
 }
 
+/// The length of `b` (its bytes travel inside the call when it is spawned with them).
+#[dagger::task]
+fn byte_len(b: dagger::SharedBytes) -> u64 {
+    b.len() as u64
+}
+
+/// `a + b`, for a value and a worker's number (from [`wait_for`]).
+#[dagger::task]
+fn plus(a: u64, b: u32) -> u64 {
+    a + u64::from(b)
+}
+
+/// Fails once `gate` exists (and `_after` is made).
+#[dagger::task]
+fn fail_after(gate: String, _after: u64) -> Result<u64, String> {
+    Err(format!("worker {} failed as told", hold(&gate)))
+}
+
 /// The sum of two workers' numbers (from [`wait_for`]).
 #[dagger::task]
 fn add_ids(a: u32, b: u32) -> u64 {
@@ -752,4 +770,84 @@ fn stencil_tasks_are_sent_ahead_of_inputs_made_on_another_worker() {
             );
         }
     });
+}
+
+/// A call sent ahead to worker 1 of a task sent to worker 2 asks worker 2 to say when that
+/// task is made. Here the head's call to worker 2 waits behind a 16 MiB call on the head's
+/// connection while worker 1's question travels on another one, so the question arrives
+/// first: worker 2 waits for the task it has not received yet (it knows how many calls the
+/// head sent before it) instead of answering that it is not made there, which would send the
+/// waiting call back to the head to be placed again.
+#[test]
+fn a_question_about_a_task_that_has_not_arrived_yet_waits_for_it() {
+    let ctx = cluster(2);
+    let gate = fresh_gate("a-question-overtakes");
+    ctx.enter(|| {
+        let (open, opened) = std::sync::mpsc::channel::<()>();
+        let start = dagger::spawn(move || {
+            let _ = opened.recv();
+            7u64
+        });
+        // Both inputs of `last` wait for `start`: when they are sent, `last` already waits
+        // for them, so it is sent ahead of them (to worker 1, across to worker 2).
+        let held = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
+        let made = spawn!(square(start.clone()); scope = Scope::worker(2));
+        let last = spawn!(plus(made.clone(), held.clone()); scope = Scope::worker(1));
+        let big = dagger::SharedBytes::from(vec![3u8; 16 << 20]);
+        let before = spawn!(byte_len(big); scope = Scope::worker(2));
+        open.send(()).expect("the start task waits");
+        std::fs::write(&gate, b"open").unwrap();
+        assert_eq!(last.fetch().unwrap(), 49 + 1);
+        assert_eq!(before.fetch().unwrap(), 16 << 20);
+        let stats = ctx.worker_stats(WorkerId(1)).unwrap();
+        assert_eq!(stats.sent_ahead, 1, "`last` was sent ahead of its inputs");
+        assert_eq!(
+            stats.placed_again, 0,
+            "`last` waited on worker 1 for its input"
+        );
+    });
+    let _ = std::fs::remove_file(&gate);
+}
+
+/// A long chain sent ahead on worker 1 behind a call that waits for a task on worker 2,
+/// which fails: worker 1 gives back the whole chain for the head to place again (where it
+/// fails with its input) without recursing once per call, which overflowed the stack of its
+/// I/O thread for chains of some ten thousand calls.
+#[test]
+fn a_long_chain_sent_ahead_of_a_failed_input_is_given_back_whole() {
+    const LINKS: u64 = 20_000;
+    let ctx = cluster(2);
+    let gate = fresh_gate("dagger-failed-chain-gate");
+    ctx.enter(|| {
+        let (open, opened) = std::sync::mpsc::channel::<()>();
+        let start = dagger::spawn(move || {
+            let _ = opened.recv();
+            0u64
+        });
+        let here = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
+        let there = spawn!(fail_after(gate.clone(), start.clone())?; scope = Scope::worker(2));
+        let mut t = spawn!(plus(there, here); scope = Scope::worker(1));
+        for _ in 0..LINKS {
+            t = spawn!(step(t, u64::MAX)?; scope = Scope::worker(1));
+        }
+        open.send(()).unwrap();
+        eventually("the whole chain is on worker 1", || {
+            ctx.worker_stats(WorkerId(1)).unwrap().sent_ahead > LINKS
+        });
+        std::fs::write(&gate, b"").unwrap();
+        let err = t.fetch().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DependencyFailed, "{err}");
+        let given_back = ctx.worker_stats(WorkerId(1)).unwrap().placed_again;
+        assert!(
+            given_back > LINKS,
+            "{given_back} of the {} calls sent ahead were given back",
+            LINKS + 1
+        );
+        // The worker is still there and serves.
+        assert_eq!(
+            spawn!(square(3); scope = Scope::worker(1)).fetch().unwrap(),
+            9
+        );
+    });
+    let _ = std::fs::remove_file(&gate);
 }

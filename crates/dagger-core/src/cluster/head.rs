@@ -958,8 +958,9 @@ impl Dispatch for Head {
             return;
         };
         let id = task.id();
-        let feeds = task.mark_sent(worker.id);
+        let feeds = task.will_feed();
         let encoded = encode_run(id, &task.call, feeds);
+        let job = task.job.clone();
         lock(&self.state).inflight.insert(
             id,
             InFlight {
@@ -968,11 +969,16 @@ impl Dispatch for Head {
                 task,
             },
         );
-        if !link.send_run(encoded) {
-            let f = lock(&self.state).inflight.remove(&id);
-            if let Some(f) = f {
-                worker.alive.store(false, Ordering::Release);
-                f.leave().requeue();
+        match link.send_run(encoded) {
+            // Only now may calls sent ahead of it name it: with its place among the calls
+            // sent to the worker, which tells the worker whether it has arrived there yet.
+            Some(seq) => crate::sched::ahead::mark_sent(job.header(), worker.id, feeds, seq),
+            None => {
+                let f = lock(&self.state).inflight.remove(&id);
+                if let Some(f) = f {
+                    worker.alive.store(false, Ordering::Release);
+                    f.leave().requeue();
+                }
             }
         }
     }

@@ -146,6 +146,8 @@ struct QueueState {
     reported: Option<std::time::Instant>,
     /// The writer task was told when to send `held` ([`Out::ReportsDue`]).
     held_due: bool,
+    /// Calls queued with [`Link::send_run`] so far: the peer receives them in this order.
+    runs: u64,
 }
 
 impl Queue {
@@ -273,9 +275,15 @@ impl Link {
     }
 
     /// Sends one task to run (encoded by [`encode_run`](super::msg::encode_run)), batched
-    /// with the others queued at the same time.
-    pub(crate) fn send_run(&self, encoded: Vec<u8>) -> bool {
-        self.queue(Out::Run(encoded))
+    /// with the others queued at the same time. Returns its place among the calls sent on
+    /// this link (1 for the first; the peer receives them in this order), or `None` if the
+    /// link is closed.
+    pub(crate) fn send_run(&self, encoded: Vec<u8>) -> Option<u64> {
+        let queue = &self.senders.0;
+        let mut state = queue.lock();
+        state.runs += 1;
+        let seq = state.runs;
+        queue.push(state, Out::Run(encoded)).then_some(seq)
     }
 
     /// Reports a finished task, batched with the others queued at the same time (tests
@@ -324,6 +332,7 @@ pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>
             held: Vec::new(),
             reported: None,
             held_due: false,
+            runs: 0,
         }),
         arrived: tokio::sync::Notify::new(),
     });

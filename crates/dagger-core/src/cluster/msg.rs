@@ -94,6 +94,10 @@ pub struct WorkerStats {
     /// Tasks the head sent it ahead of their inputs (started once the worker made them
     /// itself, without a round trip to the head), since it started.
     pub sent_ahead: u64,
+    /// Calls sent ahead of an input that was not made here after all (it failed, was taken
+    /// back to run elsewhere, or its worker left), given back for the head to place again
+    /// once the input is made, since it started.
+    pub placed_again: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,8 +192,10 @@ pub(crate) enum Msg {
     },
     // worker -> worker
     /// Tell me when these head tasks, sent to you, end (calls sent ahead of them here wait
-    /// for them). Answered by `Made`, at once for those already ended or unknown.
-    Await(Vec<u64>),
+    /// for them): each with its place among the calls the head sent you
+    /// ([`WireArg::AfterOn`]). Answered by `Made`, at once for those already ended, or
+    /// gone (unknown, while more calls than that came from the head).
+    Await(Vec<(u64, u64)>),
     /// Head tasks awaited with `Await` ended (or will not be made here).
     Made(Vec<Made>),
 }
@@ -316,7 +322,10 @@ mod tests {
                 small: None,
             },
         ]);
-        for m in [made, Msg::Await(vec![9, 10, u64::MAX])] {
+        for m in [
+            made,
+            Msg::Await(vec![(9, 1), (10, 2), (u64::MAX, u64::MAX)]),
+        ] {
             assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
         }
     }

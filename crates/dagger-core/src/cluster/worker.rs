@@ -27,6 +27,8 @@ pub(crate) struct Worker {
     running: AtomicU64,
     /// Calls that arrived ahead of their inputs.
     sent_ahead: AtomicU64,
+    /// Calls given back for the head to place again (see [`WorkerStats::placed_again`]).
+    placed_again: AtomicU64,
     /// The head's tasks sent here and not finished, which it may take back until they start.
     claims: Mutex<IdMap<u64, Arc<Claim>>>,
     /// The head's tasks that calls may be sent ahead of.
@@ -66,8 +68,11 @@ struct Ahead {
     parked: IdMap<u64, Call>,
     /// The calls of `parked` waiting for each (worker, head task) made there.
     elsewhere: HashMap<(u32, u64), Vec<u64>>,
-    /// Head tasks to ask each worker this process is connecting to about, once connected.
-    connecting: HashMap<u32, Vec<u64>>,
+    /// Head tasks to ask each worker this process is connecting to about, once connected
+    /// (with their places among the calls the head sent it).
+    connecting: HashMap<u32, Vec<(u64, u64)>>,
+    /// Calls received from the head so far (the head numbers them in the same order).
+    runs_received: u64,
 }
 
 /// The report of a call that ended, waiting to be sent.
@@ -151,6 +156,7 @@ impl Worker {
             ctx,
             running: AtomicU64::new(0),
             sent_ahead: AtomicU64::new(0),
+            placed_again: AtomicU64::new(0),
             claims: Mutex::new(IdMap::default()),
             ahead: Mutex::new(Ahead::default()),
         })
@@ -161,6 +167,7 @@ impl Worker {
     /// ahead of their inputs start once those started here; the others start once their
     /// inputs arrived.
     fn run(self: &Arc<Self>, node: &Arc<Node>, link: &Link, runs: Vec<Run>) {
+        lock(&self.ahead).runs_received += runs.len() as u64;
         let here: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
         let mut started = Vec::with_capacity(runs.len());
         for r in runs {
@@ -269,18 +276,23 @@ impl Worker {
     /// worker and head task) and asks those workers to say when they are made. It goes on
     /// once they all are ([`Worker::made`]), and fails (for the head to place it again) if
     /// one is not, or its worker leaves.
-    fn await_elsewhere(self: &Arc<Self>, node: &Arc<Node>, call: Call, elsewhere: Vec<(u32, u64)>) {
+    fn await_elsewhere(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        call: Call,
+        elsewhere: Vec<(u32, u64, u64)>,
+    ) {
         let task = call.run.task;
-        let mut ask: Vec<(u32, Vec<u64>)> = Vec::new();
+        let mut ask: Vec<(u32, Vec<(u64, u64)>)> = Vec::new();
         {
             let mut ahead = lock(&self.ahead);
             ahead.parked.insert(task, call);
-            for (worker, t) in elsewhere {
+            for (worker, t, seq) in elsewhere {
                 let waiting = ahead.elsewhere.entry((worker, t)).or_default();
                 if waiting.is_empty() {
                     match ask.iter_mut().find(|(w, _)| *w == worker) {
-                        Some((_, tasks)) => tasks.push(t),
-                        None => ask.push((worker, vec![t])),
+                        Some((_, tasks)) => tasks.push((t, seq)),
+                        None => ask.push((worker, vec![(t, seq)])),
                     }
                 }
                 waiting.push(task);
@@ -417,18 +429,21 @@ impl Worker {
     }
 
     /// Worker `link.peer` waits for these head tasks, sent here, to end: says at once for
-    /// those that did (or are not known here), and when the others do.
-    fn awaited(&self, node: &Node, link: &Link, tasks: Vec<u64>) {
+    /// those that did (or came and will not be made here), and when the others do. A task
+    /// that has not arrived from the head yet (the other worker's message overtook the
+    /// head's) is waited for like one that has.
+    fn awaited(&self, node: &Node, link: &Link, tasks: Vec<(u64, u64)>) {
         let mut now = Vec::new();
         {
             let mut ahead = lock(&self.ahead);
-            for task in tasks {
+            for (task, seq) in tasks {
                 let ended = match ahead.made.get(&task) {
                     Some(Made::Ended(loc)) => Some(Ok(*loc)),
                     Some(Made::Running(dtask, _)) if dtask.is_ready() => {
                         Some(dtask.fetch().map(|(loc, _)| loc).map_err(|e| e.message()))
                     }
                     Some(Made::Running(..) | Made::Waiting(_)) => None,
+                    None if seq > ahead.runs_received => None,
                     None => Some(Err("it is not made here".to_string())),
                 };
                 match ended {
@@ -577,8 +592,19 @@ impl Worker {
 
     /// Fails a call that could not start (`kind` tells the head what to do with it).
     fn refuse(&self, link: &Link, call: Call, kind: FailKind, message: String) {
+        if let Some(task) = self.refuse_one(link, call, kind, message) {
+            self.forget(link, task);
+        }
+    }
+
+    /// Reports `call` as failed; its task, if calls may have been sent ahead of it (they
+    /// fail in turn: see [`forget`](Self::forget)).
+    fn refuse_one(&self, link: &Link, call: Call, kind: FailKind, message: String) -> Option<u64> {
         let task = call.run.task;
         lock(&self.claims).remove(&task);
+        if kind == FailKind::InputMissing {
+            self.placed_again.fetch_add(1, Ordering::Relaxed);
+        }
         self.report_done(
             link,
             vec![Done {
@@ -588,45 +614,43 @@ impl Worker {
                 small: None,
             }],
         );
-        if call.run.feeds {
-            self.forget(link, task);
-        }
+        call.run.feeds.then_some(task)
     }
 
     /// `task` will not make a result here: the calls sent ahead of it fail (the head places
-    /// them again), and the reports waiting for its own are sent.
+    /// them again), and so, in turn, do those sent ahead of them (from a queue: a chain sent
+    /// ahead can be as long as a graph), and the reports waiting for their own are sent.
     fn forget(&self, link: &Link, task: u64) {
-        tell_awaiting(
-            &self.ahead,
-            task,
-            Err("it did not run there".to_string()),
-            None,
-            false,
-        );
-        let mut send = Vec::new();
-        let waiting = {
-            let mut ahead = lock(&self.ahead);
-            match ahead.made.remove(&task) {
-                Some(Made::Waiting(calls)) => calls,
-                Some(Made::Running(_, early)) => {
-                    for r in early {
-                        release(&mut ahead, r, &mut send);
-                    }
-                    Vec::new()
-                }
-                Some(Made::Ended(_)) | None => Vec::new(),
-            }
-        };
-        if !send.is_empty() {
-            self.report_done(link, send);
-        }
-        for call in waiting {
-            self.refuse(
-                link,
-                call,
-                FailKind::InputMissing,
-                format!("task {task}, which it was sent ahead of, did not run here"),
+        let mut forgotten = std::collections::VecDeque::from([task]);
+        while let Some(task) = forgotten.pop_front() {
+            tell_awaiting(
+                &self.ahead,
+                task,
+                Err("it did not run there".to_string()),
+                None,
+                false,
             );
+            let mut send = Vec::new();
+            let waiting = {
+                let mut ahead = lock(&self.ahead);
+                match ahead.made.remove(&task) {
+                    Some(Made::Waiting(calls)) => calls,
+                    Some(Made::Running(_, early)) => {
+                        for r in early {
+                            release(&mut ahead, r, &mut send);
+                        }
+                        Vec::new()
+                    }
+                    Some(Made::Ended(_)) | None => Vec::new(),
+                }
+            };
+            if !send.is_empty() {
+                self.report_done(link, send);
+            }
+            for call in waiting {
+                let why = format!("task {task}, which it was sent ahead of, did not run here");
+                forgotten.extend(self.refuse_one(link, call, FailKind::InputMissing, why));
+            }
         }
     }
 
@@ -661,6 +685,7 @@ impl Worker {
                     None if !s.afters.is_empty()
                         && e.kind() == crate::ErrorKind::DependencyFailed =>
                     {
+                        self.placed_again.fetch_add(1, Ordering::Relaxed);
                         FailKind::InputMissing
                     }
                     None => FailKind::from_kind(e.kind()),
@@ -734,7 +759,7 @@ thread_local! {
 fn waits_for(call: &Call, worker: u32, task: u64) -> bool {
     let mut found = false;
     WireArg::each(&call.run.call.args, &mut |a| {
-        found |= *a == (WireArg::AfterOn { task, worker })
+        found |= a.is_after_on(task, worker)
     });
     found
 }
@@ -931,6 +956,7 @@ impl Role for Worker {
                     rss_bytes: super::rss_bytes(),
                     running: self.running.load(Ordering::Relaxed),
                     sent_ahead: self.sent_ahead.load(Ordering::Relaxed),
+                    placed_again: self.placed_again.load(Ordering::Relaxed),
                 };
                 link.send(Msg::Stats(req, stats));
             }

@@ -120,6 +120,7 @@ pub(crate) fn requeue(job: crate::task::JobRef) -> bool {
     let h = job.header();
     crate::sched::ahead::forget_sent(h);
     if !h.state.wait_again() {
+        job.end_claim();
         return false;
     }
     // Sequentially consistent with `input_ready`: either it sees WAITING and makes the task

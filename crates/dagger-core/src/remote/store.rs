@@ -551,11 +551,14 @@ pub(crate) fn afters_of(args: &[WireArg], out: &mut Vec<u64>) {
 }
 
 /// The head's tasks, being made on other workers, that a call waits for (its `AfterOn`
-/// arguments, depth first, each once), with the worker making each.
-pub(crate) fn afters_elsewhere(args: &[WireArg], out: &mut Vec<(u32, u64)>) {
+/// arguments, depth first, each once): the worker making each, the task, and its place
+/// among the calls the head sent that worker.
+pub(crate) fn afters_elsewhere(args: &[WireArg], out: &mut Vec<(u32, u64, u64)>) {
     WireArg::each(args, &mut |a| match a {
-        WireArg::AfterOn { task, worker } if !out.contains(&(*worker, *task)) => {
-            out.push((*worker, *task))
+        WireArg::AfterOn { task, worker, seq }
+            if !out.iter().any(|(w, t, _)| (w, t) == (worker, task)) =>
+        {
+            out.push((*worker, *task, *seq))
         }
         _ => {}
     });
@@ -573,7 +576,7 @@ pub(crate) fn resolve_after_on(
 ) -> usize {
     let mut replaced = 0;
     WireArg::each_mut(args, &mut |a| {
-        if *a == (WireArg::AfterOn { task, worker }) {
+        if a.is_after_on(task, worker) {
             *a = match small {
                 Some(bytes) => WireArg::Value(bytes.to_vec()),
                 None => WireArg::Ref(loc),
@@ -677,7 +680,12 @@ mod tests {
 
     #[test]
     fn inputs_made_elsewhere_are_listed_once_and_resolved_by_task_and_worker() {
-        let on = |task, worker| WireArg::AfterOn { task, worker };
+        // The place among the calls sent to the worker: a different one per (task, worker).
+        let on = |task, worker| WireArg::AfterOn {
+            task,
+            worker,
+            seq: task * 10 + u64::from(worker),
+        };
         let loc = Location {
             worker: 3,
             id: 17,
@@ -690,7 +698,7 @@ mod tests {
         ];
         let mut waits = Vec::new();
         afters_elsewhere(&args, &mut waits);
-        assert_eq!(waits, vec![(3, 5), (2, 6), (2, 5)]);
+        assert_eq!(waits, vec![(3, 5, 53), (2, 6, 62), (2, 5, 52)]);
         // Task 5 made on worker 3: its two arguments, not the one naming worker 2.
         assert_eq!(resolve_after_on(&mut args, 5, 3, loc, None), 2);
         assert_eq!(args[0], WireArg::Ref(loc));
@@ -707,7 +715,7 @@ mod tests {
         );
         waits.clear();
         afters_elsewhere(&args, &mut waits);
-        assert_eq!(waits, vec![(2, 5)]);
+        assert_eq!(waits, vec![(2, 5, 52)]);
         assert_eq!(resolve_after_on(&mut args, 5, 3, loc, None), 0);
     }
 

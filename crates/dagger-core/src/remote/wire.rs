@@ -38,10 +38,18 @@ pub enum WireArg {
         task: u64,
         /// The worker it was sent to.
         worker: u32,
+        /// Its place among the calls the head sent that worker (1 for the first): the
+        /// worker has not received it yet while it received fewer calls than that.
+        seq: u64,
     },
 }
 
 impl WireArg {
+    /// Whether this is an `AfterOn` naming head task `task` made on worker `worker`.
+    pub(crate) fn is_after_on(&self, task: u64, worker: u32) -> bool {
+        matches!(self, WireArg::AfterOn { task: t, worker: w, .. } if (*t, *w) == (task, worker))
+    }
+
     /// Calls `f` on each argument of `args` that is not a collection, depth first.
     pub(crate) fn each(args: &[WireArg], f: &mut impl FnMut(&WireArg)) {
         for a in args {

@@ -41,6 +41,8 @@ pub(crate) struct Ahead {
     sent_to: u32,
     /// Whether its worker keeps track of it, so that calls may be sent ahead of it.
     feeds: bool,
+    /// Its place among the calls sent to that worker (see [`feeding_on`]).
+    sent_seq: u64,
     /// Its worker's report that it ended, which came before the reports of some of its
     /// inputs made on other workers: handled once they all arrived.
     early: Option<Early>,
@@ -67,22 +69,36 @@ fn ahead_of(h: &Header) -> Option<&Mutex<Ahead>> {
     }
 }
 
-/// The worker the task of `h` was sent to, if calls may be sent ahead of it there.
-pub(crate) fn feeding_on(h: &Header) -> Option<u32> {
+/// The worker the task of `h` was sent to, if calls may be sent ahead of it there, and its
+/// place among the calls sent to that worker: a worker asked about the task by another one
+/// (a call sent ahead there names it) can tell from it whether the task has not reached it
+/// yet (the head's messages and the other worker's travel on different connections) or
+/// has come and gone.
+pub(crate) fn feeding_on(h: &Header) -> Option<(u32, u64)> {
     let a = lock(ahead_of(h)?);
-    (a.sent_to != 0 && a.feeds).then_some(a.sent_to)
+    (a.sent_to != 0 && a.feeds).then_some((a.sent_to, a.sent_seq))
 }
 
-/// Records that the task of `h` is sent to `worker`; whether calls may be sent ahead of it.
-pub(crate) fn mark_sent(h: &Header, worker: u32) -> bool {
-    let Some(m) = ahead_of(h) else {
-        return false;
-    };
-    let mut a = lock(m);
-    a.sent_to = worker;
-    a.feeds = !a.dependents.is_empty();
-    a.early = None;
-    a.feeds
+/// Whether calls may be sent ahead of the task of `h` once it is sent: it has dependents.
+pub(crate) fn will_feed(h: &Header) -> bool {
+    ahead_of(h).is_some_and(|m| !lock(m).dependents.is_empty())
+}
+
+/// Records that the task of `h` was sent to `worker`, as call `seq` on the connection to
+/// it, with `feeds` telling the worker to keep track of it (see [`will_feed`]).
+pub(crate) fn mark_sent(h: &Header, worker: u32, feeds: bool, seq: u64) {
+    if let Some(m) = ahead_of(h) {
+        let mut a = lock(m);
+        // It may have ended already (the worker's report can come first): then nothing is
+        // sent ahead of it any more (see `finished`, which runs under this lock once it
+        // ended).
+        if h.state.is_done() {
+            return;
+        }
+        a.sent_to = worker;
+        a.feeds = feeds;
+        a.sent_seq = seq;
+    }
 }
 
 /// The task of `h` is no longer running on the worker it was sent to.
@@ -91,6 +107,7 @@ pub(crate) fn forget_sent(h: &Header) {
         let mut a = lock(m);
         a.sent_to = 0;
         a.feeds = false;
+        a.sent_seq = 0;
         a.early = None;
     }
 }

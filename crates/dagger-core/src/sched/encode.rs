@@ -88,11 +88,11 @@ pub(crate) fn after_arg(h: &Header) -> Option<WireArg> {
     if target == 0 || h.state.is_done() {
         return None;
     }
-    let worker = super::ahead::feeding_on(h)?;
+    let (worker, seq) = super::ahead::feeding_on(h)?;
     let task = h.id.get();
     Some(if worker == target {
         WireArg::After(task)
     } else {
-        WireArg::AfterOn { task, worker }
+        WireArg::AfterOn { task, worker, seq }
     })
 }

@@ -650,7 +650,7 @@ impl Registry {
                     Some(h) => Some(h),
                     // Sending ahead: an unfinished input counts as held where it is being made.
                     None if ahead && !j.header().state.is_done() => ahead::feeding_on(j.header())
-                        .map(|worker| {
+                        .map(|(worker, _)| {
                             Held::At(crate::remote::wire::Location {
                                 worker,
                                 id: 0,
@@ -770,7 +770,9 @@ impl Registry {
                 // An input is being made again after its worker died: place the task again
                 // once it is back.
                 Ok(pending) => {
-                    if job.unclaim() && !pending.0.defer(job.clone()) {
+                    if !job.unclaim() {
+                        job.end_claim(); // cancelled meanwhile
+                    } else if !pending.0.defer(job.clone()) {
                         schedule(job);
                     }
                 }

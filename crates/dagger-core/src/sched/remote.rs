@@ -100,10 +100,10 @@ impl RemoteTask {
         self.job.header().name().map(|n| n.to_string())
     }
 
-    /// Records that the task is sent to `worker`; whether calls may be sent ahead of it
-    /// there (the worker then keeps track of it).
-    pub(crate) fn mark_sent(&self, worker: u32) -> bool {
-        super::ahead::mark_sent(self.job.header(), worker)
+    /// Whether calls may be sent ahead of the task where it is sent (it has dependents
+    /// waiting: the worker then keeps track of it).
+    pub(crate) fn will_feed(&self) -> bool {
+        super::ahead::will_feed(self.job.header())
     }
 
     /// Sent ahead of some of its inputs: the call names them with `WireArg::After`, so it is

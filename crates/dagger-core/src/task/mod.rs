@@ -168,6 +168,13 @@ pub(crate) trait Job: Send + Sync + 'static {
         result: Result<Arc<crate::remote::data::RemoteData>, (ErrorKind, String)>,
     );
 
+    /// The party that claimed the task for a run in another process learns that it
+    /// completed meanwhile (it was cancelled, or an input failed): drops the body, which
+    /// nobody runs or encodes any more. (Aborting a claimed task leaves the body to its
+    /// claimer; kept, the bodies of a long chain would hold each other and be dropped by
+    /// recursion.)
+    fn end_claim(&self);
+
     /// Where the value of a finished task is: `None` while it runs or if it failed.
     fn held(&self) -> Option<Held>;
 }
@@ -508,6 +515,14 @@ where
         self.header.state.unclaim()
     }
 
+    fn end_claim(&self) {
+        if self.header.state.load() >= state::COMPLETING {
+            // SAFETY: the task completed while claimed (its abort left the body alone), and
+            // the caller is its claimer, done encoding it: nobody else touches the body.
+            drop(unsafe { (*self.body.get()).take() });
+        }
+    }
+
     fn held(&self) -> Option<Held> {
         match self.outcome()? {
             Outcome::Value(_) => Some(Held::Here),
@@ -521,7 +536,8 @@ where
         result: Result<Arc<crate::remote::data::RemoteData>, (ErrorKind, String)>,
     ) {
         if !self.header.state.finish_run() {
-            return; // cancelled meanwhile
+            self.end_claim(); // cancelled meanwhile
+            return;
         }
         // SAFETY: finishing the run makes us the only party that can touch the body.
         let body = unsafe { (*self.body.get()).take() };
