@@ -306,6 +306,32 @@ fn a_hung_worker_is_declared_dead_by_heartbeat() {
     });
 }
 
+/// A worker that stops answering is declared dead by the heartbeat, and a request for its
+/// statistics made meanwhile ends then, saying so, rather than after its own 30 s timeout.
+#[test]
+fn asking_a_hung_worker_for_its_statistics_ends_when_it_is_declared_dead() {
+    let ctx = cluster(2, Duration::from_millis(1500));
+    let pid = ctx
+        .workers()
+        .iter()
+        .find(|w| w.id == WorkerId(2))
+        .unwrap()
+        .pid;
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let err = ctx.worker_stats(WorkerId(2)).unwrap_err().to_string();
+    assert!(err.contains("worker 2 left before it reported"), "{err}");
+    let err = ctx.worker_stats(WorkerId(2)).unwrap_err().to_string();
+    assert!(err.contains("worker 2 is not connected"), "{err}");
+    assert_eq!(ctx.worker_stats(WorkerId(1)).unwrap().running, 0);
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+}
+
 #[test]
 fn losing_every_worker_fails_pending_work_clearly() {
     let ctx = cluster(1, Duration::from_secs(10));

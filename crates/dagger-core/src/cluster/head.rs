@@ -17,7 +17,7 @@ use bytes::Bytes;
 use dagger_net::NetError;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -125,7 +125,9 @@ struct State {
     workers: HashMap<u32, HeadWorker>,
     hosts: Vec<String>,
     inflight: IdMap<u64, InFlight>,
-    stats: HashMap<u64, SyncSender<WorkerStats>>,
+    /// Requests for statistics waiting for their answer: the worker asked, and where the
+    /// answer goes (dropped if the worker is lost, which ends the wait).
+    stats: HashMap<u64, (u32, SyncSender<WorkerStats>)>,
     next_req: u64,
     pings: HashMap<u64, (u32, Instant)>,
     /// Workers that left, and why.
@@ -267,14 +269,24 @@ impl Head {
         let (tx, rx) = sync_channel(1);
         let req = {
             let mut s = lock(&self.state);
+            if !s.workers.contains_key(&id) {
+                return Err(format!("worker {id} is not connected"));
+            }
             s.next_req += 1;
             let req = s.next_req;
-            s.stats.insert(req, tx);
+            s.stats.insert(req, (id, tx));
             req
         };
         link.send(Msg::StatsRequest(req));
-        rx.recv_timeout(timeout)
-            .map_err(|_| format!("worker {id} did not report its statistics within {timeout:?}"))
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            RecvTimeoutError::Timeout => {
+                lock(&self.state).stats.remove(&req);
+                format!("worker {id} did not report its statistics within {timeout:?}")
+            }
+            RecvTimeoutError::Disconnected => {
+                format!("worker {id} left before it reported its statistics")
+            }
+        })
     }
 
     /// Sends a heartbeat to every worker and declares dead those silent for too long.
@@ -592,6 +604,8 @@ impl Head {
             }
             s.gone.insert(id, why.clone());
             s.stealing.remove(&id);
+            // Whoever waits for its statistics hears at once that none will come.
+            s.stats.retain(|_, (worker, _)| *worker != id);
             let ids: Vec<u64> = s
                 .inflight
                 .iter()
@@ -1134,7 +1148,7 @@ impl Role for Head {
             ),
             Msg::Stolen(ids) => self.on_stolen(link.peer, ids),
             Msg::Stats(req, stats) => {
-                if let Some(tx) = lock(&self.state).stats.remove(&req) {
+                if let Some((_, tx)) = lock(&self.state).stats.remove(&req) {
                     let _ = tx.send(stats);
                 }
             }
