@@ -268,7 +268,7 @@ pub(crate) fn run_batch(count: usize, runs: &[u8]) -> Vec<u8> {
 
 impl Msg {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("messages always encode")
+        crate::remote::functions::to_vec(self).expect("messages always encode")
     }
 
     /// Whether a raw payload (the next transport message) follows this message.

@@ -75,8 +75,19 @@ pub fn encode_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Vec<u8>, BoxErr
             std::any::type_name::<T>()
         )
     })?;
-    postcard::to_allocvec(v)
-        .map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
+    to_vec(v).map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
+}
+
+/// `postcard::to_allocvec` in one allocation of the right size for values of up to 256
+/// bytes (most arguments and messages: `to_allocvec` grows its buffer from empty, five or
+/// six reallocations for them).
+pub(crate) fn to_vec<T: Serialize + ?Sized>(v: &T) -> postcard::Result<Vec<u8>> {
+    let mut buf = [0u8; 256];
+    match postcard::to_slice(v, &mut buf) {
+        Ok(encoded) => Ok(encoded.to_vec()),
+        Err(postcard::Error::SerializeBufferFull) => postcard::to_allocvec(v),
+        Err(e) => Err(e),
+    }
 }
 
 /// Encodes a `T` given as `&dyn Any` as pieces (see
