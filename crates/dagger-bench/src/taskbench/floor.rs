@@ -201,10 +201,10 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         .env(PEER_VAR, &path)
         .spawn()
         .map_err(io("start the peer process"))?;
-    let _peer = Peer(child);
-    let accepted = listener.accept();
+    let mut peer = Peer(child);
+    let accepted = accept_peer(&listener, &mut peer);
     let _ = std::fs::remove_file(&path);
-    let (mut s, _) = accepted.map_err(io("accept the peer"))?;
+    let mut s = accepted?;
     let steps = cfg.n.unwrap_or(1000) as u32;
     let mut run = |iterations: i64, border_first: bool, hand_off: bool| -> Result<f64, String> {
         let cmd = Command16 {
@@ -224,6 +224,34 @@ pub fn run(cfg: &Config) -> Result<(), String> {
         sweep(cfg, steps, border_first, hand_off, &mut run)?;
     }
     Ok(())
+}
+
+/// The peer's connection, or why it did not come within 30 s.
+fn accept_peer(listener: &UnixListener, peer: &mut Peer) -> Result<UnixStream, String> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("floor: listen: {e}"))?;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)
+                    .map_err(|e| format!("floor: accept the peer: {e}"))?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("floor: accept the peer: {e}")),
+        }
+        if let Ok(Some(status)) = peer.0.try_wait() {
+            return Err(format!(
+                "floor: the peer process exited ({status}) before connecting"
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err("floor: the peer process did not connect within 30 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 fn steps_checked(s: &mut UnixStream, cmd: Command16) -> Result<(), String> {
