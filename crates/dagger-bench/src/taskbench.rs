@@ -716,21 +716,31 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
         )
         .int("tasks", tasks as u64)
         .num("seconds", metg.seconds)
-        .num("us_per_task", metg.seconds * 1e6 / tasks as f64)
-        .num("metg_us", metg.granularity_us)
-        .num(
-            "metg_interp_us",
-            metg_interpolated(&points, 0.5).unwrap_or(f64::NAN),
-        )
-        .int("metg_iter", metg.iter as u64)
-        .num("metg_efficiency", metg.efficiency);
+        .num("us_per_task", metg.seconds * 1e6 / tasks as f64);
+    line = metg_fields(line, &points).num("metg_efficiency", metg.efficiency);
     line = if use_flops {
         line.num("peak_flops", peak.rate)
     } else {
         line.num("peak_bytes_per_s", peak.rate)
     };
-    line.num("peak_us", peak.granularity_us)
-        .int("runs_per_point", m.runs as u64)
+    sweep_fields(line.num("peak_us", peak.granularity_us), &points, m.runs).print();
+    Ok(())
+}
+
+/// The METG(50 %) fields of a sweep's JSON line: at the best point and interpolated.
+pub(crate) fn metg_fields(line: Line, points: &[MetgPoint]) -> Line {
+    let metg = metg_of(points, 0.5).unwrap_or(points[0]);
+    line.num("metg_us", metg.granularity_us)
+        .num(
+            "metg_interp_us",
+            metg_interpolated(points, 0.5).unwrap_or(f64::NAN),
+        )
+        .int("metg_iter", metg.iter as u64)
+}
+
+/// The fields of a sweep's JSON line that list its points (the best of `runs` runs each).
+pub(crate) fn sweep_fields(line: Line, points: &[MetgPoint], runs: usize) -> Line {
+    line.int("runs_per_point", runs as u64)
         .str("statistic", "best")
         .nums(
             "sweep_us",
@@ -740,8 +750,6 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
             "sweep_efficiency",
             &points.iter().map(|p| p.efficiency).collect::<Vec<_>>(),
         )
-        .print();
-    Ok(())
 }
 
 #[cfg(test)]

@@ -203,6 +203,31 @@ fn fresh_gate(name: &str) -> String {
     gate
 }
 
+/// A chain of `links` steps on worker 1 after `root(start)`, where `start` is a task of this
+/// process that ends once all of it is spawned (a worker keeps track of a task for calls
+/// sent ahead of it only if the task had dependents when it was sent). Returns the last
+/// step once the whole chain has been sent ahead to worker 1.
+fn chain_sent_ahead_to_worker_1(
+    ctx: &Context,
+    links: u64,
+    root: impl FnOnce(DTask<u64>) -> DTask<u64>,
+) -> DTask<u64> {
+    let (open, opened) = std::sync::mpsc::channel::<()>();
+    let start = dagger::spawn(move || {
+        let _ = opened.recv();
+        0u64
+    });
+    let mut t = root(start);
+    for _ in 0..links {
+        t = spawn!(step(t, u64::MAX)?; scope = Scope::worker(1));
+    }
+    open.send(()).unwrap();
+    eventually("the whole chain is on worker 1", || {
+        ctx.worker_stats(WorkerId(1)).unwrap().sent_ahead > links
+    });
+    t
+}
+
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !cond() {
@@ -680,22 +705,11 @@ fn a_long_chain_waiting_for_another_worker_starts_once_its_input_is_made() {
     let ctx = cluster(2);
     let gate = fresh_gate("dagger-chain-gate");
     ctx.enter(|| {
-        // The workers keep track of a task for calls sent ahead of it only if it had
-        // dependents when it was sent: the graph is spawned before its first tasks are sent.
-        let (open, opened) = std::sync::mpsc::channel::<()>();
-        let start = dagger::spawn(move || {
-            let _ = opened.recv();
-            0u64
-        });
-        let here = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
-        let there = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(2));
-        let mut t = spawn!(add_ids(here, there); scope = Scope::worker(1));
-        for _ in 0..LINKS {
-            t = spawn!(step(t, u64::MAX)?; scope = Scope::worker(1));
-        }
-        open.send(()).unwrap();
-        eventually("the whole chain is on worker 1", || {
-            ctx.worker_stats(WorkerId(1)).unwrap().sent_ahead > LINKS
+        let t = chain_sent_ahead_to_worker_1(&ctx, LINKS, |start| {
+            let here =
+                spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
+            let there = spawn!(wait_for_after(gate.clone(), start); scope = Scope::worker(2));
+            spawn!(add_ids(here, there); scope = Scope::worker(1))
         });
         std::fs::write(&gate, b"").unwrap();
         assert_eq!(t.fetch().unwrap(), 3 + LINKS);
@@ -819,20 +833,11 @@ fn a_long_chain_sent_ahead_of_a_failed_input_is_given_back_whole() {
     let ctx = cluster(2);
     let gate = fresh_gate("dagger-failed-chain-gate");
     ctx.enter(|| {
-        let (open, opened) = std::sync::mpsc::channel::<()>();
-        let start = dagger::spawn(move || {
-            let _ = opened.recv();
-            0u64
-        });
-        let here = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
-        let there = spawn!(fail_after(gate.clone(), start.clone())?; scope = Scope::worker(2));
-        let mut t = spawn!(plus(there, here); scope = Scope::worker(1));
-        for _ in 0..LINKS {
-            t = spawn!(step(t, u64::MAX)?; scope = Scope::worker(1));
-        }
-        open.send(()).unwrap();
-        eventually("the whole chain is on worker 1", || {
-            ctx.worker_stats(WorkerId(1)).unwrap().sent_ahead > LINKS
+        let t = chain_sent_ahead_to_worker_1(&ctx, LINKS, |start| {
+            let here =
+                spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
+            let there = spawn!(fail_after(gate.clone(), start)?; scope = Scope::worker(2));
+            spawn!(plus(there, here); scope = Scope::worker(1))
         });
         std::fs::write(&gate, b"").unwrap();
         let err = t.fetch().unwrap_err();

@@ -21,7 +21,7 @@
 //! (default 7); `--n N`: timesteps per run (default 1000).
 
 use super::kernel::{Kernel, KernelType};
-use super::{metg_interpolated, metg_of, MetgPoint};
+use super::{metg_fields, sweep_fields, MetgPoint};
 use crate::json::Line;
 use crate::Config;
 use std::io::{Read, Write};
@@ -293,13 +293,12 @@ fn sweep(
         }
         iter /= 2;
     }
-    let metg = metg_of(&points, 0.5).unwrap_or(points[0]);
     let order = if border_first {
         "border-first"
     } else {
         "border-last"
     };
-    Line::new("taskbench-floor", "two-processes")
+    let line = Line::new("taskbench-floor", "two-processes")
         .str("order", order)
         .str("receive", if hand_off { "hand-off" } else { "direct" })
         .str("type", "stencil_1d")
@@ -307,24 +306,8 @@ fn sweep(
         .int("steps", steps as u64)
         .str("kernel", "compute_bound")
         .int("threads", 2)
-        .int("workers", 0)
-        .num("metg_us", metg.granularity_us)
-        .num(
-            "metg_interp_us",
-            metg_interpolated(&points, 0.5).unwrap_or(f64::NAN),
-        )
-        .int("metg_iter", metg.iter as u64)
-        .int("runs_per_point", cfg.runs as u64)
-        .str("statistic", "best")
-        .nums(
-            "sweep_us",
-            &points.iter().map(|p| p.granularity_us).collect::<Vec<_>>(),
-        )
-        .nums(
-            "sweep_efficiency",
-            &points.iter().map(|p| p.efficiency).collect::<Vec<_>>(),
-        )
-        .print();
+        .int("workers", 0);
+    sweep_fields(metg_fields(line, &points), &points, cfg.runs).print();
     Ok(())
 }
 
