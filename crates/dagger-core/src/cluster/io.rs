@@ -148,6 +148,10 @@ struct QueueState {
     held_due: bool,
     /// Calls queued with [`Link::send_run`] so far: the peer receives them in this order.
     runs: u64,
+    /// How many of `items` are calls ([`Out::Run`]), and their encoded size in all (or
+    /// `usize::MAX` once one of them is to be sent alone, without a copy).
+    runs_in_items: usize,
+    run_bytes_in_items: usize,
 }
 
 impl Queue {
@@ -159,6 +163,13 @@ impl Queue {
     fn push(&self, mut state: std::sync::MutexGuard<'_, QueueState>, out: Out) -> bool {
         if !state.open {
             return false;
+        }
+        if let Out::Run(r) = &out {
+            state.runs_in_items += 1;
+            state.run_bytes_in_items = match r.len() {
+                n if n > MAX_COPIED_RUN => usize::MAX,
+                n => state.run_bytes_in_items.saturating_add(n),
+            };
         }
         state.items.push(out);
         state.queued += 1;
@@ -278,12 +289,58 @@ impl Link {
     /// with the others queued at the same time. Returns its place among the calls sent on
     /// this link (1 for the first; the peer receives them in this order), or `None` if the
     /// link is closed.
+    ///
+    /// On the I/O thread, where the writer task cannot run until the caller returns, a long
+    /// run of calls (a whole graph sent ahead at once) leaves in batches of [`EARLY_RUNS`]
+    /// (or [`EARLY_RUN_BYTES`]) as it is queued: the peer starts on the first ones while
+    /// the rest are encoded.
     pub(crate) fn send_run(&self, encoded: Vec<u8>) -> Option<u64> {
         let queue = &self.senders.0;
         let mut state = queue.lock();
         state.runs += 1;
         let seq = state.runs;
-        queue.push(state, Out::Run(encoded)).then_some(seq)
+        if !queue.push(state, Out::Run(encoded)) {
+            return None;
+        }
+        let state = queue.lock();
+        if (state.runs_in_items >= EARLY_RUNS || state.run_bytes_in_items >= EARLY_RUN_BYTES)
+            && state.run_bytes_in_items != usize::MAX
+            && state.runs_in_items == state.items.len()
+            && state.queued == state.items.len()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            self.write_runs(state);
+        }
+        Some(seq)
+    }
+
+    /// Writes the calls queued (all that is queued: see [`send_run`](Self::send_run)) as one
+    /// `Run` message from this thread.
+    fn write_runs(&self, mut state: std::sync::MutexGuard<'_, QueueState>) {
+        let queue = &self.senders.0;
+        let Some(writer) = state.writer.as_ref() else {
+            return;
+        };
+        let count = state.items.len();
+        let mut body = Vec::with_capacity(state.run_bytes_in_items);
+        for out in &state.items {
+            if let Out::Run(r) = out {
+                body.extend_from_slice(run_body(r));
+            }
+        }
+        let out = match writer.write(&run_batch(count, &body)) {
+            Ok(rest) if rest.is_empty() => None,
+            Ok(rest) => Some(Out::Framed(rest)),
+            // Nothing was written: the writer task sends them (and meets the error).
+            Err(_) => return,
+        };
+        state.items.clear();
+        state.runs_in_items = 0;
+        state.run_bytes_in_items = 0;
+        state.queued -= count;
+        if let Some(rest) = out {
+            queue.push(state, rest);
+        }
     }
 
     /// Reports a finished task, batched with the others queued at the same time (tests
@@ -333,6 +390,8 @@ pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>
             reported: None,
             held_due: false,
             runs: 0,
+            runs_in_items: 0,
+            run_bytes_in_items: 0,
         }),
         arrived: tokio::sync::Notify::new(),
     });
@@ -350,6 +409,11 @@ const MAX_BATCH: usize = 4096;
 const MAX_RUN_BATCH_BYTES: usize = 1 << 20;
 /// Calls larger than this (encoded) are sent alone rather than copied into a batch.
 const MAX_COPIED_RUN: usize = 16 << 10;
+/// Calls queued on the I/O thread that leave without waiting for the caller to return
+/// ([`Link::send_run`]).
+const EARLY_RUNS: usize = 128;
+/// Calls of this size in all (encoded) leave early too.
+const EARLY_RUN_BYTES: usize = 256 << 10;
 
 /// Coalesces the `Run`, `Done` and `Free` items queued on a link into one message of each
 /// kind. At most one kind is pending at a time: an item of another kind (or any other
@@ -477,7 +541,7 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
     // When to look at the held reports.
     let mut reports_due: Option<tokio::time::Instant> = None;
     loop {
-        std::mem::swap(&mut queue.lock().items, &mut items);
+        swap_items(&queue, &mut items);
         if items.is_empty() {
             let Some(due) = frees_due.into_iter().chain(reports_due).min() else {
                 queue.arrived.notified().await;
@@ -537,7 +601,7 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
                 items = Vec::new();
             }
             if open {
-                std::mem::swap(&mut queue.lock().items, &mut items);
+                swap_items(&queue, &mut items);
             }
         }
         if open && batch.only_frees() && batch.free.len() < FREE_ALONE {
@@ -559,6 +623,14 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
             written(&mut taken);
         }
     }
+}
+
+/// Takes what is queued on a link (the writer task's `items`, empty, in exchange).
+fn swap_items(queue: &Queue, items: &mut Vec<Out>) {
+    let mut state = queue.lock();
+    std::mem::swap(&mut state.items, items);
+    state.runs_in_items = 0;
+    state.run_bytes_in_items = 0;
 }
 
 /// The held reports' time came: queues them for the writer task if their turn came, and
@@ -592,6 +664,8 @@ impl Drop for WriterGone {
         state.open = false;
         state.writer = None;
         state.items.clear();
+        state.runs_in_items = 0;
+        state.run_bytes_in_items = 0;
         state.held.clear();
     }
 }
@@ -682,6 +756,55 @@ mod tests {
             messages
         })
         .unwrap()
+    }
+
+    /// A long run of calls queued on the I/O thread (by one task, which the writer task cannot
+    /// interrupt) leaves in batches as it is queued, in order.
+    #[test]
+    fn calls_queued_on_the_io_thread_leave_early_in_batches() {
+        let io = Io::start("test-io").unwrap();
+        let (link, server) = connected_link(&io);
+        let n = 2 * EARLY_RUNS as u64 + 44;
+        let sender = link.clone();
+        let seqs = io
+            .run(async move {
+                (0..n)
+                    .map(|task| {
+                        let call = crate::remote::wire::WireCall {
+                            func: 1,
+                            args: vec![crate::remote::wire::WireArg::Value(vec![7; 8])],
+                            thread: None,
+                            options: Default::default(),
+                        };
+                        sender.send_run(super::super::msg::encode_run(task, &call, false))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        assert_eq!(seqs, (1..=n).map(Some).collect::<Vec<_>>());
+        let batches = io
+            .run(async move {
+                let mut server = server;
+                let mut batches = Vec::new();
+                while batches.iter().map(Vec::len).sum::<usize>() < n as usize {
+                    let bytes =
+                        tokio::time::timeout(std::time::Duration::from_secs(30), server.recv())
+                            .await
+                            .expect("every call arrives")
+                            .unwrap()
+                            .expect("open");
+                    match Msg::decode(&bytes).unwrap() {
+                        Msg::Run(runs) => batches.push(runs.iter().map(|r| r.task).collect()),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                batches
+            })
+            .unwrap();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [EARLY_RUNS, EARLY_RUNS, 44]);
+        assert_eq!(batches.concat(), (0..n).collect::<Vec<u64>>());
+        drop(link);
     }
 
     /// Reports sent in a burst leave together, in order: the first at once, the others when
