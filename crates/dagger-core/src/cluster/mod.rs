@@ -7,6 +7,7 @@
 //! hash of the registered functions; optional TLS pins each process's self-signed certificate.
 
 mod head;
+mod inbox;
 mod io;
 mod msg;
 mod node;
@@ -526,8 +527,10 @@ fn run_worker(
     let io = Io::start(&format!("dagger-w{id}-io")).map_err(net_error)?;
     let hello = Hello::new(NetRole::Worker, table().hash()).with_peer_id(u64::from(id));
     let node = Node::new(id, io, config.clone(), hello);
-    let worker = worker::Worker::new(ctx.clone());
-    node.set_role(worker);
+    // Datagrams between workers are not encrypted: not where the cluster asked for TLS.
+    let worker = worker::Worker::new(ctx.clone(), fingerprint.is_none());
+    node.set_role(worker.clone());
+    worker.take_notes(&node);
     let head_is_local =
         head.starts_with("127.") || head.starts_with("localhost") || head.starts_with("[::1]");
     let bind = std::env::var("DAGGER_BIND").unwrap_or_else(|_| {

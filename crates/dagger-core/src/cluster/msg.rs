@@ -98,6 +98,9 @@ pub struct WorkerStats {
     /// back to run elsewhere, or its worker left), given back for the head to place again
     /// once the input is made, since it started.
     pub placed_again: u64,
+    /// Notes that a task awaited here was made on another worker that came as datagrams
+    /// from workers of the same host (rather than on a connection), since it started.
+    pub datagram_notes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -198,6 +201,12 @@ pub(crate) enum Msg {
     Await(Vec<(u64, u64)>),
     /// Head tasks awaited with `Await` ended (or will not be made here).
     Made(Vec<Made>),
+    /// Send your `Made` notes to me as datagrams to the abstract Unix socket `name`, each
+    /// after `token` (see `cluster::inbox`). Precedes the `Await`s it applies to.
+    Inbox {
+        name: Vec<u8>,
+        token: [u8; 16],
+    },
 }
 
 /// A head task awaited by another worker ended on the worker it was sent to.
@@ -221,6 +230,8 @@ struct RunRef<'a> {
 
 /// Index of `Msg::Run` in the enum (postcard writes it as a varint before the variant).
 const RUN_TAG: u64 = 4;
+/// Index of `Msg::Made` in the enum.
+pub(crate) const MADE_TAG: u32 = 26;
 
 /// Length of the header of a one-task `Msg::Run` (the tag and a count of 1).
 pub(crate) const ONE_RUN_HEADER: usize = 2;
@@ -325,6 +336,10 @@ mod tests {
         for m in [
             made,
             Msg::Await(vec![(9, 1), (10, 2), (u64::MAX, u64::MAX)]),
+            Msg::Inbox {
+                name: b"dagger-net/inbox/00ff".to_vec(),
+                token: [7; 16],
+            },
         ] {
             assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
         }

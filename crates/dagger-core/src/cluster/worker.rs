@@ -1,6 +1,7 @@
 //! A worker process: runs the tasks its head sends, holds their results for the cluster, and
 //! exits when the head says so or goes away.
 
+use super::inbox::{Inbox, Outbox};
 use super::io::Link;
 use super::msg::{Done, FailKind, Made as MadeMsg, Msg, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
@@ -29,10 +30,18 @@ pub(crate) struct Worker {
     sent_ahead: AtomicU64,
     /// Calls given back for the head to place again (see [`WorkerStats::placed_again`]).
     placed_again: AtomicU64,
+    /// Notes taken from the inbox (see [`WorkerStats::datagram_notes`]).
+    notes: AtomicU64,
+    /// Calls waiting for notes from other workers (`Ahead::parked`).
+    parked: std::sync::atomic::AtomicUsize,
     /// The head's tasks sent here and not finished, which it may take back until they start.
     claims: Mutex<IdMap<u64, Arc<Claim>>>,
     /// The head's tasks that calls may be sent ahead of.
     ahead: Mutex<Ahead>,
+    /// Where workers of this host send their notes (`Made`) as datagrams, and how this one
+    /// sends its own (see [`super::inbox`]); `None` on connections only.
+    inbox: Option<Arc<Inbox>>,
+    outbox: Option<Outbox>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,15 +160,62 @@ impl std::task::Wake for ReportOnEnd {
 }
 
 impl Worker {
-    pub(crate) fn new(ctx: Context) -> Arc<Worker> {
+    /// A worker running calls on `ctx`; with `datagrams`, workers of this host send it
+    /// their notes as datagrams (see [`super::inbox`]) once [`Worker::take_notes`] ran.
+    pub(crate) fn new(ctx: Context, datagrams: bool) -> Arc<Worker> {
+        let (inbox, outbox) = match datagrams {
+            true => (Inbox::open().map(Arc::new), Outbox::open()),
+            false => (None, None),
+        };
         Arc::new(Worker {
             ctx,
             running: AtomicU64::new(0),
             sent_ahead: AtomicU64::new(0),
             placed_again: AtomicU64::new(0),
+            notes: AtomicU64::new(0),
+            parked: std::sync::atomic::AtomicUsize::new(0),
             claims: Mutex::new(IdMap::default()),
             ahead: Mutex::new(Ahead::default()),
+            inbox,
+            outbox,
         })
+    }
+
+    /// Handles the notes that arrive in the inbox: compute threads take them between tasks
+    /// and while idle (a note then wakes nobody: neither the I/O thread, to start the call it
+    /// lets start, nor the compute thread, to run it), and the I/O thread while some compute
+    /// thread sleeps.
+    pub(crate) fn take_notes(self: &Arc<Self>, node: &Arc<Node>) {
+        let Some(inbox) = &self.inbox else {
+            return;
+        };
+        let (me, n) = (Arc::downgrade(self), Arc::downgrade(node));
+        let registry = self.ctx.registry_ref().clone();
+        inbox.watch(
+            &node.io,
+            move || registry.away(),
+            move |peer, made| {
+                if let (Some(me), Some(node)) = (me.upgrade(), n.upgrade()) {
+                    me.take_note(&node, peer, made);
+                }
+            },
+        );
+        let notes = Arc::new(Notes {
+            worker: Arc::downgrade(self),
+            node: Arc::downgrade(node),
+            inbox: Arc::downgrade(inbox),
+        });
+        self.ctx.registry_ref().set_outside_work(notes);
+    }
+
+    fn take_note(self: &Arc<Self>, node: &Arc<Node>, peer: u32, made: Vec<MadeMsg>) {
+        self.notes.fetch_add(1, Ordering::Relaxed);
+        self.made(node, peer, made);
+    }
+
+    /// Counts the calls waiting for notes (see [`Notes`]), under the lock of `ahead`.
+    fn count_parked(&self, ahead: &Ahead) {
+        self.parked.store(ahead.parked.len(), Ordering::Relaxed);
     }
 
     /// Starts the calls of a `Run` batch. Those whose inputs are all here start at once and
@@ -287,6 +343,7 @@ impl Worker {
         {
             let mut ahead = lock(&self.ahead);
             ahead.parked.insert(task, call);
+            self.count_parked(&ahead);
             for (worker, t, seq) in elsewhere {
                 let waiting = ahead.elsewhere.entry((worker, t)).or_default();
                 if waiting.is_empty() {
@@ -299,7 +356,11 @@ impl Worker {
             }
         }
         for (worker, tasks) in ask {
+            let inbox = self.inbox.as_ref().and_then(|i| i.address_for(worker));
             if let Some(l) = node.link(worker) {
+                if let Some(inbox) = inbox {
+                    l.send(inbox);
+                }
                 if !l.send(Msg::Await(tasks)) {
                     self.peer_gone(node, worker);
                 }
@@ -326,7 +387,7 @@ impl Worker {
                     .remove(&worker)
                     .unwrap_or_default();
                 let sent = match linked {
-                    Ok(Ok(l)) => l.send(Msg::Await(tasks)),
+                    Ok(Ok(l)) => inbox.is_none_or(|i| l.send(i)) && l.send(Msg::Await(tasks)),
                     _ => false,
                 };
                 if !sent {
@@ -375,6 +436,7 @@ impl Worker {
                     }
                 }
             }
+            self.count_parked(&ahead);
         }
         self.go_on(node, ready, refused);
     }
@@ -403,6 +465,7 @@ impl Worker {
                     }
                 }
             }
+            self.count_parked(&ahead);
             refused
         };
         self.go_on(node, Vec::new(), refused);
@@ -625,6 +688,7 @@ impl Worker {
         while let Some(task) = forgotten.pop_front() {
             tell_awaiting(
                 &self.ahead,
+                self.outbox.as_ref(),
                 task,
                 Err("it did not run there".to_string()),
                 None,
@@ -710,7 +774,14 @@ impl Worker {
                 Ok(loc) => Ok(*loc),
                 Err((_, why)) => Err(why.clone()),
             };
-            tell_awaiting(&self.ahead, task, result, done.small.as_ref(), now);
+            tell_awaiting(
+                &self.ahead,
+                self.outbox.as_ref(),
+                task,
+                result,
+                done.small.as_ref(),
+                now,
+            );
         }
         let report = Report {
             done,
@@ -745,6 +816,36 @@ impl Worker {
     }
 }
 
+/// How the compute threads of a worker take notes from its inbox (see
+/// [`Worker::take_notes`]).
+struct Notes {
+    worker: std::sync::Weak<Worker>,
+    node: std::sync::Weak<Node>,
+    inbox: std::sync::Weak<Inbox>,
+}
+
+impl crate::sched::OutsideWork for Notes {
+    fn poll(&self) -> bool {
+        let Some(worker) = self.worker.upgrade() else {
+            return false;
+        };
+        // No system call unless a note is awaited.
+        if worker.parked.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let (Some(node), Some(inbox)) = (self.node.upgrade(), self.inbox.upgrade()) else {
+            return false;
+        };
+        inbox.drain(&mut |peer, made| worker.take_note(&node, peer, made))
+    }
+
+    fn away(&self) {
+        if let Some(inbox) = self.inbox.upgrade() {
+            inbox.unwatched();
+        }
+    }
+}
+
 /// What other workers wait for (`Made`) leaves from the thread that ran the task when it ran
 /// at least this long (in nanoseconds) ([`Link::send_report`]).
 const DIRECT_REPORT_NS: u64 = 20_000;
@@ -765,10 +866,11 @@ fn waits_for(call: &Call, worker: u32, task: u64) -> bool {
 }
 
 /// Tells the other workers waiting for head task `task` that it ended with `result` (its
-/// encoding `small` when small), or will not be made here; `now`: from this thread
-/// ([`Link::send_report`]).
+/// encoding `small` when small), or will not be made here: as a datagram through `outbox`
+/// where it can, else on the connection, `now` from this thread ([`Link::send_report`]).
 fn tell_awaiting(
     ahead: &Mutex<Ahead>,
+    outbox: Option<&Outbox>,
     task: u64,
     result: Result<Location, String>,
     small: Option<&Vec<u8>>,
@@ -782,8 +884,12 @@ fn tell_awaiting(
         result,
         small: small.cloned(),
     };
+    let made = [made];
     for l in links {
-        l.send_report(Msg::Made(vec![made.clone()]), now);
+        if outbox.is_some_and(|o| o.send(l.peer, &made)) {
+            continue;
+        }
+        l.send_report(Msg::Made(made.to_vec()), now);
     }
 }
 
@@ -917,10 +1023,18 @@ impl Role for Worker {
             }
             Msg::PeerJoined(p) => node.set_peer(p),
             Msg::PeerLeft(id) => {
+                if let Some(o) = &self.outbox {
+                    o.forget(id);
+                }
                 node.forget_peer(id);
                 self.peer_gone(node, id);
             }
             Msg::Await(tasks) => self.awaited(node, link, tasks),
+            Msg::Inbox { name, token } => {
+                if let Some(o) = &self.outbox {
+                    o.learn(link.peer, name, token);
+                }
+            }
             Msg::Made(made) => self.made(node, link.peer, made),
             Msg::Run(runs) => self.run(node, link, runs),
             Msg::RunInPlace {
@@ -957,6 +1071,7 @@ impl Role for Worker {
                     running: self.running.load(Ordering::Relaxed),
                     sent_ahead: self.sent_ahead.load(Ordering::Relaxed),
                     placed_again: self.placed_again.load(Ordering::Relaxed),
+                    datagram_notes: self.notes.load(Ordering::Relaxed),
                 };
                 link.send(Msg::Stats(req, stats));
             }

@@ -237,6 +237,22 @@ pub(crate) struct Registry {
     pub(crate) remote: RemoteSet,
     /// Tasks that may be sent ahead of their inputs once their worker is less busy.
     pub(crate) frontier: Mutex<Vec<Weak<dyn crate::task::Job>>>,
+    /// Work found outside the registry (see [`Registry::set_outside_work`]).
+    pub(crate) outside: OnceLock<Arc<dyn OutsideWork>>,
+    /// Threads blocked inside a task, waiting for another one.
+    blocked: AtomicUsize,
+}
+
+/// Work the threads of a registry look for outside it: messages of a worker process that
+/// its compute threads handle themselves while they have nothing else to do.
+pub(crate) trait OutsideWork: Send + Sync {
+    /// Does what waits (it may spawn tasks), between tasks and while idle; true if there
+    /// was anything. Must be quick when there is nothing.
+    fn poll(&self) -> bool;
+    /// The calling thread stops looking: it goes to sleep or blocks inside a task (and is
+    /// counted as such, see [`Registry::away`], and looked last after that). Someone else
+    /// must watch for what arrives now.
+    fn away(&self);
 }
 
 fn registries() -> &'static RwLock<Vec<Weak<Registry>>> {
@@ -254,6 +270,16 @@ pub(crate) fn registry_by_id(id: u32) -> Option<Arc<Registry>> {
 }
 
 impl Registry {
+    /// Has the threads look for `work` between tasks and while idle (once set, for good).
+    pub(crate) fn set_outside_work(&self, work: Arc<dyn OutsideWork>) {
+        let _ = self.outside.set(work);
+    }
+
+    /// How many threads are asleep or blocked inside a task (they look for no work).
+    pub(crate) fn away(&self) -> usize {
+        self.sleep.sleeping() + self.blocked.load(Ordering::SeqCst)
+    }
+
     /// Builds the registry and starts its compute threads.
     pub(crate) fn start(config: RegistryConfig) -> std::io::Result<Arc<Registry>> {
         let threads = config.threads;
@@ -348,6 +374,8 @@ impl Registry {
             context: OnceLock::new(),
             remote: RemoteSet::new(),
             frontier: Mutex::default(),
+            outside: OnceLock::new(),
+            blocked: AtomicUsize::new(0),
         });
         all.push(Arc::downgrade(&registry));
         drop(all);
@@ -859,6 +887,10 @@ impl Registry {
 
     /// A compute thread serving `slot` blocks in a wait: keep the slot served by another thread.
     pub(crate) fn block_begin(self: &Arc<Self>, slot: usize) {
+        self.blocked.fetch_add(1, Ordering::SeqCst);
+        if let Some(outside) = self.outside.get() {
+            outside.away();
+        }
         if self.slots[slot].active.fetch_sub(1, Ordering::AcqRel) == 1 && !self.terminating() {
             self.activate_spare(slot);
         }
@@ -866,6 +898,7 @@ impl Registry {
 
     pub(crate) fn block_end(&self, slot: usize) {
         self.slots[slot].active.fetch_add(1, Ordering::AcqRel);
+        self.blocked.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn activate_spare(self: &Arc<Self>, slot: usize) {

@@ -90,6 +90,11 @@ impl Sleep {
         }
     }
 
+    /// How many threads are asleep (or about to be).
+    pub(crate) fn sleeping(&self) -> usize {
+        self.sleeping.load(Ordering::SeqCst)
+    }
+
     /// The calling thread found no work and starts spinning.
     pub(crate) fn start_spinning(&self) {
         self.spinning.fetch_add(1, Ordering::SeqCst);

@@ -151,6 +151,9 @@ impl WorkerThread {
                 }
                 idle = 0;
                 self.run_found(found);
+                if let Some(outside) = reg.outside.get() {
+                    outside.poll();
+                }
                 continue;
             }
             if reg.terminating() {
@@ -162,6 +165,10 @@ impl WorkerThread {
             if !spinning {
                 reg.sleep.start_spinning();
                 spinning = true;
+            }
+            if reg.outside.get().is_some_and(|o| o.poll()) {
+                idle = 0;
+                continue;
             }
             idle += 1;
             if idle < SPIN_ROUNDS {
@@ -177,6 +184,10 @@ impl WorkerThread {
             reg.sleep.stop_spinning();
             spinning = false;
             reg.sleep.prepare(self.index, self.slot.get());
+            if let Some(outside) = reg.outside.get() {
+                outside.poll();
+                outside.away();
+            }
             if let Some(found) = self.find_work() {
                 reg.sleep.cancel(self.index);
                 idle = 0;
