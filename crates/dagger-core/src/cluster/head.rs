@@ -10,6 +10,7 @@ use crate::id::NodeId;
 use crate::remote::data::{DataLink, Label, Lineage};
 use crate::remote::wire::{Location, WireArg};
 use crate::remote::{Dispatch, RemoteData, RemoteTask, RemoteWorker};
+use crate::sched::encode::{ahead_lineage, lineage_call};
 use crate::sched::Registry;
 use crate::scope::Scope;
 use crate::task::JobRef;
@@ -490,13 +491,15 @@ impl Head {
                     let (job, mut lineage) = (*task).into_parts();
                     let label = lineage.label.clone();
                     // Without its inputs' results, it cannot be made again.
-                    let lineage =
-                        crate::sched::encode::lineage_call(&job)
-                            .ok()
-                            .map(|(call, inputs)| {
-                                lineage.set_inputs(call.args, inputs);
-                                Arc::new(lineage)
-                            });
+                    let lineage = ahead_lineage(&job, &lineage.call, &lineage.inputs)
+                        .or_else(|| {
+                            let (call, inputs) = lineage_call(&job).ok()?;
+                            Some((call.args, inputs))
+                        })
+                        .map(|(args, inputs)| {
+                            lineage.set_inputs(args, inputs);
+                            Arc::new(lineage)
+                        });
                     let data = RemoteData::new(loc, link.clone(), lineage, label);
                     if let Some(small) = small {
                         data.keep_small(small.into());

@@ -11,6 +11,7 @@ use crate::remote::data::{Input, RemoteData};
 use crate::remote::wire::{WireArg, WireCall};
 use crate::task::{Header, JobRef};
 use std::cell::Cell;
+use std::sync::{Arc, Weak};
 
 /// A call and the remote values behind its `Ref` arguments.
 type Encoded = Result<(WireCall, Vec<Input>), crate::BoxError>;
@@ -28,6 +29,55 @@ thread_local! {
 pub(crate) fn lineage_call(job: &JobRef) -> Encoded {
     let _mode = Mode::set(0, true);
     job.encode_remote()
+}
+
+/// The arguments and inputs of the lineage of a task sent ahead, once it ended, made from
+/// the call it was sent with (`sent`, with `inputs` behind its `Ref` arguments) rather than
+/// by encoding it again: each argument naming an input made on a worker (`After`,
+/// `AfterOn`) names that input's result instead, by value when the head keeps its encoding
+/// (as a lineage keeps small inputs), else by where it is. `None` if an input has no
+/// result in another process ready (encode the call again then).
+pub(crate) fn ahead_lineage(
+    job: &JobRef,
+    sent: &WireCall,
+    inputs: &[Input],
+) -> Option<(Vec<WireArg>, Vec<Input>)> {
+    let crate::sched::Placement::Anywhere(a) = &job.header().placement else {
+        return None;
+    };
+    let made = |task: u64| -> Option<Arc<RemoteData>> {
+        a.inputs
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|i| i.header().id.get() == task)?
+            .result_data()
+    };
+    let mut args = sent.args.clone();
+    let mut old = inputs.iter();
+    let mut new = Vec::with_capacity(inputs.len());
+    let mut complete = true;
+    WireArg::each_mut(&mut args, &mut |arg| match arg {
+        WireArg::Ref(_) => new.extend(old.next().cloned()),
+        WireArg::After(task) | WireArg::AfterOn { task, .. } => {
+            let Some(data) = made(*task) else {
+                complete = false;
+                return;
+            };
+            if let Some(small) = data.small() {
+                *arg = WireArg::Value(small.to_vec());
+            } else if let Ok(loc) = data.try_location() {
+                new.push(Input {
+                    data: Arc::downgrade(&data),
+                    lineage: data.lineage().cloned(),
+                });
+                *arg = WireArg::Ref(loc);
+            } else {
+                complete = false;
+            }
+        }
+        _ => {}
+    });
+    (complete && old.next().is_none()).then_some((args, new))
 }
 
 /// How calls are encoded on this thread until it drops (then as before, also when a value's

@@ -177,6 +177,9 @@ pub(crate) trait Job: Send + Sync + 'static {
 
     /// Where the value of a finished task is: `None` while it runs or if it failed.
     fn held(&self) -> Option<Held>;
+
+    /// The handle of a finished task's value, when it lives in another process.
+    fn result_data(&self) -> Option<Arc<crate::remote::data::RemoteData>>;
 }
 
 /// Where a finished task's value is.
@@ -528,6 +531,13 @@ where
             Outcome::Value(_) => Some(Held::Here),
             Outcome::Remote(r) => r.data.try_location().ok().map(Held::At),
             Outcome::Failed(_) => None,
+        }
+    }
+
+    fn result_data(&self) -> Option<Arc<crate::remote::data::RemoteData>> {
+        match self.outcome()? {
+            Outcome::Remote(r) => Some(r.data.clone()),
+            _ => None,
         }
     }
 
