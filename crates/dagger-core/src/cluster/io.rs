@@ -164,22 +164,43 @@ impl Queue {
         if !state.open {
             return false;
         }
-        if let Out::Run(r) = &out {
-            state.runs_in_items += 1;
-            state.run_bytes_in_items = match r.len() {
-                n if n > MAX_COPIED_RUN => usize::MAX,
-                n => state.run_bytes_in_items.saturating_add(n),
-            };
-        }
-        state.items.push(out);
-        state.queued += 1;
-        let first = state.items.len() == 1;
+        let first = state.append(out);
         drop(state);
-        // Later items find the writer task woken already (it takes every item at once).
+        self.arrived_if(first);
+        true
+    }
+
+    /// Wakes the writer task if an item arrived in an empty queue (later items find it
+    /// woken already: it takes every item at once).
+    fn arrived_if(&self, first: bool) {
         if first {
             self.arrived.notify_one();
         }
-        true
+    }
+}
+
+impl QueueState {
+    /// Appends `out` (the queue is open); true if it is the first item queued.
+    fn append(&mut self, out: Out) -> bool {
+        if let Out::Run(r) = &out {
+            self.runs_in_items += 1;
+            self.run_bytes_in_items = match r.len() {
+                n if n > MAX_COPIED_RUN => usize::MAX,
+                n => self.run_bytes_in_items.saturating_add(n),
+            };
+        }
+        self.items.push(out);
+        self.queued += 1;
+        self.items.len() == 1
+    }
+
+    /// Whether the queue holds only calls, enough of them to leave before the writer task
+    /// takes them (see [`Link::send_run`]), and none taken by it is still unwritten.
+    fn runs_leave_early(&self) -> bool {
+        (self.runs_in_items >= EARLY_RUNS || self.run_bytes_in_items >= EARLY_RUN_BYTES)
+            && self.run_bytes_in_items != usize::MAX
+            && self.runs_in_items == self.items.len()
+            && self.queued == self.items.len()
     }
 }
 
@@ -297,20 +318,18 @@ impl Link {
     pub(crate) fn send_run(&self, encoded: Vec<u8>) -> Option<u64> {
         let queue = &self.senders.0;
         let mut state = queue.lock();
-        state.runs += 1;
-        let seq = state.runs;
-        if !queue.push(state, Out::Run(encoded)) {
+        if !state.open {
             return None;
         }
-        let state = queue.lock();
-        if (state.runs_in_items >= EARLY_RUNS || state.run_bytes_in_items >= EARLY_RUN_BYTES)
-            && state.run_bytes_in_items != usize::MAX
-            && state.runs_in_items == state.items.len()
-            && state.queued == state.items.len()
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
+        state.runs += 1;
+        let seq = state.runs;
+        let first = state.append(Out::Run(encoded));
+        if state.runs_leave_early() && tokio::runtime::Handle::try_current().is_ok() {
             self.write_runs(state);
+        } else {
+            drop(state);
         }
+        queue.arrived_if(first);
         Some(seq)
     }
 

@@ -33,7 +33,7 @@ pub(crate) struct Worker {
     /// Notes taken from the inbox (see [`WorkerStats::datagram_notes`]).
     notes: AtomicU64,
     /// Calls waiting for notes from other workers (`Ahead::parked`).
-    parked: std::sync::atomic::AtomicUsize,
+    parked: Arc<std::sync::atomic::AtomicUsize>,
     /// The head's tasks sent here and not finished, which it may take back until they start.
     claims: Mutex<IdMap<u64, Arc<Claim>>>,
     /// The head's tasks that calls may be sent ahead of.
@@ -173,7 +173,7 @@ impl Worker {
             sent_ahead: AtomicU64::new(0),
             placed_again: AtomicU64::new(0),
             notes: AtomicU64::new(0),
-            parked: std::sync::atomic::AtomicUsize::new(0),
+            parked: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             claims: Mutex::new(IdMap::default()),
             ahead: Mutex::new(Ahead::default()),
             inbox,
@@ -201,6 +201,7 @@ impl Worker {
             },
         );
         let notes = Arc::new(Notes {
+            parked: self.parked.clone(),
             worker: Arc::downgrade(self),
             node: Arc::downgrade(node),
             inbox: Arc::downgrade(inbox),
@@ -819,6 +820,8 @@ impl Worker {
 /// How the compute threads of a worker take notes from its inbox (see
 /// [`Worker::take_notes`]).
 struct Notes {
+    /// The worker's count of calls waiting for notes.
+    parked: Arc<std::sync::atomic::AtomicUsize>,
     worker: std::sync::Weak<Worker>,
     node: std::sync::Weak<Node>,
     inbox: std::sync::Weak<Inbox>,
@@ -826,14 +829,15 @@ struct Notes {
 
 impl crate::sched::OutsideWork for Notes {
     fn poll(&self) -> bool {
-        let Some(worker) = self.worker.upgrade() else {
-            return false;
-        };
-        // No system call unless a note is awaited.
-        if worker.parked.load(Ordering::Relaxed) == 0 {
+        // Nothing to do (not even a system call) unless a note is awaited.
+        if self.parked.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let (Some(node), Some(inbox)) = (self.node.upgrade(), self.inbox.upgrade()) else {
+        let (Some(worker), Some(node), Some(inbox)) = (
+            self.worker.upgrade(),
+            self.node.upgrade(),
+            self.inbox.upgrade(),
+        ) else {
             return false;
         };
         inbox.drain(&mut |peer, made| worker.take_note(&node, peer, made))
