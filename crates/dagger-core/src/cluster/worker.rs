@@ -870,8 +870,9 @@ fn waits_for(call: &Call, worker: u32, task: u64) -> bool {
 }
 
 /// Tells the other workers waiting for head task `task` that it ended with `result` (its
-/// encoding `small` when small), or will not be made here: as a datagram through `outbox`
-/// where it can, else on the connection, `now` from this thread ([`Link::send_report`]).
+/// encoding `small` when small), or will not be made here: with the value in it, as a
+/// datagram through `outbox` where it can; else on the connection, `now` from this thread
+/// ([`Link::send_report`]).
 fn tell_awaiting(
     ahead: &Mutex<Ahead>,
     outbox: Option<&Outbox>,
@@ -888,6 +889,10 @@ fn tell_awaiting(
         result,
         small: small.cloned(),
     };
+    // A note without the value in it has the waiting call fetch the value: on the
+    // connection, the receiver's I/O thread starts that fetch at once, while its compute
+    // threads may be busy for a while before they read their inbox.
+    let outbox = outbox.filter(|_| made.small.is_some());
     let made = [made];
     for l in links {
         if outbox.is_some_and(|o| o.send(l.peer, &made)) {
