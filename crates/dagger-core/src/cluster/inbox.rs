@@ -4,19 +4,21 @@
 //! connection, the note wakes the receiving process's I/O thread, which starts the call, and
 //! then the compute thread that runs it: two wake-ups on the path from one task to the next,
 //! while the compute thread sits idle waiting for exactly that note. Workers of one host
-//! therefore also take notes as datagrams on a Unix socket of their own (its name in the
-//! abstract namespace), which their idle compute threads read themselves
-//! ([`Registry::set_idle_poll`](crate::sched::Registry::set_idle_poll)), as does the I/O
-//! thread, so that a note is handled by whichever gets to it first. A datagram is read
-//! whole by one reader, and the order of notes does not matter (each answers its own
-//! question).
+//! therefore send each other the notes that carry their value as datagrams, to a Unix
+//! socket each of them binds in the abstract namespace (its inbox). The receiving worker's
+//! compute threads read the inbox themselves, between tasks and while idle
+//! ([`Registry::set_outside_work`](crate::sched::Registry::set_outside_work)); its I/O thread
+//! watches it only while a compute thread sleeps or blocks ([`Inbox::watch`]). A datagram
+//! is read whole by one reader, and the order of notes does not matter (each answers its
+//! own question).
 //!
 //! Anyone on the host may send datagrams to a name in the abstract namespace, so each note
 //! carries a token: a random number the receiving worker gave its sender, in the message
 //! ([`Msg::Inbox`]) that precedes its questions on their authenticated connection. Datagrams
 //! without a known token are dropped. A note that cannot go as a datagram (the peer is on
-//! another host, its socket's queue is full, the note is large) goes on the connection.
-//! Clusters configured with TLS do not use datagrams.
+//! another host, the inbox's queue is full, the note is too large) goes on the connection,
+//! and so does one without its value (the waiting call fetches the value, and the receiving
+//! I/O thread starts that fetch at once). Clusters configured with TLS do not use datagrams.
 
 use super::msg::{Made, Msg};
 use std::cell::RefCell;
