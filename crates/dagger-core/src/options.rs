@@ -120,7 +120,7 @@ impl Options {
     }
 
     /// With `false`, a failure of this task aborts what encloses it: the other tasks of its
-    /// [`sync`](crate::sync) group, or the rest of its lazy graph, are cancelled and the
+    /// [`sync`](fn@crate::sync) group, or the rest of its lazy graph, are cancelled and the
     /// enclosing call reports this failure. With `true` (the default) a failure only fails
     /// the tasks that depend on it.
     pub fn allow_errors(mut self, allow: bool) -> Self {

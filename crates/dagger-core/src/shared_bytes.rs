@@ -25,8 +25,7 @@ use std::ops::Deref;
 pub const SHARE_MIN: usize = 4096;
 
 /// An immutable, cheaply cloned byte buffer that a value received from another process
-/// shares with the received bytes instead of copying them (see the [module
-/// docs](self)).
+/// shares with the received bytes instead of copying them.
 ///
 /// ```
 /// use dagger_core::SharedBytes;

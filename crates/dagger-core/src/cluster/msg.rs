@@ -63,7 +63,7 @@ pub(crate) struct Run {
     /// The task's id on the head.
     pub(crate) task: u64,
     pub(crate) call: WireCall,
-    /// Calls may be sent ahead of this one (with [`WireArg::After`](crate::remote::wire::WireArg::After)
+    /// Calls may be sent ahead of this one (with [`WireArg::After`]
     /// arguments naming it): the worker keeps track of it until its result is freed.
     pub(crate) feeds: bool,
 }

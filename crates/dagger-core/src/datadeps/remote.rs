@@ -1192,7 +1192,7 @@ impl VersionPlan {
         self.task_with(at, data.map(|(k, w)| (k, w, false)), out);
     }
 
-    /// Like [`task`](Self::task), for accesses `(key, write, overwrite)`: a task overwriting
+    /// Like `task` (its form for tests), for accesses `(key, write, overwrite)`: a task overwriting
     /// a whole value ([`Out`]) needs no copy of its latest version where some older copy is
     /// held (home always holds one, unless it is still in a chunk): it overwrites that copy.
     pub(crate) fn task_with(

@@ -73,7 +73,7 @@ impl RemoteWorker {
 }
 
 /// A task the scheduler hands to the cluster layer to run on a worker. The cluster completes
-/// it with [`crate::remote::complete`] or fails it.
+/// it (`remote::complete_job`) or fails it.
 pub struct RemoteTask {
     pub(crate) job: JobRef,
     /// The encoded call.

@@ -287,7 +287,7 @@ pub(crate) fn link_inputs<'a>(job: &JobRef, inputs: impl IntoIterator<Item = &'a
 ///
 /// The task runs on a compute thread of the current context (see
 /// [`Context::enter`](crate::Context::enter)); a panic inside it becomes a
-/// [`TaskError`](crate::TaskError) returned by `fetch`.
+/// [`TaskError`] returned by `fetch`.
 ///
 /// ```
 /// let t = dagger_core::spawn(|| (1..=10).sum::<u32>());
