@@ -794,6 +794,38 @@ fn stencil_tasks_are_sent_ahead_of_inputs_made_on_another_worker() {
     });
 }
 
+/// A worker that has had nothing to do since it started (its compute threads went to sleep
+/// before it opened its inbox) gets a call sent ahead of values made on two other workers:
+/// the notes that they are made arrive in its inbox while every compute thread sleeps, and
+/// the I/O thread must be watching it. (It was not: the threads had gone to sleep without
+/// asking, and the call waited for ever.)
+#[test]
+fn a_worker_idle_since_it_started_takes_the_notes_it_waits_for() {
+    let ctx = cluster(3);
+    let gate = fresh_gate("dagger-idle-worker-notes");
+    ctx.enter(|| {
+        // Nothing goes to a worker before the sum is spawned: its inputs then go as tasks
+        // that calls may be sent ahead of.
+        let (open, opened) = std::sync::mpsc::channel::<()>();
+        let start = dagger::spawn(move || {
+            let _ = opened.recv();
+            0u64
+        });
+        let one = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
+        let three = spawn!(wait_for_after(gate.clone(), start); scope = Scope::worker(3));
+        let sum = spawn!(add_ids(one, three); scope = Scope::worker(2));
+        open.send(()).unwrap();
+        eventually("the sum is sent ahead to worker 2", || {
+            ctx.worker_stats(WorkerId(2)).unwrap().sent_ahead == 1
+        });
+        std::fs::write(&gate, b"").unwrap();
+        eventually("the sum is made", || sum.is_ready());
+        assert_eq!(sum.fetch().unwrap(), 4);
+        assert_eq!(ctx.worker_stats(WorkerId(2)).unwrap().datagram_notes, 2);
+    });
+    let _ = std::fs::remove_file(&gate);
+}
+
 /// A call sent ahead to worker 1 of a task sent to worker 2 asks worker 2 to say when that
 /// task is made. Here the head's call to worker 2 waits behind a 16 MiB call on the head's
 /// connection while worker 1's question travels on another one, so the question arrives

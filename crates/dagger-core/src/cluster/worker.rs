@@ -207,6 +207,10 @@ impl Worker {
             inbox: Arc::downgrade(inbox),
         });
         self.ctx.registry_ref().set_outside_work(notes);
+        // Threads that went to sleep before they knew of the inbox did not ask for it to be
+        // watched (a worker that has nothing to do yet): ask now. The watcher stops again if
+        // none sleeps.
+        inbox.unwatched();
     }
 
     fn take_note(self: &Arc<Self>, node: &Arc<Node>, peer: u32, made: Vec<MadeMsg>) {
