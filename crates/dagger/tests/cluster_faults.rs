@@ -55,6 +55,30 @@ fn on_workers(ids: impl IntoIterator<Item = u32>) -> Scope {
     Scope::spec().workers(ids).build().unwrap()
 }
 
+/// Returns once every thread of process `pid` is stopped (by `SIGSTOP`; fails the test
+/// after 30 s).
+fn until_stopped(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the command name, which is in parentheses.
+                let state = stat.rsplit(") ").next().and_then(|r| r.chars().next());
+                matches!(state, Some('T' | 't'))
+            })
+    };
+    while !stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} never stopped"
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Returns once worker `w` is running a task (fails the test after 30 s).
 fn until_running_on(ctx: &Context, w: WorkerId) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -293,6 +317,7 @@ fn a_hung_worker_is_declared_dead_by_heartbeat() {
             .status()
             .unwrap();
         assert!(stopped.success());
+        until_stopped(pid);
         let sums: Vec<DTask<u64>> = (0..8)
             .map(|_| spawn!(total(&data); scope = anywhere.clone()))
             .collect();
@@ -322,6 +347,9 @@ fn asking_a_hung_worker_for_its_statistics_ends_when_it_is_declared_dead() {
         .status()
         .unwrap();
     assert!(stopped.success());
+    // The signal stops the process's threads as each gets to it: an I/O thread busy with a
+    // message would still answer a request sent now.
+    until_stopped(pid);
     let err = ctx.worker_stats(WorkerId(2)).unwrap_err().to_string();
     assert!(err.contains("worker 2 left before it reported"), "{err}");
     let err = ctx.worker_stats(WorkerId(2)).unwrap_err().to_string();
