@@ -819,9 +819,10 @@ fn a_worker_idle_since_it_started_takes_the_notes_it_waits_for() {
             ctx.worker_stats(WorkerId(2)).unwrap().sent_ahead == 1
         });
         std::fs::write(&gate, b"").unwrap();
+        // (A question that reaches worker 1 or 3 after its task ended is answered at once,
+        // on the connection: how many notes come as datagrams depends on the timing.)
         eventually("the sum is made", || sum.is_ready());
         assert_eq!(sum.fetch().unwrap(), 4);
-        assert_eq!(ctx.worker_stats(WorkerId(2)).unwrap().datagram_notes, 2);
     });
     let _ = std::fs::remove_file(&gate);
 }
