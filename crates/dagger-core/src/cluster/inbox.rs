@@ -202,11 +202,14 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A peer's inbox name (shared, not copied, by each send) and the token it gave.
+type PeerInbox = (Arc<[u8]>, Token);
+
 /// How a worker sends notes to the inboxes of its peers.
 pub(crate) struct Outbox {
     socket: imp::Socket,
     /// Each peer's inbox and the token it gave this worker.
-    peers: Mutex<HashMap<u32, (Vec<u8>, Token)>>,
+    peers: Mutex<HashMap<u32, PeerInbox>>,
 }
 
 impl Outbox {
@@ -219,7 +222,7 @@ impl Outbox {
 
     /// Worker `peer` takes notes at `name` with `token`.
     pub(crate) fn learn(&self, peer: u32, name: Vec<u8>, token: Token) {
-        lock(&self.peers).insert(peer, (name, token));
+        lock(&self.peers).insert(peer, (name.into(), token));
     }
 
     /// Worker `peer` left.
