@@ -194,6 +194,13 @@ impl QueueState {
         self.items.len() == 1
     }
 
+    /// `items` were taken (written, handed to the writer task, or dropped): no call is
+    /// counted as queued any more.
+    fn items_taken(&mut self) {
+        self.runs_in_items = 0;
+        self.run_bytes_in_items = 0;
+    }
+
     /// Whether the queue holds only calls, enough of them to leave before the writer task
     /// takes them (see [`Link::send_run`]), and none taken by it is still unwritten.
     fn runs_leave_early(&self) -> bool {
@@ -354,8 +361,7 @@ impl Link {
             Err(_) => return,
         };
         state.items.clear();
-        state.runs_in_items = 0;
-        state.run_bytes_in_items = 0;
+        state.items_taken();
         state.queued -= count;
         if let Some(rest) = out {
             queue.push(state, rest);
@@ -648,8 +654,7 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
 fn swap_items(queue: &Queue, items: &mut Vec<Out>) {
     let mut state = queue.lock();
     std::mem::swap(&mut state.items, items);
-    state.runs_in_items = 0;
-    state.run_bytes_in_items = 0;
+    state.items_taken();
 }
 
 /// The held reports' time came: queues them for the writer task if their turn came, and
@@ -683,8 +688,7 @@ impl Drop for WriterGone {
         state.open = false;
         state.writer = None;
         state.items.clear();
-        state.runs_in_items = 0;
-        state.run_bytes_in_items = 0;
+        state.items_taken();
         state.held.clear();
     }
 }
