@@ -203,6 +203,17 @@ fn fresh_gate(name: &str) -> String {
     gate
 }
 
+/// A task of this process that ends with `value` once the returned sender is used (or
+/// dropped): what depends on it is spawned whole before any of it goes to a worker.
+fn held_start(value: u64) -> (std::sync::mpsc::Sender<()>, DTask<u64>) {
+    let (open, opened) = std::sync::mpsc::channel::<()>();
+    let start = dagger::spawn(move || {
+        let _ = opened.recv();
+        value
+    });
+    (open, start)
+}
+
 /// A chain of `links` steps on worker 1 after `root(start)`, where `start` is a task of this
 /// process that ends once all of it is spawned (a worker keeps track of a task for calls
 /// sent ahead of it only if the task had dependents when it was sent). Returns the last
@@ -212,11 +223,7 @@ fn chain_sent_ahead_to_worker_1(
     links: u64,
     root: impl FnOnce(DTask<u64>) -> DTask<u64>,
 ) -> DTask<u64> {
-    let (open, opened) = std::sync::mpsc::channel::<()>();
-    let start = dagger::spawn(move || {
-        let _ = opened.recv();
-        0u64
-    });
+    let (open, start) = held_start(0);
     let mut t = root(start);
     for _ in 0..links {
         t = spawn!(step(t, u64::MAX)?; scope = Scope::worker(1));
@@ -806,11 +813,7 @@ fn a_worker_idle_since_it_started_takes_the_notes_it_waits_for() {
     ctx.enter(|| {
         // Nothing goes to a worker before the sum is spawned: its inputs then go as tasks
         // that calls may be sent ahead of.
-        let (open, opened) = std::sync::mpsc::channel::<()>();
-        let start = dagger::spawn(move || {
-            let _ = opened.recv();
-            0u64
-        });
+        let (open, start) = held_start(0);
         let one = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));
         let three = spawn!(wait_for_after(gate.clone(), start); scope = Scope::worker(3));
         let sum = spawn!(add_ids(one, three); scope = Scope::worker(2));
@@ -838,11 +841,7 @@ fn a_question_about_a_task_that_has_not_arrived_yet_waits_for_it() {
     let ctx = cluster(2);
     let gate = fresh_gate("a-question-overtakes");
     ctx.enter(|| {
-        let (open, opened) = std::sync::mpsc::channel::<()>();
-        let start = dagger::spawn(move || {
-            let _ = opened.recv();
-            7u64
-        });
+        let (open, start) = held_start(7);
         // Both inputs of `last` wait for `start`: when they are sent, `last` already waits
         // for them, so it is sent ahead of them (to worker 1, across to worker 2).
         let held = spawn!(wait_for_after(gate.clone(), start.clone()); scope = Scope::worker(1));

@@ -55,8 +55,19 @@ fn on_workers(ids: impl IntoIterator<Item = u32>) -> Scope {
     Scope::spec().workers(ids).build().unwrap()
 }
 
-/// Returns once every thread of process `pid` is stopped (by `SIGSTOP`; fails the test
-/// after 30 s).
+/// Stops process `pid` (`SIGSTOP`) and returns once every thread of it is stopped: the
+/// signal stops them as each gets to it, and an I/O thread busy with a message would still
+/// answer a request sent right after `kill` returned. Fails the test after 30 s.
+fn stop(pid: u32) {
+    let stopped = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    until_stopped(pid);
+}
+
+/// Returns once every thread of process `pid` is stopped (fails the test after 30 s).
 fn until_stopped(pid: u32) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let stopped = || {
@@ -312,12 +323,7 @@ fn a_hung_worker_is_declared_dead_by_heartbeat() {
         data.wait();
         let victim = data.processor().expect("it ran on a worker").worker;
         let pid = ctx.workers().iter().find(|w| w.id == victim).unwrap().pid;
-        let stopped = std::process::Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(stopped.success());
-        until_stopped(pid);
+        stop(pid);
         let sums: Vec<DTask<u64>> = (0..8)
             .map(|_| spawn!(total(&data); scope = anywhere.clone()))
             .collect();
@@ -342,14 +348,7 @@ fn asking_a_hung_worker_for_its_statistics_ends_when_it_is_declared_dead() {
         .find(|w| w.id == WorkerId(2))
         .unwrap()
         .pid;
-    let stopped = std::process::Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    // The signal stops the process's threads as each gets to it: an I/O thread busy with a
-    // message would still answer a request sent now.
-    until_stopped(pid);
+    stop(pid);
     let err = ctx.worker_stats(WorkerId(2)).unwrap_err().to_string();
     assert!(err.contains("worker 2 left before it reported"), "{err}");
     let err = ctx.worker_stats(WorkerId(2)).unwrap_err().to_string();
