@@ -17,6 +17,8 @@ use std::net::{Shutdown, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 dagger::init_before_main!();
 
 #[dagger::task]
@@ -32,6 +34,12 @@ fn make(n: u64) -> Vec<u64> {
 #[dagger::task]
 fn total(xs: &[u64]) -> u64 {
     xs.iter().sum()
+}
+
+/// One point of a stencil step (see `common::spawn_stencil`).
+#[dagger::task]
+fn mix(seed: u64, inputs: Vec<&u64>) -> u64 {
+    common::mix_values(seed, inputs.into_iter().copied())
 }
 
 /// How long any one wait for another process may take.
@@ -589,11 +597,37 @@ fn tls_config(secret: &Secret, pin: &str) -> NetConfig {
     NetConfig::new(secret.clone()).with_tls(tls)
 }
 
+/// Workers of one host send each other notes that a task was made as datagrams, which are
+/// not encrypted: not in a cluster configured with TLS. A stencil split over both workers
+/// (each border point waits for a note from the other worker) gets them all on its TLS
+/// connections.
+fn assert_no_datagrams_under_tls(ctx: &Context) {
+    const WIDTH: usize = 4;
+    const STEPS: usize = 20;
+    let workers: Vec<u32> = ctx.workers().iter().map(|w| w.id.0).collect();
+    ctx.enter(|| {
+        let (rows, expect) = common::spawn_stencil(WIDTH, STEPS, |_, c, seed, ins| {
+            spawn!(mix(seed, &ins); scope = Scope::worker(workers[c * 2 / WIDTH]))
+        });
+        for (s, row) in rows.iter().enumerate() {
+            for (c, t) in row.iter().enumerate() {
+                assert_eq!(get(t, "a stencil point"), expect[s][c], "step {s}, point {c}");
+            }
+        }
+    });
+    for w in ctx.workers() {
+        let stats = ctx.worker_stats(w.id).unwrap();
+        assert!(stats.sent_ahead > 0, "worker {}: {stats:?}", w.id.0);
+        assert_eq!(stats.datagram_notes, 0, "worker {}: {stats:?}", w.id.0);
+    }
+}
+
 #[test]
 fn tls_cluster_runs_and_refuses_plain_connections() {
     let secret = Secret::generate().unwrap();
     let ctx = cluster(ClusterOptions::new().tls(true).secret(secret.clone()), 2);
     assert_cluster_works(&ctx);
+    assert_no_datagrams_under_tls(&ctx);
     let before = ctx.workers();
     let head = head_addr(&ctx);
     let hello = || Hello::new(Role::Worker, registry_hash()).with_peer_id(50);
