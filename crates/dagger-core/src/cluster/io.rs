@@ -285,19 +285,17 @@ impl Link {
         let queue = &self.senders.0;
         match msg {
             Msg::Done(done) => {
-                let Some(last) = done.len().checked_sub(1) else {
-                    return true;
-                };
-                let mut all = done.into_iter();
-                for d in all.by_ref().take(last) {
-                    if !state.open {
-                        return false;
-                    }
-                    state.items.push(Out::Done(d));
-                    state.queued += 1;
+                if !state.open {
+                    return false;
                 }
-                // The last one through `push`, which wakes the writer task if needed.
-                queue.push(state, Out::Done(all.next().expect("last")))
+                // The writer task took everything queued before: wake it (once) unless
+                // nothing is queued now either.
+                let first = state.items.is_empty() && !done.is_empty();
+                state.queued += done.len();
+                state.items.extend(done.into_iter().map(Out::Done));
+                drop(state);
+                queue.arrived_if(first);
+                true
             }
             msg => queue.push(state, Out::Msg(msg)),
         }
@@ -869,6 +867,20 @@ mod tests {
                 .any(|m| [2, 3, 4].iter().all(|t| m.contains(t))),
             "the idle report takes the held ones with it: {messages:?}"
         );
+    }
+
+    /// On a link that cannot be written from other threads (TLS), reports that leave
+    /// together are queued together, and the writer task wakes for them: it once did not
+    /// (only the last one was queued as an item that may wake it, and it was not the
+    /// first), and every message after them stayed queued for good.
+    #[test]
+    fn reports_queued_together_wake_the_writer_task() {
+        let io = Io::start("test-io").unwrap();
+        let (link, server) = connected_link(&io);
+        link.senders.0.lock().writer = None;
+        assert!(link.report_done(vec![failed(1), failed(2), failed(3)], true));
+        assert!(link.report_done(vec![failed(4)], true));
+        assert_eq!(receive_reports(&io, server, 4).concat(), [1, 2, 3, 4]);
     }
 
     impl Handler for Ignore {
