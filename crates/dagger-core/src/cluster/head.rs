@@ -402,14 +402,31 @@ impl Head {
     }
 
     /// Tasks ended on worker `peer` (one batch): takes the state lock once for the whole
-    /// batch, then completes the tasks outside it.
+    /// batch, then completes the tasks outside it. The report of a task sent ahead that
+    /// came before the head learnt of all its inputs is kept for later ([`Head::early`]).
     fn on_done(self: &Arc<Self>, node: &Arc<Node>, peer: u32, done: Vec<Done>) {
+        let given_back = self.take_done(node, peer, done, true);
+        if !given_back.is_empty() {
+            self.take_done(node, peer, given_back, false);
+        }
+    }
+
+    /// [`Head::on_done`]; with `keep_early`, the early reports that are not kept (their
+    /// inputs became known, or the task completed, meanwhile) are returned, to be taken
+    /// after the rest of the batch with `keep_early` false, which handles every report.
+    fn take_done(
+        self: &Arc<Self>,
+        node: &Arc<Node>,
+        peer: u32,
+        done: Vec<Done>,
+        keep_early: bool,
+    ) -> Vec<Done> {
         let link: Arc<dyn DataLink> = Arc::new(NodeLink(node.clone()));
         let mut completed = Vec::with_capacity(done.len());
         let mut waiting = Vec::new();
         let mut failed = Vec::new();
         let mut recovered = Vec::new();
-        let mut now = Vec::new();
+        let mut given_back = Vec::new();
         // Tasks of this batch that ended well, so far.
         let mut earlier = Vec::new();
         {
@@ -425,9 +442,13 @@ impl Head {
                         // sent again to another one.
                         continue;
                     }
-                    if d.result.is_ok() && f.task.is_ahead() && !inputs_known(&f.task, &earlier) {
+                    if keep_early
+                        && d.result.is_ok()
+                        && f.task.is_ahead()
+                        && !inputs_known(&f.task, &earlier)
+                    {
                         if let Some(early) = self.early(node, peer, &f.task, d) {
-                            now.push(early);
+                            given_back.push(early);
                         }
                         continue;
                     }
@@ -518,9 +539,7 @@ impl Head {
                 None => task.fail(kind.kind(), msg),
             }
         }
-        if !now.is_empty() {
-            self.on_done(node, peer, now);
-        }
+        given_back
     }
 
     /// The report `d` of a task sent ahead, made from inputs some of which came from other
@@ -544,7 +563,7 @@ impl Head {
         let handle: crate::sched::ahead::Early = Box::new(move || {
             let d = kept.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let (Some(head), Some(node), Some(d)) = (head.upgrade(), node.upgrade(), d) {
-                head.on_done(&node, peer, vec![d]);
+                head.take_done(&node, peer, vec![d], false);
             }
         });
         match crate::sched::ahead::report_early(h, handle) {
