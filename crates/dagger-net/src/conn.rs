@@ -50,6 +50,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use crate::auth::{self, Hello, PeerHello, PeerInfo, Secret, Side};
 use crate::direct::{DirectWriter, Stream as DirectStream};
+use crate::duplex::WakeBoth;
 use crate::frame::{FrameError, MessageCodec, MessageReader, MessageWriter, DEFAULT_MAX_MESSAGE};
 use crate::pool::RecvPool;
 use crate::tls::{self, TlsConfig};
@@ -265,7 +266,7 @@ impl NetConfig {
 /// Read half of a plain or TLS stream.
 enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
-    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Tls(tokio::io::ReadHalf<WakeBoth<TlsStream<TcpStream>>>),
     #[cfg(target_os = "linux")]
     Unix(crate::local::LocalRead),
 }
@@ -273,7 +274,7 @@ enum ReadHalf {
 /// Write half of a plain or TLS stream.
 enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
-    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Tls(tokio::io::WriteHalf<WakeBoth<TlsStream<TcpStream>>>),
     #[cfg(target_os = "linux")]
     Unix(crate::local::LocalWrite),
 }
@@ -682,7 +683,7 @@ async fn establish(
             let info = auth::handshake(&mut stream, &mut buf, secret, hello, side, Some(&binding))
                 .await
                 .map_err(map_nested_io)?;
-            let (r, w) = tokio::io::split(TlsStream::Client(stream));
+            let (r, w) = tokio::io::split(WakeBoth::new(TlsStream::Client(stream)));
             (ReadHalf::Tls(r), WriteHalf::Tls(w), info, fp)
         }
         (Some(_), Side::Server) => {
@@ -693,7 +694,7 @@ async fn establish(
             let info = auth::handshake(&mut stream, &mut buf, secret, hello, side, Some(&binding))
                 .await
                 .map_err(map_nested_io)?;
-            let (r, w) = tokio::io::split(TlsStream::Server(stream));
+            let (r, w) = tokio::io::split(WakeBoth::new(TlsStream::Server(stream)));
             (ReadHalf::Tls(r), WriteHalf::Tls(w), info, fp)
         }
     };

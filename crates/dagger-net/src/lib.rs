@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod conn;
 pub mod direct;
+mod duplex;
 pub mod frame;
 #[cfg(target_os = "linux")]
 mod local;
