@@ -337,6 +337,74 @@ fn a_hung_worker_is_declared_dead_by_heartbeat() {
     });
 }
 
+/// A stencil whose points alternate between two workers (every point reads values of both)
+/// and whose later steps are sent ahead. Worker 1 freezes mid-run (`SIGSTOP`) and is then
+/// killed: the points scoped to it fail, and so do the points on worker 2 that read them,
+/// including points that worker 2 had already made and reported before the head learnt of
+/// their inputs (their early reports are handed back once they fail: this once recursed
+/// without end). The head goes on serving: a task on worker 2 still runs. Under TLS the notes
+/// between the workers travel on their connections, and worker 2 then often reports before
+/// worker 1 does; without a direct write, reports queued together on a link also once left
+/// its writer task asleep, and the stencil stalled before the kill.
+#[test]
+fn a_worker_lost_mid_stencil_fails_its_points_and_the_head_goes_on() {
+    const WIDTH: usize = 8;
+    const STEPS: usize = 2000;
+    for round in 0..12 {
+        let ctx = Context::builder()
+            .threads(2)
+            .cluster(
+                ClusterOptions::new()
+                    .tls(true)
+                    .launch(LaunchSpec::Local {
+                        workers: 2,
+                        threads: 2,
+                    })
+                    .heartbeat_timeout(Duration::from_secs(10)),
+            )
+            .build()
+            .expect("the cluster starts");
+        let pid = ctx
+            .workers()
+            .iter()
+            .find(|w| w.id == WorkerId(1))
+            .unwrap()
+            .pid;
+        ctx.enter(|| {
+            let (open, opened) = std::sync::mpsc::channel::<()>();
+            let gate = dagger::spawn(move || {
+                let _ = opened.recv();
+                0u64
+            });
+            let reads = |c: usize| c.saturating_sub(1)..(c + 2).min(WIDTH);
+            let mut rows: Vec<Vec<DTask<u64>>> = Vec::with_capacity(STEPS);
+            for s in 0..STEPS {
+                let row = (0..WIDTH)
+                    .map(|c| {
+                        let ins = match s {
+                            0 => vec![gate.clone()],
+                            _ => rows[s - 1][reads(c)].to_vec(),
+                        };
+                        let seed = (s * WIDTH + c) as u64;
+                        spawn!(mix(seed, &ins); scope = Scope::worker(1 + (c % 2) as u32))
+                    })
+                    .collect();
+                rows.push(row);
+            }
+            open.send(()).unwrap();
+            rows[STEPS / 4][0].wait();
+            stop(pid);
+            ctx.kill_worker(WorkerId(1)).unwrap();
+            for t in rows.last().unwrap() {
+                let err = t.fetch().unwrap_err().to_string();
+                assert!(err.contains("no live worker"), "round {round}: {err}");
+            }
+            let after = spawn!(start(7); scope = Scope::worker(2));
+            assert_eq!(after.fetch().unwrap(), 7, "round {round}");
+        });
+    }
+}
+
 /// A worker that stops answering is declared dead by the heartbeat, and a request for its
 /// statistics made meanwhile ends then, saying so, rather than after its own 30 s timeout.
 #[test]
