@@ -850,11 +850,16 @@ fn a_question_about_a_task_that_has_not_arrived_yet_waits_for_it() {
         let big = dagger::SharedBytes::from(vec![3u8; 16 << 20]);
         let before = spawn!(byte_len(big); scope = Scope::worker(2));
         open.send(()).expect("the start task waits");
+        // `held` ends only once `last` was sent ahead of it (else, on a loaded machine, it
+        // could end before the head sent `made`, and `last` would just wait for `made`).
+        eventually("`last` was sent ahead of its inputs", || {
+            ctx.worker_stats(WorkerId(1)).unwrap().sent_ahead == 1
+        });
         std::fs::write(&gate, b"open").unwrap();
         assert_eq!(last.fetch().unwrap(), 49 + 1);
         assert_eq!(before.fetch().unwrap(), 16 << 20);
         let stats = ctx.worker_stats(WorkerId(1)).unwrap();
-        assert_eq!(stats.sent_ahead, 1, "`last` was sent ahead of its inputs");
+        assert_eq!(stats.sent_ahead, 1, "`last` was sent ahead once");
         assert_eq!(
             stats.placed_again, 0,
             "`last` waited on worker 1 for its input"
