@@ -512,15 +512,17 @@ impl Head {
                     let (job, mut lineage) = (*task).into_parts();
                     let label = lineage.label.clone();
                     // Without its inputs' results, it cannot be made again.
-                    let lineage = ahead_lineage(&job, &lineage.call, &lineage.inputs)
+                    let inputs = ahead_lineage(&job, &mut lineage.call.args, &lineage.inputs)
                         .or_else(|| {
                             let (call, inputs) = lineage_call(&job).ok()?;
-                            Some((call.args, inputs))
-                        })
-                        .map(|(args, inputs)| {
-                            lineage.set_inputs(args, inputs);
-                            Arc::new(lineage)
+                            lineage.call.args = call.args;
+                            Some(inputs)
                         });
+                    let lineage = inputs.map(|inputs| {
+                        let args = std::mem::take(&mut lineage.call.args);
+                        lineage.set_inputs(args, inputs);
+                        Arc::new(lineage)
+                    });
                     let data = RemoteData::new(loc, link.clone(), lineage, label);
                     if let Some(small) = small {
                         data.keep_small(small.into());

@@ -31,17 +31,18 @@ pub(crate) fn lineage_call(job: &JobRef) -> Encoded {
     job.encode_remote()
 }
 
-/// The arguments and inputs of the lineage of a task sent ahead, once it ended, made from
-/// the call it was sent with (`sent`, with `inputs` behind its `Ref` arguments) rather than
-/// by encoding it again: each argument naming an input made on a worker (`After`,
-/// `AfterOn`) names that input's result instead, by value when the head keeps its encoding
-/// (as a lineage keeps small inputs), else by where it is. `None` if an input has no
-/// result in another process ready (encode the call again then).
+/// The lineage of a task sent ahead, once it ended, made from the arguments it was sent
+/// with (`args`, with `inputs` behind its `Ref` arguments) rather than by encoding its call
+/// again: each argument naming an input made on a worker (`After`, `AfterOn`) is made to
+/// name that input's result instead, in place, by value when the head keeps its encoding
+/// (as a lineage keeps small inputs), else by where it is. Returns the inputs behind the
+/// `Ref` arguments then; `None` if an input has no result in another process ready (the
+/// arguments are then part changed: encode the call again).
 pub(crate) fn ahead_lineage(
     job: &JobRef,
-    sent: &WireCall,
+    args: &mut [WireArg],
     inputs: &[Input],
-) -> Option<(Vec<WireArg>, Vec<Input>)> {
+) -> Option<Vec<Input>> {
     let crate::sched::Placement::Anywhere(a) = &job.header().placement else {
         return None;
     };
@@ -52,11 +53,10 @@ pub(crate) fn ahead_lineage(
             .find(|i| i.header().id.get() == task)?
             .result_data()
     };
-    let mut args = sent.args.clone();
     let mut old = inputs.iter();
     let mut new = Vec::with_capacity(inputs.len());
     let mut complete = true;
-    WireArg::each_mut(&mut args, &mut |arg| match arg {
+    WireArg::each_mut(args, &mut |arg| match arg {
         WireArg::Ref(_) => new.extend(old.next().cloned()),
         WireArg::After(task) | WireArg::AfterOn { task, .. } => {
             let Some(data) = made(*task) else {
@@ -77,7 +77,7 @@ pub(crate) fn ahead_lineage(
         }
         _ => {}
     });
-    (complete && old.next().is_none()).then_some((args, new))
+    (complete && old.next().is_none()).then_some(new)
 }
 
 /// How calls are encoded on this thread until it drops (then as before, also when a value's
