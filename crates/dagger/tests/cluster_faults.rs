@@ -350,7 +350,7 @@ fn a_hung_worker_is_declared_dead_by_heartbeat() {
 fn a_worker_lost_mid_stencil_fails_its_points_and_the_head_goes_on() {
     const WIDTH: usize = 8;
     const STEPS: usize = 2000;
-    for round in 0..12 {
+    for round in 0..8 {
         let ctx = Context::builder()
             .threads(2)
             .cluster(
