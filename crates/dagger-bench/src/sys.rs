@@ -37,3 +37,38 @@ pub fn trim_heap() {
         malloc_trim(0);
     }
 }
+
+/// Time each thread of process `pid` has run on a CPU so far, in nanoseconds, by thread id
+/// with its name (`/proc/<pid>/task/*/schedstat`); empty if the process is gone.
+pub fn thread_run_ns(pid: u32) -> Vec<(u32, String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            let ns = stat.split_whitespace().next()?.parse().ok()?;
+            Some((tid, name.trim_end().to_string(), ns))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_thread_has_run() {
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < std::time::Duration::from_millis(5) {
+            std::hint::black_box(0);
+        }
+        let threads = thread_run_ns(std::process::id());
+        assert!(!threads.is_empty());
+        assert!(threads.iter().any(|(_, _, ns)| *ns > 0), "{threads:?}");
+        assert!(thread_run_ns(u32::MAX).is_empty());
+    }
+}

@@ -48,7 +48,16 @@ pub fn run(args: Args) -> Result<(), String> {
         Some(m) => metg(&ctx, &args, m),
         None => {
             print!("{}", display(&args.graphs, args.verbose));
+            let pids = process_ids(&ctx);
+            let before: Vec<_> = pids
+                .iter()
+                .map(|p| crate::sys::thread_run_ns(p.1))
+                .collect();
             let stats = run_graphs_placed(&ctx, &args.graphs, args.free_placement)?;
+            if args.thread_cpu {
+                let after = pids.iter().map(|p| crate::sys::thread_run_ns(p.1));
+                print!("{}", thread_cpu_report(&pids, &before, after));
+            }
             let counts = total_counts(&args.graphs, args.nodes);
             if stats.tasks != counts.tasks || stats.inputs != counts.deps {
                 return Err(format!(
@@ -61,6 +70,43 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// This process (`head`) and its worker processes, by name and process id.
+fn process_ids(ctx: &dagger::Context) -> Vec<(String, u32)> {
+    let mut pids = vec![("head".to_string(), std::process::id())];
+    pids.extend(
+        ctx.workers()
+            .iter()
+            .map(|w| (format!("worker {}", w.id.0), w.pid)),
+    );
+    pids
+}
+
+/// The CPU time each thread of `pids` took between the two snapshots (see
+/// [`crate::sys::thread_run_ns`]), in ms, one line per thread that ran.
+fn thread_cpu_report(
+    pids: &[(String, u32)],
+    before: &[Vec<(u32, String, u64)>],
+    after: impl Iterator<Item = Vec<(u32, String, u64)>>,
+) -> String {
+    let mut s = String::from(
+        "Thread CPU during the run (ms):
+",
+    );
+    let mut total = 0u64;
+    for ((process, _), (before, after)) in pids.iter().zip(before.iter().zip(after)) {
+        for (tid, name, ns) in after {
+            let was = before.iter().find(|(t, _, _)| *t == tid).map_or(0, |b| b.2);
+            let ran = ns.saturating_sub(was);
+            if ran > 0 {
+                total += ran;
+                let _ = writeln!(s, "  {process:>10} {name:<16} {:>10.3}", ran as f64 / 1e6);
+            }
+        }
+    }
+    let _ = writeln!(s, "  {:>10} {:<16} {:>10.3}", "all", "", total as f64 / 1e6);
+    s
 }
 
 /// The parsed command line.
@@ -85,6 +131,9 @@ pub struct Args {
     /// `-placement any`: with workers, let the scheduler place each task on any worker
     /// (default `block`: point `p` on worker `1 + p * workers / width`).
     pub free_placement: bool,
+    /// `-thread-cpu`: after a run, the CPU time each thread of the head and of its worker
+    /// processes took during it (Linux).
+    pub thread_cpu: bool,
 }
 
 /// Settings of the `metg` sweep.
@@ -163,6 +212,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
     let mut workers = 0usize;
     let mut worker_threads = 1usize;
     let mut free_placement = false;
+    let mut thread_cpu = false;
     let mut nodes = 0;
     let mut verbose = 0;
     let mut help = false;
@@ -199,6 +249,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 let ok = |v| (1..=4096).contains(&v);
                 worker_threads = int(flag, value(&mut it, flag)?, ok, "in 1..=4096")? as usize;
             }
+            "-thread-cpu" | "--thread-cpu" => thread_cpu = true,
             "-placement" | "--placement" => {
                 free_placement = match value(&mut it, flag)? {
                     "any" => true,
@@ -262,6 +313,11 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
     if let (Some(flag), false) = (metg_flag, metg) {
         return Err(format!("flag \"{flag}\" only applies to `taskbench metg`"));
     }
+    if metg && thread_cpu {
+        return Err(
+            "flag \"-thread-cpu\" does not apply to `taskbench metg`: it reports one run".into(),
+        );
+    }
     for g in &graphs {
         g.check()?;
     }
@@ -275,6 +331,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         workers,
         worker_threads,
         free_placement,
+        thread_cpu,
     })
 }
 
@@ -307,6 +364,10 @@ pub fn help() -> String {
                 (
                     "-placement [block|any]",
                     "with workers: point p on worker 1+p*workers/width, or any",
+                ),
+                (
+                    "-thread-cpu",
+                    "after the run, the CPU time of each thread of every process (Linux)",
                 ),
             ],
         ),
@@ -1124,6 +1185,50 @@ mod tests {
             let msg = e.to_string();
             assert!(msg.contains("graph 0 timestep 1 point 0"), "{msg}");
         });
+    }
+
+    #[test]
+    fn thread_cpu_is_a_flag_of_single_runs() {
+        assert!(parse(&argv("-thread-cpu -steps 2")).unwrap().thread_cpu);
+        assert!(!parse(&argv("-steps 2")).unwrap().thread_cpu);
+        let e = parse_err("metg -thread-cpu");
+        assert!(e.contains("-thread-cpu") && e.contains("metg"), "{e}");
+    }
+
+    #[test]
+    fn thread_cpu_report_counts_what_each_thread_ran_between_snapshots() {
+        let pids = [("head".to_string(), 1), ("worker 1".to_string(), 2)];
+        let before = vec![
+            vec![(10, "dagger-io".to_string(), 5_000_000)],
+            vec![(20, "dagger-w1-0".to_string(), 1_000_000)],
+        ];
+        let after = vec![
+            vec![
+                (10, "dagger-io".to_string(), 7_500_000),
+                (11, "idle".to_string(), 0),
+            ],
+            // A thread started during the run counts from zero.
+            vec![
+                (20, "dagger-w1-0".to_string(), 4_000_000),
+                (21, "dagger-w1-io".to_string(), 250_000),
+            ],
+        ];
+        let r = thread_cpu_report(&pids, &before, after.into_iter());
+        let rows: Vec<String> = r
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "head dagger-io 2.500",
+                "worker 1 dagger-w1-0 3.000",
+                "worker 1 dagger-w1-io 0.250",
+                "all 5.750"
+            ],
+            "{r}"
+        );
     }
 
     #[test]
