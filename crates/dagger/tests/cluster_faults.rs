@@ -55,6 +55,11 @@ fn on_workers(ids: impl IntoIterator<Item = u32>) -> Scope {
     Scope::spec().workers(ids).build().unwrap()
 }
 
+/// The process id of worker `w` of `ctx`.
+fn pid_of(ctx: &Context, w: WorkerId) -> u32 {
+    ctx.workers().iter().find(|i| i.id == w).unwrap().pid
+}
+
 /// Stops process `pid` (`SIGSTOP`) and returns once every thread of it is stopped: the
 /// signal stops them as each gets to it, and an I/O thread busy with a message would still
 /// answer a request sent right after `kill` returned. Fails the test after 30 s.
@@ -322,7 +327,7 @@ fn a_hung_worker_is_declared_dead_by_heartbeat() {
         let data = spawn!(make(1000); scope = anywhere.clone());
         data.wait();
         let victim = data.processor().expect("it ran on a worker").worker;
-        let pid = ctx.workers().iter().find(|w| w.id == victim).unwrap().pid;
+        let pid = pid_of(&ctx, victim);
         stop(pid);
         let sums: Vec<DTask<u64>> = (0..8)
             .map(|_| spawn!(total(&data); scope = anywhere.clone()))
@@ -364,34 +369,11 @@ fn a_worker_lost_mid_stencil_fails_its_points_and_the_head_goes_on() {
             )
             .build()
             .expect("the cluster starts");
-        let pid = ctx
-            .workers()
-            .iter()
-            .find(|w| w.id == WorkerId(1))
-            .unwrap()
-            .pid;
+        let pid = pid_of(&ctx, WorkerId(1));
         ctx.enter(|| {
-            let (open, opened) = std::sync::mpsc::channel::<()>();
-            let gate = dagger::spawn(move || {
-                let _ = opened.recv();
-                0u64
+            let (rows, _) = common::spawn_stencil(WIDTH, STEPS, |_, c, seed, ins| {
+                spawn!(mix(seed, &ins); scope = Scope::worker(1 + (c % 2) as u32))
             });
-            let reads = |c: usize| c.saturating_sub(1)..(c + 2).min(WIDTH);
-            let mut rows: Vec<Vec<DTask<u64>>> = Vec::with_capacity(STEPS);
-            for s in 0..STEPS {
-                let row = (0..WIDTH)
-                    .map(|c| {
-                        let ins = match s {
-                            0 => vec![gate.clone()],
-                            _ => rows[s - 1][reads(c)].to_vec(),
-                        };
-                        let seed = (s * WIDTH + c) as u64;
-                        spawn!(mix(seed, &ins); scope = Scope::worker(1 + (c % 2) as u32))
-                    })
-                    .collect();
-                rows.push(row);
-            }
-            open.send(()).unwrap();
             rows[STEPS / 4][0].wait();
             stop(pid);
             ctx.kill_worker(WorkerId(1)).unwrap();
@@ -410,12 +392,7 @@ fn a_worker_lost_mid_stencil_fails_its_points_and_the_head_goes_on() {
 #[test]
 fn asking_a_hung_worker_for_its_statistics_ends_when_it_is_declared_dead() {
     let ctx = cluster(2, Duration::from_millis(1500));
-    let pid = ctx
-        .workers()
-        .iter()
-        .find(|w| w.id == WorkerId(2))
-        .unwrap()
-        .pid;
+    let pid = pid_of(&ctx, WorkerId(2));
     stop(pid);
     let err = ctx.worker_stats(WorkerId(2)).unwrap_err().to_string();
     assert!(err.contains("worker 2 left before it reported"), "{err}");
