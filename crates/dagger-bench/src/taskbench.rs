@@ -48,14 +48,19 @@ pub fn run(args: Args) -> Result<(), String> {
         Some(m) => metg(&ctx, &args, m),
         None => {
             print!("{}", display(&args.graphs, args.verbose));
-            let pids = process_ids(&ctx);
-            let before: Vec<_> = pids
-                .iter()
-                .map(|p| crate::sys::thread_run_ns(p.1))
-                .collect();
+            let snapshot = |pids: &[(String, u32)]| -> Vec<_> {
+                pids.iter()
+                    .map(|p| crate::sys::thread_run_ns(p.1))
+                    .collect()
+            };
+            let before = args.thread_cpu.then(|| {
+                let pids = process_ids(&ctx);
+                let threads = snapshot(&pids);
+                (pids, threads)
+            });
             let stats = run_graphs_placed(&ctx, &args.graphs, args.free_placement)?;
-            if args.thread_cpu {
-                let after = pids.iter().map(|p| crate::sys::thread_run_ns(p.1));
+            if let Some((pids, before)) = before {
+                let after = snapshot(&pids).into_iter();
                 print!("{}", thread_cpu_report(&pids, &before, after));
             }
             let counts = total_counts(&args.graphs, args.nodes);
