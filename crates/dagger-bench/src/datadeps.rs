@@ -50,7 +50,7 @@ type Step = (usize, bool, Option<(usize, bool)>);
 
 fn context(cfg: &Config) -> Result<Context, String> {
     if cfg.workers > 0 {
-        return crate::workers::cluster(cfg.threads, cfg.workers, cfg.worker_threads);
+        return crate::workers::cluster(cfg.threads, cfg.workers, cfg.worker_threads, false);
     }
     Context::builder()
         .threads(cfg.threads)

@@ -37,7 +37,12 @@ pub fn run(args: Args) -> Result<(), String> {
         return Ok(());
     }
     let ctx = if args.workers > 0 {
-        crate::workers::cluster(args.threads, args.workers, args.worker_threads)?
+        crate::workers::cluster(
+            args.threads,
+            args.workers,
+            args.worker_threads,
+            args.pin_threads,
+        )?
     } else {
         dagger::Context::builder()
             .threads(args.threads)
@@ -53,15 +58,22 @@ pub fn run(args: Args) -> Result<(), String> {
                     .map(|p| crate::sys::thread_run_ns(p.1))
                     .collect()
             };
+            let counters = || -> Vec<_> {
+                ctx.workers()
+                    .iter()
+                    .map(|w| (w.id, ctx.worker_stats(w.id).unwrap_or_default()))
+                    .collect()
+            };
             let before = args.thread_cpu.then(|| {
                 let pids = process_ids(&ctx);
                 let threads = snapshot(&pids);
-                (pids, threads)
+                (pids, threads, counters())
             });
             let stats = run_graphs_placed(&ctx, &args.graphs, args.free_placement)?;
-            if let Some((pids, before)) = before {
+            if let Some((pids, before, counted)) = before {
                 let after = snapshot(&pids).into_iter();
                 print!("{}", thread_cpu_report(&pids, &before, after));
+                print!("{}", worker_counters_report(&counted, &counters()));
             }
             let counts = total_counts(&args.graphs, args.nodes);
             if stats.tasks != counts.tasks || stats.inputs != counts.deps {
@@ -75,6 +87,25 @@ pub fn run(args: Args) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// What each worker counted during the run: calls sent ahead of their inputs, calls given
+/// back to be placed again, notes that came as datagrams.
+fn worker_counters_report(
+    before: &[(dagger::WorkerId, dagger::WorkerStats)],
+    after: &[(dagger::WorkerId, dagger::WorkerStats)],
+) -> String {
+    let mut out = String::from("Worker counters during the run:\n");
+    for ((id, b), (_, a)) in before.iter().zip(after) {
+        out += &format!(
+            "    worker {}: sent ahead {}, placed again {}, datagram notes {}\n",
+            id.0,
+            a.sent_ahead - b.sent_ahead,
+            a.placed_again - b.placed_again,
+            a.datagram_notes - b.datagram_notes,
+        );
+    }
+    out
 }
 
 /// This process (`head`) and its worker processes, by name and process id.
@@ -139,6 +170,9 @@ pub struct Args {
     /// `-thread-cpu`: after a run, the CPU time each thread of the head and of its worker
     /// processes took during it (Linux).
     pub thread_cpu: bool,
+    /// `-pin-threads`: with workers, pin their compute threads to CPUs of their own (see
+    /// [`dagger::ClusterOptions::pin_threads`]).
+    pub pin_threads: bool,
 }
 
 /// Settings of the `metg` sweep.
@@ -217,6 +251,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
     let mut workers = 0usize;
     let mut worker_threads = 1usize;
     let mut free_placement = false;
+    let mut pin_threads = false;
     let mut thread_cpu = false;
     let mut nodes = 0;
     let mut verbose = 0;
@@ -255,6 +290,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
                 worker_threads = int(flag, value(&mut it, flag)?, ok, "in 1..=4096")? as usize;
             }
             "-thread-cpu" | "--thread-cpu" => thread_cpu = true,
+            "-pin-threads" | "--pin-threads" => pin_threads = true,
             "-placement" | "--placement" => {
                 free_placement = match value(&mut it, flag)? {
                     "any" => true,
@@ -337,6 +373,7 @@ pub fn parse(args: &[String]) -> Result<Args, String> {
         worker_threads,
         free_placement,
         thread_cpu,
+        pin_threads,
     })
 }
 
@@ -369,6 +406,10 @@ pub fn help() -> String {
                 (
                     "-placement [block|any]",
                     "with workers: point p on worker 1+p*workers/width, or any",
+                ),
+                (
+                    "-pin-threads",
+                    "with workers: pin their compute threads to CPUs of their own",
                 ),
                 (
                     "-thread-cpu",
@@ -780,6 +821,7 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
                 (false, true) => "any",
             },
         )
+        .bool("pin_threads", !workers.is_empty() && args.pin_threads)
         .int("tasks", tasks as u64)
         .num("seconds", metg.seconds)
         .num("us_per_task", metg.seconds * 1e6 / tasks as f64);

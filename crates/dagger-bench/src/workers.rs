@@ -31,14 +31,24 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 /// A cluster context: `threads` compute threads here, `workers` local worker processes with
-/// `worker_threads` each.
-pub fn cluster(threads: usize, workers: usize, worker_threads: usize) -> Result<Context, String> {
+/// `worker_threads` each; with `pin_threads`, their threads pinned (see
+/// [`dagger::ClusterOptions::pin_threads`]; `DAGGER_PIN_THREADS=1` also asks for it).
+pub fn cluster(
+    threads: usize,
+    workers: usize,
+    worker_threads: usize,
+    pin_threads: bool,
+) -> Result<Context, String> {
+    let mut opts = dagger::ClusterOptions::new().launch(LaunchSpec::Local {
+        workers,
+        threads: worker_threads,
+    });
+    if pin_threads {
+        opts = opts.pin_threads(true);
+    }
     let ctx = Context::builder()
         .threads(threads)
-        .workers(LaunchSpec::Local {
-            workers,
-            threads: worker_threads,
-        })
+        .cluster(opts)
         .build()
         .map_err(|e| format!("cannot start {workers} worker processes: {e}"))?;
     let up = ctx.workers().len();
@@ -77,7 +87,7 @@ pub fn on_workers(workers: usize) -> Result<Scope, String> {
 }
 
 fn ctx_of(cfg: &Config) -> Result<Context, String> {
-    cluster(cfg.threads, cfg.workers, cfg.worker_threads)
+    cluster(cfg.threads, cfg.workers, cfg.worker_threads, false)
 }
 
 pub fn run(name: &str, cfg: &Config) -> Result<(), String> {

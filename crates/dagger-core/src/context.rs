@@ -49,6 +49,7 @@ pub struct ContextBuilder {
     stack_size: usize,
     max_blocked_threads: usize,
     thread_name: String,
+    pin_cpus: Option<Vec<usize>>,
 }
 
 impl fmt::Debug for ContextBuilder {
@@ -141,6 +142,13 @@ impl ContextBuilder {
         self
     }
 
+    /// Pins the compute thread serving processor slot `i` to CPU `cpus[i % cpus.len()]`
+    /// (a worker process of a cluster whose head asked for it).
+    pub(crate) fn pin_cpus(mut self, cpus: Vec<usize>) -> Self {
+        self.pin_cpus = Some(cpus);
+        self
+    }
+
     /// Starts the context.
     pub fn build(self) -> Result<Context> {
         let threads = match self.threads {
@@ -166,6 +174,7 @@ impl ContextBuilder {
             stack_size: self.stack_size,
             max_blocked_threads: self.max_blocked_threads,
             thread_name: self.thread_name,
+            pin_cpus: self.pin_cpus,
         })
         .map_err(|e| Error::Config(format!("cannot start compute threads: {e}")))?;
         let inner = Arc::new(ContextInner {
@@ -212,6 +221,7 @@ impl Context {
             stack_size: 8 << 20,
             max_blocked_threads: 512,
             thread_name: "dagger".into(),
+            pin_cpus: None,
         }
     }
 

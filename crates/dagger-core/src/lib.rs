@@ -16,6 +16,7 @@
 mod chunk;
 mod cluster;
 mod context;
+mod cpu;
 mod datadeps;
 mod error;
 mod hash;

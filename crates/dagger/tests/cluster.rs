@@ -21,6 +21,22 @@ fn whoami() -> (u32, Option<u32>, u32) {
     (p.worker.0, p.thread_index(), std::process::id())
 }
 
+/// The CPUs the calling thread may run on, as Linux lists them (`0-1,4`).
+fn allowed_cpus(status: &str) -> String {
+    std::fs::read_to_string(status)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[dagger::task]
+fn my_cpus() -> String {
+    allowed_cpus("/proc/thread-self/status")
+}
+
 #[dagger::task]
 fn make(n: u64) -> Vec<u64> {
     (0..n).collect()
@@ -899,4 +915,55 @@ fn a_long_chain_sent_ahead_of_a_failed_input_is_given_back_whole() {
         );
     });
     let _ = std::fs::remove_file(&gate);
+}
+
+/// With `pin_threads`, each local worker's compute thread runs on a CPU of its own (worker
+/// `w` with one thread: the `w`-th CPU this process may use), and the head's network thread
+/// runs at the lowest priority.
+#[cfg(target_os = "linux")]
+#[test]
+fn pinned_local_workers_run_on_cpus_of_their_own() {
+    use dagger::ClusterOptions;
+    let cpus: Vec<usize> = allowed_cpus("/proc/self/status")
+        .split(',')
+        .flat_map(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()
+        })
+        .collect();
+    let ctx = Context::builder()
+        .threads(1)
+        .cluster(
+            ClusterOptions::new()
+                .launch(LaunchSpec::Local {
+                    workers: 2,
+                    threads: 1,
+                })
+                .pin_threads(true),
+        )
+        .build()
+        .expect("the cluster starts");
+    ctx.enter(|| {
+        for (w, cpu) in [(1u32, cpus[0]), (2, cpus[1 % cpus.len()])] {
+            let got = spawn!(my_cpus(); scope = Scope::worker(w)).fetch().unwrap();
+            assert_eq!(got, cpu.to_string(), "the thread of worker {w}");
+        }
+    });
+    // The tasks of this process are not pinned.
+    let here = ctx.enter(|| spawn!(my_cpus(); scope = Scope::worker(0)).fetch().unwrap());
+    assert_eq!(here, allowed_cpus("/proc/self/status"));
+    let nice_of = |stat: String| -> i64 {
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+    };
+    let network: Vec<i64> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "dagger-io"))
+        .map(|t| nice_of(std::fs::read_to_string(t.join("stat")).unwrap()))
+        .collect();
+    assert!(
+        network.contains(&19),
+        "nice values of the network threads: {network:?}"
+    );
 }

@@ -19,7 +19,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::id::WorkerId;
 use crate::remote::functions::table;
-use dagger_net::launch::{LaunchSpec, Launched, WorkerEnv};
+use dagger_net::launch::{vars, LaunchSpec, Launched, WorkerEnv};
 use dagger_net::{Hello, NetConfig, Role as NetRole, Secret, TlsConfig, TlsIdentity};
 use head::Head;
 use io::Io;
@@ -52,6 +52,7 @@ pub struct ClusterOptions {
     pub(crate) tls: bool,
     pub(crate) join_timeout: Duration,
     pub(crate) heartbeat_timeout: Duration,
+    pub(crate) pin_threads: bool,
     /// Workers that start by themselves and join (SPMD ranks), beside launched ones.
     pub(crate) expect: Vec<u32>,
     /// Where to publish the head's address for them.
@@ -67,6 +68,7 @@ impl Default for ClusterOptions {
             tls: std::env::var("DAGGER_TLS").is_ok_and(|v| v == "1"),
             join_timeout: Duration::from_secs(120),
             heartbeat_timeout: Duration::from_secs(10),
+            pin_threads: std::env::var(vars::PIN_THREADS).is_ok_and(|v| v == "1"),
             expect: Vec::new(),
             rendezvous: None,
         }
@@ -76,7 +78,8 @@ impl Default for ClusterOptions {
 impl ClusterOptions {
     /// The defaults: no workers started, listen on loopback (`DAGGER_BIND` overrides), secret
     /// from `DAGGER_SECRET`/`DAGGER_SECRET_FILE` or a fresh one, TLS if `DAGGER_TLS=1`,
-    /// workers get 120 s to join, a worker silent for 10 s is declared dead.
+    /// workers get 120 s to join, a worker silent for 10 s is declared dead, threads pinned
+    /// if `DAGGER_PIN_THREADS=1`.
     pub fn new() -> Self {
         Self::default()
     }
@@ -120,6 +123,36 @@ impl ClusterOptions {
         self.heartbeat_timeout = timeout;
         self
     }
+
+    /// Gives the compute threads of [local](LaunchSpec::Local) workers the CPUs of this
+    /// machine: each is pinned to a CPU of its own (worker `w` with `t` threads takes the
+    /// `t` CPUs after the first `(w - 1) * t` that this process may use, wrapping around),
+    /// and the head's network thread runs at the lowest priority, on the CPU time they
+    /// leave, instead of taking turns with them. Off by default (`DAGGER_PIN_THREADS=1`
+    /// turns it on).
+    ///
+    /// For graphs whose workers wait on each other step by step (a stencil) on a machine
+    /// that runs nothing else: a worker whose thread shares a CPU, or waits for the head's
+    /// bookkeeping to finish its turn, holds up every other worker. Two programs pinned
+    /// this way on one machine share the same CPUs. Workers started by other launchers
+    /// are not pinned (`srun --cpu-bind` and `mpirun --bind-to` do that).
+    ///
+    /// ```no_run
+    /// use dagger_core::{ClusterOptions, Context, LaunchSpec};
+    ///
+    /// let ctx = Context::builder()
+    ///     .cluster(
+    ///         ClusterOptions::new()
+    ///             .launch(LaunchSpec::Local { workers: 2, threads: 1 })
+    ///             .pin_threads(true),
+    ///     )
+    ///     .build()?;
+    /// # Ok::<(), dagger_core::Error>(())
+    /// ```
+    pub fn pin_threads(mut self, on: bool) -> Self {
+        self.pin_threads = on;
+        self
+    }
 }
 
 /// A worker process of a cluster.
@@ -144,6 +177,7 @@ pub(crate) struct Cluster {
     launched: Mutex<Option<Launched>>,
     worker_env: WorkerEnv,
     join_timeout: Duration,
+    pin_threads: bool,
     _heartbeat: std::thread::JoinHandle<()>,
 }
 
@@ -203,6 +237,7 @@ impl Cluster {
             launched: Mutex::new(None),
             worker_env,
             join_timeout: opts.join_timeout,
+            pin_threads: opts.pin_threads,
             _heartbeat: heartbeat,
         });
         if let Some(spec) = &opts.launch {
@@ -238,6 +273,15 @@ impl Cluster {
     pub(crate) fn launch(&self, spec: &LaunchSpec) -> Result<Vec<WorkerId>> {
         let mut launched = self.launched.lock().unwrap_or_else(|e| e.into_inner());
         let mut env = self.worker_env.clone();
+        if self.pin_threads && matches!(spec, LaunchSpec::Local { .. }) {
+            env.pin_cpus = Some(crate::cpu::available());
+            // Once is enough: the priority belongs to the thread.
+            self.node.io.spawn(async {
+                if !crate::cpu::lower_current_thread_priority() {
+                    log::warn!("cannot lower the priority of the head's network thread");
+                }
+            });
+        }
         env.first_id = launched
             .as_ref()
             .map_or(1, |l| l.next_id())
@@ -512,6 +556,15 @@ fn run_worker(
         .thread_name(format!("dagger-w{id}"));
     if let Some(t) = threads {
         builder = builder.threads(t);
+    }
+    if let Ok(list) = std::env::var(vars::PIN_CPUS) {
+        let cpus = crate::cpu::parse_list(&list).ok_or_else(|| {
+            Error::Config(format!(
+                "{}={list:?} is not a list of CPUs like 0,1,2",
+                vars::PIN_CPUS
+            ))
+        })?;
+        builder = builder.pin_cpus(cpus);
     }
     let ctx = builder.build()?;
     let mut config = NetConfig::new(secret);

@@ -201,6 +201,8 @@ pub(crate) struct RegistryConfig {
     pub(crate) stack_size: usize,
     pub(crate) max_blocked_threads: usize,
     pub(crate) thread_name: String,
+    /// The CPU for the threads serving each slot (slot `i`: `cpus[i % len]`), if pinned.
+    pub(crate) pin_cpus: Option<Vec<usize>>,
 }
 
 /// A spare thread waiting in the pool for a slot to serve.
@@ -230,6 +232,8 @@ pub(crate) struct Registry {
     has_custom_default: bool,
     pub(crate) stack_size: usize,
     pub(crate) thread_name: String,
+    /// See [`RegistryConfig::pin_cpus`].
+    pin_cpus: Option<Vec<usize>>,
     blocked_limit_warned: AtomicBool,
     /// The context that owns this registry (for `Context::current` inside tasks).
     pub(crate) context: OnceLock<Weak<crate::context::ContextInner>>,
@@ -370,6 +374,7 @@ impl Registry {
             has_custom_default,
             stack_size: config.stack_size,
             thread_name: config.thread_name,
+            pin_cpus: config.pin_cpus,
             blocked_limit_warned: AtomicBool::new(false),
             context: OnceLock::new(),
             remote: RemoteSet::new(),

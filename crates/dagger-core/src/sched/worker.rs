@@ -104,6 +104,7 @@ impl WorkerThread {
     }
 
     fn main(self) {
+        self.pin();
         CTX.with(|c| {
             c.worker.set(&self);
             c.proc.set(self.slot.get() as u32);
@@ -119,6 +120,16 @@ impl WorkerThread {
             && self.registry.terminating()
         {
             self.registry.drain_after_shutdown();
+        }
+    }
+
+    /// Moves this thread to the CPU of its slot, if the registry pins its threads.
+    fn pin(&self) {
+        if let Some(cpus) = self.registry.pin_cpus.as_deref().filter(|c| !c.is_empty()) {
+            let cpu = cpus[self.slot.get() % cpus.len()];
+            if !crate::cpu::pin_current_thread(cpu) {
+                log::warn!("cannot pin compute thread {} to CPU {cpu}", self.index);
+            }
         }
     }
 
@@ -466,6 +477,7 @@ impl WorkerThread {
             let a = self.assignment.swap(0, Ordering::AcqRel);
             if a != 0 {
                 self.slot.set(a - 1);
+                self.pin();
                 CTX.with(|c| c.proc.set((a - 1) as u32));
                 return true;
             }

@@ -42,6 +42,13 @@ pub(super) fn launch(
         vars.push((vars::WORKER_ID.into(), id.to_string()));
         vars.push((vars::THREADS.into(), threads.to_string()));
         vars.push((vars::SECRET.into(), env.secret_hex.clone()));
+        if let Some(cpus) = env.pin_cpus.as_deref().filter(|c| !c.is_empty()) {
+            let first = (id.max(1) as usize - 1) * threads;
+            let mine: Vec<String> = (0..threads)
+                .map(|k| cpus[(first + k) % cpus.len()].to_string())
+                .collect();
+            vars.push((vars::PIN_CPUS.into(), mine.join(",")));
+        }
         let mut cmd = Command::new(&exe);
         cmd.args(&args).stdin(Stdio::null());
         set_env(&mut cmd, &vars);

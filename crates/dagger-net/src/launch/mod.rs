@@ -118,6 +118,12 @@ pub mod vars {
     pub const SRUN_ARGS: &str = "DAGGER_SRUN_ARGS";
     /// Compute threads per worker.
     pub const WORKER_THREADS: &str = "DAGGER_WORKER_THREADS";
+    /// `1`: local workers pin their compute threads to CPUs of their own, and the head's
+    /// network thread gives way to them.
+    pub const PIN_THREADS: &str = "DAGGER_PIN_THREADS";
+    /// The CPUs (`0,1,2`) a local worker pins its compute threads to, the thread serving
+    /// slot `i` to the `i`-th (see [`super::WorkerEnv::pin_cpus`]).
+    pub const PIN_CPUS: &str = "DAGGER_PIN_CPUS";
 
     /// Variables a launcher sets or that configure launching: never inherited by a child
     /// from the head's own environment.
@@ -140,6 +146,8 @@ pub mod vars {
         SSH_EXE,
         SRUN_ARGS,
         WORKER_THREADS,
+        PIN_THREADS,
+        PIN_CPUS,
         super::slurm::ID_BASE_VAR,
     ];
 }
@@ -295,6 +303,10 @@ pub struct WorkerEnv {
     /// How long [`launch`] waits for SSH and SLURM workers to start (connecting, logging in,
     /// `srun` getting its step) before it gives up with [`LaunchError::StartTimeout`].
     pub start_timeout: Duration,
+    /// The CPUs that local workers pin their compute threads to, if any: worker `w` with
+    /// `t` threads takes the `t` that follow the first `(w - 1) * t`, wrapping around.
+    /// Workers of the other launchers are not pinned.
+    pub pin_cpus: Option<Vec<usize>>,
 }
 
 impl WorkerEnv {
@@ -310,6 +322,7 @@ impl WorkerEnv {
             exe: None,
             args: None,
             start_timeout: Duration::from_secs(60),
+            pin_cpus: None,
         }
     }
 
