@@ -152,6 +152,11 @@ struct QueueState {
     /// `usize::MAX` once one of them is to be sent alone, without a copy).
     runs_in_items: usize,
     run_bytes_in_items: usize,
+    /// How many of `items` are frees ([`Out::Free`]).
+    frees_in_items: usize,
+    /// How many of the items counted in `queued` that the writer task took are frees it
+    /// holds back to send with later messages, everything else it took being written.
+    frees_held: usize,
 }
 
 impl Queue {
@@ -182,12 +187,16 @@ impl Queue {
 impl QueueState {
     /// Appends `out` (the queue is open); true if it is the first item queued.
     fn append(&mut self, out: Out) -> bool {
-        if let Out::Run(r) = &out {
-            self.runs_in_items += 1;
-            self.run_bytes_in_items = match r.len() {
-                n if n > MAX_COPIED_RUN => usize::MAX,
-                n => self.run_bytes_in_items.saturating_add(n),
-            };
+        match &out {
+            Out::Run(r) => {
+                self.runs_in_items += 1;
+                self.run_bytes_in_items = match r.len() {
+                    n if n > MAX_COPIED_RUN => usize::MAX,
+                    n => self.run_bytes_in_items.saturating_add(n),
+                };
+            }
+            Out::Free(_) => self.frees_in_items += 1,
+            _ => {}
         }
         self.items.push(out);
         self.queued += 1;
@@ -199,15 +208,18 @@ impl QueueState {
     fn items_taken(&mut self) {
         self.runs_in_items = 0;
         self.run_bytes_in_items = 0;
+        self.frees_in_items = 0;
     }
 
-    /// Whether the queue holds only calls, enough of them to leave before the writer task
-    /// takes them (see [`Link::send_run`]), and none taken by it is still unwritten.
+    /// Whether the queue holds only calls and frees, enough calls to leave before the
+    /// writer task takes them (see [`Link::send_run`]), and nothing the writer task took is
+    /// still unwritten but the frees it holds back (which calls may overtake: a call never
+    /// names a value being freed).
     fn runs_leave_early(&self) -> bool {
         (self.runs_in_items >= EARLY_RUNS || self.run_bytes_in_items >= EARLY_RUN_BYTES)
             && self.run_bytes_in_items != usize::MAX
-            && self.runs_in_items == self.items.len()
-            && self.queued == self.items.len()
+            && self.runs_in_items + self.frees_in_items == self.items.len()
+            && self.queued - self.frees_held == self.items.len()
     }
 }
 
@@ -338,32 +350,37 @@ impl Link {
         Some(seq)
     }
 
-    /// Writes the calls queued (all that is queued: see [`send_run`](Self::send_run)) as one
-    /// `Run` message from this thread.
+    /// Writes the calls queued (with frees: see [`send_run`](Self::send_run)) as one `Run`
+    /// message from this thread; the frees stay queued for the writer task.
     fn write_runs(&self, mut state: std::sync::MutexGuard<'_, QueueState>) {
         let queue = &self.senders.0;
         let Some(writer) = state.writer.as_ref() else {
             return;
         };
-        let count = state.items.len();
+        let runs = state.runs_in_items;
         let mut body = Vec::with_capacity(state.run_bytes_in_items);
         for out in &state.items {
             if let Out::Run(r) = out {
                 body.extend_from_slice(run_body(r));
             }
         }
-        let out = match writer.write(&run_batch(count, &body)) {
-            Ok(rest) if rest.is_empty() => None,
-            Ok(rest) => Some(Out::Framed(rest)),
+        let rest = match writer.write(&run_batch(runs, &body)) {
+            Ok(rest) => rest,
             // Nothing was written: the writer task sends them (and meets the error).
             Err(_) => return,
         };
-        state.items.clear();
-        state.items_taken();
-        state.queued -= count;
-        if let Some(rest) = out {
-            queue.push(state, rest);
+        state.items.retain(|out| !matches!(out, Out::Run(_)));
+        state.queued -= runs;
+        state.runs_in_items = 0;
+        state.run_bytes_in_items = 0;
+        if !rest.is_empty() {
+            // The rest of the calls goes before the frees.
+            state.items.insert(0, Out::Framed(rest));
+            state.queued += 1;
         }
+        let first = !state.items.is_empty();
+        drop(state);
+        queue.arrived_if(first);
     }
 
     /// Reports a finished task, batched with the others queued at the same time (tests
@@ -415,6 +432,8 @@ pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>
             runs: 0,
             runs_in_items: 0,
             run_bytes_in_items: 0,
+            frees_in_items: 0,
+            frees_held: 0,
         }),
         arrived: tokio::sync::Notify::new(),
     });
@@ -554,7 +573,9 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
     // Items taken from the queue and not yet written.
     let mut taken = 0usize;
     let written = |taken: &mut usize| {
-        queue.lock().queued -= *taken;
+        let mut state = queue.lock();
+        state.queued -= *taken;
+        state.frees_held = 0;
         *taken = 0;
     };
     let mut batch = Batch::default();
@@ -582,6 +603,8 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
             }
             if frees_due.is_some_and(|d| d <= now) {
                 frees_due = None;
+                // They are being written: nothing may be written past them now.
+                queue.lock().frees_held = 0;
                 if batch.send(&mut sender).is_err() || sender.flush().await.is_err() {
                     return;
                 }
@@ -642,8 +665,10 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
             let _ = sender.close().await;
             return;
         }
-        if frees_due.is_none() {
-            written(&mut taken);
+        match frees_due {
+            None => written(&mut taken),
+            // Everything taken is written but the frees held back.
+            Some(_) => queue.lock().frees_held = taken,
         }
     }
 }
@@ -653,6 +678,10 @@ fn swap_items(queue: &Queue, items: &mut Vec<Out>) {
     let mut state = queue.lock();
     std::mem::swap(&mut state.items, items);
     state.items_taken();
+    if !items.is_empty() {
+        // The frees held back leave with these: nothing may be written past them now.
+        state.frees_held = 0;
+    }
 }
 
 /// The held reports' time came: queues them for the writer task if their turn came, and
@@ -825,6 +854,63 @@ mod tests {
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [EARLY_RUNS, EARLY_RUNS, 44]);
         assert_eq!(batches.concat(), (0..n).collect::<Vec<u64>>());
+        drop(link);
+    }
+
+    /// Frees waiting in the queue, or held back by the writer task for later messages, do
+    /// not keep a long run of calls from leaving early.
+    #[test]
+    fn calls_leave_early_past_frees() {
+        let io = Io::start("test-io").unwrap();
+        let (link, server) = connected_link(&io);
+        let n = 2 * EARLY_RUNS as u64 + 44;
+        let sender = link.clone();
+        io.run(async move {
+            // The writer task takes this one and holds it back (sent alone later).
+            assert!(sender.send_free(1_000_001));
+            for _ in 0..16 {
+                tokio::task::yield_now().await;
+            }
+            assert!(sender.send_free(1_000_002));
+            for task in 0..n {
+                let call = crate::remote::wire::WireCall {
+                    func: 1,
+                    args: vec![crate::remote::wire::WireArg::Value(vec![7; 8])],
+                    thread: None,
+                    options: Default::default(),
+                };
+                sender.send_run(super::super::msg::encode_run(task, &call, false));
+                if task == 10 {
+                    assert!(sender.send_free(1_000_003));
+                }
+            }
+        })
+        .unwrap();
+        let (batches, mut freed) = io
+            .run(async move {
+                let mut server = server;
+                let (mut batches, mut freed) = (Vec::<Vec<u64>>::new(), Vec::new());
+                while batches.iter().map(Vec::len).sum::<usize>() < n as usize || freed.len() < 3 {
+                    let bytes =
+                        tokio::time::timeout(std::time::Duration::from_secs(30), server.recv())
+                            .await
+                            .expect("everything arrives")
+                            .unwrap()
+                            .expect("open");
+                    match Msg::decode(&bytes).unwrap() {
+                        Msg::Run(runs) => batches.push(runs.iter().map(|r| r.task).collect()),
+                        Msg::Free(ids) => freed.extend(ids),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                (batches, freed)
+            })
+            .unwrap();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [EARLY_RUNS, EARLY_RUNS, 44]);
+        assert_eq!(batches.concat(), (0..n).collect::<Vec<u64>>());
+        freed.sort_unstable();
+        assert_eq!(freed, [1_000_001, 1_000_002, 1_000_003]);
         drop(link);
     }
 
