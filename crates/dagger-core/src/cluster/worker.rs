@@ -80,9 +80,15 @@ struct Ahead {
     /// Head tasks to ask each worker this process is connecting to about, once connected
     /// (with their places among the calls the head sent it).
     connecting: HashMap<u32, Vec<(u64, u64)>>,
+    /// The workers told where this one takes notes (its inbox), until they leave.
+    told_inbox: std::collections::HashSet<u32>,
     /// Calls received from the head so far (the head numbers them in the same order).
     runs_received: u64,
 }
+
+/// A worker to ask about head tasks made there, and those tasks with their places among the
+/// calls the head sent it.
+type Ask = (u32, Vec<(u64, u64)>);
 
 /// The report of a call that ended, waiting to be sent.
 struct Report {
@@ -231,6 +237,7 @@ impl Worker {
         lock(&self.ahead).runs_received += runs.len() as u64;
         let here: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
         let mut started = Vec::with_capacity(runs.len());
+        let mut ask = Vec::new();
         for r in runs {
             let claim = Arc::new(Claim::new());
             lock(&self.claims).insert(r.task, claim.clone());
@@ -247,11 +254,12 @@ impl Worker {
                 self.sent_ahead.fetch_add(1, Ordering::Relaxed);
             }
             if !elsewhere.is_empty() {
-                self.await_elsewhere(node, Call { run: r, claim }, elsewhere);
+                self.park(Call { run: r, claim }, elsewhere, &mut ask);
                 continue;
             }
             self.dispatch(node, link, Call { run: r, claim }, &here, &mut started);
         }
+        self.ask_elsewhere(node, ask);
         self.report_when_done(node, link, started);
     }
 
@@ -334,34 +342,36 @@ impl Worker {
     }
 
     /// Parks a call sent ahead of inputs being made on other workers (`elsewhere`: each
-    /// worker and head task) and asks those workers to say when they are made. It goes on
-    /// once they all are ([`Worker::made`]), and fails (for the head to place it again) if
-    /// one is not, or its worker leaves.
-    fn await_elsewhere(
-        self: &Arc<Self>,
-        node: &Arc<Node>,
-        call: Call,
-        elsewhere: Vec<(u32, u64, u64)>,
-    ) {
+    /// worker and head task), adding to `ask` the head tasks to ask those workers about
+    /// ([`Worker::ask_elsewhere`]). It goes on once they all are made ([`Worker::made`]),
+    /// and fails (for the head to place it again) if one is not, or its worker leaves.
+    fn park(&self, call: Call, elsewhere: Vec<(u32, u64, u64)>, ask: &mut Vec<Ask>) {
         let task = call.run.task;
-        let mut ask: Vec<(u32, Vec<(u64, u64)>)> = Vec::new();
-        {
-            let mut ahead = lock(&self.ahead);
-            ahead.parked.insert(task, call);
-            self.count_parked(&ahead);
-            for (worker, t, seq) in elsewhere {
-                let waiting = ahead.elsewhere.entry((worker, t)).or_default();
-                if waiting.is_empty() {
-                    match ask.iter_mut().find(|(w, _)| *w == worker) {
-                        Some((_, tasks)) => tasks.push((t, seq)),
-                        None => ask.push((worker, vec![(t, seq)])),
-                    }
+        let mut ahead = lock(&self.ahead);
+        ahead.parked.insert(task, call);
+        self.count_parked(&ahead);
+        for (worker, t, seq) in elsewhere {
+            let waiting = ahead.elsewhere.entry((worker, t)).or_default();
+            if waiting.is_empty() {
+                match ask.iter_mut().find(|(w, _)| *w == worker) {
+                    Some((_, tasks)) => tasks.push((t, seq)),
+                    None => ask.push((worker, vec![(t, seq)])),
                 }
-                waiting.push(task);
             }
+            waiting.push(task);
         }
+    }
+
+    /// Asks each worker of `ask` to say when the head tasks listed for it are made: one
+    /// message for all the calls of a batch that wait on it. A worker asked for the first
+    /// time learns first where this one takes notes.
+    fn ask_elsewhere(self: &Arc<Self>, node: &Arc<Node>, ask: Vec<Ask>) {
         for (worker, tasks) in ask {
-            let inbox = self.inbox.as_ref().and_then(|i| i.address_for(worker));
+            let inbox = self
+                .inbox
+                .as_ref()
+                .filter(|_| lock(&self.ahead).told_inbox.insert(worker))
+                .and_then(|i| i.address_for(worker));
             if let Some(l) = node.link(worker) {
                 if let Some(inbox) = inbox {
                     l.send(inbox);
@@ -451,6 +461,7 @@ impl Worker {
     fn peer_gone(self: &Arc<Self>, node: &Arc<Node>, worker: u32) {
         let refused: Vec<(Call, String)> = {
             let mut ahead = lock(&self.ahead);
+            ahead.told_inbox.remove(&worker);
             let keys: Vec<(u32, u64)> = ahead
                 .elsewhere
                 .keys()
