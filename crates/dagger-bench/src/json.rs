@@ -7,10 +7,12 @@ use std::fmt::Write;
 pub struct Line(Vec<(String, String)>);
 
 impl Line {
+    /// A line of `scenario` run by `system`, with this build's global allocator.
     pub fn new(scenario: &str, system: &str) -> Self {
         Line::default()
             .str("scenario", scenario)
             .str("system", system)
+            .str("allocator", crate::ALLOCATOR)
     }
 
     pub fn str(mut self, key: &str, v: &str) -> Self {

@@ -19,6 +19,17 @@
 //! times (default 7) after one warm-up, alternating dagger and its baseline, and report the
 //! median; `runs` lists every measurement.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The global allocator of this build (the `allocator` field of the JSON lines).
+pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
+
 mod datadeps;
 mod json;
 mod scenarios;
