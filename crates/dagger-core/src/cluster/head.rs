@@ -123,7 +123,7 @@ impl Located {
 
 #[derive(Default)]
 struct State {
-    workers: HashMap<u32, HeadWorker>,
+    workers: IdMap<u32, HeadWorker>,
     hosts: Vec<String>,
     inflight: IdMap<u64, InFlight>,
     /// Requests for statistics waiting for their answer: the worker asked, and where the
@@ -133,7 +133,7 @@ struct State {
     pings: HashMap<u64, (u32, Instant)>,
     /// Workers that left, and why.
     gone: HashMap<u32, String>,
-    located: HashMap<u32, Located>,
+    located: IdMap<u32, Located>,
     /// Tasks tried again after a loss, and how often.
     retries: IdMap<u64, u32>,
     parked: Vec<Parked>,

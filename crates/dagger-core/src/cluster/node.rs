@@ -4,12 +4,12 @@
 use super::io::{open_link, Handler, Io, Link};
 use super::msg::{Msg, PeerInfo};
 use crate::error::BoxError;
+use crate::hash::IdMap;
 use crate::remote::data::{DataLink, RemoteData};
 use crate::remote::store::Store;
 use crate::remote::wire::Location;
 use bytes::Bytes;
 use dagger_net::{Hello, Listener, NetConfig, NetError};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -59,7 +59,7 @@ impl Waiter {
     }
 }
 
-type Pending = HashMap<u64, (Link, Waiter)>;
+type Pending = IdMap<u64, (Link, Waiter)>;
 
 /// Most bytes (in MiB) of inputs a worker fetches ahead of its compute threads (on the I/O
 /// thread, before the calls take a compute thread): see [`PrefetchBudget`].
@@ -159,8 +159,8 @@ pub(crate) struct Node {
     pub(crate) store: Arc<Store>,
     /// Where other processes reach this one.
     pub(crate) addr: OnceLock<String>,
-    links: Mutex<HashMap<u32, Link>>,
-    peers: Mutex<HashMap<u32, PeerInfo>>,
+    links: Mutex<IdMap<u32, Link>>,
+    peers: Mutex<IdMap<u32, PeerInfo>>,
     pending: Mutex<Pending>,
     next_req: AtomicU64,
     role: OnceLock<Arc<dyn Role>>,
@@ -201,9 +201,9 @@ impl Node {
             hello,
             store: Arc::new(Store::new(id)),
             addr: OnceLock::new(),
-            links: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
+            links: Mutex::new(IdMap::default()),
+            peers: Mutex::new(IdMap::default()),
+            pending: Mutex::new(IdMap::default()),
             next_req: AtomicU64::new(1),
             role: OnceLock::new(),
             fetches: Slots::new(MAX_FETCHES),

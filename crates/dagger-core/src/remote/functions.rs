@@ -11,7 +11,6 @@ pub use crate::shared_bytes::Encoding;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
@@ -217,7 +216,7 @@ pub static TASK_FNS: [TaskFn];
 /// The registered functions, sorted by name, with lookups by id and by identity.
 pub struct FnTable {
     by_id: Vec<&'static TaskFn>,
-    by_type: HashMap<TypeId, u32>,
+    by_type: crate::hash::IdMap<TypeId, u32>,
     hash: u64,
 }
 

@@ -9,9 +9,9 @@
 //! Tasks whose placement involves a choice are measured every time they run; tasks that run on
 //! the shared thread pool are sampled (one run in 64 per thread) to keep the fast path cheap.
 
+use crate::hash::IdMap;
 use crate::id::ProcessorKind;
 use std::any::TypeId;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
@@ -23,17 +23,17 @@ struct Ewma {
 
 const SHARDS: usize = 16;
 
-type Shard = HashMap<TypeId, Vec<(ProcessorKind, Ewma)>>;
+type Shard = IdMap<TypeId, Vec<(ProcessorKind, Ewma)>>;
 
 pub(crate) struct Estimates {
     shards: Box<[Mutex<Shard>]>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: std::hash::BuildHasherDefault<crate::hash::IdHasher>,
 }
 
 impl Estimates {
     pub(crate) fn new() -> Self {
         Estimates {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(IdMap::default())).collect(),
             hasher: Default::default(),
         }
     }
