@@ -808,6 +808,45 @@ mod tests {
         .unwrap()
     }
 
+    /// An encoded call of function 1 with one small argument, as task `task`.
+    fn small_call(task: u64) -> Vec<u8> {
+        let call = crate::remote::wire::WireCall {
+            func: 1,
+            args: vec![crate::remote::wire::WireArg::Value(vec![7; 8])],
+            thread: None,
+            options: Default::default(),
+        };
+        super::super::msg::encode_run(task, &call, false)
+    }
+
+    /// Receives `Run` and `Free` messages on `server` until `runs` calls and `frees` freed
+    /// ids came: the tasks of each `Run` message, and the ids freed.
+    fn receive_runs(
+        io: &Io,
+        server: dagger_net::Connection,
+        runs: usize,
+        frees: usize,
+    ) -> (Vec<Vec<u64>>, Vec<u64>) {
+        io.run(async move {
+            let mut server = server;
+            let (mut batches, mut freed) = (Vec::<Vec<u64>>::new(), Vec::new());
+            while batches.iter().map(Vec::len).sum::<usize>() < runs || freed.len() < frees {
+                let bytes = tokio::time::timeout(std::time::Duration::from_secs(30), server.recv())
+                    .await
+                    .expect("everything arrives")
+                    .unwrap()
+                    .expect("open");
+                match Msg::decode(&bytes).unwrap() {
+                    Msg::Run(r) => batches.push(r.iter().map(|r| r.task).collect()),
+                    Msg::Free(ids) => freed.extend(ids),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (batches, freed)
+        })
+        .unwrap()
+    }
+
     /// A long run of calls queued on the I/O thread (by one task, which the writer task cannot
     /// interrupt) leaves in batches as it is queued, in order.
     #[test]
@@ -819,38 +858,13 @@ mod tests {
         let seqs = io
             .run(async move {
                 (0..n)
-                    .map(|task| {
-                        let call = crate::remote::wire::WireCall {
-                            func: 1,
-                            args: vec![crate::remote::wire::WireArg::Value(vec![7; 8])],
-                            thread: None,
-                            options: Default::default(),
-                        };
-                        sender.send_run(super::super::msg::encode_run(task, &call, false))
-                    })
+                    .map(|task| sender.send_run(small_call(task)))
                     .collect::<Vec<_>>()
             })
             .unwrap();
         assert_eq!(seqs, (1..=n).map(Some).collect::<Vec<_>>());
-        let batches = io
-            .run(async move {
-                let mut server = server;
-                let mut batches = Vec::new();
-                while batches.iter().map(Vec::len).sum::<usize>() < n as usize {
-                    let bytes =
-                        tokio::time::timeout(std::time::Duration::from_secs(30), server.recv())
-                            .await
-                            .expect("every call arrives")
-                            .unwrap()
-                            .expect("open");
-                    match Msg::decode(&bytes).unwrap() {
-                        Msg::Run(runs) => batches.push(runs.iter().map(|r| r.task).collect()),
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
-                batches
-            })
-            .unwrap();
+        let (batches, freed) = receive_runs(&io, server, n as usize, 0);
+        assert!(freed.is_empty(), "{freed:?}");
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [EARLY_RUNS, EARLY_RUNS, 44]);
         assert_eq!(batches.concat(), (0..n).collect::<Vec<u64>>());
@@ -873,39 +887,14 @@ mod tests {
             }
             assert!(sender.send_free(1_000_002));
             for task in 0..n {
-                let call = crate::remote::wire::WireCall {
-                    func: 1,
-                    args: vec![crate::remote::wire::WireArg::Value(vec![7; 8])],
-                    thread: None,
-                    options: Default::default(),
-                };
-                sender.send_run(super::super::msg::encode_run(task, &call, false));
+                sender.send_run(small_call(task));
                 if task == 10 {
                     assert!(sender.send_free(1_000_003));
                 }
             }
         })
         .unwrap();
-        let (batches, mut freed) = io
-            .run(async move {
-                let mut server = server;
-                let (mut batches, mut freed) = (Vec::<Vec<u64>>::new(), Vec::new());
-                while batches.iter().map(Vec::len).sum::<usize>() < n as usize || freed.len() < 3 {
-                    let bytes =
-                        tokio::time::timeout(std::time::Duration::from_secs(30), server.recv())
-                            .await
-                            .expect("everything arrives")
-                            .unwrap()
-                            .expect("open");
-                    match Msg::decode(&bytes).unwrap() {
-                        Msg::Run(runs) => batches.push(runs.iter().map(|r| r.task).collect()),
-                        Msg::Free(ids) => freed.extend(ids),
-                        other => panic!("unexpected {other:?}"),
-                    }
-                }
-                (batches, freed)
-            })
-            .unwrap();
+        let (batches, mut freed) = receive_runs(&io, server, n as usize, 3);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [EARLY_RUNS, EARLY_RUNS, 44]);
         assert_eq!(batches.concat(), (0..n).collect::<Vec<u64>>());

@@ -275,7 +275,7 @@ impl Cluster {
         let mut env = self.worker_env.clone();
         if self.pin_threads && matches!(spec, LaunchSpec::Local { .. }) {
             env.pin_cpus = Some(crate::cpu::available());
-            // Once is enough: the priority belongs to the thread.
+            // The priority belongs to the thread: lowering it again changes nothing.
             self.node.io.spawn(async {
                 if !crate::cpu::lower_current_thread_priority() {
                     log::warn!("cannot lower the priority of the head's network thread");
