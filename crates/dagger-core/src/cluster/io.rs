@@ -152,8 +152,9 @@ struct QueueState {
     /// `usize::MAX` once one of them is to be sent alone, without a copy).
     runs_in_items: usize,
     run_bytes_in_items: usize,
-    /// How many of `items` are frees ([`Out::Free`]).
-    frees_in_items: usize,
+    /// How many of `items` are messages calls may overtake: frees ([`Out::Free`]; a call
+    /// never names a value being freed) and heartbeats.
+    overtaken_in_items: usize,
     /// How many of the items counted in `queued` that the writer task took are frees it
     /// holds back to send with later messages, everything else it took being written.
     frees_held: usize,
@@ -195,7 +196,7 @@ impl QueueState {
                     n => self.run_bytes_in_items.saturating_add(n),
                 };
             }
-            Out::Free(_) => self.frees_in_items += 1,
+            Out::Free(_) | Out::Msg(Msg::Ping(_)) => self.overtaken_in_items += 1,
             _ => {}
         }
         self.items.push(out);
@@ -208,17 +209,16 @@ impl QueueState {
     fn items_taken(&mut self) {
         self.runs_in_items = 0;
         self.run_bytes_in_items = 0;
-        self.frees_in_items = 0;
+        self.overtaken_in_items = 0;
     }
 
-    /// Whether the queue holds only calls and frees, enough calls to leave before the
-    /// writer task takes them (see [`Link::send_run`]), and nothing the writer task took is
-    /// still unwritten but the frees it holds back (which calls may overtake: a call never
-    /// names a value being freed).
+    /// Whether the queue holds only calls and messages they may overtake (frees, heartbeats),
+    /// enough calls to leave before the writer task takes them (see [`Link::send_run`]), and
+    /// nothing the writer task took is still unwritten but the frees it holds back.
     fn runs_leave_early(&self) -> bool {
         (self.runs_in_items >= EARLY_RUNS || self.run_bytes_in_items >= EARLY_RUN_BYTES)
             && self.run_bytes_in_items != usize::MAX
-            && self.runs_in_items + self.frees_in_items == self.items.len()
+            && self.runs_in_items + self.overtaken_in_items == self.items.len()
             && self.queued - self.frees_held == self.items.len()
     }
 }
@@ -432,7 +432,7 @@ pub(crate) fn open_link<H: Handler>(conn: Connection, peer: u32, handler: Arc<H>
             runs: 0,
             runs_in_items: 0,
             run_bytes_in_items: 0,
-            frees_in_items: 0,
+            overtaken_in_items: 0,
             frees_held: 0,
         }),
         arrived: tokio::sync::Notify::new(),
@@ -819,18 +819,19 @@ mod tests {
         super::super::msg::encode_run(task, &call, false)
     }
 
-    /// Receives `Run` and `Free` messages on `server` until `runs` calls and `frees` freed
-    /// ids came: the tasks of each `Run` message, and the ids freed.
+    /// Receives `Run`, `Free` and `Ping` messages on `server` until `runs` calls and `others`
+    /// freed ids or heartbeats came: the tasks of each `Run` message, and the ids freed and
+    /// heartbeat numbers.
     fn receive_runs(
         io: &Io,
         server: dagger_net::Connection,
         runs: usize,
-        frees: usize,
+        others: usize,
     ) -> (Vec<Vec<u64>>, Vec<u64>) {
         io.run(async move {
             let mut server = server;
-            let (mut batches, mut freed) = (Vec::<Vec<u64>>::new(), Vec::new());
-            while batches.iter().map(Vec::len).sum::<usize>() < runs || freed.len() < frees {
+            let (mut batches, mut others_seen) = (Vec::<Vec<u64>>::new(), Vec::new());
+            while batches.iter().map(Vec::len).sum::<usize>() < runs || others_seen.len() < others {
                 let bytes = tokio::time::timeout(std::time::Duration::from_secs(30), server.recv())
                     .await
                     .expect("everything arrives")
@@ -838,11 +839,12 @@ mod tests {
                     .expect("open");
                 match Msg::decode(&bytes).unwrap() {
                     Msg::Run(r) => batches.push(r.iter().map(|r| r.task).collect()),
-                    Msg::Free(ids) => freed.extend(ids),
+                    Msg::Free(ids) => others_seen.extend(ids),
+                    Msg::Ping(seq) => others_seen.push(seq),
                     other => panic!("unexpected {other:?}"),
                 }
             }
-            (batches, freed)
+            (batches, others_seen)
         })
         .unwrap()
     }
@@ -871,10 +873,10 @@ mod tests {
         drop(link);
     }
 
-    /// Frees waiting in the queue, or held back by the writer task for later messages, do
-    /// not keep a long run of calls from leaving early.
+    /// Frees and heartbeats waiting in the queue, or frees held back by the writer task for
+    /// later messages, do not keep a long run of calls from leaving early.
     #[test]
-    fn calls_leave_early_past_frees() {
+    fn calls_leave_early_past_frees_and_heartbeats() {
         let io = Io::start("test-io").unwrap();
         let (link, server) = connected_link(&io);
         let n = 2 * EARLY_RUNS as u64 + 44;
@@ -891,15 +893,18 @@ mod tests {
                 if task == 10 {
                     assert!(sender.send_free(1_000_003));
                 }
+                if task == 20 {
+                    assert!(sender.send(Msg::Ping(1_000_004)));
+                }
             }
         })
         .unwrap();
-        let (batches, mut freed) = receive_runs(&io, server, n as usize, 3);
+        let (batches, mut others) = receive_runs(&io, server, n as usize, 4);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [EARLY_RUNS, EARLY_RUNS, 44]);
         assert_eq!(batches.concat(), (0..n).collect::<Vec<u64>>());
-        freed.sort_unstable();
-        assert_eq!(freed, [1_000_001, 1_000_002, 1_000_003]);
+        others.sort_unstable();
+        assert_eq!(others, [1_000_001, 1_000_002, 1_000_003, 1_000_004]);
         drop(link);
     }
 
