@@ -691,8 +691,30 @@ pub struct MetgPoint {
     pub granularity_us: f64,
     /// FLOP/s (or B/s for kernels without FLOPs) at `seconds`.
     pub rate: f64,
-    /// `rate` relative to the sweep's first point.
+    /// `rate` relative to the highest rate of the sweep (of the points so far, while it
+    /// runs): the peak achieved, as Task Bench defines efficiency.
     pub efficiency: f64,
+}
+
+/// The highest rate among `points` and `rate`.
+pub fn peak_rate(points: &[MetgPoint], rate: f64) -> f64 {
+    points.iter().map(|p| p.rate).fold(rate, f64::max)
+}
+
+/// Makes the efficiency of every point of a finished sweep relative to its highest rate (a
+/// later, smaller point may beat the first), and returns the point with that rate.
+pub fn relative_to_peak(points: &mut [MetgPoint]) -> MetgPoint {
+    let peak = *points
+        .iter()
+        .max_by(|a, b| a.rate.total_cmp(&b.rate))
+        .expect("a sweep has points");
+    for p in points.iter_mut() {
+        p.efficiency = p.rate / peak.rate;
+    }
+    MetgPoint {
+        efficiency: 1.0,
+        ..peak
+    }
 }
 
 /// METG(`target`): the smallest granularity among the points whose efficiency is at least
@@ -778,7 +800,7 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
         }
         let seconds = runs.iter().copied().fold(f64::INFINITY, f64::min);
         let rate = work / seconds;
-        let peak = points.first().map_or(rate, |p| p.rate);
+        let peak = peak_rate(&points, rate);
         let p = MetgPoint {
             iter,
             seconds,
@@ -804,7 +826,7 @@ fn metg(ctx: &dagger::Context, args: &Args, m: &MetgOptions) -> Result<(), Strin
         }
         iter /= 2;
     }
-    let peak = points[0];
+    let peak = relative_to_peak(&mut points);
     let metg = metg_of(&points, 0.5).unwrap_or(peak);
     let mut line = Line::new("taskbench-metg", "dagger")
         .str("type", &types.join("+"))
@@ -1300,5 +1322,26 @@ mod tests {
         let g = metg_interpolated(&pts, 0.5).expect("crossing");
         assert!((g - 50.0 * 0.5f64.powf(40.0 / 45.0)).abs() < 1e-9, "{g}");
         assert_eq!(metg_interpolated(&pts[..2], 0.5), None);
+    }
+
+    #[test]
+    fn efficiency_is_relative_to_the_highest_rate_of_the_sweep() {
+        let p = |g: f64, rate: f64| MetgPoint {
+            iter: 0,
+            seconds: 0.0,
+            granularity_us: g,
+            rate,
+            efficiency: 0.0,
+        };
+        let mut pts = [p(100.0, 8.0), p(50.0, 10.0), p(25.0, 6.0), p(12.0, 4.0)];
+        assert_eq!(peak_rate(&pts[..1], 10.0), 10.0);
+        assert_eq!(peak_rate(&pts, 1.0), 10.0);
+        let peak = relative_to_peak(&mut pts);
+        assert_eq!((peak.granularity_us, peak.efficiency), (50.0, 1.0));
+        let e: Vec<f64> = pts.iter().map(|p| p.efficiency).collect();
+        assert_eq!(e, [0.8, 1.0, 0.6, 0.4]);
+        // Relative to the first point, 25 us would have counted as 75 % efficient.
+        assert_eq!(metg_of(&pts, 0.5).map(|p| p.granularity_us), Some(25.0));
+        assert_eq!(metg_of(&pts, 0.7).map(|p| p.granularity_us), Some(50.0));
     }
 }

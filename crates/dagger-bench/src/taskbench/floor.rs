@@ -21,7 +21,7 @@
 //! (default 7); `--n N`: timesteps per run (default 1000).
 
 use super::kernel::{Kernel, KernelType};
-use super::{metg_fields, sweep_fields, MetgPoint};
+use super::{metg_fields, peak_rate, relative_to_peak, sweep_fields, MetgPoint};
 use crate::json::Line;
 use crate::Config;
 use std::io::{Read, Write};
@@ -279,7 +279,7 @@ fn sweep(
             best = best.min(run(iter, border_first, hand_off)?);
         }
         let rate = flops(iter) / best;
-        let peak = points.first().map_or(rate, |p| p.rate);
+        let peak = peak_rate(&points, rate);
         let p = MetgPoint {
             iter,
             seconds: best,
@@ -293,6 +293,7 @@ fn sweep(
         }
         iter /= 2;
     }
+    relative_to_peak(&mut points);
     let order = if border_first {
         "border-first"
     } else {
