@@ -865,8 +865,8 @@ mod tests {
             })
             .unwrap();
         assert_eq!(seqs, (1..=n).map(Some).collect::<Vec<_>>());
-        let (batches, freed) = receive_runs(&io, server, n as usize, 0);
-        assert!(freed.is_empty(), "{freed:?}");
+        let (batches, others) = receive_runs(&io, server, n as usize, 0);
+        assert!(others.is_empty(), "{others:?}");
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [EARLY_RUNS, EARLY_RUNS, 44]);
         assert_eq!(batches.concat(), (0..n).collect::<Vec<u64>>());
