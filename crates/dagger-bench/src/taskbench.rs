@@ -98,11 +98,11 @@ fn worker_counters_report(
     let mut out = String::from("Worker counters during the run:\n");
     for ((id, b), (_, a)) in before.iter().zip(after) {
         out += &format!(
-            "    worker {}: sent ahead {}, placed again {}, datagram notes {}\n",
+            "    worker {}: sent ahead {}, placed again {}, inbox notes {}\n",
             id.0,
             a.sent_ahead - b.sent_ahead,
             a.placed_again - b.placed_again,
-            a.datagram_notes - b.datagram_notes,
+            a.inbox_notes - b.inbox_notes,
         );
     }
     out

@@ -781,7 +781,7 @@ fn chains_are_sent_ahead_to_the_worker_making_their_input() {
 /// half on worker 1 and its right half on worker 2: the points at the border read a value
 /// made on the other worker. Spawned whole before its first step runs, every later task is
 /// sent ahead of its inputs, also of those made on the other worker, which tells the waiting
-/// worker directly when they are made (as datagrams: the workers share this host).
+/// worker directly when they are made (through shared memory: the workers share this host).
 #[test]
 fn stencil_tasks_are_sent_ahead_of_inputs_made_on_another_worker() {
     const WIDTH: usize = 4;
@@ -806,12 +806,12 @@ fn stencil_tasks_are_sent_ahead_of_inputs_made_on_another_worker() {
                 stats.sent_ahead,
                 2 * (STEPS - 1)
             );
-            // Each step's border value: a note is sent on the connection only if the datagram
-            // cannot go (the queue of the inbox is full), or at once to the question.
+            // Each step's border value: a note is sent on the connection only if the ring
+            // of the inbox is full, or at once to the question.
             assert!(
-                stats.datagram_notes >= STEPS as u64 / 2,
-                "worker {w} took {} notes as datagrams in {STEPS} steps",
-                stats.datagram_notes
+                stats.inbox_notes >= STEPS as u64 / 2,
+                "worker {w} took {} notes from its inbox in {STEPS} steps",
+                stats.inbox_notes
             );
         }
     });
@@ -839,7 +839,7 @@ fn a_worker_idle_since_it_started_takes_the_notes_it_waits_for() {
         });
         std::fs::write(&gate, b"").unwrap();
         // (A question that reaches worker 1 or 3 after its task ended is answered at once,
-        // on the connection: how many notes come as datagrams depends on the timing.)
+        // on the connection: how many notes come through the inbox depends on the timing.)
         eventually("the sum is made", || sum.is_ready());
         assert_eq!(sum.fetch().unwrap(), 4);
     });

@@ -597,11 +597,11 @@ fn tls_config(secret: &Secret, pin: &str) -> NetConfig {
     NetConfig::new(secret.clone()).with_tls(tls)
 }
 
-/// Workers of one host send each other notes that a task was made as datagrams, which are
-/// not encrypted: not in a cluster configured with TLS. A stencil split over both workers
+/// Workers of one host write each other notes that a task was made into shared memory,
+/// which is not encrypted: not in a cluster configured with TLS. A stencil split over both workers
 /// (each border point waits for a note from the other worker) gets them all on its TLS
 /// connections.
-fn assert_no_datagrams_under_tls(ctx: &Context) {
+fn assert_no_shared_notes_under_tls(ctx: &Context) {
     const WIDTH: usize = 4;
     const STEPS: usize = 20;
     let workers: Vec<u32> = ctx.workers().iter().map(|w| w.id.0).collect();
@@ -618,7 +618,7 @@ fn assert_no_datagrams_under_tls(ctx: &Context) {
     for w in ctx.workers() {
         let stats = ctx.worker_stats(w.id).unwrap();
         assert!(stats.sent_ahead > 0, "worker {}: {stats:?}", w.id.0);
-        assert_eq!(stats.datagram_notes, 0, "worker {}: {stats:?}", w.id.0);
+        assert_eq!(stats.inbox_notes, 0, "worker {}: {stats:?}", w.id.0);
     }
 }
 
@@ -627,7 +627,7 @@ fn tls_cluster_runs_and_refuses_plain_connections() {
     let secret = Secret::generate().unwrap();
     let ctx = cluster(ClusterOptions::new().tls(true).secret(secret.clone()), 2);
     assert_cluster_works(&ctx);
-    assert_no_datagrams_under_tls(&ctx);
+    assert_no_shared_notes_under_tls(&ctx);
     let before = ctx.workers();
     let head = head_addr(&ctx);
     let hello = || Hello::new(Role::Worker, registry_hash()).with_peer_id(50);

@@ -1,59 +1,60 @@
-//! Notes between workers of one host that a task was made (`Made`), sent as datagrams.
+//! Notes between workers of one host that a task was made (`Made`), through shared memory.
 //!
 //! A call sent ahead of an input made on another worker waits for that worker's note. On a
 //! connection, the note wakes the receiving process's I/O thread, which starts the call, and
 //! then the compute thread that runs it: two wake-ups on the path from one task to the next,
 //! while the compute thread sits idle waiting for exactly that note. Workers of one host
-//! therefore send each other the notes that carry their value as datagrams, to a Unix
-//! socket each of them binds in the abstract namespace (its inbox). The receiving worker's
-//! compute threads read the inbox themselves, between tasks and while idle
-//! ([`Registry::set_outside_work`](crate::sched::Registry::set_outside_work)); its I/O thread
-//! watches it only while a compute thread sleeps or blocks ([`Inbox::watch`]). A datagram
-//! is read whole by one reader, and the order of notes does not matter (each answers its
+//! therefore write each other the notes that carry their value into rings of shared memory
+//! ([`super::ring`]), one for each sender and receiver, with no system call on either side
+//! (on a virtual machine each one costs about a microsecond). A worker gives a peer its
+//! ring in the message ([`Msg::Inbox`]) that precedes its questions on their authenticated
+//! connection.
+//!
+//! The receiving worker's compute threads read the rings themselves, between tasks and while
+//! idle ([`Registry::set_outside_work`](crate::sched::Registry::set_outside_work)). While a
+//! compute thread sleeps or blocks, its I/O thread watches ([`Inbox::watch`]): the rings then
+//! ask their writers to wake it, with a datagram to a Unix socket the worker binds in the
+//! abstract namespace. Anyone on the host may send datagrams to such a name, so a wake-up
+//! carries the token the worker gave its sender with the ring; others are dropped. Records
+//! are read whole by one reader, and the order of notes does not matter (each answers its
 //! own question).
 //!
-//! Anyone on the host may send datagrams to a name in the abstract namespace, so each note
-//! carries a token: a random number the receiving worker gave its sender, in the message
-//! ([`Msg::Inbox`]) that precedes its questions on their authenticated connection. Datagrams
-//! without a known token are dropped. A note that cannot go as a datagram (the peer is on
-//! another host, the inbox's queue is full, the note is too large) goes on the connection,
-//! and so does one without its value (the waiting call fetches the value, and the receiving
-//! I/O thread starts that fetch at once). Clusters configured with TLS do not use datagrams.
+//! A note that cannot go into a ring (the peer is on another host or its ring could not be
+//! opened, the ring is full, the note is too large) goes on the connection, and so does one
+//! without its value (the waiting call fetches the value, and the receiving I/O thread
+//! starts that fetch at once). Clusters configured with TLS do not use rings.
 
 use super::msg::{Made, Msg};
-use std::cell::RefCell;
+use super::ring::{Reader, RingAddress, Writer, MAX_RECORD};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Length of the token before each datagram.
-const TOKEN_LEN: usize = 16;
-
-/// Largest datagram sent (a note with a small value inside).
-pub(crate) const MAX_DATAGRAM: usize = 16 << 10;
-
-type Token = [u8; TOKEN_LEN];
+type Token = super::ring::Token;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where a worker takes notes as datagrams, and the tokens it gave its peers.
+/// Where a worker takes notes: a ring for each peer that writes to it, and a socket where
+/// they wake it.
 pub(crate) struct Inbox {
     socket: imp::Socket,
     /// The socket's abstract name.
     name: Vec<u8>,
     /// The token given to each peer, and the peer each token was given to.
     given: Mutex<(HashMap<u32, Token>, HashMap<Token, u32>)>,
-    /// The I/O thread watches the socket (see [`Inbox::watch`]).
+    /// The ring each peer writes to.
+    rings: Mutex<Vec<(u32, Reader)>>,
+    /// The I/O thread watches the inbox (see [`Inbox::watch`]).
     watched: AtomicBool,
-    /// Asks the I/O thread to watch the socket.
+    /// Asks the I/O thread to watch the inbox.
     wake_watcher: Arc<tokio::sync::Notify>,
 }
 
 impl Inbox {
-    /// A new inbox, or `None` where datagram sockets in the abstract namespace are not
-    /// available (logged).
+    /// A new inbox, or `None` where sockets in the abstract namespace are not available
+    /// (logged).
     pub(crate) fn open() -> Option<Inbox> {
         let mut id = [0u8; 16];
         getrandom::getrandom(&mut id).ok()?;
@@ -63,85 +64,126 @@ impl Inbox {
                 socket,
                 name,
                 given: Mutex::new(Default::default()),
+                rings: Mutex::new(Vec::new()),
                 watched: AtomicBool::new(false),
                 wake_watcher: Arc::new(tokio::sync::Notify::new()),
             }),
             Err(e) => {
-                log::debug!("no datagram inbox; notes between workers use connections: {e}");
+                log::debug!("no inbox; notes between workers use connections: {e}");
                 None
             }
         }
     }
 
-    /// The message that tells worker `peer` how to send notes here.
+    /// The message that tells worker `peer` how to send notes here (the same each time);
+    /// `None` (logged) if its ring cannot be made: it then sends them on the connection.
     pub(crate) fn address_for(&self, peer: u32) -> Option<Msg> {
-        let mut given = lock(&self.given);
-        let token = match given.0.get(&peer) {
-            Some(t) => *t,
-            None => {
-                let mut t = [0u8; TOKEN_LEN];
-                getrandom::getrandom(&mut t).ok()?;
-                given.0.insert(peer, t);
-                given.1.insert(t, peer);
-                t
+        let token = {
+            let mut given = lock(&self.given);
+            match given.0.get(&peer) {
+                Some(t) => *t,
+                None => {
+                    let mut t = [0u8; 16];
+                    getrandom::getrandom(&mut t).ok()?;
+                    given.0.insert(peer, t);
+                    given.1.insert(t, peer);
+                    t
+                }
             }
+        };
+        let mut rings = lock(&self.rings);
+        let ring = match rings.iter().find(|(p, _)| *p == peer) {
+            Some((_, r)) => r.address(),
+            None => match Reader::create(token) {
+                Ok(r) => {
+                    r.set_wake(self.watched.load(Ordering::SeqCst));
+                    let at = r.address();
+                    rings.push((peer, r));
+                    at
+                }
+                Err(e) => {
+                    log::debug!("notes from worker {peer} come on the connection: {e}");
+                    return None;
+                }
+            },
         };
         Some(Msg::Inbox {
             name: self.name.clone(),
             token,
+            ring,
         })
     }
 
-    /// Handles the notes waiting in the inbox with `handle` (sender, notes) until none is
-    /// left; false if there were none. Never blocks.
-    pub(crate) fn drain(&self, handle: &mut dyn FnMut(u32, Vec<Made>)) -> bool {
-        let mut any = false;
-        loop {
-            let note = BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                if buf.is_empty() {
-                    buf.resize(MAX_DATAGRAM, 0);
-                }
-                let n = self.socket.try_recv(&mut buf)?;
-                Some(self.open_note(&buf[..n]))
-            });
-            match note {
-                None => return any,
-                Some(note) => {
-                    any = true;
-                    if let Some((peer, made)) = note {
-                        handle(peer, made);
-                    }
-                }
-            }
+    /// Worker `peer` left: its ring goes.
+    pub(crate) fn forget(&self, peer: u32) {
+        lock(&self.rings).retain(|(p, _)| *p != peer);
+        let mut given = lock(&self.given);
+        if let Some(t) = given.0.remove(&peer) {
+            given.1.remove(&t);
         }
     }
 
-    /// The sender and the notes of a datagram; `None` (logged) if it has no known token or
-    /// is not a note.
-    fn open_note(&self, datagram: &[u8]) -> Option<(u32, Vec<Made>)> {
-        let (token, body) = datagram.split_first_chunk::<TOKEN_LEN>()?;
-        let Some(peer) = lock(&self.given).1.get(token).copied() else {
-            log::warn!("dropping a datagram without a known token from a process of this host");
-            return None;
-        };
-        match Msg::decode(body) {
-            Ok(Msg::Made(made)) => Some((peer, made)),
-            Ok(other) => {
-                log::warn!("worker {peer} sent a datagram that is not a note: {other:?}");
-                None
+    /// Handles the notes written to the rings with `handle` (sender, notes); false if there
+    /// were none. Never blocks on anything but other readers, and makes no system call.
+    pub(crate) fn drain(&self, handle: &mut dyn FnMut(u32, Vec<Made>)) -> bool {
+        let mut taken = Vec::new();
+        lock(&self.rings).retain_mut(|(peer, ring)| {
+            let peer = *peer;
+            let read = ring.read(&mut |record| match Msg::decode(record) {
+                Ok(Msg::Made(made)) => taken.push((peer, made)),
+                Ok(other) => {
+                    log::warn!("worker {peer} wrote a record that is not a note: {other:?}")
+                }
+                Err(why) => log::warn!("worker {peer} wrote a malformed note: {why}"),
+            });
+            match read {
+                Ok(()) => true,
+                Err(why) => {
+                    log::error!(
+                        "dropping the ring of notes from worker {peer}, which broke it: {why}"
+                    );
+                    false
+                }
             }
-            Err(why) => {
-                log::warn!("worker {peer} sent a malformed datagram: {why}");
-                None
+        });
+        let any = !taken.is_empty();
+        for (peer, made) in taken {
+            handle(peer, made);
+        }
+        any
+    }
+
+    /// Receives the wake-ups waiting on the socket; how many came from a peer given a
+    /// token (the others are dropped).
+    fn take_wakes(&self) -> usize {
+        let mut known = 0;
+        let mut buf = [0u8; 64];
+        while let Some(n) = self.socket.try_recv(&mut buf) {
+            let from = <Token>::try_from(&buf[..n])
+                .ok()
+                .and_then(|t| lock(&self.given).1.get(&t).copied());
+            match from {
+                Some(_) => known += 1,
+                None => log::debug!("dropping a datagram that is no worker's wake-up"),
             }
+        }
+        known
+    }
+
+    /// Whether the I/O thread watches: the rings' writers wake it after each note while it
+    /// does.
+    fn set_watched(&self, on: bool) {
+        let rings = lock(&self.rings);
+        self.watched.store(on, Ordering::SeqCst);
+        for (_, ring) in rings.iter() {
+            ring.set_wake(on);
         }
     }
 
     /// Has the I/O thread handle the notes (with `handle`) while some compute thread sleeps
     /// or blocks inside a task (`away` says how many do), until the inbox or the runtime is
     /// dropped. Compute threads that are up take the notes themselves, between tasks and
-    /// while idle: the socket is then not watched, so that a note wakes nobody (each wake-up
+    /// while idle: the inbox is then not watched, so that a note wakes nobody (each wake-up
     /// of the I/O thread costs a context switch, on a CPU that a compute thread may be
     /// using). A thread that goes to sleep or blocks calls [`Inbox::unwatched`] after its
     /// last look.
@@ -167,16 +209,20 @@ impl Inbox {
                     let Some(me) = inbox.upgrade() else {
                         return;
                     };
-                    me.watched.store(true, Ordering::SeqCst);
-                    // What arrived before the socket was registered, or since it was ready.
+                    // Writers wake this from now on; what they wrote before, this reads.
+                    me.set_watched(true);
+                    me.take_wakes();
                     me.drain(&mut handle);
-                    // Sequentially consistent with `unwatched`: either a thread going away
-                    // sees the socket unwatched (and asks again), or this sees it away.
-                    me.watched.store(false, Ordering::SeqCst);
                     if away() == 0 {
-                        break;
+                        // Sequentially consistent with `unwatched`: either a thread going
+                        // away sees the inbox unwatched (and asks again), or this sees it
+                        // away.
+                        me.set_watched(false);
+                        if away() == 0 {
+                            break;
+                        }
+                        continue;
                     }
-                    me.watched.store(true, Ordering::SeqCst);
                     drop(me);
                     match ready.readable().await {
                         Ok(mut seen) => seen.clear_ready(),
@@ -189,7 +235,7 @@ impl Inbox {
     }
 
     /// A compute thread goes to sleep or blocks (it is counted as away, and looked at the
-    /// inbox since): has the I/O thread watch the socket if it does not.
+    /// inbox since): has the I/O thread watch the inbox if it does not.
     pub(crate) fn unwatched(&self) {
         if !self.watched.load(Ordering::SeqCst) {
             self.wake_watcher.notify_one();
@@ -197,18 +243,17 @@ impl Inbox {
     }
 }
 
-thread_local! {
-    /// Where a thread receives datagrams.
-    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// A peer's inbox: the ring it gave this worker, and where and with what token to wake it.
+struct PeerInbox {
+    ring: Writer,
+    name: Arc<[u8]>,
+    token: Token,
 }
-
-/// A peer's inbox name (shared, not copied, by each send) and the token it gave.
-type PeerInbox = (Arc<[u8]>, Token);
 
 /// How a worker sends notes to the inboxes of its peers.
 pub(crate) struct Outbox {
+    /// Sends wake-ups.
     socket: imp::Socket,
-    /// Each peer's inbox and the token it gave this worker.
     peers: Mutex<HashMap<u32, PeerInbox>>,
 }
 
@@ -220,9 +265,20 @@ impl Outbox {
         })
     }
 
-    /// Worker `peer` takes notes at `name` with `token`.
-    pub(crate) fn learn(&self, peer: u32, name: Vec<u8>, token: Token) {
-        lock(&self.peers).insert(peer, (name.into(), token));
+    /// Worker `peer` takes notes in the ring at `ring`, and wake-ups at `name`, with
+    /// `token`. Where its ring cannot be opened (it is on another host), notes to it go on
+    /// the connection.
+    pub(crate) fn learn(&self, peer: u32, name: Vec<u8>, token: Token, ring: RingAddress) {
+        match Writer::open(ring, token) {
+            Ok(ring) => {
+                let name = name.into();
+                lock(&self.peers).insert(peer, PeerInbox { ring, name, token });
+            }
+            Err(e) => {
+                log::debug!("notes to worker {peer} go on the connection: no ring ({e})");
+                lock(&self.peers).remove(&peer);
+            }
+        }
     }
 
     /// Worker `peer` left.
@@ -230,29 +286,32 @@ impl Outbox {
         lock(&self.peers).remove(&peer);
     }
 
-    /// Sends `made` to worker `peer` as a datagram; false if it must go on the connection.
+    /// Writes `made` to worker `peer`'s ring; false if it must go on the connection.
     pub(crate) fn send(&self, peer: u32, made: &[Made]) -> bool {
-        let Some((name, token)) = lock(&self.peers).get(&peer).cloned() else {
+        let Ok(record) = postcard::to_allocvec(&MadeRef(made)) else {
             return false;
         };
-        let mut datagram = Vec::with_capacity(TOKEN_LEN + 64);
-        datagram.extend_from_slice(&token);
-        let Ok(datagram) = postcard::to_extend(&MadeRef(made), datagram) else {
-            return false;
-        };
-        if datagram.len() > MAX_DATAGRAM {
+        if record.len() > MAX_RECORD {
             return false;
         }
-        match self.socket.send_to(&datagram, &name) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
-            Err(e) => {
-                // Another host, or gone: use the connection from now on.
-                log::debug!("notes to worker {peer} go on the connection: {e}");
-                self.forget(peer);
-                false
+        let wake = {
+            let mut peers = lock(&self.peers);
+            let Some(p) = peers.get_mut(&peer) else {
+                return false;
+            };
+            if !p.ring.write(&record) {
+                return false;
+            }
+            p.ring.wants_wake().then(|| (p.name.clone(), p.token))
+        };
+        if let Some((name, token)) = wake {
+            // A full socket holds wake-ups already; a missing one means the peer is gone
+            // (and the head places its calls again).
+            if let Err(e) = self.socket.send_to(&token, &name) {
+                log::debug!("cannot wake worker {peer}: {e}");
             }
         }
+        true
     }
 }
 
@@ -415,7 +474,7 @@ mod tests {
     fn outbox_to(inbox: &Inbox, me: u32, from: u32) -> Outbox {
         let out = Outbox::open().unwrap();
         match inbox.address_for(from).unwrap() {
-            Msg::Inbox { name, token } => out.learn(me, name, token),
+            Msg::Inbox { name, token, ring } => out.learn(me, name, token, ring),
             other => panic!("unexpected {other:?}"),
         }
         out
@@ -429,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn notes_reach_the_inbox_from_the_worker_given_the_token() {
+    fn notes_reach_the_inbox_from_each_worker_given_a_ring() {
         let inbox = Inbox::open().unwrap();
         assert!(received(&inbox).is_empty());
         let from_2 = outbox_to(&inbox, 1, 2);
@@ -443,44 +502,81 @@ mod tests {
                 (3, vec![note(6, None), note(7, None)])
             ]
         );
-        // The same token each time it is asked for.
+        // The same address each time it is asked for, another for each worker.
         assert_eq!(inbox.address_for(2), inbox.address_for(2));
         assert_ne!(inbox.address_for(2), inbox.address_for(3));
-        // Not to a worker whose inbox is not known, nor too large for a datagram.
+        // Not to a worker whose inbox is not known, nor too large for a ring.
         assert!(!from_2.send(4, &[note(5, None)]));
-        assert!(!from_2.send(1, &[note(5, Some(vec![0; MAX_DATAGRAM]))]));
+        assert!(!from_2.send(1, &[note(5, Some(vec![0; MAX_RECORD]))]));
         assert!(received(&inbox).is_empty());
+        // Nor to a worker that left.
+        from_3.forget(1);
+        assert!(!from_3.send(1, &[note(8, None)]));
     }
 
     #[test]
-    fn datagrams_without_a_known_token_or_malformed_are_dropped() {
+    fn a_full_ring_sends_notes_on_the_connection_until_it_is_read() {
         let inbox = Inbox::open().unwrap();
-        let from_2 = outbox_to(&inbox, 1, 2);
-        let Some(Msg::Inbox { name, token }) = inbox.address_for(2) else {
+        let out = outbox_to(&inbox, 1, 2);
+        let big = [note(1, Some(vec![1; MAX_RECORD - 64]))];
+        let mut sent = 0;
+        while out.send(1, &big) {
+            sent += 1;
+        }
+        assert!(sent > 0);
+        assert_eq!(received(&inbox).len(), sent);
+        assert!(out.send(1, &big));
+    }
+
+    #[test]
+    fn writers_wake_the_inbox_only_while_it_is_watched() {
+        let inbox = Inbox::open().unwrap();
+        let out = outbox_to(&inbox, 1, 2);
+        assert!(out.send(1, &[note(1, None)]));
+        assert_eq!(inbox.take_wakes(), 0);
+        inbox.set_watched(true);
+        // A ring made while watched asks for wake-ups too.
+        let late = outbox_to(&inbox, 1, 3);
+        assert!(out.send(1, &[note(2, None)]));
+        assert!(late.send(1, &[note(3, None)]));
+        assert_eq!(inbox.take_wakes(), 2);
+        inbox.set_watched(false);
+        assert!(out.send(1, &[note(4, None)]));
+        assert_eq!(inbox.take_wakes(), 0);
+        assert_eq!(received(&inbox).len(), 4);
+    }
+
+    #[test]
+    fn datagrams_without_a_known_token_and_malformed_notes_are_dropped() {
+        let inbox = Inbox::open().unwrap();
+        let out = outbox_to(&inbox, 1, 2);
+        let Some(Msg::Inbox { name, .. }) = inbox.address_for(2) else {
             unreachable!()
         };
         let stranger = imp::Socket::unbound().unwrap();
-        let mut forged = [0u8; TOKEN_LEN].to_vec();
-        forged.extend(Msg::Made(vec![note(1, None)]).encode());
-        stranger.send_to(&forged, &name).unwrap();
+        stranger.send_to(&[0u8; 16], &name).unwrap();
         stranger.send_to(b"short", &name).unwrap();
-        let mut garbage = token.to_vec();
-        garbage.extend([0xff; 40]);
-        stranger.send_to(&garbage, &name).unwrap();
-        let mut not_a_note = token.to_vec();
-        not_a_note.extend(Msg::Free(vec![1, 2]).encode());
-        stranger.send_to(&not_a_note, &name).unwrap();
-        assert!(from_2.send(1, &[note(8, None)]));
+        assert_eq!(inbox.take_wakes(), 0);
+        // Records that are not notes are dropped; the ring keeps working.
+        {
+            let mut peers = lock(&out.peers);
+            let ring = &mut peers.get_mut(&1).unwrap().ring;
+            assert!(ring.write(&[0xff; 40]));
+            assert!(ring.write(&Msg::Free(vec![1, 2]).encode()));
+        }
+        assert!(out.send(1, &[note(8, None)]));
         assert_eq!(received(&inbox), vec![(2, vec![note(8, None)])]);
     }
 
     #[test]
-    fn an_inbox_that_is_gone_sends_notes_to_the_connection() {
+    fn a_worker_that_left_loses_its_ring_and_token() {
         let inbox = Inbox::open().unwrap();
         let out = outbox_to(&inbox, 1, 2);
-        drop(inbox);
-        assert!(!out.send(1, &[note(1, None)]));
-        // Forgotten: the connection from now on.
-        assert!(lock(&out.peers).is_empty());
+        inbox.forget(2);
+        // What it writes now reaches nobody, and its wake-ups are strangers'.
+        inbox.set_watched(true);
+        assert!(out.send(1, &[note(1, None)]));
+        assert_eq!(inbox.take_wakes(), 0);
+        assert!(received(&inbox).is_empty());
     }
 }

@@ -11,6 +11,7 @@ mod inbox;
 mod io;
 mod msg;
 mod node;
+mod ring;
 mod worker;
 
 pub use msg::WorkerStats;

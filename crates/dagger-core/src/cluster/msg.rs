@@ -98,9 +98,10 @@ pub struct WorkerStats {
     /// back to run elsewhere, or its worker left), given back for the head to place again
     /// once the input is made, since it started.
     pub placed_again: u64,
-    /// Notes that a task awaited here was made on another worker that came as datagrams
-    /// from workers of the same host (rather than on a connection), since it started.
-    pub datagram_notes: u64,
+    /// Notes that a task awaited here was made on another worker that came through this
+    /// worker's inbox, rings of memory shared with workers of the same host (rather than on
+    /// a connection), since it started.
+    pub inbox_notes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -201,11 +202,14 @@ pub(crate) enum Msg {
     Await(Vec<(u64, u64)>),
     /// Head tasks awaited with `Await` ended (or will not be made here).
     Made(Vec<Made>),
-    /// Send your `Made` notes to me as datagrams to the abstract Unix socket `name`, each
-    /// after `token` (see `cluster::inbox`). Precedes the `Await`s it applies to.
+    /// Write your `Made` notes to me into the shared ring at `ring`, which starts with
+    /// `token`, and wake me with `token` as a datagram to the abstract Unix socket `name`
+    /// when the ring asks for it (see `cluster::inbox`). Precedes the `Await`s it applies
+    /// to.
     Inbox {
         name: Vec<u8>,
         token: [u8; 16],
+        ring: super::ring::RingAddress,
     },
 }
 
@@ -339,6 +343,7 @@ mod tests {
             Msg::Inbox {
                 name: b"dagger-net/inbox/00ff".to_vec(),
                 token: [7; 16],
+                ring: super::super::ring::RingAddress { pid: 77, fd: 12 },
             },
         ] {
             assert_eq!(Msg::decode(&m.encode()).unwrap(), m);

@@ -30,7 +30,7 @@ pub(crate) struct Worker {
     sent_ahead: AtomicU64,
     /// Calls given back for the head to place again (see [`WorkerStats::placed_again`]).
     placed_again: AtomicU64,
-    /// Notes taken from the inbox (see [`WorkerStats::datagram_notes`]).
+    /// Notes taken from the inbox (see [`WorkerStats::inbox_notes`]).
     notes: AtomicU64,
     /// Calls waiting for notes from other workers (`Ahead::parked`).
     parked: Arc<std::sync::atomic::AtomicUsize>,
@@ -38,8 +38,8 @@ pub(crate) struct Worker {
     claims: Mutex<IdMap<u64, Arc<Claim>>>,
     /// The head's tasks that calls may be sent ahead of.
     ahead: Mutex<Ahead>,
-    /// Where workers of this host send their notes (`Made`) as datagrams, and how this one
-    /// sends its own (see [`super::inbox`]); `None` on connections only.
+    /// Where workers of this host write their notes (`Made`), and how this one writes its
+    /// own (see [`super::inbox`]); `None` on connections only.
     inbox: Option<Arc<Inbox>>,
     outbox: Option<Outbox>,
 }
@@ -166,10 +166,10 @@ impl std::task::Wake for ReportOnEnd {
 }
 
 impl Worker {
-    /// A worker running calls on `ctx`; with `datagrams`, workers of this host send it
-    /// their notes as datagrams (see [`super::inbox`]) once [`Worker::take_notes`] ran.
-    pub(crate) fn new(ctx: Context, datagrams: bool) -> Arc<Worker> {
-        let (inbox, outbox) = match datagrams {
+    /// A worker running calls on `ctx`; with `shared_notes`, workers of this host write it
+    /// their notes in shared memory (see [`super::inbox`]) once [`Worker::take_notes`] ran.
+    pub(crate) fn new(ctx: Context, shared_notes: bool) -> Arc<Worker> {
+        let (inbox, outbox) = match shared_notes {
             true => (Inbox::open().map(Arc::new), Outbox::open()),
             false => (None, None),
         };
@@ -885,8 +885,8 @@ fn waits_for(call: &Call, worker: u32, task: u64) -> bool {
 }
 
 /// Tells the other workers waiting for head task `task` that it ended with `result` (its
-/// encoding `small` when small), or will not be made here: with the value in it, as a
-/// datagram through `outbox` where it can; else on the connection, `now` from this thread
+/// encoding `small` when small), or will not be made here: with the value in it, through
+/// `outbox` (shared memory) where it can; else on the connection, `now` from this thread
 /// ([`Link::send_report`]).
 fn tell_awaiting(
     ahead: &Mutex<Ahead>,
@@ -1050,13 +1050,16 @@ impl Role for Worker {
                 if let Some(o) = &self.outbox {
                     o.forget(id);
                 }
+                if let Some(i) = &self.inbox {
+                    i.forget(id);
+                }
                 node.forget_peer(id);
                 self.peer_gone(node, id);
             }
             Msg::Await(tasks) => self.awaited(node, link, tasks),
-            Msg::Inbox { name, token } => {
+            Msg::Inbox { name, token, ring } => {
                 if let Some(o) = &self.outbox {
-                    o.learn(link.peer, name, token);
+                    o.learn(link.peer, name, token, ring);
                 }
             }
             Msg::Made(made) => self.made(node, link.peer, made),
@@ -1095,7 +1098,7 @@ impl Role for Worker {
                     running: self.running.load(Ordering::Relaxed),
                     sent_ahead: self.sent_ahead.load(Ordering::Relaxed),
                     placed_again: self.placed_again.load(Ordering::Relaxed),
-                    datagram_notes: self.notes.load(Ordering::Relaxed),
+                    inbox_notes: self.notes.load(Ordering::Relaxed),
                 };
                 link.send(Msg::Stats(req, stats));
             }
