@@ -77,6 +77,7 @@ pub(crate) struct Done {
     pub(crate) run_ns: u64,
     /// The result's encoding, when it is small (see
     /// [`SMALL_VALUE`](crate::remote::functions::SMALL_VALUE)).
+    #[serde(with = "crate::remote::wire::bytes::option")]
     pub(crate) small: Option<Vec<u8>>,
 }
 
@@ -220,6 +221,7 @@ pub(crate) struct Made {
     /// Where its result is, or why it will not be made there.
     pub(crate) result: Result<Location, String>,
     /// The result's encoding, when it is small.
+    #[serde(with = "crate::remote::wire::bytes::option")]
     pub(crate) small: Option<Vec<u8>>,
 }
 
