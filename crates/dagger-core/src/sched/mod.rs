@@ -666,7 +666,8 @@ impl Registry {
     /// (with that worker and the thread to name), and in this process (`None`: it may not run
     /// here): its estimated run time `est`, plus queued work, plus moving its inputs, plus for
     /// a worker the measured round trip. With `ahead`, inputs not made yet count as made on
-    /// the worker they were sent to (else they are not counted).
+    /// the worker they were sent to (else they are not counted). A task that may run on one
+    /// worker only (and not here) has nothing to weigh: that worker, at cost `est`.
     pub(crate) fn anywhere_costs(
         &self,
         job: &JobRef,
@@ -675,6 +676,18 @@ impl Registry {
         est: u64,
         ahead: bool,
     ) -> (Option<RemoteChoice>, Option<u64>) {
+        let workers = self.remote.snapshot();
+        if a.local.is_none() {
+            let mut admitting = workers
+                .iter()
+                .filter(|w| w.alive.load(Ordering::Acquire))
+                .filter_map(|w| w.threads_in(&a.scope).map(|t| (w, t)));
+            match (admitting.next(), admitting.next()) {
+                (None, _) => return (None, None),
+                (Some((w, thread)), None) => return (Some((est, w.clone(), thread)), None),
+                _ => {}
+            }
+        }
         let inputs: Vec<Held> =
             a.inputs
                 .iter()
@@ -694,7 +707,6 @@ impl Registry {
                 })
                 .collect();
         let mut best: Option<RemoteChoice> = None;
-        let workers = self.remote.snapshot();
         let rtt_of = |id: u32| {
             workers
                 .iter()
