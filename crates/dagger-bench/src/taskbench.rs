@@ -1206,6 +1206,18 @@ mod tests {
     }
 
     #[test]
+    fn outputs_travel_as_byte_strings() {
+        let out = Output::new(40, 3, 7);
+        let bytes = postcard::to_allocvec(&out).unwrap();
+        let stamp = [3i64.to_ne_bytes(), 7i64.to_ne_bytes()].concat();
+        let raw: Vec<u8> = [stamp.clone(), stamp, vec![0; 8]].concat();
+        // The same bytes as a sequence of `u8` would give: a length, then the bytes.
+        assert_eq!(bytes, postcard::to_allocvec(&raw).unwrap());
+        assert_eq!(postcard::from_bytes::<Output>(&bytes).unwrap(), out);
+        assert!(postcard::from_bytes::<Output>(&bytes[..10]).is_err());
+    }
+
+    #[test]
     fn stamp_checks_fail_loudly() {
         let g = graphs("-type stencil_1d -width 3 -steps 3")[0];
         let a = Output::new(16, 0, 0);

@@ -12,8 +12,35 @@ pub const STAMP_BYTES: usize = 16;
 
 /// What a task produces: `-output` bytes filled with its (timestep, point) stamp, repeated
 /// (any bytes after the last whole stamp stay zero, as the reference leaves them unwritten).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Encoded as a byte string, as the reference sends it: one copy each way, where serde's
+/// default for `[u8]` (a sequence) costs an encoder and decoder step per byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output(Box<[u8]>);
+
+impl serde::Serialize for Output {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Output {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Output, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Output;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a task's output bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Output, E> {
+                Ok(Output(v.into()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Output, E> {
+                Ok(Output(v.into_boxed_slice()))
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
 
 impl Output {
     /// An output of `bytes` bytes stamped (`timestep`, `point`).

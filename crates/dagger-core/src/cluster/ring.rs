@@ -96,7 +96,7 @@ impl Reader {
                 "the writer claims {pending} words are waiting in a ring of {DATA_WORDS}"
             ));
         }
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(256);
         while self.read != written {
             let len = self.data(self.read);
             let words = words_for(len);
