@@ -96,6 +96,9 @@ impl Reader {
                 "the writer claims {pending} words are waiting in a ring of {DATA_WORDS}"
             ));
         }
+        if pending == 0 {
+            return Ok(());
+        }
         let mut bytes = Vec::with_capacity(256);
         while self.read != written {
             let len = self.data(self.read);

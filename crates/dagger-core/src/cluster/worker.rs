@@ -11,8 +11,8 @@ use crate::error::TaskError;
 use crate::hash::IdMap;
 use crate::remote::data::DataLink;
 use crate::remote::store::{
-    afters_elsewhere, afters_of, resolve_after, resolve_after_on, run_after, run_in_place, Afters,
-    Claim, Fetch, InputLost, Store,
+    afters_elsewhere, afters_of, resolve_after, resolve_after_on, run_after, run_in_place,
+    waits_here, Afters, Claim, Fetch, InputLost, Store,
 };
 use crate::remote::wire::{Location, WireArg};
 use crate::task::DTask;
@@ -248,9 +248,7 @@ impl Worker {
             }
             let mut elsewhere = Vec::new();
             afters_elsewhere(&r.call.args, &mut elsewhere);
-            let mut afters = Vec::new();
-            afters_of(&r.call.args, &mut afters);
-            if !elsewhere.is_empty() || !afters.is_empty() {
+            if !elsewhere.is_empty() || waits_here(&r.call.args) {
                 self.sent_ahead.fetch_add(1, Ordering::Relaxed);
             }
             if !elsewhere.is_empty() {
@@ -273,9 +271,7 @@ impl Worker {
         here: &Arc<dyn Fetch>,
         started: &mut Vec<Started>,
     ) {
-        let mut afters = Vec::new();
-        afters_of(&call.run.call.args, &mut afters);
-        if !afters.is_empty() {
+        if waits_here(&call.run.call.args) {
             return self.start_ahead(node, link, call, started);
         }
         let Call { run: r, claim } = call;

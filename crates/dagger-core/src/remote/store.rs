@@ -542,6 +542,13 @@ pub(crate) fn resolve_after(args: &mut [WireArg], task: u64, loc: Location) {
     });
 }
 
+/// Whether a call waits for a head task sent to this worker (has an `After` argument).
+pub(crate) fn waits_here(args: &[WireArg]) -> bool {
+    let mut found = false;
+    WireArg::each(args, &mut |a| found |= matches!(a, WireArg::After(_)));
+    found
+}
+
 /// The head's tasks a call waits for (its `After` arguments, depth first, each once).
 pub(crate) fn afters_of(args: &[WireArg], out: &mut Vec<u64>) {
     WireArg::each(args, &mut |a| match a {
