@@ -90,7 +90,7 @@ pub fn run(args: Args) -> Result<(), String> {
 }
 
 /// What each worker counted during the run: calls sent ahead of their inputs, calls given
-/// back to be placed again, notes that came as datagrams.
+/// back to be placed again, notes that came through the inbox (shared memory).
 fn worker_counters_report(
     before: &[(dagger::WorkerId, dagger::WorkerStats)],
     after: &[(dagger::WorkerId, dagger::WorkerStats)],

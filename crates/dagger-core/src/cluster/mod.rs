@@ -581,7 +581,7 @@ fn run_worker(
     let io = Io::start(&format!("dagger-w{id}-io")).map_err(net_error)?;
     let hello = Hello::new(NetRole::Worker, table().hash()).with_peer_id(u64::from(id));
     let node = Node::new(id, io, config.clone(), hello);
-    // Datagrams between workers are not encrypted: not where the cluster asked for TLS.
+    // Notes in shared memory are not encrypted: not where the cluster asked for TLS.
     let worker = worker::Worker::new(ctx.clone(), fingerprint.is_none());
     node.set_role(worker.clone());
     worker.take_notes(&node);
