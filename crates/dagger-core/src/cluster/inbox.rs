@@ -26,6 +26,7 @@
 
 use super::msg::{Made, Msg};
 use super::ring::{Reader, RingAddress, Writer, MAX_RECORD};
+use crate::hash::IdMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -254,14 +255,14 @@ struct PeerInbox {
 pub(crate) struct Outbox {
     /// Sends wake-ups.
     socket: imp::Socket,
-    peers: Mutex<HashMap<u32, PeerInbox>>,
+    peers: Mutex<IdMap<u32, PeerInbox>>,
 }
 
 impl Outbox {
     pub(crate) fn open() -> Option<Outbox> {
         imp::Socket::unbound().ok().map(|socket| Outbox {
             socket,
-            peers: Mutex::new(HashMap::new()),
+            peers: Mutex::new(IdMap::default()),
         })
     }
 

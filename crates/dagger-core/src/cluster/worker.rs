@@ -76,7 +76,7 @@ struct Ahead {
     /// Calls sent ahead of inputs being made on other workers, by head task.
     parked: IdMap<u64, Call>,
     /// The calls of `parked` waiting for each (worker, head task) made there.
-    elsewhere: HashMap<(u32, u64), Vec<u64>>,
+    elsewhere: IdMap<(u32, u64), Vec<u64>>,
     /// Head tasks to ask each worker this process is connecting to about, once connected
     /// (with their places among the calls the head sent it).
     connecting: HashMap<u32, Vec<(u64, u64)>>,
