@@ -83,6 +83,9 @@ impl Reader {
     /// before it was on woke nobody.
     pub(crate) fn set_wake(&self, on: bool) {
         self.map.word(WAKE_AT).store(on as u64, Ordering::SeqCst);
+        // Pairs with the fence in `Writer::wants_wake` (a store-buffer handshake): either
+        // the next `read` sees the writer's record, or the writer sees this flag.
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Hands each record written since the last call to `each`, in order, and makes their
