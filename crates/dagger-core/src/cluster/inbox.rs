@@ -25,7 +25,7 @@
 //! starts that fetch at once). Clusters configured with TLS do not use rings.
 
 use super::msg::{Made, Msg};
-use super::ring::{Reader, RingAddress, Writer, MAX_RECORD};
+use super::ring::{Reader, RingAddress, Writer};
 use crate::hash::IdMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -292,9 +292,6 @@ impl Outbox {
         let Ok(record) = postcard::to_allocvec(&MadeRef(made)) else {
             return false;
         };
-        if record.len() > MAX_RECORD {
-            return false;
-        }
         let wake = {
             let mut peers = lock(&self.peers);
             let Some(p) = peers.get_mut(&peer) else {
@@ -449,6 +446,7 @@ mod imp {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use super::super::ring::MAX_RECORD;
     use super::*;
     use crate::remote::wire::Location;
 
