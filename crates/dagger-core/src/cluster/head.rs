@@ -39,7 +39,8 @@ struct InFlight {
     /// not the worker is still in the registry or in `State::workers` (a retiring worker
     /// leaves the registry first, and `retire` waits for its count to reach zero).
     remote: Arc<RemoteWorker>,
-    task: RemoteTask,
+    /// Boxed: the map holds thousands of these at once, and moves them as it grows.
+    task: Box<RemoteTask>,
 }
 
 /// Whether the head learnt that every input of `task` ended, or learns it from the reports
@@ -63,7 +64,7 @@ fn inputs_known(task: &RemoteTask, earlier: &[u64]) -> bool {
 
 impl InFlight {
     /// Takes the task out of its worker's counts and hands it back.
-    fn leave(self) -> RemoteTask {
+    fn leave(self) -> Box<RemoteTask> {
         self.task.leave(&self.remote);
         self.task
     }
@@ -468,7 +469,7 @@ impl Head {
                         if !s.retries.is_empty() {
                             s.retries.remove(&d.task);
                         }
-                        completed.push(Completed::Ahead(Box::new(task), loc, d.run_ns, d.small));
+                        completed.push(Completed::Ahead(task, loc, d.run_ns, d.small));
                     }
                     Ok(loc) => {
                         let (job, lineage) = task.into_parts();
@@ -537,7 +538,7 @@ impl Head {
         }
         for (task, lost_on, kind, msg) in failed {
             match lost_on {
-                Some(holder) => self.input_lost(task, holder, msg),
+                Some(holder) => self.input_lost(*task, holder, msg),
                 None => task.fail(kind.kind(), msg),
             }
         }
@@ -640,7 +641,7 @@ impl Head {
             let lost: Vec<RemoteTask> = ids
                 .iter()
                 .filter_map(|t| s.inflight.remove(t))
-                .map(InFlight::leave)
+                .map(|f| *f.leave())
                 .collect();
             let others: Vec<u32> = s.workers.keys().copied().collect();
             let values = s.located.remove(&id).unwrap_or_default().values;
@@ -1004,7 +1005,7 @@ impl Dispatch for Head {
             InFlight {
                 worker: worker.id,
                 remote: worker.clone(),
-                task,
+                task: Box::new(task),
             },
         );
         match link.send_run(encoded) {
@@ -1100,7 +1101,7 @@ impl Head {
                 })
                 // Out of the victim's counts even if it left the registry meanwhile (it
                 // is retiring, and `retire` waits for these counts to reach zero).
-                .map(InFlight::leave)
+                .map(|f| *f.leave())
                 .collect()
         };
         if tasks.is_empty() {
