@@ -21,7 +21,7 @@
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
 
 /// The global allocator of this build (the `allocator` field of the JSON lines).
 pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
@@ -30,6 +30,8 @@ pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
     "system"
 };
 
+#[cfg(feature = "mimalloc")]
+mod alloc;
 mod datadeps;
 mod json;
 mod scenarios;
