@@ -6,11 +6,14 @@
 //! by, so consecutive ids sit in consecutive slots: a lookup finds the memory of its
 //! neighbours' lookups in the cache, where a mixing hash would scatter them over a table far
 //! larger than the cache. The bits the table compares first (the top seven) are mixed.
+//! An address, whose low bits are all zero, belongs only before the last word of a key
+//! (as in `(address, length)`), where it is mixed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// A map keyed by ids or addresses made in this process.
+/// A map keyed by ids or addresses made in this process (an address not last: see the
+/// module's notes).
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Keeps the low bits of the last word written (see the module's notes), mixing the words
