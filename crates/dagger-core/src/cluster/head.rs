@@ -70,6 +70,34 @@ impl InFlight {
     }
 }
 
+/// The report of a task sent ahead that came before the head learnt of all its inputs
+/// ([`Head::early`]): handled once they all arrived.
+struct KeptReport {
+    head: Weak<Head>,
+    node: Weak<Node>,
+    /// The data link of the batch the report came in (shared by the results of that batch,
+    /// which keep it alive), else one made again from `node`.
+    link: Weak<NodeLink>,
+    peer: u32,
+    done: Done,
+}
+
+impl crate::sched::ahead::EarlyReport for KeptReport {
+    fn handle(self: Box<Self>) {
+        let Some(head) = self.head.upgrade() else {
+            return;
+        };
+        let link = match self.link.upgrade() {
+            Some(link) => link,
+            None => match self.node.upgrade() {
+                Some(node) => Arc::new(NodeLink(node)),
+                None => return,
+            },
+        };
+        head.take_done(&link, self.peer, [self.done], false);
+    }
+}
+
 /// A task a worker reported done.
 enum Completed {
     /// Its value, made from the call as it was sent.
@@ -406,9 +434,10 @@ impl Head {
     /// batch, then completes the tasks outside it. The report of a task sent ahead that
     /// came before the head learnt of all its inputs is kept for later ([`Head::early`]).
     fn on_done(self: &Arc<Self>, node: &Arc<Node>, peer: u32, done: Vec<Done>) {
-        let given_back = self.take_done(node, peer, done, true);
+        let link = Arc::new(NodeLink(node.clone()));
+        let given_back = self.take_done(&link, peer, done, true);
         if !given_back.is_empty() {
-            self.take_done(node, peer, given_back, false);
+            self.take_done(&link, peer, given_back, false);
         }
     }
 
@@ -417,13 +446,14 @@ impl Head {
     /// after the rest of the batch with `keep_early` false, which handles every report.
     fn take_done(
         self: &Arc<Self>,
-        node: &Arc<Node>,
+        node_link: &Arc<NodeLink>,
         peer: u32,
-        done: Vec<Done>,
+        done: impl IntoIterator<Item = Done>,
         keep_early: bool,
     ) -> Vec<Done> {
-        let link: Arc<dyn DataLink> = Arc::new(NodeLink(node.clone()));
-        let mut completed = Vec::with_capacity(done.len());
+        let done = done.into_iter();
+        let link: Arc<dyn DataLink> = node_link.clone();
+        let mut completed = Vec::with_capacity(done.size_hint().0);
         let mut waiting = Vec::new();
         let mut failed = Vec::new();
         let mut recovered = Vec::new();
@@ -433,8 +463,11 @@ impl Head {
         {
             let mut s = lock(&self.state);
             let s = &mut *s;
-            if let Some(w) = s.workers.get_mut(&peer) {
-                w.last_pong = Instant::now();
+            // A batch as it arrives (kept reports handled later are not news from the worker).
+            if keep_early {
+                if let Some(w) = s.workers.get_mut(&peer) {
+                    w.last_pong = Instant::now();
+                }
             }
             for d in done {
                 if let Some(f) = s.inflight.get(&d.task) {
@@ -448,7 +481,7 @@ impl Head {
                         && f.task.is_ahead()
                         && !inputs_known(&f.task, &earlier)
                     {
-                        if let Some(early) = self.early(node, peer, &f.task, d) {
+                        if let Some(early) = self.early(node_link, peer, &f.task, d) {
                             given_back.push(early);
                         }
                         continue;
@@ -461,7 +494,7 @@ impl Head {
                     continue;
                 };
                 let task = f.leave();
-                if d.result.is_ok() {
+                if keep_early && d.result.is_ok() {
                     earlier.push(d.task);
                 }
                 match d.result {
@@ -550,7 +583,7 @@ impl Head {
     /// been reported; else given back to handle now.
     fn early(
         self: &Arc<Self>,
-        node: &Arc<Node>,
+        link: &Arc<NodeLink>,
         peer: u32,
         task: &RemoteTask,
         d: Done,
@@ -559,20 +592,14 @@ impl Head {
         if task.is_finished() || h.pending.load(Ordering::SeqCst) == 0 {
             return Some(d);
         }
-        let head = Arc::downgrade(self);
-        let node = Arc::downgrade(node);
-        let shared = Arc::new(Mutex::new(Some(d)));
-        let kept = shared.clone();
-        let handle: crate::sched::ahead::Early = Box::new(move || {
-            let d = kept.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let (Some(head), Some(node), Some(d)) = (head.upgrade(), node.upgrade(), d) {
-                head.take_done(&node, peer, vec![d], false);
-            }
+        let kept = Box::new(KeptReport {
+            head: Arc::downgrade(self),
+            node: Arc::downgrade(&link.0),
+            link: Arc::downgrade(link),
+            peer,
+            done: d,
         });
-        match crate::sched::ahead::report_early(h, handle) {
-            None => None,
-            Some(_) => shared.lock().unwrap_or_else(|e| e.into_inner()).take(),
-        }
+        crate::sched::ahead::report_early(h, kept).map(|given| given.done)
     }
 
     /// A task could not fetch an input from worker `holder`: run it again once the input is

@@ -48,8 +48,14 @@ pub(crate) struct Ahead {
     early: Option<Early>,
 }
 
-/// Handles a report that came early (see [`report_early`]).
-pub(crate) type Early = Box<dyn FnOnce() + Send>;
+/// A report that came early (see [`report_early`]), kept until it can be handled.
+pub(crate) trait EarlyReport: Send {
+    /// Handles the report now.
+    fn handle(self: Box<Self>);
+}
+
+/// A kept early report.
+pub(crate) type Early = Box<dyn EarlyReport>;
 
 thread_local! {
     /// Early reports whose inputs arrived while this thread handled another one (handled
@@ -129,19 +135,20 @@ pub(crate) fn finished(a: &super::Anywhere) {
 }
 
 /// The worker running the task of `h`, sent ahead of inputs made on other workers, reported
-/// it ended before the head learnt that they did. Keeps `handle` to run once they all have,
-/// or gives it back if they have by now (the caller then runs it): the head learns of a task
-/// only after its inputs, so that it can always name their results for its lineage.
-pub(crate) fn report_early(h: &Header, handle: Early) -> Option<Early> {
+/// it ended before the head learnt that they did. Keeps `report` to handle once they all
+/// have, or gives it back if they have by now (the caller then handles it): the head learns
+/// of a task only after its inputs, so that it can always name their results for its
+/// lineage.
+pub(crate) fn report_early<R: EarlyReport + 'static>(h: &Header, report: Box<R>) -> Option<Box<R>> {
     let Some(m) = ahead_of(h) else {
-        return Some(handle);
+        return Some(report);
     };
     let mut a = lock(m);
     // Sequentially consistent with `inputs_arrived`, which runs after the count reached 0.
     if h.pending.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        return Some(handle);
+        return Some(report);
     }
-    a.early = Some(handle);
+    a.early = Some(report);
     None
 }
 
@@ -155,7 +162,7 @@ pub(crate) fn inputs_arrived(h: &Header) {
 
 /// Runs `handle`, or queues it if this thread is running another one (see [`LATE`]).
 fn handle_late(handle: Early) {
-    crate::unnest::unnested(&LATE, [handle], |h| h());
+    crate::unnest::unnested(&LATE, [handle], |h| h.handle());
 }
 
 /// Whether `w` has at most one task ready to run per thread (those sent ahead of their
