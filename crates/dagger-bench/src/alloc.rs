@@ -9,9 +9,12 @@
 //! allocations per task went that way, at several times the cost of the fast path. Every
 //! block mimalloc hands out is aligned to a word (block sizes are whole words), so a layout
 //! aligned to a word or less is asked for as a plain `mi_malloc`.
+//!
+//! [`configure`] also lets a thread take over the pages of other threads it frees blocks to
+//! (see there).
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::ffi::c_void;
+use std::ffi::{c_int, c_long, c_void};
 
 use libmimalloc_sys as mi;
 
@@ -68,9 +71,79 @@ unsafe impl GlobalAlloc for MiMalloc {
     }
 }
 
+/// mimalloc 3's `mi_option_page_reclaim_on_free` (its place in `mi_option_t`; the
+/// `libmimalloc-sys` bindings give only mimalloc 2's options). A test checks the name.
+const PAGE_RECLAIM_ON_FREE: c_int = 35;
+/// The environment variable that sets it (it then wins over [`configure`]).
+const PAGE_RECLAIM_ON_FREE_VAR: &str = "MIMALLOC_PAGE_RECLAIM_ON_FREE";
+
+extern "C" {
+    fn mi_option_set(option: c_int, value: c_long);
+}
+
+/// Sets mimalloc's options for a cluster's threads; call it first thing in `main`, in every
+/// process.
+///
+/// mimalloc 3 gives up a thread's full pages (abandons them); a block freed by another thread
+/// to such a page then has that thread collect the page and try to take it over, which by
+/// default it may do only for pages its own heap made. On a head process the I/O thread frees
+/// every finished task, which the program thread allocated when it spawned the graph: each
+/// of those frees went through the collect-and-give-back path. With reclaiming allowed across
+/// threads the I/O thread keeps those pages and reuses them for its own allocations (Task
+/// Bench stencil under callgrind: 12.9 k → 11.9 k instructions per task on the head's I/O
+/// thread, cache misses unchanged).
+pub fn configure() {
+    if std::env::var_os(PAGE_RECLAIM_ON_FREE_VAR).is_none() {
+        // SAFETY: mimalloc checks the option's range; setting an option is thread-safe.
+        unsafe { mi_option_set(PAGE_RECLAIM_ON_FREE, 1) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The option set by [`configure`] is the one named `page_reclaim_on_free` (its place in
+    /// mimalloc's list changes between versions).
+    #[test]
+    fn reclaim_option_is_the_one_meant() {
+        extern "C" {
+            fn mi_option_get(option: c_int) -> c_long;
+            fn mi_options_print_out(
+                out: extern "C" fn(*const std::ffi::c_char, *mut c_void),
+                arg: *mut c_void,
+            );
+        }
+        extern "C" fn collect(msg: *const std::ffi::c_char, arg: *mut c_void) {
+            // SAFETY: mimalloc passes a C string, and `arg` is the `String` below.
+            unsafe {
+                let text = &mut *arg.cast::<String>();
+                text.push_str(&std::ffi::CStr::from_ptr(msg).to_string_lossy());
+            }
+        }
+        configure();
+        let mut text = String::new();
+        // SAFETY: `collect` only appends to `text`, which outlives the call.
+        let value = unsafe {
+            mi_options_print_out(collect, (&mut text as *mut String).cast());
+            mi_option_get(PAGE_RECLAIM_ON_FREE)
+        };
+        // mimalloc prints its options in the order of `mi_option_t`.
+        let line = text
+            .lines()
+            .filter(|l| l.contains("option '"))
+            .nth(PAGE_RECLAIM_ON_FREE as usize)
+            .unwrap_or_else(|| panic!("too few options in mimalloc's list:\n{text}"));
+        let expected = std::env::var(PAGE_RECLAIM_ON_FREE_VAR)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        assert_eq!(value, expected);
+        assert!(
+            line.contains(&format!("'page_reclaim_on_free': {value}")),
+            "option {PAGE_RECLAIM_ON_FREE} is not page_reclaim_on_free set to {value}: {line}"
+        );
+    }
 
     #[test]
     fn blocks_keep_their_layouts_alignment() {

@@ -98,6 +98,8 @@ enum Failed {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "mimalloc")]
+    alloc::configure();
     // The second process of `floor` serves it and exits here.
     taskbench::floor::serve_if_peer();
     // In a worker process (started by the head with `--workers`) this runs the worker and
