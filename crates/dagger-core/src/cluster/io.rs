@@ -81,13 +81,14 @@ impl Drop for Io {
     }
 }
 
-/// What a link carries.
+/// What a link carries. Messages are boxed: a queue holds mostly calls and frees, and
+/// each of its items is as large as the largest of them.
 pub(crate) enum Out {
-    Msg(Msg),
+    Msg(Box<Msg>),
     /// A message followed by a raw payload (sent without copying).
-    WithPayload(Msg, Bytes),
+    WithPayload(Box<Msg>, Bytes),
     /// A message and its payload given as pieces (an encoded value: see [`Encoding`]).
-    WithEncoding(Msg, Encoding),
+    WithEncoding(Box<(Msg, Encoding)>),
     /// One task to run, encoded by [`encode_run`](super::msg::encode_run); sent in one
     /// `Msg::Run` with the tasks queued next to it (alone, without a copy, if large).
     Run(Vec<u8>),
@@ -196,7 +197,8 @@ impl QueueState {
                     n => self.run_bytes_in_items.saturating_add(n),
                 };
             }
-            Out::Free(_) | Out::Msg(Msg::Ping(_)) => self.overtaken_in_items += 1,
+            Out::Free(_) => self.overtaken_in_items += 1,
+            Out::Msg(m) if matches!(**m, Msg::Ping(_)) => self.overtaken_in_items += 1,
             _ => {}
         }
         self.items.push(out);
@@ -231,7 +233,7 @@ impl Link {
     }
 
     pub(crate) fn send(&self, msg: Msg) -> bool {
-        self.queue(Out::Msg(msg))
+        self.queue(Out::Msg(Box::new(msg)))
     }
 
     /// Sends a report someone waits for (`Made`, to another worker): with `at_once`, from
@@ -285,7 +287,7 @@ impl Link {
             Ok(rest) if rest.is_empty() => return true,
             Ok(rest) => Out::Framed(rest),
             // Nothing was written: the writer task meets the error and closes the link.
-            Err(_) => Out::Msg(msg),
+            Err(_) => Out::Msg(Box::new(msg)),
         };
         // Still under the lock: the rest goes before anything queued after it.
         queue.push(state, out)
@@ -309,18 +311,18 @@ impl Link {
                 queue.arrived_if(first);
                 true
             }
-            msg => queue.push(state, Out::Msg(msg)),
+            msg => queue.push(state, Out::Msg(Box::new(msg))),
         }
     }
 
     pub(crate) fn send_with_payload(&self, msg: Msg, payload: Bytes) -> bool {
-        self.queue(Out::WithPayload(msg, payload))
+        self.queue(Out::WithPayload(Box::new(msg), payload))
     }
 
     /// Sends `msg` and then `payload`, an encoded value in pieces, as one message (the
     /// pieces are not joined: a value's large byte buffers are written as they are).
     pub(crate) fn send_encoding(&self, msg: Msg, payload: Encoding) -> bool {
-        self.queue(Out::WithEncoding(msg, payload))
+        self.queue(Out::WithEncoding(Box::new((msg, payload))))
     }
 
     /// Sends one task to run (encoded by [`encode_run`](super::msg::encode_run)), batched
@@ -513,7 +515,8 @@ impl Batch {
                         sender.feed(m.encode())?;
                         sender.feed(p)?;
                     }
-                    Out::WithEncoding(m, e) => {
+                    Out::WithEncoding(me) => {
+                        let (m, e) = *me;
                         sender.feed(m.encode())?;
                         sender.feed_parts(e.parts())?;
                     }
@@ -547,8 +550,11 @@ impl Batch {
     }
 }
 
-/// Capacity of the writer task's item buffer kept between wake-ups (items are ~200 bytes).
+/// Capacity of the writer task's item buffer kept between wake-ups.
 const MAX_KEPT_ITEMS: usize = 1024;
+
+// A queue item stays as small as a report: every call and free queued is this large.
+const _: () = assert!(std::mem::size_of::<Out>() <= std::mem::size_of::<Done>() + 8);
 /// How often a busy worker reports ended tasks: a report waits until this long after the
 /// previous one left (the head learns of results at most this late, and a worker ending
 /// tasks every few microseconds sends it one message per interval instead of one per
