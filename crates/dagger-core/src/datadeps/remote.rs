@@ -1083,7 +1083,8 @@ impl Copies {
             options: WireOptions {
                 name: name.map(str::to_string),
                 ..WireOptions::default()
-            },
+            }
+            .boxed(),
         };
         let ran = crate::sched::blocking(|| self.mover.run_in_place(worker, call, writes, keep))
             .map_err(|e| format!("{} could not run on worker {worker}: {e}", spec.fn_name))?;

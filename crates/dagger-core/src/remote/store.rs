@@ -492,14 +492,22 @@ pub(crate) fn run_after(
     let entry = table()
         .get(call.func)
         .ok_or_else(|| format!("no task function has id {}", call.func))?;
-    let mut opts = options_from_wire(&call.options);
+    let mut opts = call
+        .options
+        .as_deref()
+        .map(options_from_wire)
+        .unwrap_or_default();
     if opts.name.is_none() {
         opts = opts.name(entry.name);
     }
     if let Some(t) = call.thread {
         opts = opts.scope(Scope::worker(store.worker()).thread(t));
     }
-    let inherited = call.options.inherited.as_deref().map(options_from_wire);
+    let inherited = call
+        .options
+        .as_deref()
+        .and_then(|o| o.inherited.as_deref())
+        .map(options_from_wire);
     let deps: Vec<crate::task::JobRef> = after.iter().map(|(_, t)| t.job()).collect();
     let body = move || -> Result<(Location, u64), BoxError> {
         if claim.as_ref().is_some_and(|c| !c.start()) {
@@ -617,7 +625,11 @@ pub fn run_in_place(
         )
         .into());
     }
-    let mut opts = options_from_wire(&call.options);
+    let mut opts = call
+        .options
+        .as_deref()
+        .map(options_from_wire)
+        .unwrap_or_default();
     if opts.name.is_none() {
         opts = opts.name(entry.name);
     }

@@ -163,6 +163,13 @@ pub struct WireOptions {
     pub inherited: Option<Box<WireOptions>>,
 }
 
+impl WireOptions {
+    /// These options as a call carries them: `None` when every one has its default.
+    pub fn boxed(self) -> Option<Box<WireOptions>> {
+        (self != WireOptions::default()).then(|| Box::new(self))
+    }
+}
+
 /// A call of a registered function, as sent to the process that runs it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WireCall {
@@ -172,8 +179,9 @@ pub struct WireCall {
     pub args: Vec<WireArg>,
     /// Thread the call must run on, for exactly-scoped tasks.
     pub thread: Option<u32>,
-    /// Options.
-    pub options: WireOptions,
+    /// Options; `None` when every one has its default (most calls: boxed, they would make
+    /// every call and the lineage kept of it several cache lines larger).
+    pub options: Option<Box<WireOptions>>,
 }
 
 #[cfg(test)]

@@ -1028,14 +1028,17 @@ const REMOTE_TASK_FLOOR_NS: u64 = 10_000;
 
 /// The options a task sent to a worker runs with there, and passes on to the tasks it
 /// spawns (the `with_options` in force where it was spawned).
-fn wire_options(h: &Header) -> crate::remote::wire::WireOptions {
+fn wire_options(h: &Header) -> Option<Box<crate::remote::wire::WireOptions>> {
     use crate::remote::store::options_to_wire;
+    if h.meta.is_none() && h.priority == 0 && h.inherited.is_none() {
+        return None;
+    }
     let mut w = h.meta.as_deref().map(options_to_wire).unwrap_or_default();
     if w.priority.is_none() && h.priority != 0 {
         w.priority = Some(h.priority);
     }
     w.inherited = h.inherited.as_deref().map(|o| Box::new(options_to_wire(o)));
-    w
+    w.boxed()
 }
 
 /// The processor a task ran on (or a chunk lives on).
