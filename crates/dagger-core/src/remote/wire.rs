@@ -165,6 +165,14 @@ pub struct WireOptions {
 
 impl WireOptions {
     /// These options as a call carries them: `None` when every one has its default.
+    ///
+    /// ```
+    /// use dagger_core::remote::wire::WireOptions;
+    ///
+    /// assert!(WireOptions::default().boxed().is_none());
+    /// let named = WireOptions { name: Some("load".into()), ..WireOptions::default() };
+    /// assert_eq!(named.boxed().unwrap().name.as_deref(), Some("load"));
+    /// ```
     pub fn boxed(self) -> Option<Box<WireOptions>> {
         (self != WireOptions::default()).then(|| Box::new(self))
     }
@@ -187,6 +195,35 @@ pub struct WireCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_keep_their_options_and_default_ones_take_one_byte() {
+        let call = |options| WireCall {
+            func: 7,
+            args: vec![WireArg::Value(vec![1, 2, 3])],
+            thread: Some(1),
+            options,
+        };
+        let plain = postcard::to_allocvec(&call(None)).unwrap();
+        let defaults = WireOptions::default();
+        let spelled = postcard::to_allocvec(&call(Some(Box::new(defaults.clone())))).unwrap();
+        assert_eq!(spelled.len(), plain.len() + 7);
+        assert!(defaults.boxed().is_none());
+        let named = call(
+            WireOptions {
+                name: Some("load".into()),
+                priority: Some(-2),
+                inherited: Some(Box::new(WireOptions {
+                    allow_errors: Some(true),
+                    ..WireOptions::default()
+                })),
+                ..WireOptions::default()
+            }
+            .boxed(),
+        );
+        let bytes = postcard::to_allocvec(&named).unwrap();
+        assert_eq!(postcard::from_bytes::<WireCall>(&bytes).unwrap(), named);
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct AsBytes(
