@@ -3,7 +3,8 @@
 //!
 //! Each entry knows how to encode and decode its parameters and its result (serde + postcard),
 //! and how to call the function from type-erased arguments. The table is sorted by name into
-//! dense ids, and a hash of the names and signatures identifies the binary in the handshake.
+//! dense ids, and a hash of the names and signatures (and of dagger's version) identifies the
+//! binary in the handshake.
 
 use crate::error::BoxError;
 use crate::shared_bytes::encode_parts;
@@ -213,6 +214,30 @@ impl fmt::Debug for TaskFn {
 #[linkme::distributed_slice]
 pub static TASK_FNS: [TaskFn];
 
+/// FNV-1a over a "dagger VERSION" line, then "name signature" lines: stable across
+/// processes and platforms. The version is in it because the messages between processes
+/// change between versions of dagger: two builds of one program against different versions
+/// are refused at the handshake rather than misreading each other's messages.
+fn registry_hash<'a>(version: &str, fns: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut add = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    add(b"dagger ");
+    add(version.as_bytes());
+    add(b"\n");
+    for (name, signature) in fns {
+        add(name.as_bytes());
+        add(b" ");
+        add(signature.as_bytes());
+        add(b"\n");
+    }
+    hash
+}
+
 /// The registered functions, sorted by name, with lookups by id and by identity.
 pub struct FnTable {
     by_id: Vec<&'static TaskFn>,
@@ -230,20 +255,10 @@ impl FnTable {
             .enumerate()
             .map(|(i, f)| ((f.fn_id)(), i as u32))
             .collect();
-        // FNV-1a over "name signature\n" lines: stable across processes and platforms.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for f in &by_id {
-            for b in f
-                .name
-                .bytes()
-                .chain([b' '])
-                .chain(f.signature.bytes())
-                .chain([b'\n'])
-            {
-                hash ^= u64::from(b);
-                hash = hash.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
+        let hash = registry_hash(
+            env!("CARGO_PKG_VERSION"),
+            by_id.iter().map(|f| (f.name, f.signature)),
+        );
         FnTable {
             by_id,
             by_type,
@@ -272,8 +287,8 @@ impl FnTable {
         self.by_id.is_empty()
     }
 
-    /// Hash of the names and signatures of every registered function: two processes can
-    /// run each other's tasks only if their hashes are equal.
+    /// Hash of the dagger version and of the names and signatures of every registered
+    /// function: two processes can run each other's tasks only if their hashes are equal.
     pub fn hash(&self) -> u64 {
         self.hash
     }
@@ -468,6 +483,28 @@ impl<'a> Args<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_registry_hash_covers_versions_names_and_signatures() {
+        let fns = [
+            ("load", "fn(u64) -> Vec<u8>"),
+            ("sum", "fn(Vec<u8>) -> u64"),
+        ];
+        let base = registry_hash("0.1.0", fns.iter().copied());
+        assert_eq!(base, registry_hash("0.1.0", fns.iter().copied()));
+        assert_ne!(base, registry_hash("0.2.0", fns.iter().copied()));
+        assert_ne!(base, registry_hash("0.1.0", fns[..1].iter().copied()));
+        let renamed = [
+            ("load", "fn(u64) -> Vec<u8>"),
+            ("total", "fn(Vec<u8>) -> u64"),
+        ];
+        assert_ne!(base, registry_hash("0.1.0", renamed.iter().copied()));
+        let retyped = [
+            ("load", "fn(u32) -> Vec<u8>"),
+            ("sum", "fn(Vec<u8>) -> u64"),
+        ];
+        assert_ne!(base, registry_hash("0.1.0", retyped.iter().copied()));
+    }
 
     #[test]
     fn codecs_round_trip_and_check_types() {
