@@ -402,6 +402,23 @@ fn options_from_wire(w: &WireOptions) -> Options {
     o
 }
 
+/// The options a call that arrived runs with here: those it carries, named after its
+/// function unless it has a name, and on its exact thread of this worker if it names one.
+fn call_options(call: &WireCall, entry: &TaskFn, store: &Store) -> Options {
+    let mut opts = call
+        .options
+        .as_deref()
+        .map(options_from_wire)
+        .unwrap_or_default();
+    if opts.name.is_none() {
+        opts = opts.name(entry.name);
+    }
+    if let Some(t) = call.thread {
+        opts = opts.scope(Scope::worker(store.worker()).thread(t));
+    }
+    opts
+}
+
 /// The serialisable part of `o`.
 pub fn options_to_wire(o: &Options) -> WireOptions {
     WireOptions {
@@ -492,17 +509,7 @@ pub(crate) fn run_after(
     let entry = table()
         .get(call.func)
         .ok_or_else(|| format!("no task function has id {}", call.func))?;
-    let mut opts = call
-        .options
-        .as_deref()
-        .map(options_from_wire)
-        .unwrap_or_default();
-    if opts.name.is_none() {
-        opts = opts.name(entry.name);
-    }
-    if let Some(t) = call.thread {
-        opts = opts.scope(Scope::worker(store.worker()).thread(t));
-    }
+    let opts = call_options(&call, entry, &store);
     let inherited = call
         .options
         .as_deref()
@@ -625,17 +632,7 @@ pub fn run_in_place(
         )
         .into());
     }
-    let mut opts = call
-        .options
-        .as_deref()
-        .map(options_from_wire)
-        .unwrap_or_default();
-    if opts.name.is_none() {
-        opts = opts.name(entry.name);
-    }
-    if let Some(t) = call.thread {
-        opts = opts.scope(Scope::worker(store.worker()).thread(t));
-    }
+    let opts = call_options(&call, entry, &store);
     let body = move || -> Result<(Vec<u8>, u64), BoxError> {
         let mut values = Vec::with_capacity(call.args.len());
         let mut lent: Vec<(usize, u64)> = Vec::new();
