@@ -122,7 +122,7 @@ impl fmt::Display for NetError {
             ),
             NetError::RegistryMismatch { ours, theirs } => write!(
                 f,
-                "the peer runs a different binary: its registered tasks or its dagger version differ (hash {theirs:016x} vs {ours:016x})"
+                "the peer runs a different binary: its registered tasks or its dagger build (version and sources) differ (hash {theirs:016x} vs {ours:016x})"
             ),
             NetError::Malformed(e) => write!(f, "malformed data from the peer: {e}"),
             NetError::Oversized { size, max } => write!(

@@ -374,7 +374,7 @@ async fn registry_mismatch_refused_on_both_sides() {
         "{server}"
     );
     assert!(server.to_string().starts_with(
-        "the peer runs a different binary: its registered tasks or its dagger version differ (hash 0000000000000abc vs"
+        "the peer runs a different binary: its registered tasks or its dagger build (version and sources) differ (hash 0000000000000abc vs"
     ));
 }
 

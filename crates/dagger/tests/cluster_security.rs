@@ -287,7 +287,8 @@ fn a_process_with_another_registry_is_refused() {
         let text = err.to_string();
         assert!(
             text.contains("different binary")
-                && text.contains("registered tasks or its dagger version differ"),
+                && text
+                    .contains("registered tasks or its dagger build (version and sources) differ"),
             "{name}: {text}"
         );
         // The same binary without the secret is refused as such.

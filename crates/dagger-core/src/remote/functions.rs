@@ -214,11 +214,17 @@ impl fmt::Debug for TaskFn {
 #[linkme::distributed_slice]
 pub static TASK_FNS: [TaskFn];
 
-/// FNV-1a over a "dagger VERSION" line, then "name signature" lines: stable across
-/// processes and platforms. The version is in it because the messages between processes
-/// change between versions of dagger: two builds of one program against different versions
-/// are refused at the handshake rather than misreading each other's messages.
-fn registry_hash<'a>(version: &str, fns: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+/// The dagger build a process runs: its version, and a fingerprint of dagger-core's sources
+/// (made by its build script), which tells apart development builds of one version whose
+/// messages may differ.
+const BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("DAGGER_SOURCE_HASH"));
+
+/// FNV-1a over a "dagger BUILD" line, then "name signature" lines: stable across processes
+/// and platforms. The build is in it because the messages between processes change between
+/// versions of dagger: two builds of one program against different versions, or against
+/// different sources of one version, are refused at the handshake rather than misreading
+/// each other's messages.
+fn registry_hash<'a>(build: &str, fns: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut add = |bytes: &[u8]| {
         for &b in bytes {
@@ -227,7 +233,7 @@ fn registry_hash<'a>(version: &str, fns: impl Iterator<Item = (&'a str, &'a str)
         }
     };
     add(b"dagger ");
-    add(version.as_bytes());
+    add(build.as_bytes());
     add(b"\n");
     for (name, signature) in fns {
         add(name.as_bytes());
@@ -255,10 +261,7 @@ impl FnTable {
             .enumerate()
             .map(|(i, f)| ((f.fn_id)(), i as u32))
             .collect();
-        let hash = registry_hash(
-            env!("CARGO_PKG_VERSION"),
-            by_id.iter().map(|f| (f.name, f.signature)),
-        );
+        let hash = registry_hash(BUILD, by_id.iter().map(|f| (f.name, f.signature)));
         FnTable {
             by_id,
             by_type,
@@ -287,8 +290,9 @@ impl FnTable {
         self.by_id.is_empty()
     }
 
-    /// Hash of the dagger version and of the names and signatures of every registered
-    /// function: two processes can run each other's tasks only if their hashes are equal.
+    /// Hash of the dagger build (its version and a fingerprint of its sources) and of the
+    /// names and signatures of every registered function: two processes can run each other's
+    /// tasks only if their hashes are equal.
     pub fn hash(&self) -> u64 {
         self.hash
     }
@@ -485,7 +489,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_registry_hash_covers_versions_names_and_signatures() {
+    fn the_registry_hash_covers_builds_names_and_signatures() {
         let fns = [
             ("load", "fn(u64) -> Vec<u8>"),
             ("sum", "fn(Vec<u8>) -> u64"),
@@ -504,6 +508,26 @@ mod tests {
             ("sum", "fn(Vec<u8>) -> u64"),
         ];
         assert_ne!(base, registry_hash("0.1.0", retyped.iter().copied()));
+    }
+
+    #[test]
+    fn the_build_names_the_version_and_a_source_fingerprint() {
+        let (version, fingerprint) = BUILD.split_once('+').expect("version+fingerprint");
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(fingerprint.len(), 16, "{BUILD}");
+        assert!(
+            fingerprint.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{BUILD}"
+        );
+        let fns = [("sum", "fn(Vec<u8>) -> u64")];
+        let other_sources = format!(
+            "{version}+{:016x}",
+            !u64::from_str_radix(fingerprint, 16).unwrap()
+        );
+        assert_ne!(
+            registry_hash(BUILD, fns.iter().copied()),
+            registry_hash(&other_sources, fns.iter().copied())
+        );
     }
 
     #[test]
