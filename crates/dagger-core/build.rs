@@ -6,11 +6,9 @@
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
+    let unreadable = |e: std::io::Error| -> ! { panic!("cannot read {}: {e}", dir.display()) };
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| unreadable(e)) {
+        let path = entry.unwrap_or_else(|e| unreadable(e)).path();
         if path.is_dir() {
             rust_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
@@ -25,7 +23,8 @@ fn main() {
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files.sort();
-    // FNV-1a over each file's path (relative to `src`) and contents.
+    // FNV-1a over each file's path (relative to `src`) and contents, without carriage
+    // returns (a checkout with CRLF line ends is the same source).
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut add = |bytes: &[u8]| {
         for &b in bytes {
@@ -44,7 +43,10 @@ fn main() {
         add(parts.join("/").as_bytes());
         add(&[0]);
         match std::fs::read(file) {
-            Ok(contents) => add(&contents),
+            Ok(mut contents) => {
+                contents.retain(|&b| b != b'\r');
+                add(&contents);
+            }
             Err(e) => panic!("cannot read {}: {e}", file.display()),
         }
         add(&[0]);
