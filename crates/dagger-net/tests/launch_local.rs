@@ -92,6 +92,44 @@ fn local_workers_get_the_protocol_and_die_with_their_handles() {
     }
 }
 
+/// A dropped local worker may finish exiting before it is killed (the runtime asks its
+/// workers to exit before it drops them): what it does on the way out, here 200 ms of work
+/// and a file written, is not cut short.
+#[test]
+fn dropped_local_workers_may_finish_exiting_before_they_are_killed() {
+    let head = Head::start();
+    let mut env = probe_env(&head, &random_hex(32));
+    let marker = std::env::temp_dir().join(format!("dagger-probe-exit-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    env.extra.push((
+        "DAGGER_PROBE_EXIT_FILE".into(),
+        marker.display().to_string(),
+    ));
+    env.extra
+        .push(("DAGGER_PROBE_EXIT_MS".into(), "200".into()));
+    let launched = launch(
+        &LaunchSpec::Local {
+            workers: 1,
+            threads: 1,
+        },
+        &env,
+    )
+    .unwrap();
+    let conns = head.accept(1, PATIENCE).unwrap();
+    let pid = conns[0].report.pid();
+    // Closing its connection asks the probe to exit; its handle is dropped right after.
+    drop(conns);
+    drop(launched);
+    assert!(process_gone(pid, PATIENCE), "worker process {pid} survived");
+    let written = std::fs::read(&marker).ok();
+    let _ = std::fs::remove_file(&marker);
+    assert_eq!(
+        written.as_deref(),
+        Some(&b"exited"[..]),
+        "the worker was killed before it finished exiting"
+    );
+}
+
 #[test]
 fn a_worker_that_exits_is_reported_with_its_status() {
     // Nothing listens on this port: the probe fails to connect and exits with status 2.

@@ -4,7 +4,9 @@
 //!   the secret (from `DAGGER_SECRET`, or one line of standard input when
 //!   `DAGGER_SECRET_STDIN=1`), connects to `DAGGER_HEAD` with a plain TCP stream, sends one
 //!   tab-separated line of `key=value` fields describing itself (the secret only as its
-//!   SHA-256), then reads until the head closes the connection.
+//!   SHA-256), then reads until the head closes the connection. With
+//!   `DAGGER_PROBE_EXIT_FILE`, it then takes `DAGGER_PROBE_EXIT_MS` milliseconds (a worker
+//!   finishing its work on the way out) and writes that file before it exits.
 //! - `dagger-launch-probe spmd`, started as every rank by `mpirun` or `srun`: rank 0 listens
 //!   on 127.0.0.1, publishes its address in the rendezvous file, collects one line from every
 //!   other rank and prints them (`PEER <line>`, then `HEAD <fields>`); the other ranks find
@@ -137,7 +139,14 @@ fn worker() -> Result<(), String> {
         ("args", args.join("\u{1f}")),
         ("cwd", cwd),
     ]);
-    report_and_wait(&head, &report)
+    report_and_wait(&head, &report)?;
+    if let Some(file) = var("DAGGER_PROBE_EXIT_FILE") {
+        let ms = var("DAGGER_PROBE_EXIT_MS").map_or(Ok(0), |v| v.parse::<u64>());
+        let ms = ms.map_err(|e| format!("DAGGER_PROBE_EXIT_MS: {e}"))?;
+        std::thread::sleep(Duration::from_millis(ms));
+        std::fs::write(&file, b"exited").map_err(|e| format!("cannot write {file}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn spmd_head(rank: SpmdRank) -> Result<(), String> {

@@ -593,7 +593,7 @@ impl Drop for Launched {
             .into_iter()
             .filter_map(|p| Arc::try_unwrap(p).ok())
             .collect();
-        process::shutdown_all(&owned, Instant::now() + process::GRACE);
+        process::end_all(&owned, Instant::now() + process::GRACE);
     }
 }
 

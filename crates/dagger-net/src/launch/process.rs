@@ -13,6 +13,13 @@ use super::LaunchError;
 /// How long ending processes may take before they are killed outright.
 pub(super) const GRACE: Duration = Duration::from_secs(5);
 
+/// How long a local worker whose handle is dropped may take to exit on its own before it is
+/// killed: the runtime asks its workers to exit before it drops them, and a worker that
+/// exits rather than being killed writes out its buffered output, and a tool watching it
+/// (a profiler, a coverage run) its report. Ending a worker on purpose
+/// ([`Proc::kill`]) does not wait.
+pub(super) const EXIT_WAIT: Duration = Duration::from_secs(1);
+
 /// The line the start-up wrappers write to standard error once the worker program is
 /// about to run (the relay swallows it).
 pub(super) const STARTED_MARKER: &str = "#dagger-worker-started#";
@@ -27,7 +34,8 @@ const TAIL_LINES: usize = 40;
 /// How a process is asked to end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Stop {
-    /// `SIGKILL` to its process group (local workers).
+    /// `SIGKILL` to its process group (local workers), when dropped only after it had
+    /// [`EXIT_WAIT`] to exit on its own.
     Kill,
     /// Close its standard input: the remote wrapper kills the worker and exits, and so does
     /// `ssh`.
@@ -156,8 +164,19 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        shutdown_all([&*self], Instant::now() + GRACE);
+        end_all([&*self], Instant::now() + GRACE);
     }
+}
+
+/// [`shutdown_all`] for processes whose handles are dropped: local workers first get up to
+/// [`EXIT_WAIT`] (all together) to exit on their own.
+pub(super) fn end_all<'a>(procs: impl IntoIterator<Item = &'a Proc>, deadline: Instant) {
+    let procs: Vec<&Proc> = procs.into_iter().collect();
+    let exit_by = (Instant::now() + EXIT_WAIT).min(deadline);
+    for p in procs.iter().filter(|p| p.stop == Stop::Kill) {
+        p.wait_until(exit_by);
+    }
+    shutdown_all(procs, deadline);
 }
 
 /// Asks all `procs` to end at once, gives them until `deadline`, then kills the rest; all
