@@ -198,14 +198,17 @@ impl Inbox {
         let wake = self.wake_watcher.clone();
         io.spawn(async move {
             let mut handle = handle;
+            // Registered once: each registration and removal costs system calls, and the I/O
+            // thread starts and stops watching hundreds of times a second. Writers send
+            // wake-ups only while it watches.
+            let Some(socket) = inbox.upgrade().and_then(|i| i.socket.try_clone().ok()) else {
+                return;
+            };
+            let Ok(ready) = socket.readiness() else {
+                return;
+            };
             loop {
                 wake.notified().await;
-                let Some(socket) = inbox.upgrade().and_then(|i| i.socket.try_clone().ok()) else {
-                    return;
-                };
-                let Ok(ready) = socket.readiness() else {
-                    return;
-                };
                 loop {
                     let Some(me) = inbox.upgrade() else {
                         return;
@@ -230,7 +233,6 @@ impl Inbox {
                         Err(_) => return,
                     }
                 }
-                // Dropping `ready` takes the socket out of the I/O thread's watch.
             }
         });
     }
@@ -241,6 +243,13 @@ impl Inbox {
         if !self.watched.load(Ordering::SeqCst) {
             self.wake_watcher.notify_one();
         }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // The watcher ends, and its copy of the socket (which keeps the name bound) closes.
+        self.wake_watcher.notify_one();
     }
 }
 
