@@ -103,34 +103,6 @@ pub(crate) enum Out {
     Close,
 }
 
-/// When reports given to [`Link::report_done`] may leave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ReportTurn {
-    /// At once, with those held: the worker has nothing else in hand, so nothing would come
-    /// to send them with.
-    Now,
-    /// At their turn, the writer task being woken to send them then.
-    Alarmed,
-    /// At their turn, without waking the writer task: the caller will end another task
-    /// before then and send them with its report, or else call [`Link::alarm_held`]. The
-    /// writer task also sends them if it is awake for other messages after their turn.
-    Unalarmed,
-}
-
-/// What became of reports given to [`Link::report_done`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reported {
-    /// Sent, or queued for the writer task.
-    Left,
-    /// Held for their turn; the writer task sends them then.
-    Held,
-    /// Held for their turn, and nobody is to wake the writer task for them (see
-    /// [`ReportTurn::Unalarmed`]).
-    HeldUnalarmed,
-    /// The link is closed.
-    Closed,
-}
-
 /// The sending side of a connection to a peer: messages queue here and a writer task on the
 /// I/O thread sends everything queued with one flush. On a plain connection, a report that
 /// someone waits for can also go out at once from the calling thread
@@ -279,57 +251,28 @@ impl Link {
     /// Reports tasks that ended (to the head). Reports leave at once when none left in the
     /// last [`REPORT_INTERVAL`]; otherwise they are held until that interval has passed, and
     /// then leave together (so a busy worker sends the head one message per interval rather
-    /// than one per task), unless `turn` is [`ReportTurn::Now`] or [`MAX_HELD`] are held.
-    /// The reports of a link keep their order.
-    pub(crate) fn report_done(&self, done: Vec<Done>, turn: ReportTurn) -> Reported {
-        let queue = &self.senders.0;
-        let mut state = queue.lock();
-        if !state.open {
-            return Reported::Closed;
-        }
-        state.held.extend(done);
-        let now = std::time::Instant::now();
-        let next_turn = state.reported.map(|t| t + REPORT_INTERVAL);
-        if turn == ReportTurn::Now
-            || state.held.len() >= MAX_HELD
-            || next_turn.is_none_or(|t| now >= t)
-        {
-            state.reported = Some(now);
-            let held = std::mem::take(&mut state.held);
-            return match self.write_or_queue(state, Msg::Done(held)) {
-                true => Reported::Left,
-                false => Reported::Closed,
-            };
-        }
-        if state.held_due {
-            return Reported::Held;
-        }
-        if turn == ReportTurn::Unalarmed {
-            return Reported::HeldUnalarmed;
-        }
-        state.held_due = true;
-        let due = next_turn.unwrap_or(now);
-        match queue.push(state, Out::ReportsDue(due)) {
-            true => Reported::Held,
-            false => Reported::Closed,
-        }
-    }
-
-    /// Has the writer task send the reports held without an alarm
-    /// ([`ReportTurn::Unalarmed`]) when their turn comes; false if the link is closed.
-    pub(crate) fn alarm_held(&self) -> bool {
+    /// than one per task), unless `idle` (the worker has nothing else in hand: nothing
+    /// would come to send them with) or [`MAX_HELD`] are held. The reports of a link keep
+    /// their order.
+    pub(crate) fn report_done(&self, done: Vec<Done>, idle: bool) -> bool {
         let queue = &self.senders.0;
         let mut state = queue.lock();
         if !state.open {
             return false;
         }
-        if state.held.is_empty() || state.held_due {
+        state.held.extend(done);
+        let now = std::time::Instant::now();
+        let next_turn = state.reported.map(|t| t + REPORT_INTERVAL);
+        if idle || state.held.len() >= MAX_HELD || next_turn.is_none_or(|t| now >= t) {
+            state.reported = Some(now);
+            let held = std::mem::take(&mut state.held);
+            return self.write_or_queue(state, Msg::Done(held));
+        }
+        if state.held_due {
             return true;
         }
         state.held_due = true;
-        let due = state
-            .reported
-            .map_or_else(std::time::Instant::now, |t| t + REPORT_INTERVAL);
+        let due = next_turn.unwrap_or(now);
         queue.push(state, Out::ReportsDue(due))
     }
 
@@ -613,7 +556,7 @@ const MAX_KEPT_ITEMS: usize = 1024;
 // A queue item stays as small as a report: every call and free queued is this large.
 const _: () = assert!(std::mem::size_of::<Out>() <= std::mem::size_of::<Done>() + 8);
 /// How often a busy worker reports ended tasks: a report waits until this long after the
-/// previous one left (the head learns of results about this late, and a worker ending
+/// previous one left (the head learns of results at most this late, and a worker ending
 /// tasks every few microseconds sends it one message per interval instead of one per
 /// task: each message costs both processes a wake-up). Dask's workers batch their messages
 /// to the scheduler the same way (every 2 ms).
@@ -739,29 +682,12 @@ async fn write_loop(mut sender: Sender, queue: Arc<Queue>) {
 /// Takes what is queued on a link (the writer task's `items`, empty, in exchange).
 fn swap_items(queue: &Queue, items: &mut Vec<Out>) {
     let mut state = queue.lock();
-    release_if_due(&mut state);
     std::mem::swap(&mut state.items, items);
     state.items_taken();
     if !items.is_empty() {
         // The frees held back leave with these: nothing may be written past them now.
         state.frees_held = 0;
     }
-}
-
-/// Queues the held reports if their turn came (those held without an alarm leave with
-/// whatever the writer task is awake for).
-fn release_if_due(state: &mut QueueState) {
-    if state.held.is_empty()
-        || state
-            .reported
-            .is_some_and(|t| t + REPORT_INTERVAL > std::time::Instant::now())
-    {
-        return;
-    }
-    state.reported = Some(std::time::Instant::now());
-    let held = std::mem::take(&mut state.held);
-    state.queued += held.len();
-    state.items.extend(held.into_iter().map(Out::Done));
 }
 
 /// The held reports' time came: queues them for the writer task if their turn came, and
@@ -996,10 +922,7 @@ mod tests {
         let (link, server) = connected_link(&io);
         let n = 1000u64;
         for task in 0..n {
-            assert_ne!(
-                link.report_done(vec![failed(task)], ReportTurn::Alarmed),
-                Reported::Closed
-            );
+            assert!(link.report_done(vec![failed(task)], false));
         }
         let messages = receive_reports(&io, server, n as usize);
         assert_eq!(messages.concat(), (0..n).collect::<Vec<_>>());
@@ -1017,22 +940,10 @@ mod tests {
     fn idle_and_closing_links_send_held_reports() {
         let io = Io::start("test-io").unwrap();
         let (link, server) = connected_link(&io);
-        assert_ne!(
-            link.report_done(vec![failed(1)], ReportTurn::Alarmed),
-            Reported::Closed
-        );
-        assert_ne!(
-            link.report_done(vec![failed(2), failed(3)], ReportTurn::Alarmed),
-            Reported::Closed
-        );
-        assert_ne!(
-            link.report_done(vec![failed(4)], ReportTurn::Now),
-            Reported::Closed
-        );
-        assert_ne!(
-            link.report_done(vec![failed(5)], ReportTurn::Alarmed),
-            Reported::Closed
-        );
+        assert!(link.report_done(vec![failed(1)], false));
+        assert!(link.report_done(vec![failed(2), failed(3)], false));
+        assert!(link.report_done(vec![failed(4)], true));
+        assert!(link.report_done(vec![failed(5)], false));
         link.close();
         let messages = receive_reports(&io, server, 5);
         assert_eq!(messages.concat(), [1, 2, 3, 4, 5]);
@@ -1044,64 +955,6 @@ mod tests {
         );
     }
 
-    /// Reports held without an alarm leave once their holder asks for one, or with the
-    /// messages the writer task is awake for after their turn came.
-    #[test]
-    fn reports_held_without_an_alarm_leave_when_asked_or_with_other_messages() {
-        let io = Io::start("test-io").unwrap();
-        let (link, server) = connected_link(&io);
-        let unalarmed = |task| link.report_done(vec![failed(task)], ReportTurn::Unalarmed);
-        let reported_at = |at: Option<std::time::Instant>| link.senders.0.lock().reported = at;
-        let now = std::time::Instant::now;
-        assert_eq!(
-            unalarmed(1),
-            Reported::Left,
-            "the first report leaves at once"
-        );
-        // Their turn comes in an hour (however slowly this test runs).
-        reported_at(Some(now() + std::time::Duration::from_secs(3600)));
-        assert_eq!(unalarmed(2), Reported::HeldUnalarmed);
-        reported_at(Some(now()));
-        assert!(link.alarm_held());
-        let (server, tasks) = receive_tasks(&io, server, &[1, 2]);
-        assert_eq!(tasks, [1, 2]);
-
-        reported_at(Some(now() + std::time::Duration::from_secs(3600)));
-        assert_eq!(unalarmed(3), Reported::HeldUnalarmed);
-        reported_at(now().checked_sub(2 * REPORT_INTERVAL));
-        assert!(link.send(Msg::Ping(9)));
-        let (_server, tasks) = receive_tasks(&io, server, &[3]);
-        assert_eq!(tasks, [3], "the held report leaves with the heartbeat");
-        drop(link);
-    }
-
-    /// Receives on `server` until every task of `want` was reported (other messages than
-    /// reports are skipped); the tasks reported, in order.
-    fn receive_tasks(
-        io: &Io,
-        server: dagger_net::Connection,
-        want: &[u64],
-    ) -> (dagger_net::Connection, Vec<u64>) {
-        let want = want.to_vec();
-        io.run(async move {
-            let mut server = server;
-            let mut tasks = Vec::new();
-            let read = async {
-                while !want.iter().all(|t| tasks.contains(t)) {
-                    let bytes = server.recv().await.unwrap().expect("open");
-                    if let Msg::Done(d) = Msg::decode(&bytes).unwrap() {
-                        tasks.extend(d.iter().map(|d| d.task));
-                    }
-                }
-            };
-            tokio::time::timeout(std::time::Duration::from_secs(30), read)
-                .await
-                .expect("every report arrives");
-            (server, tasks)
-        })
-        .unwrap()
-    }
-
     /// On a link that cannot be written from other threads (TLS), reports that leave
     /// together are queued together, and the writer task wakes for them: it once did not
     /// (only the last one was queued as an item that may wake it, and it was not the
@@ -1111,14 +964,8 @@ mod tests {
         let io = Io::start("test-io").unwrap();
         let (link, server) = connected_link(&io);
         link.senders.0.lock().writer = None;
-        assert_ne!(
-            link.report_done(vec![failed(1), failed(2), failed(3)], ReportTurn::Now),
-            Reported::Closed
-        );
-        assert_ne!(
-            link.report_done(vec![failed(4)], ReportTurn::Now),
-            Reported::Closed
-        );
+        assert!(link.report_done(vec![failed(1), failed(2), failed(3)], true));
+        assert!(link.report_done(vec![failed(4)], true));
         assert_eq!(receive_reports(&io, server, 4).concat(), [1, 2, 3, 4]);
     }
 

@@ -584,7 +584,7 @@ fn run_worker(
     // Notes in shared memory are not encrypted: not where the cluster asked for TLS.
     let worker = worker::Worker::new(ctx.clone(), fingerprint.is_none());
     node.set_role(worker.clone());
-    worker.look_outside(&node);
+    worker.take_notes(&node);
     let head_is_local =
         head.starts_with("127.") || head.starts_with("localhost") || head.starts_with("[::1]");
     let bind = std::env::var("DAGGER_BIND").unwrap_or_else(|_| {

@@ -2,7 +2,7 @@
 //! exits when the head says so or goes away.
 
 use super::inbox::{Inbox, Outbox};
-use super::io::{Link, ReportTurn, Reported};
+use super::io::Link;
 use super::msg::{Done, FailKind, Made as MadeMsg, Msg, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use dagger_net::NetError;
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub(crate) struct Worker {
@@ -42,46 +42,7 @@ pub(crate) struct Worker {
     /// own (see [`super::inbox`]); `None` on connections only.
     inbox: Option<Arc<Inbox>>,
     outbox: Option<Outbox>,
-    /// Reports held by compute threads without an alarm.
-    unalarmed: Arc<Unalarmed>,
 }
-
-/// Reports that a worker's compute threads hold for their turn without waking the I/O
-/// thread ([`ReportTurn::Unalarmed`]): a thread that ends tasks every few microseconds sends
-/// them itself with a later report. Waking the I/O thread to set a timer for them cost a
-/// wake-up on each side, on CPUs that run tasks. The alarm is set
-/// ([`Link::alarm_held`]) only when a compute thread may not be back within the interval:
-/// before a task that is not expected to be short, and when it sleeps or blocks.
-#[derive(Default)]
-struct Unalarmed {
-    /// Some reports may be held without an alarm.
-    any: AtomicBool,
-    /// The link they are held on.
-    link: Mutex<Option<Link>>,
-}
-
-impl Unalarmed {
-    /// Reports were held on `link` without an alarm.
-    fn held(&self, link: &Link) {
-        if !self.any.load(Ordering::SeqCst) {
-            *lock(&self.link) = Some(link.clone());
-            self.any.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Sets the alarm for the reports held without one, if any.
-    fn alarm(&self) {
-        if self.any.swap(false, Ordering::SeqCst) {
-            if let Some(link) = lock(&self.link).take() {
-                link.alarm_held();
-            }
-        }
-    }
-}
-
-/// Tasks expected to end within this long (nanoseconds) leave the reports their thread holds
-/// without an alarm.
-const SHORT_TASK_NS: u64 = super::io::REPORT_INTERVAL.as_nanos() as u64 / 2;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -206,7 +167,7 @@ impl std::task::Wake for ReportOnEnd {
 
 impl Worker {
     /// A worker running calls on `ctx`; with `shared_notes`, workers of this host write it
-    /// their notes in shared memory (see [`super::inbox`]) once [`Worker::look_outside`] ran.
+    /// their notes in shared memory (see [`super::inbox`]) once [`Worker::take_notes`] ran.
     pub(crate) fn new(ctx: Context, shared_notes: bool) -> Arc<Worker> {
         let (inbox, outbox) = match shared_notes {
             true => (Inbox::open().map(Arc::new), Outbox::open()),
@@ -223,43 +184,39 @@ impl Worker {
             ahead: Mutex::new(Ahead::default()),
             inbox,
             outbox,
-            unalarmed: Arc::default(),
         })
     }
 
-    /// Has the compute threads look outside the pool ([`Outside`]): they handle the notes
-    /// that arrive in the inbox between tasks and while idle (a note then wakes nobody:
-    /// neither the I/O thread, to start the call it lets start, nor the compute thread, to
-    /// run it), and the I/O thread while some compute thread sleeps; and they see that the
-    /// reports they hold leave in time.
-    pub(crate) fn look_outside(self: &Arc<Self>, node: &Arc<Node>) {
-        if let Some(inbox) = &self.inbox {
-            let (me, n) = (Arc::downgrade(self), Arc::downgrade(node));
-            let registry = self.ctx.registry_ref().clone();
-            inbox.watch(
-                &node.io,
-                move || registry.away(),
-                move |peer, made| {
-                    if let (Some(me), Some(node)) = (me.upgrade(), n.upgrade()) {
-                        me.take_note(&node, peer, made);
-                    }
-                },
-            );
-        }
-        let outside = Arc::new(Outside {
+    /// Handles the notes that arrive in the inbox: compute threads take them between tasks
+    /// and while idle (a note then wakes nobody: neither the I/O thread, to start the call it
+    /// lets start, nor the compute thread, to run it), and the I/O thread while some compute
+    /// thread sleeps.
+    pub(crate) fn take_notes(self: &Arc<Self>, node: &Arc<Node>) {
+        let Some(inbox) = &self.inbox else {
+            return;
+        };
+        let (me, n) = (Arc::downgrade(self), Arc::downgrade(node));
+        let registry = self.ctx.registry_ref().clone();
+        inbox.watch(
+            &node.io,
+            move || registry.away(),
+            move |peer, made| {
+                if let (Some(me), Some(node)) = (me.upgrade(), n.upgrade()) {
+                    me.take_note(&node, peer, made);
+                }
+            },
+        );
+        let notes = Arc::new(Notes {
             parked: self.parked.clone(),
-            unalarmed: self.unalarmed.clone(),
             worker: Arc::downgrade(self),
             node: Arc::downgrade(node),
-            inbox: self.inbox.as_ref().map(Arc::downgrade),
+            inbox: Arc::downgrade(inbox),
         });
-        self.ctx.registry_ref().set_outside_work(outside);
-        if let Some(inbox) = &self.inbox {
-            // Threads that went to sleep before they knew of the inbox did not ask for it to
-            // be watched (a worker that has nothing to do yet): ask now. The watcher stops
-            // again if none sleeps.
-            inbox.unwatched();
-        }
+        self.ctx.registry_ref().set_outside_work(notes);
+        // Threads that went to sleep before they knew of the inbox did not ask for it to be
+        // watched (a worker that has nothing to do yet): ask now. The watcher stops again if
+        // none sleeps.
+        inbox.unwatched();
     }
 
     fn take_note(self: &Arc<Self>, node: &Arc<Node>, peer: u32, made: Vec<MadeMsg>) {
@@ -267,7 +224,7 @@ impl Worker {
         self.made(node, peer, made);
     }
 
-    /// Counts the calls waiting for notes (see [`Outside`]), under the lock of `ahead`.
+    /// Counts the calls waiting for notes (see [`Notes`]), under the lock of `ahead`.
     fn count_parked(&self, ahead: &Ahead) {
         self.parked.store(ahead.parked.len(), Ordering::Relaxed);
     }
@@ -853,16 +810,8 @@ impl Worker {
     /// Reports ended calls to the head, at once if this process has no other call in hand
     /// (see [`Link::report_done`]).
     fn report_done(&self, link: &Link, done: Vec<Done>) {
-        let turn = if lock(&self.claims).is_empty() {
-            ReportTurn::Now
-        } else if crate::sched::is_compute_thread_of(self.ctx.registry_ref()) {
-            ReportTurn::Unalarmed
-        } else {
-            ReportTurn::Alarmed
-        };
-        if link.report_done(done, turn) == Reported::HeldUnalarmed {
-            self.unalarmed.held(link);
-        }
+        let idle = lock(&self.claims).is_empty();
+        link.report_done(done, idle);
     }
 
     /// The head freed these values: forget the tasks whose results they were.
@@ -879,17 +828,17 @@ impl Worker {
     }
 }
 
-/// What the compute threads of a worker do outside its pool (see [`Worker::look_outside`]).
-struct Outside {
+/// How the compute threads of a worker take notes from its inbox (see
+/// [`Worker::take_notes`]).
+struct Notes {
     /// The worker's count of calls waiting for notes.
     parked: Arc<std::sync::atomic::AtomicUsize>,
-    unalarmed: Arc<Unalarmed>,
     worker: std::sync::Weak<Worker>,
     node: std::sync::Weak<Node>,
-    inbox: Option<std::sync::Weak<Inbox>>,
+    inbox: std::sync::Weak<Inbox>,
 }
 
-impl crate::sched::OutsideWork for Outside {
+impl crate::sched::OutsideWork for Notes {
     fn poll(&self) -> bool {
         // Nothing to do (not even a system call) unless a note is awaited.
         if self.parked.load(Ordering::Relaxed) == 0 {
@@ -898,33 +847,15 @@ impl crate::sched::OutsideWork for Outside {
         let (Some(worker), Some(node), Some(inbox)) = (
             self.worker.upgrade(),
             self.node.upgrade(),
-            self.inbox.as_ref().and_then(std::sync::Weak::upgrade),
+            self.inbox.upgrade(),
         ) else {
             return false;
         };
         inbox.drain(&mut |peer, made| worker.take_note(&node, peer, made))
     }
 
-    fn starting(&self, job: &crate::task::JobRef) {
-        if !self.unalarmed.any.load(Ordering::Relaxed) {
-            return;
-        }
-        let Some(worker) = self.worker.upgrade() else {
-            return;
-        };
-        let expected = worker
-            .ctx
-            .registry_ref()
-            .estimates
-            .get(job.signature(), crate::ProcessorKind::THREAD);
-        if expected.is_none_or(|(ns, _)| ns >= SHORT_TASK_NS) {
-            self.unalarmed.alarm();
-        }
-    }
-
     fn away(&self) {
-        self.unalarmed.alarm();
-        if let Some(inbox) = self.inbox.as_ref().and_then(std::sync::Weak::upgrade) {
+        if let Some(inbox) = self.inbox.upgrade() {
             inbox.unwatched();
         }
     }

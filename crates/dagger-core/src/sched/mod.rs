@@ -253,9 +253,6 @@ pub(crate) trait OutsideWork: Send + Sync {
     /// Does what waits (it may spawn tasks), between tasks and while idle; true if there
     /// was anything. Must be quick when there is nothing.
     fn poll(&self) -> bool;
-    /// The calling thread starts `job`, and will not look again until it ended (which may
-    /// take long). Must be quick.
-    fn starting(&self, job: &crate::task::JobRef);
     /// The calling thread stops looking: it goes to sleep or blocks inside a task (and is
     /// counted as such, see [`Registry::away`], and looked last after that). Someone else
     /// must watch for what arrives now.
@@ -1013,12 +1010,6 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
         }
         None => f(),
     }
-}
-
-/// Whether the calling thread is one of `reg`'s compute threads, which tell its
-/// [`OutsideWork`] before each task they run and before they sleep or block.
-pub(crate) fn is_compute_thread_of(reg: &Registry) -> bool {
-    WorkerThread::with_current(|w| w.is_some_and(|w| w.registry.id == reg.id))
 }
 
 /// Records the run time of a task body measured on this thread.

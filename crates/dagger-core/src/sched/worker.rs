@@ -140,9 +140,6 @@ impl WorkerThread {
         let mut spinning = false;
         loop {
             if self.spare && self.should_retire() {
-                if let Some(outside) = reg.outside.get() {
-                    outside.away();
-                }
                 self.hand_back_work();
                 // A wake-up for work pinned to this slot may have picked this thread while
                 // the thread it stood in for sleeps too: pass it on.
@@ -307,9 +304,6 @@ impl WorkerThread {
     }
 
     fn run_found(&self, (job, custom): (JobRef, Option<usize>)) {
-        if let Some(outside) = self.registry.outside.get() {
-            outside.starting(&job);
-        }
         match custom {
             None => self.execute(job),
             Some(c) => self.execute_custom(c, job),
@@ -405,9 +399,6 @@ impl WorkerThread {
             }
             if h.state.load() == state::QUEUED && self.may_run(h) && h.state.claim_run() {
                 h.ran_on.store(self.slot.get() as u32, Ordering::Release);
-                if let Some(outside) = self.registry.outside.get() {
-                    outside.starting(job);
-                }
                 job.run(job);
                 self.flush_next();
                 continue;
