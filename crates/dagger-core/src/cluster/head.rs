@@ -543,7 +543,7 @@ impl Head {
                     crate::remote::complete_job(&job, data, run_ns)
                 }
                 Completed::Ahead(task, loc, run_ns, small) => {
-                    let (job, mut lineage) = (*task).into_parts();
+                    let (job, mut lineage) = (*task).into_parts_unbounded();
                     let label = lineage.label.clone();
                     // Without its inputs' results, it cannot be made again.
                     let inputs = ahead_lineage(&job, &mut lineage.call.args, &lineage.inputs)

@@ -48,7 +48,20 @@ pub const MAX_LINEAGE_DEPTH: u32 = 4096;
 impl Lineage {
     /// How a value made by `call`, in `scope`, from `inputs` can be made again.
     pub fn new(call: WireCall, scope: Scope, inputs: Vec<Input>, label: Label) -> Lineage {
-        let mut lineage = Lineage {
+        let mut lineage = Lineage::unbounded(call, scope, inputs, label);
+        lineage.bound();
+        lineage
+    }
+
+    /// Like [`Lineage::new`], with its history not bounded yet: for a caller that replaces
+    /// its inputs at once ([`Lineage::set_inputs`], which bounds it).
+    pub(crate) fn unbounded(
+        call: WireCall,
+        scope: Scope,
+        inputs: Vec<Input>,
+        label: Label,
+    ) -> Lineage {
+        Lineage {
             call,
             scope,
             inputs,
@@ -56,9 +69,7 @@ impl Lineage {
             remade: Mutex::new(Weak::new()),
             depth: 1,
             cut: false,
-        };
-        lineage.bound();
-        lineage
+        }
     }
 
     /// Replaces the call's arguments and its inputs (one per `Ref` argument, in order).

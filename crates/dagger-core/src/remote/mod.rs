@@ -107,6 +107,16 @@ impl RemoteTask {
         )
     }
 
+    /// [`into_parts`](Self::into_parts), for a caller that sets the lineage's inputs at once
+    /// ([`Lineage::set_inputs`]) or drops it: its history is bounded then, not twice.
+    pub(crate) fn into_parts_unbounded(self) -> (crate::task::JobRef, Lineage) {
+        let label = self.job.header().label();
+        (
+            self.job,
+            Lineage::unbounded(self.call, self.scope, self.inputs, label),
+        )
+    }
+
     /// Whether the task was cancelled (or otherwise completed) while it ran elsewhere.
     pub fn is_finished(&self) -> bool {
         self.job.header().state.load() >= crate::task::state::COMPLETING
