@@ -256,7 +256,9 @@ pub(crate) fn encode_run(task: u64, call: &WireCall, feeds: bool) -> Vec<u8> {
     });
     let mut out = Vec::with_capacity(64 + inline);
     out.extend_from_slice(&[RUN_TAG as u8, 1]);
-    postcard::to_extend(&RunRef { task, call, feeds }, out).expect("calls always encode")
+    crate::remote::functions::to_extend(&RunRef { task, call, feeds }, &mut out)
+        .expect("calls always encode");
+    out
 }
 
 /// The encoded [`Run`] inside a message made by [`encode_run`].
