@@ -170,27 +170,28 @@ where
         };
         reg.place(scope.as_ref(), &sig, remote)
     };
+    let ndeps = site
+        .args
+        .iter()
+        .map(|a| a.deps.as_slice().len())
+        .sum::<usize>();
     let (placement, unschedulable) = match placement {
         Ok(crate::sched::Placement::Anywhere(mut a)) => {
             if let Some(a) = Arc::get_mut(&mut a) {
-                a.inputs = site
-                    .args
-                    .iter()
-                    .flat_map(|a| a.deps.as_slice())
-                    .map(Arc::downgrade)
-                    .collect();
+                // Sized up front: collected from the nested iterator, the boxed slice took a
+                // reallocation per task.
+                let mut inputs = Vec::with_capacity(ndeps);
+                for arg in site.args {
+                    inputs.extend(arg.deps.as_slice().iter().map(Arc::downgrade));
+                }
+                a.inputs = inputs.into_boxed_slice();
             }
             (crate::sched::Placement::Anywhere(a), None)
         }
         Ok(p) => (p, None),
         Err(msg) => (crate::sched::Placement::Pool, Some(msg)),
     };
-
-    let ndeps = site
-        .args
-        .iter()
-        .map(|a| a.deps.as_slice().len())
-        .sum::<usize>() as u32;
+    let ndeps = ndeps as u32;
     let allow_errors = meta.as_ref().and_then(|m| m.allow_errors);
     // A task with no inputs, no group and a processor is runnable as soon as it exists.
     let ready_now = ndeps == 0 && group.is_none() && unschedulable.is_none();
