@@ -101,23 +101,26 @@ pub(crate) fn to_extend<T: Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) -> post
     postcard::serialize_with_flavor(v, Append(out))
 }
 
-/// The pieces postcard writes for most fields are one byte (a small integer or length, a
-/// variant) or eight (a float): copied with a move rather than a call to `memcpy` (about 25
-/// instructions each; a call sent to a worker writes dozens of such pieces).
+/// A piece postcard writes, by how it is copied. Most fields are one byte (a small integer or
+/// length, a variant) or eight (a float): those are moved rather than copied with a call to
+/// `memcpy` (about 25 instructions each; a call sent to a worker writes dozens of them).
+enum Piece<'a> {
+    Byte(u8),
+    Word(&'a [u8; 8]),
+    Other(&'a [u8]),
+}
+
 #[inline(always)]
-fn copy_piece(dst: &mut [u8], src: &[u8]) {
-    match (
-        <&mut [u8; 8]>::try_from(&mut *dst),
-        <&[u8; 8]>::try_from(src),
-    ) {
-        (Ok(d), Ok(s)) => *d = *s,
-        _ if src.len() == 1 => dst[0] = src[0],
-        _ => dst.copy_from_slice(src),
+fn piece(data: &[u8]) -> Piece<'_> {
+    match (<&[u8; 8]>::try_from(data), data) {
+        (Ok(word), _) => Piece::Word(word),
+        (_, &[byte]) => Piece::Byte(byte),
+        _ => Piece::Other(data),
     }
 }
 
-/// A postcard output into a buffer (`postcard::ser_flavors::Slice`, with [`copy_piece`]);
-/// yields the length written.
+/// A postcard output into a buffer (`postcard::ser_flavors::Slice`, with short pieces moved:
+/// see [`Piece`]); yields the length written.
 struct IntoSlice<'a> {
     buf: &'a mut [u8],
     len: usize,
@@ -144,7 +147,11 @@ impl postcard::ser_flavors::Flavor for IntoSlice<'_> {
             .buf
             .get_mut(self.len..end)
             .ok_or(postcard::Error::SerializeBufferFull)?;
-        copy_piece(dst, data);
+        match piece(data) {
+            Piece::Byte(byte) => dst[0] = byte,
+            Piece::Word(word) => dst.copy_from_slice(word),
+            Piece::Other(bytes) => dst.copy_from_slice(bytes),
+        }
         self.len = end;
         Ok(())
     }
@@ -154,8 +161,8 @@ impl postcard::ser_flavors::Flavor for IntoSlice<'_> {
     }
 }
 
-/// A postcard output appended to a `Vec` (`postcard::ser_flavors::ExtendFlavor`, with the
-/// pieces of one or eight bytes copied in place, as [`copy_piece`] does).
+/// A postcard output appended to a `Vec` (`postcard::ser_flavors::ExtendFlavor`, with short
+/// pieces moved: see [`Piece`]).
 struct Append<'a>(&'a mut Vec<u8>);
 
 impl postcard::ser_flavors::Flavor for Append<'_> {
@@ -169,10 +176,10 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        match <&[u8; 8]>::try_from(data) {
-            Ok(piece) => self.0.extend_from_slice(piece),
-            Err(_) if data.len() == 1 => self.0.push(data[0]),
-            Err(_) => self.0.extend_from_slice(data),
+        match piece(data) {
+            Piece::Byte(byte) => self.0.push(byte),
+            Piece::Word(word) => self.0.extend_from_slice(word),
+            Piece::Other(bytes) => self.0.extend_from_slice(bytes),
         }
         Ok(())
     }
