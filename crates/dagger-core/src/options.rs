@@ -380,6 +380,55 @@ pub fn clear_default_options<F: 'static>(function: F) {
         .remove(&TypeId::of::<F>());
 }
 
+/// How many distinct option sets [`shared`] keeps per thread.
+const SHARED_PER_THREAD: usize = 4;
+
+thread_local! {
+    /// The option sets this thread's spawns used last (see [`shared`]).
+    static RECENT: std::cell::RefCell<([Option<Arc<Options>>; SHARED_PER_THREAD], usize)> =
+        const { std::cell::RefCell::new(([const { None }; SHARED_PER_THREAD], 0)) };
+}
+
+/// `o` in an `Arc`, the same one as for an equal option set spawned from this thread lately.
+///
+/// A program that spawns with options mostly repeats a few (a scope per worker, a name per
+/// function). A copy per task is allocated by the spawning thread and read and freed by
+/// whichever thread finishes the task, long after: two more cold cache lines per task. One
+/// shared copy stays in cache. Sets with hooks are never shared (closures cannot be compared).
+pub(crate) fn shared(o: Options) -> Arc<Options> {
+    if o.checkpoint.is_some() || o.restore.is_some() {
+        return Arc::new(o);
+    }
+    RECENT.with(|r| {
+        let Ok(mut r) = r.try_borrow_mut() else {
+            return Arc::new(o);
+        };
+        let (sets, next) = &mut *r;
+        if let Some(found) = sets.iter().flatten().find(|s| same_values(s, &o)) {
+            return found.clone();
+        }
+        let made = Arc::new(o);
+        sets[*next] = Some(made.clone());
+        *next = (*next + 1) % SHARED_PER_THREAD;
+        made
+    })
+}
+
+/// Whether two option sets without hooks set the same values.
+fn same_values(a: &Options, b: &Options) -> bool {
+    a.checkpoint.is_none()
+        && a.restore.is_none()
+        && a.name == b.name
+        && a.scope == b.scope
+        && a.compute_scope == b.compute_scope
+        && a.result_scope == b.result_scope
+        && a.priority == b.priority
+        && a.time_util == b.time_util
+        && a.alloc_util == b.alloc_util
+        && a.occupancy.map(f64::to_bits) == b.occupancy.map(f64::to_bits)
+        && a.allow_errors == b.allow_errors
+}
+
 pub(crate) fn defaults_for(func: TypeId) -> Option<Arc<Options>> {
     if !HAS_DEFAULTS.load(Ordering::Acquire) {
         return None;
@@ -394,6 +443,34 @@ pub(crate) fn defaults_for(func: TypeId) -> Option<Arc<Options>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_option_sets_share_one_copy_and_others_do_not() {
+        let a = shared(Options::new().scope(Scope::worker(1)));
+        let b = shared(Options::new().scope(Scope::worker(1)));
+        assert!(Arc::ptr_eq(&a, &b), "equal sets share");
+        let c = shared(Options::new().scope(Scope::worker(2)));
+        assert!(!Arc::ptr_eq(&a, &c), "another scope");
+        let d = shared(Options::new().scope(Scope::worker(1)).priority(3));
+        assert!(!Arc::ptr_eq(&a, &d), "another field");
+        assert_eq!(d.get_priority(), Some(3));
+        let e = shared(Options::new().occupancy(0.5));
+        assert!(Arc::ptr_eq(&e, &shared(Options::new().occupancy(0.5))));
+        // Hooks cannot be compared: never shared.
+        let hooked = || {
+            Options::new()
+                .scope(Scope::worker(1))
+                .checkpoint(|_, _: &u8| Ok(()))
+        };
+        assert!(!Arc::ptr_eq(&shared(hooked()), &shared(hooked())));
+        // More sets than a thread keeps: still correct, just not shared.
+        let many: Vec<_> = (1..=2 * SHARED_PER_THREAD as u32)
+            .map(|w| shared(Options::new().scope(Scope::worker(w))))
+            .collect();
+        for (w, o) in (1..).zip(&many) {
+            assert_eq!(o.scope, Some(Scope::worker(w)));
+        }
+    }
 
     #[test]
     fn or_fills_only_unset_fields() {

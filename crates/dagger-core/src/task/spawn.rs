@@ -101,7 +101,7 @@ fn resolve_options(
             if let Some(d) = &d {
                 o = o.or(d);
             }
-            Some(Arc::new(o))
+            Some(options::shared(o))
         }
     };
     (meta, inherited)
