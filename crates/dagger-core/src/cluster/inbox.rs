@@ -298,18 +298,15 @@ impl Outbox {
 
     /// Writes `made` to worker `peer`'s ring; false if it must go on the connection.
     pub(crate) fn send(&self, peer: u32, made: &[Made]) -> bool {
-        let Ok(record) = postcard::to_allocvec(&MadeRef(made)) else {
-            return false;
-        };
-        let wake = {
+        let written = crate::remote::functions::with_encoded(&MadeRef(made), |record| {
             let mut peers = lock(&self.peers);
-            let Some(p) = peers.get_mut(&peer) else {
-                return false;
-            };
-            if !p.ring.write(&record) {
-                return false;
-            }
-            p.ring.wants_wake().then(|| (p.name.clone(), p.token))
+            let p = peers.get_mut(&peer)?;
+            p.ring
+                .write(record)
+                .then(|| p.ring.wants_wake().then(|| (p.name.clone(), p.token)))
+        });
+        let Ok(Some(wake)) = written else {
+            return false;
         };
         if let Some((name, token)) = wake {
             // A full socket holds wake-ups already; a missing one means the peer is gone

@@ -82,16 +82,37 @@ pub fn encode_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Vec<u8>, BoxErr
 /// bytes (most arguments and messages: `to_allocvec` grows its buffer from empty, five or
 /// six reallocations for them).
 pub(crate) fn to_vec<T: Serialize + ?Sized>(v: &T) -> postcard::Result<Vec<u8>> {
-    let mut buf = [0u8; 256];
-    match postcard::serialize_with_flavor(
-        v,
-        IntoSlice {
-            buf: &mut buf,
-            len: 0,
-        },
-    ) {
-        Ok(len) => Ok(buf[..len].to_vec()),
-        Err(postcard::Error::SerializeBufferFull) => postcard::to_allocvec(v),
+    let mut buf = [0u8; STACK_ENCODING];
+    match encode_on_stack(v, &mut buf)? {
+        Some(len) => Ok(buf[..len].to_vec()),
+        None => postcard::to_allocvec(v),
+    }
+}
+
+/// Encodes `v` as postcard does and hands the bytes to `f`, without allocating for values of
+/// up to 256 bytes.
+pub(crate) fn with_encoded<T: Serialize + ?Sized, R>(
+    v: &T,
+    f: impl FnOnce(&[u8]) -> R,
+) -> postcard::Result<R> {
+    let mut buf = [0u8; STACK_ENCODING];
+    match encode_on_stack(v, &mut buf)? {
+        Some(len) => Ok(f(&buf[..len])),
+        None => postcard::to_allocvec(v).map(|b| f(&b)),
+    }
+}
+
+/// The largest encoding [`to_vec`] and [`with_encoded`] make on the stack.
+const STACK_ENCODING: usize = 256;
+
+/// Encodes `v` into `buf`: its length, or `None` if it does not fit.
+fn encode_on_stack<T: Serialize + ?Sized>(
+    v: &T,
+    buf: &mut [u8],
+) -> postcard::Result<Option<usize>> {
+    match postcard::serialize_with_flavor(v, IntoSlice { buf, len: 0 }) {
+        Ok(len) => Ok(Some(len)),
+        Err(postcard::Error::SerializeBufferFull) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -641,6 +662,10 @@ mod tests {
         }
         for i in ints {
             assert_eq!(to_vec(&i).unwrap(), postcard::to_allocvec(&i).unwrap());
+            assert_eq!(
+                with_encoded(&i, <[u8]>::to_vec).unwrap(),
+                postcard::to_allocvec(&i).unwrap()
+            );
         }
     }
 
