@@ -260,7 +260,12 @@ impl Link {
         if !state.open {
             return false;
         }
-        state.held.extend(done);
+        if state.held.is_empty() {
+            // Kept as it is: no allocation for the usual single report.
+            state.held = done;
+        } else {
+            state.held.extend(done);
+        }
         let now = std::time::Instant::now();
         let next_turn = state.reported.map(|t| t + REPORT_INTERVAL);
         if idle || state.held.len() >= MAX_HELD || next_turn.is_none_or(|t| now >= t) {

@@ -918,8 +918,10 @@ fn tell_awaiting(
 /// waited for it (and, recursively, for those). A task calls may be sent ahead of is marked
 /// ended (its result kept for them) or forgotten.
 fn release(ahead: &mut Ahead, report: Report, send: &mut Vec<Done>) {
-    let mut queue = std::collections::VecDeque::from([report]);
-    while let Some(r) = queue.pop_front() {
+    // Allocated only if the report lets others go.
+    let mut queue = std::collections::VecDeque::new();
+    let mut first = Some(report);
+    while let Some(r) = first.take().or_else(|| queue.pop_front()) {
         let before = r
             .afters
             .iter()
