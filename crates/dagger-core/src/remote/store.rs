@@ -411,12 +411,37 @@ fn call_options(call: &WireCall, entry: &TaskFn, store: &Store) -> Options {
         .map(options_from_wire)
         .unwrap_or_default();
     if opts.name.is_none() {
-        opts = opts.name(entry.name);
+        opts = opts.name(function_name(entry.name));
     }
     if let Some(t) = call.thread {
         opts = opts.scope(Scope::worker(store.worker()).thread(t));
     }
     opts
+}
+
+/// `name` in an `Arc`, the same one for every call of that function run by this thread (one
+/// made per call was an allocation per task).
+fn function_name(name: &'static str) -> Arc<str> {
+    /// Names kept per thread (a worker's thread runs the calls of a few functions).
+    const KEPT: usize = 16;
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<(&'static str, Arc<str>)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    NAMES.with(|names| {
+        let Ok(mut names) = names.try_borrow_mut() else {
+            return Arc::from(name);
+        };
+        if let Some((_, kept)) = names.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
+            return kept.clone();
+        }
+        if names.len() == KEPT {
+            names.remove(0);
+        }
+        let made: Arc<str> = Arc::from(name);
+        names.push((name, made.clone()));
+        made
+    })
 }
 
 /// The serialisable part of `o`.
