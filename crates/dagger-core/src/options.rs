@@ -393,8 +393,9 @@ thread_local! {
 ///
 /// A program that spawns with options mostly repeats a few (a scope per worker, a name per
 /// function). A copy per task is allocated by the spawning thread and read and freed by
-/// whichever thread finishes the task, long after: two more cold cache lines per task. One
-/// shared copy stays in cache. Sets with hooks are never shared (closures cannot be compared).
+/// whichever thread finishes the task, long after: four cold cache lines per task, and its
+/// scope's. One shared copy stays in cache. Sets with hooks are never shared (closures
+/// cannot be compared).
 pub(crate) fn shared(o: Options) -> Arc<Options> {
     if o.checkpoint.is_some() || o.restore.is_some() {
         return Arc::new(o);
