@@ -400,19 +400,23 @@ pub(crate) fn shared(o: Options) -> Arc<Options> {
     if o.checkpoint.is_some() || o.restore.is_some() {
         return Arc::new(o);
     }
-    RECENT.with(|r| {
-        let Ok(mut r) = r.try_borrow_mut() else {
-            return Arc::new(o);
-        };
-        let (sets, next) = &mut *r;
-        if let Some(found) = sets.iter().flatten().find(|s| same_values(s, &o)) {
-            return found.clone();
+    // `try_with`: a spawn from a thread-local destructor finds the cache gone.
+    let found = RECENT.try_with(|r| {
+        let r = r.try_borrow().ok()?;
+        r.0.iter().flatten().find(|s| same_values(s, &o)).cloned()
+    });
+    if let Ok(Some(found)) = found {
+        return found;
+    }
+    let made = Arc::new(o);
+    let _ = RECENT.try_with(|r| {
+        if let Ok(mut r) = r.try_borrow_mut() {
+            let (sets, next) = &mut *r;
+            sets[*next] = Some(made.clone());
+            *next = (*next + 1) % SHARED_PER_THREAD;
         }
-        let made = Arc::new(o);
-        sets[*next] = Some(made.clone());
-        *next = (*next + 1) % SHARED_PER_THREAD;
-        made
-    })
+    });
+    made
 }
 
 /// Whether two option sets without hooks set the same values.

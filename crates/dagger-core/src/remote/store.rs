@@ -428,20 +428,23 @@ fn function_name(name: &'static str) -> Arc<str> {
         static NAMES: std::cell::RefCell<Vec<(&'static str, Arc<str>)>> =
             const { std::cell::RefCell::new(Vec::new()) };
     }
-    NAMES.with(|names| {
-        let Ok(mut names) = names.try_borrow_mut() else {
-            return Arc::from(name);
-        };
-        if let Some((_, kept)) = names.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
-            return kept.clone();
-        }
-        if names.len() == KEPT {
-            names.remove(0);
-        }
-        let made: Arc<str> = Arc::from(name);
-        names.push((name, made.clone()));
-        made
-    })
+    // `try_with`: a call run from a thread-local destructor finds the names gone.
+    NAMES
+        .try_with(|names| {
+            let mut names = names.try_borrow_mut().ok()?;
+            if let Some((_, kept)) = names.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
+                return Some(kept.clone());
+            }
+            if names.len() == KEPT {
+                names.remove(0);
+            }
+            let made: Arc<str> = Arc::from(name);
+            names.push((name, made.clone()));
+            Some(made)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Arc::from(name))
 }
 
 /// The serialisable part of `o`.
