@@ -461,7 +461,7 @@ fn encode_cell<T: Send + Sync + 'static>(
     }
     if let Some(data) = cell.remote_data() {
         if let Some(small) = crate::sched::encode::small_value(data) {
-            return Ok(WireArg::Value(small.to_vec()));
+            return Ok(WireArg::Value(small[..].into()));
         }
         // It lives in a worker: the receiver fetches it from there (or has it already).
         return match data.try_location() {
@@ -489,7 +489,7 @@ fn encode_cell<T: Send + Sync + 'static>(
         };
     }
     let v = value_of(cell)?;
-    Ok(WireArg::Value((codec.encode)(v as &dyn Any)?))
+    Ok(WireArg::Value((codec.encode_value)(v as &dyn Any)?))
 }
 
 fn encode_cells<T: Send + Sync + 'static>(
@@ -541,10 +541,10 @@ impl<X: Send + 'static> Arg for Value<X> {
                 .downcast_ref()
                 .ok_or("argument is not a string")?;
             return postcard::to_allocvec(*s)
-                .map(WireArg::Value)
+                .map(|b| WireArg::Value(b.into()))
                 .map_err(|e| e.to_string().into());
         }
-        Ok(WireArg::Value((p.codec.encode)(v as &dyn Any)?))
+        Ok(WireArg::Value((p.codec.encode_value)(v as &dyn Any)?))
     }
 }
 

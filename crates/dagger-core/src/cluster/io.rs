@@ -823,7 +823,7 @@ mod tests {
     fn small_call(task: u64) -> Vec<u8> {
         let call = crate::remote::wire::WireCall {
             func: 1,
-            args: vec![crate::remote::wire::WireArg::Value(vec![7; 8])],
+            args: vec![crate::remote::wire::WireArg::Value(vec![7; 8].into())],
             thread: None,
             options: Default::default(),
         };

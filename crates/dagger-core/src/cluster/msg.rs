@@ -357,7 +357,7 @@ mod tests {
     fn call(func: u32, arg: Vec<u8>) -> WireCall {
         WireCall {
             func,
-            args: vec![crate::remote::wire::WireArg::Value(arg)],
+            args: vec![crate::remote::wire::WireArg::Value(arg.into())],
             thread: Some(1),
             options: Default::default(),
         }

@@ -1033,12 +1033,12 @@ impl Copies {
                         lent.push((loc, view));
                         args.push(WireArg::Ref(loc));
                     } else {
-                        args.push(WireArg::Value(bytes));
+                        args.push(WireArg::Value(bytes.into()));
                     }
                     writes.push(*write);
                 }
                 Repr::Val { bytes, .. } => {
-                    args.push(WireArg::Value(bytes.clone()?));
+                    args.push(WireArg::Value(bytes.clone()?.into()));
                     writes.push(false);
                 }
                 Repr::Many { items, .. } => {
@@ -1049,7 +1049,7 @@ impl Copies {
                             Item::View(view) => {
                                 let bytes = (view.encode)().map_err(|e| what(e.to_string()))?;
                                 Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
-                                WireArg::Value(bytes)
+                                WireArg::Value(bytes.into())
                             }
                         });
                     }
@@ -1060,7 +1060,7 @@ impl Copies {
                     match encode().map_err(what)? {
                         ResultArg::Value(bytes) => {
                             Transfers::add(&c.sent, &c.sent_bytes, bytes.len());
-                            args.push(WireArg::Value(bytes));
+                            args.push(WireArg::Value(bytes.into()));
                         }
                         ResultArg::At(loc) => {
                             // kept where it was made: another worker fetches it from there

@@ -130,7 +130,7 @@ impl Lineage {
         WireArg::each_mut(&mut self.call.args, &mut |a| {
             if matches!(a, WireArg::Ref(_)) {
                 if let Some(bytes) = &small[i] {
-                    *a = WireArg::Value(bytes.to_vec());
+                    *a = WireArg::Value(bytes[..].into());
                 }
                 i += 1;
             }
@@ -570,7 +570,7 @@ mod tests {
         let WireArg::Many(args) = &l.call.args[0] else {
             panic!("{:?}", l.call.args)
         };
-        assert_eq!(args[0], WireArg::Value(b"tiny".to_vec()));
+        assert_eq!(args[0], WireArg::Value(b"tiny"[..].into()));
         assert!(matches!(args[1], WireArg::Ref(loc) if loc.id == 2));
         assert_eq!(
             l.inputs.len(),

@@ -69,13 +69,31 @@ impl fmt::Debug for Stored {
 
 /// Encodes a `T` given as `&dyn Any`.
 pub fn encode_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Vec<u8>, BoxError> {
-    let v = v.downcast_ref::<T>().ok_or_else(|| {
+    to_vec(downcast_for_encoding::<T>(v)?).map_err(encoding_failed::<T>)
+}
+
+/// Encodes a `T` given as `&dyn Any` as a call's argument (short encodings in place).
+pub fn encode_value_any<T: Serialize + 'static>(
+    v: &dyn Any,
+) -> Result<crate::remote::wire::ValueBytes, BoxError> {
+    with_encoded(downcast_for_encoding::<T>(v)?, |b| {
+        crate::remote::wire::ValueBytes::from(b)
+    })
+    .map_err(encoding_failed::<T>)
+}
+
+fn downcast_for_encoding<T: 'static>(v: &dyn Any) -> Result<&T, BoxError> {
+    v.downcast_ref::<T>().ok_or_else(|| {
         format!(
             "cannot encode a value as {}: it has another type",
             std::any::type_name::<T>()
         )
-    })?;
-    to_vec(v).map_err(|e| format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into())
+        .into()
+    })
+}
+
+fn encoding_failed<T>(e: postcard::Error) -> BoxError {
+    format!("cannot encode a {}: {e}", std::any::type_name::<T>()).into()
 }
 
 /// `postcard::to_allocvec` in one allocation of the right size for values of up to 256
@@ -257,6 +275,8 @@ pub struct Codec {
     pub type_name: fn() -> &'static str,
     /// Encodes a value of the type.
     pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
+    /// Encodes a value of the type as a call's argument.
+    pub encode_value: fn(&dyn Any) -> Result<crate::remote::wire::ValueBytes, BoxError>,
     /// Encodes a value of the type as pieces (see [`Stored::encode_parts`]).
     pub encode_parts: fn(&dyn Any) -> Result<Encoding, BoxError>,
     /// Encodes a value of the type if it takes at most [`SMALL_VALUE`] bytes.
@@ -272,6 +292,7 @@ impl Codec {
             type_id: type_id_of::<T>,
             type_name: std::any::type_name::<T>,
             encode: encode_any::<T>,
+            encode_value: encode_value_any::<T>,
             encode_parts: encode_parts_any::<T>,
             encode_small: encode_small_any::<T>,
             decode: decode_any::<T>,

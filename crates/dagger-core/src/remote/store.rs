@@ -628,7 +628,7 @@ pub(crate) fn resolve_after_on(
     WireArg::each_mut(args, &mut |a| {
         if a.is_after_on(task, worker) {
             *a = match small {
-                Some(bytes) => WireArg::Value(bytes.to_vec()),
+                Some(bytes) => WireArg::Value(bytes[..].into()),
                 None => WireArg::Ref(loc),
             };
             replaced += 1;
@@ -753,7 +753,7 @@ mod tests {
             args[1],
             WireArg::Many(vec![
                 WireArg::Ref(loc),
-                WireArg::Value(vec![1, 2]),
+                WireArg::Value(vec![1, 2].into()),
                 WireArg::After(7)
             ])
         );

@@ -14,11 +14,108 @@ pub struct Location {
     pub bytes: u64,
 }
 
+/// The encoding of an argument passed by value, kept in place when it is short.
+///
+/// Most arguments encode to a few bytes (an integer, a small struct): each took an
+/// allocation of its own, made when the head encoded the call and kept with its lineage,
+/// and made again when the worker decoded it. The wire form is postcard's for a byte string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ValueBytes(ValueRepr);
+
+/// The longest encoding kept in place (a `WireArg` stays 32 bytes).
+const INLINE_BYTES: usize = 22;
+
+// Equality is derived: the bytes past an inline encoding's length are zero, and an encoding
+// is inline exactly when it fits.
+#[derive(Clone, PartialEq, Eq)]
+enum ValueRepr {
+    Inline(u8, [u8; INLINE_BYTES]),
+    Heap(Box<[u8]>),
+}
+
+const _: () = assert!(std::mem::size_of::<WireArg>() <= 32);
+
+impl std::ops::Deref for ValueBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            ValueRepr::Inline(len, bytes) => &bytes[..usize::from(*len)],
+            ValueRepr::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl From<&[u8]> for ValueBytes {
+    fn from(v: &[u8]) -> ValueBytes {
+        if v.len() <= INLINE_BYTES {
+            let mut bytes = [0u8; INLINE_BYTES];
+            bytes[..v.len()].copy_from_slice(v);
+            ValueBytes(ValueRepr::Inline(v.len() as u8, bytes))
+        } else {
+            ValueBytes(ValueRepr::Heap(v.into()))
+        }
+    }
+}
+
+impl From<Vec<u8>> for ValueBytes {
+    fn from(v: Vec<u8>) -> ValueBytes {
+        if v.len() <= INLINE_BYTES {
+            ValueBytes::from(&v[..])
+        } else {
+            ValueBytes(ValueRepr::Heap(v.into_boxed_slice()))
+        }
+    }
+}
+
+impl std::fmt::Debug for ValueBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl Serialize for ValueBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ValueBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ValueBytes, D::Error> {
+        struct Visitor;
+
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ValueBytes;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ValueBytes, E> {
+                Ok(v.into())
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ValueBytes, E> {
+                Ok(v.into())
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<ValueBytes, A::Error> {
+                bytes::Bytes.visit_seq(seq).map(ValueBytes::from)
+            }
+        }
+
+        d.deserialize_bytes(Visitor)
+    }
+}
+
 /// One argument of a remote call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WireArg {
     /// The encoded value itself.
-    Value(#[serde(with = "bytes")] Vec<u8>),
+    Value(ValueBytes),
     /// A value stored in some process.
     Ref(Location),
     /// A collection of values (from a collection of tasks or chunks), each `Value` or `Ref`.
@@ -85,7 +182,7 @@ pub(crate) mod bytes {
         d.deserialize_byte_buf(Bytes)
     }
 
-    struct Bytes;
+    pub(super) struct Bytes;
 
     impl<'de> de::Visitor<'de> for Bytes {
         type Value = Vec<u8>;
@@ -200,7 +297,7 @@ mod tests {
     fn calls_keep_their_options_and_default_ones_take_one_byte() {
         let call = |options| WireCall {
             func: 7,
-            args: vec![WireArg::Value(vec![1, 2, 3])],
+            args: vec![WireArg::Value(vec![1, 2, 3].into())],
             thread: Some(1),
             options,
         };
@@ -251,5 +348,30 @@ mod tests {
         }
         // A length beyond the input is an error, not an allocation.
         assert!(postcard::from_bytes::<AsBytes>(&[0xff, 0xff, 0xff, 0x7f, 1]).is_err());
+    }
+
+    #[test]
+    fn value_bytes_travel_as_byte_strings_whether_kept_in_place_or_not() {
+        for len in [0, 1, INLINE_BYTES - 1, INLINE_BYTES, INLINE_BYTES + 1, 300] {
+            let v: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            let from_vec = ValueBytes::from(v.clone());
+            let from_slice = ValueBytes::from(&v[..]);
+            assert_eq!(&*from_vec, &v[..], "length {len}");
+            assert_eq!(from_vec, from_slice, "length {len}");
+            assert_eq!(
+                matches!(from_vec.0, ValueRepr::Inline(..)),
+                len <= INLINE_BYTES,
+                "length {len}"
+            );
+            assert_eq!(format!("{from_vec:?}"), format!("{v:?}"));
+            let arg = WireArg::Value(from_vec);
+            let wire = postcard::to_allocvec(&arg).unwrap();
+            let seq = postcard::to_allocvec(&AsSeq(v.clone(), None)).unwrap();
+            // The variant's tag, then the bytes as a sequence of bytes would be.
+            assert_eq!(wire[1..], seq[..seq.len() - 1], "length {len}");
+            assert_eq!(postcard::from_bytes::<WireArg>(&wire).unwrap(), arg);
+        }
+        assert_ne!(ValueBytes::from(&[1u8][..]), ValueBytes::from(&[1u8, 0][..]));
+        assert!(postcard::from_bytes::<WireArg>(&[0, 0xff, 0xff, 0xff, 0x7f, 1]).is_err());
     }
 }

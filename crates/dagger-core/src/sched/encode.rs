@@ -64,7 +64,7 @@ pub(crate) fn ahead_lineage(
                 return;
             };
             if let Some(small) = data.small() {
-                *arg = WireArg::Value(small.to_vec());
+                *arg = WireArg::Value(small[..].into());
             } else if let Ok(loc) = data.try_location() {
                 new.push(Input {
                     data: Arc::downgrade(&data),
