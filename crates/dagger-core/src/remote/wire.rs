@@ -371,7 +371,10 @@ mod tests {
             assert_eq!(wire[1..], seq[..seq.len() - 1], "length {len}");
             assert_eq!(postcard::from_bytes::<WireArg>(&wire).unwrap(), arg);
         }
-        assert_ne!(ValueBytes::from(&[1u8][..]), ValueBytes::from(&[1u8, 0][..]));
+        assert_ne!(
+            ValueBytes::from(&[1u8][..]),
+            ValueBytes::from(&[1u8, 0][..])
+        );
         assert!(postcard::from_bytes::<WireArg>(&[0, 0xff, 0xff, 0xff, 0x7f, 1]).is_err());
     }
 }
