@@ -247,7 +247,8 @@ pub fn encode_parts_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Encoding,
 pub fn encode_small_any<T: Serialize + 'static>(v: &dyn Any) -> Option<Vec<u8>> {
     let v = v.downcast_ref::<T>()?;
     let mut buf = [0u8; SMALL_VALUE];
-    postcard::to_slice(v, &mut buf).ok().map(|b| b.to_vec())
+    let len = encode_on_stack(v, &mut buf).ok().flatten()?;
+    Some(buf[..len].to_vec())
 }
 
 /// Decodes bytes into a shareable `T`.
@@ -746,6 +747,20 @@ mod tests {
         assert!(c.is(TypeId::of::<Vec<u32>>()));
         let s = Stored::new(String::from("x"));
         assert_eq!(s.to_bytes().unwrap(), postcard::to_allocvec("x").unwrap());
+        // Small encodings: postcard's bytes up to SMALL_VALUE, none past it.
+        let fits = vec![7u8; SMALL_VALUE - 2]; // a two-byte length, then the bytes
+        assert_eq!(
+            (c.encode_small)(&vec![1u32, 2, 3]),
+            Some(postcard::to_allocvec(&vec![1u32, 2, 3]).unwrap())
+        );
+        let small = encode_small_any::<Vec<u8>>(&fits).unwrap();
+        assert_eq!(small, postcard::to_allocvec(&fits).unwrap());
+        assert_eq!(small.len(), SMALL_VALUE);
+        assert_eq!(
+            encode_small_any::<Vec<u8>>(&vec![7u8; SMALL_VALUE - 1]),
+            None
+        );
+        assert_eq!(encode_small_any::<Vec<u8>>(&5u8), None);
     }
 
     #[test]
