@@ -419,11 +419,10 @@ pub(crate) fn shared(o: Options) -> Arc<Options> {
     made
 }
 
-/// Whether two option sets without hooks set the same values.
+/// Whether two option sets set the same values, hooks aside ([`shared`] keeps none with
+/// hooks).
 fn same_values(a: &Options, b: &Options) -> bool {
-    a.checkpoint.is_none()
-        && a.restore.is_none()
-        && a.name == b.name
+    a.name == b.name
         && a.scope == b.scope
         && a.compute_scope == b.compute_scope
         && a.result_scope == b.result_scope
