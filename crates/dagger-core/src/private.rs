@@ -540,8 +540,7 @@ impl<X: Send + 'static> Arg for Value<X> {
             let s: &&'static str = (v as &dyn Any)
                 .downcast_ref()
                 .ok_or("argument is not a string")?;
-            return postcard::to_allocvec(*s)
-                .map(|b| WireArg::Value(b.into()))
+            return crate::remote::functions::with_encoded(*s, |b| WireArg::Value(b.into()))
                 .map_err(|e| e.to_string().into());
         }
         Ok(WireArg::Value((p.codec.encode_value)(v as &dyn Any)?))
