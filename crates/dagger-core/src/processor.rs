@@ -195,7 +195,7 @@ impl ExecTask {
     /// task's processor.
     pub fn run(mut self) {
         let job = self.job.take().expect("unrun ExecTask holds its job");
-        crate::sched::run_on_processor(&self.registry, self.proc_index, &job);
+        crate::sched::run_on_processor(&self.registry, self.proc_index, job);
     }
 }
 

@@ -314,7 +314,9 @@ impl WorkerThread {
         let h = job.header();
         if h.state.claim_run() {
             h.ran_on.store(self.slot.get() as u32, Ordering::Release);
-            job.run(&job);
+            let finished = job.run(&job);
+            drop(job);
+            finished.notify();
         }
     }
 
@@ -399,7 +401,7 @@ impl WorkerThread {
             }
             if h.state.load() == state::QUEUED && self.may_run(h) && h.state.claim_run() {
                 h.ran_on.store(self.slot.get() as u32, Ordering::Release);
-                job.run(job);
+                job.run(job).notify();
                 self.flush_next();
                 continue;
             }
@@ -505,8 +507,9 @@ pub(crate) fn wait_external(h: &Header) {
     }
 }
 
-/// Runs a claimed task on processor `proc_index` of `registry`, on the calling thread.
-pub(crate) fn run_on_processor(registry: &Arc<Registry>, proc_index: u32, job: &JobRef) {
+/// Runs a claimed task on processor `proc_index` of `registry`, on the calling thread, and
+/// tells its waiters once this thread let go of it.
+pub(crate) fn run_on_processor(registry: &Arc<Registry>, proc_index: u32, job: JobRef) {
     struct Restore(u32, *const Arc<Registry>);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -523,5 +526,7 @@ pub(crate) fn run_on_processor(registry: &Arc<Registry>, proc_index: u32, job: &
         )
     });
     let _restore = Restore(prev_proc, prev_reg);
-    job.run(job);
+    let finished = job.run(&job);
+    drop(job);
+    finished.notify();
 }

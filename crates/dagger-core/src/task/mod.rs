@@ -140,8 +140,12 @@ pub(crate) trait Job: Send + Sync + 'static {
     fn header(&self) -> &Header;
 
     /// Runs the body and completes the task. The caller claimed the task (QUEUED -> RUNNING)
-    /// and passes the `JobRef` it runs it through.
-    fn run(&self, me: &JobRef);
+    /// and passes the `JobRef` it runs it through. The caller lets go of that handle, if it
+    /// owns it, before it tells the waiters ([`Finished::notify`]): once a dependent can run,
+    /// no thread of the runtime holds the task (a last handle moves its value into a later
+    /// task rather than copying it).
+    #[must_use = "the waiters of the task are told only through `Finished::notify`"]
+    fn run(&self, me: &JobRef) -> Finished;
 
     /// Completes the task with `err` unless it is already completing; on success returns the
     /// waiters to notify.
@@ -450,17 +454,18 @@ where
         &self.header
     }
 
-    fn run(&self, me: &JobRef) {
+    fn run(&self, me: &JobRef) -> Finished {
         // SAFETY: the caller won QUEUED -> RUNNING, which makes it the only party that may
         // take the body.
         let body = unsafe { (*self.body.get()).take() };
-        let Some(body) = body else { return };
+        let Some(body) = body else {
+            return Finished(None);
+        };
         let header = &self.header;
 
         if let Some(restored) = self.try_restore() {
             drop(body);
-            finish(self, restored);
-            return;
+            return finish(self, restored);
         }
 
         let measure = (header.placement.is_choice() && header.planned_ns.is_none())
@@ -486,7 +491,7 @@ where
             Ok(Err(e)) => Outcome::Failed(TaskError::failed(header.id, header.name(), e)),
             Err(payload) => Outcome::Failed(TaskError::panicked(header.id, header.name(), payload)),
         };
-        finish(self, result);
+        finish(self, result)
     }
 
     fn abort(&self, err: TaskError) -> Option<Drain<Waiter>> {
@@ -576,18 +581,30 @@ where
 }
 
 /// Completes a task whose body ran (or was restored) and notifies its waiters.
-fn finish<T, F>(task: &TaskInner<T, F>, result: Outcome<T>)
+fn finish<T, F>(task: &TaskInner<T, F>, result: Outcome<T>) -> Finished
 where
     T: Send + Sync + 'static,
     F: TaskBody<T>,
 {
     if !task.header.state.finish_run() {
         // Cancelled while running: the cancellation already completed the task.
-        return;
+        return Finished(None);
     }
     let waiters = task.store(result);
-    let err = task.outcome_error();
-    notify(waiters, err.as_ref());
+    Finished(Some((waiters, task.outcome_error())))
+}
+
+/// A task that [`Job::run`] completed: its waiters, told by [`notify`](Finished::notify).
+#[must_use = "the waiters of the task are told only through `Finished::notify`"]
+pub(crate) struct Finished(Option<(Drain<Waiter>, Option<TaskError>)>);
+
+impl Finished {
+    /// Tells the task's waiters that it completed (dependents may run from now on).
+    pub(crate) fn notify(self) {
+        if let Some((waiters, err)) = self.0 {
+            notify(waiters, err.as_ref());
+        }
+    }
 }
 
 impl<T, F> TaskCell<T> for TaskInner<T, F>
