@@ -499,7 +499,7 @@ where
         if prev != state::RUNNING {
             // SAFETY: the task never started, and winning the abort makes us the only party
             // that can touch the body.
-            drop(unsafe { (*self.body.get()).take() });
+            unsafe { *self.body.get() = None };
         }
         Some(self.store(Outcome::Failed(err)))
     }
@@ -527,7 +527,7 @@ where
         if self.header.state.load() >= state::COMPLETING {
             // SAFETY: the task completed while claimed (its abort left the body alone), and
             // the caller is its claimer, done encoding it: nobody else touches the body.
-            drop(unsafe { (*self.body.get()).take() });
+            unsafe { *self.body.get() = None };
         }
     }
 
@@ -555,7 +555,7 @@ where
             return;
         }
         // SAFETY: finishing the run makes us the only party that can touch the body.
-        let body = unsafe { (*self.body.get()).take() };
+        let body = unsafe { &mut *self.body.get() };
         let outcome = match (result, body.as_ref().and_then(|b| b.remote())) {
             (Ok(data), Some((_, entry))) => {
                 Outcome::Remote(RemoteValue::new(data, entry.result.decode))
@@ -573,7 +573,9 @@ where
                 msg,
             )),
         };
-        drop(body);
+        // Dropped where it is: the arguments are cold by now, and taking the body out
+        // would first copy all of it.
+        *body = None;
         let waiters = self.store(outcome);
         let err = self.outcome_error();
         notify(waiters, err.as_ref());
