@@ -405,6 +405,12 @@ impl Sender {
         self.writer.feed_parts(parts)
     }
 
+    /// Queues one message made of `parts` one after the other, copied (see
+    /// [`MessageWriter::feed_slices`]).
+    pub fn feed_slices(&mut self, parts: &[&[u8]]) -> Result<(), NetError> {
+        self.writer.feed_slices(parts)
+    }
+
     /// Queues bytes that are already framed: the rest of a message a [`DirectWriter`] of
     /// this sender could not write at once (they must go before any other message).
     pub fn feed_framed(&mut self, framed: Bytes) {

@@ -10,10 +10,10 @@
 //! something queued or is writing, and what a direct write could not write at once must reach
 //! the sender, with [`Sender::feed_framed`](crate::Sender::feed_framed), before anything else.
 
-use crate::frame::frame_copy;
+use crate::frame::{encode_header, frame_copy, HEADER_LEN};
 use crate::NetError;
 use bytes::{Bytes, BytesMut};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
 /// Writes whole small messages on a plain connection from any thread, without blocking.
@@ -67,6 +67,9 @@ impl DirectWriter {
     /// and with an I/O error if the connection is broken; nothing is written then.
     pub fn write(&self, msg: &[u8]) -> Result<Bytes, NetError> {
         crate::frame::check_size(msg.len(), self.max_message)?;
+        if msg.len() <= self.max_frame {
+            return self.write_one_frame(msg);
+        }
         let mut framed = BytesMut::new();
         frame_copy(msg, self.max_frame, &mut framed);
         let mut framed = framed.freeze();
@@ -87,6 +90,38 @@ impl DirectWriter {
         }
         Ok(framed)
     }
+
+    /// [`write`](Self::write) for a message of one frame: its header and bytes go out in one
+    /// vectored write, copied into a buffer only if the socket does not take them all.
+    fn write_one_frame(&self, msg: &[u8]) -> Result<Bytes, NetError> {
+        let header = encode_header(msg.len(), false);
+        let total = HEADER_LEN + msg.len();
+        let mut written = 0;
+        while written < total {
+            let (h, m) = match written.checked_sub(HEADER_LEN) {
+                None => (&header[written..], msg),
+                Some(off) => (&header[..0], &msg[off..]),
+            };
+            match self
+                .stream
+                .write_vectored(&[IoSlice::new(h), IoSlice::new(m)])
+            {
+                Ok(0) => return Err(NetError::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if written == 0 => return Err(e.into()),
+                // Part of the message is out: the rest must follow, whatever happened.
+                Err(_) => break,
+            }
+        }
+        let mut rest = BytesMut::with_capacity(total - written);
+        if written < HEADER_LEN {
+            rest.extend_from_slice(&header[written..]);
+        }
+        rest.extend_from_slice(&msg[written.saturating_sub(HEADER_LEN)..]);
+        Ok(rest.freeze())
+    }
 }
 
 impl Stream {
@@ -95,6 +130,14 @@ impl Stream {
             Stream::Tcp(s) => (&*s).write(buf),
             #[cfg(target_os = "linux")]
             Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write_vectored(bufs),
+            #[cfg(target_os = "linux")]
+            Stream::Unix(s) => (&*s).write_vectored(bufs),
         }
     }
 }

@@ -647,9 +647,28 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     ///
     /// Fails with [`NetError::Oversized`] if the message exceeds the size limit.
     pub fn feed_parts(&mut self, parts: &[Bytes]) -> Result<(), NetError> {
+        self.put_parts(parts, |p, range| Some(p.slice(range)))
+    }
+
+    /// Queues one message made of `parts` one after the other (as if they were
+    /// concatenated), copying them: a small header and body go out without being assembled
+    /// first.
+    ///
+    /// Fails with [`NetError::Oversized`] if the message exceeds the size limit.
+    pub fn feed_slices(&mut self, parts: &[&[u8]]) -> Result<(), NetError> {
+        self.put_parts(parts, |_, _| None)
+    }
+
+    /// Frames the concatenation of `parts`; a piece of a large frame is queued as
+    /// `shared(part, range)` when that gives one, else copied.
+    fn put_parts<P: AsRef<[u8]>>(
+        &mut self,
+        parts: &[P],
+        shared: impl Fn(&P, std::ops::Range<usize>) -> Option<Bytes>,
+    ) -> Result<(), NetError> {
         let total = parts
             .iter()
-            .try_fold(0usize, |n, p| n.checked_add(p.len()))
+            .try_fold(0usize, |n, p| n.checked_add(p.as_ref().len()))
             .unwrap_or(usize::MAX);
         check_size(total, self.max_message)?;
         // The parts in order, with the position reached in the current one.
@@ -662,16 +681,21 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
             let mut left = n;
             while left > 0 {
                 let p = &parts[part];
-                let k = (p.len() - at).min(left);
-                if k > COPY_THRESHOLD {
-                    self.seal();
-                    self.queue.push_back(p.slice(at..at + k));
-                } else {
-                    self.buf.put_slice(&p[at..at + k]);
+                let bytes = p.as_ref();
+                let k = (bytes.len() - at).min(left);
+                match (k > COPY_THRESHOLD)
+                    .then(|| shared(p, at..at + k))
+                    .flatten()
+                {
+                    Some(piece) => {
+                        self.seal();
+                        self.queue.push_back(piece);
+                    }
+                    None => self.buf.put_slice(&bytes[at..at + k]),
                 }
                 at += k;
                 left -= k;
-                if at == p.len() {
+                if at == bytes.len() {
                     part += 1;
                     at = 0;
                 }
@@ -1199,6 +1223,20 @@ mod tests {
             if batch && frame > COPY_THRESHOLD && sizes.iter().any(|&n| n > frame) {
                 prop_assert!(shared);
             }
+            // Fed as slices (copied), the same bytes go out.
+            let slices: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+            let copied = block_on(async {
+                let mut w = MessageWriter::with_frame_size(Vec::new(), 1 << 20, frame);
+                w.feed_slices(&slices).unwrap();
+                w.feed(Bytes::from_static(b"next")).unwrap();
+                assert!(w.queue.iter().all(|q| !parts.iter().any(|p| {
+                    let (s, at) = (p.as_ptr() as usize, q.as_ptr() as usize);
+                    !p.is_empty() && at >= s && at < s + p.len()
+                })), "slices are copied");
+                w.flush().await.unwrap();
+                w.io
+            });
+            prop_assert_eq!(&copied[..], &expected[..]);
         }
     }
 
@@ -1212,6 +1250,11 @@ mod tests {
         ));
         assert_eq!(w.buffered(), 0);
         w.feed_parts(&parts[..1]).unwrap();
+        assert_eq!(w.buffered(), 5 + 2 * HEADER_LEN);
+        assert!(matches!(
+            w.feed_slices(&[b"12345", b"678901"]),
+            Err(NetError::Oversized { size: 11, max: 10 })
+        ));
         assert_eq!(w.buffered(), 5 + 2 * HEADER_LEN);
     }
 }

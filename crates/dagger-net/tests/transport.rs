@@ -230,6 +230,49 @@ async fn direct_writes_over(config: NetConfig) {
     );
 }
 
+/// Messages of one frame written directly while nobody reads: the socket fills, takes part
+/// of one (or none of it), and the sender writes the rest before the next message.
+#[tokio::test]
+async fn a_one_frame_direct_write_the_socket_takes_in_part_is_finished_by_the_sender() {
+    over_both_transports(one_frame_direct_writes_over).await;
+}
+
+async fn one_frame_direct_writes_over(config: NetConfig) {
+    let (client, mut server) = pair(&config).await;
+    let (mut tx, _rx) = client.split();
+    let direct = tx.direct_writer().unwrap();
+    // Under the 1 MiB frame payload, and of an odd length: the socket stops mid-message.
+    let msg = pattern((1 << 20) - 3);
+    let mut whole = 0;
+    let rest = loop {
+        let rest = direct.write(&msg).unwrap();
+        if !rest.is_empty() {
+            break rest;
+        }
+        whole += 1;
+        assert!(whole < 256, "256 MiB went into a socket nobody reads");
+    };
+    assert!(
+        rest.len() <= msg.len() + 4,
+        "the rest is at most the framed message"
+    );
+    tx.feed_framed(rest);
+    tx.feed(&b"next"[..]).unwrap();
+    let flush = tokio::spawn(async move {
+        tx.flush().await.unwrap();
+        tx
+    });
+    within(async {
+        for i in 0..=whole {
+            let got = server.recv().await.unwrap().unwrap();
+            assert!(got == msg, "message {i} of {} arrives whole", whole + 1);
+        }
+        assert_eq!(server.recv().await.unwrap().unwrap(), &b"next"[..]);
+    })
+    .await;
+    within(flush).await.unwrap();
+}
+
 #[tokio::test]
 async fn direct_writes_refuse_oversized_messages() {
     let (client, _server) = pair(&config(1).with_max_message(16)).await;

@@ -1,6 +1,6 @@
 //! The I/O thread of a process (a current-thread tokio runtime) and connections to peers.
 
-use super::msg::{run_batch, run_body, Done, Msg};
+use super::msg::{run_batch_header, run_batch_start, run_body, Done, Msg};
 use crate::shared_bytes::Encoding;
 use bytes::Bytes;
 use dagger_net::{Connection, DirectWriter, NetError, Receiver, Sender};
@@ -288,7 +288,9 @@ impl Link {
         let Some(writer) = state.writer.as_ref().filter(|_| state.queued == 0) else {
             return self.queue_locked(state, msg);
         };
-        let out = match writer.write(&msg.encode()) {
+        let written = crate::remote::functions::with_encoded(&msg, |m| writer.write(m))
+            .expect("messages always encode");
+        let out = match written {
             Ok(rest) if rest.is_empty() => return true,
             Ok(rest) => Out::Framed(rest),
             // Nothing was written: the writer task meets the error and closes the link.
@@ -365,13 +367,13 @@ impl Link {
             return;
         };
         let runs = state.runs_in_items;
-        let mut body = Vec::with_capacity(state.run_bytes_in_items);
+        let mut batch = run_batch_start(runs, state.run_bytes_in_items);
         for out in &state.items {
             if let Out::Run(r) = out {
-                body.extend_from_slice(run_body(r));
+                batch.extend_from_slice(run_body(r));
             }
         }
-        let rest = match writer.write(&run_batch(runs, &body)) {
+        let rest = match writer.write(&batch) {
             Ok(rest) => rest,
             // Nothing was written: the writer task sends them (and meets the error).
             Err(_) => return,
@@ -541,18 +543,25 @@ impl Batch {
     /// Queues the pending batch, if any, on `sender`.
     fn send(&mut self, sender: &mut Sender) -> Result<(), NetError> {
         if self.run_count > 0 {
-            sender.feed(run_batch(self.run_count, &self.runs))?;
+            let (header, n) = run_batch_header(self.run_count);
+            sender.feed_slices(&[&header[..n], &self.runs])?;
             self.runs.clear();
             self.run_count = 0;
         }
         if !self.done.is_empty() {
-            sender.feed(Msg::Done(std::mem::take(&mut self.done)).encode())?;
+            feed_encoded(sender, &Msg::Done(std::mem::take(&mut self.done)))?;
         }
         if !self.free.is_empty() {
-            sender.feed(Msg::Free(std::mem::take(&mut self.free)).encode())?;
+            feed_encoded(sender, &Msg::Free(std::mem::take(&mut self.free)))?;
         }
         Ok(())
     }
+}
+
+/// Queues `msg` on `sender`, encoded without a buffer of its own when it is short.
+fn feed_encoded(sender: &mut Sender, msg: &Msg) -> Result<(), NetError> {
+    crate::remote::functions::with_encoded(msg, |m| sender.feed_slice(m))
+        .expect("messages always encode")
 }
 
 /// Capacity of the writer task's item buffer kept between wake-ups.

@@ -226,7 +226,7 @@ pub(crate) struct Made {
 }
 
 /// The serialised form of one [`Run`], written without cloning the call. A `Run` batch on
-/// the wire is the batch header ([`run_batch`]) followed by these, concatenated.
+/// the wire is the batch header ([`run_batch_header`]) followed by these, concatenated.
 #[derive(Serialize)]
 struct RunRef<'a> {
     task: u64,
@@ -267,22 +267,39 @@ pub(crate) fn run_body(encoded: &[u8]) -> &[u8] {
 }
 
 /// Appends `v` as postcard writes integers and lengths: LEB128, 7 bits a byte.
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 /// The encoded `Msg::Run` of `count` tasks whose [`run_body`] forms are `runs`,
 /// concatenated.
+#[cfg(test)]
 pub(crate) fn run_batch(count: usize, runs: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(runs.len() + 12);
-    put_varint(&mut out, RUN_TAG);
-    put_varint(&mut out, count as u64);
+    let mut out = run_batch_start(count, runs.len());
     out.extend_from_slice(runs);
     out
+}
+
+/// The start of a `Msg::Run` of `count` tasks, with room for the `len` bytes of their
+/// [`run_body`] forms, to be appended.
+pub(crate) fn run_batch_start(count: usize, len: usize) -> Vec<u8> {
+    let (header, n) = run_batch_header(count);
+    let mut out = Vec::with_capacity(n + len);
+    out.extend_from_slice(&header[..n]);
+    out
+}
+
+/// The bytes before the [`run_body`] forms in a `Msg::Run` of `count` tasks: the first
+/// `n` of the array.
+pub(crate) fn run_batch_header(count: usize) -> ([u8; 11], usize) {
+    let mut header = [0u8; 11];
+    let mut n = 0;
+    for mut v in [RUN_TAG, count as u64] {
+        while v >= 0x80 {
+            header[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        header[n] = v as u8;
+        n += 1;
+    }
+    (header, n)
 }
 
 impl Msg {
