@@ -151,7 +151,7 @@ impl ReportOnEnd {
             return false;
         }
         let result = e.started.dtask.fetch();
-        e.worker.report(&e.store, &e.link, &e.started, result);
+        e.worker.report(&e.store, &e.link, e.started, result);
         true
     }
 }
@@ -735,7 +735,7 @@ impl Worker {
         &self,
         store: &Store,
         link: &Link,
-        s: &Started,
+        s: Started,
         result: Result<(Location, u64), TaskError>,
     ) {
         self.running.fetch_sub(1, Ordering::Relaxed);
@@ -798,7 +798,7 @@ impl Worker {
         let report = Report {
             done,
             feeds: s.feeds,
-            afters: s.afters.clone(),
+            afters: s.afters,
         };
         let mut released = Vec::new();
         release(&mut lock(&self.ahead), report, &mut released);
