@@ -8,7 +8,7 @@ use crate::error::ErrorKind;
 use crate::hash::IdMap;
 use crate::id::NodeId;
 use crate::remote::data::{DataLink, Label, Lineage};
-use crate::remote::wire::{Location, WireArg};
+use crate::remote::wire::{Location, ValueBytes, WireArg};
 use crate::remote::{Dispatch, RemoteData, RemoteTask, RemoteWorker};
 use crate::sched::encode::{ahead_lineage, lineage_call};
 use crate::sched::Registry;
@@ -104,7 +104,7 @@ enum Completed {
     Sent(JobRef, Arc<RemoteData>, u64),
     /// A task sent ahead of its inputs: its value, where it is, its run time, and its
     /// encoding if small.
-    Ahead(Box<RemoteTask>, Location, u64, Option<Vec<u8>>),
+    Ahead(Box<RemoteTask>, Location, u64, Option<ValueBytes>),
 }
 
 /// How many times a task (or a recomputation) is tried again after losing its worker or an
@@ -510,7 +510,7 @@ impl Head {
                         let data =
                             RemoteData::new(loc, link.clone(), Some(Arc::new(lineage)), label);
                         if let Some(small) = d.small {
-                            data.keep_small(small.into());
+                            data.keep_small(small);
                         }
                         s.located.entry(loc.worker).or_default().push(&data);
                         if !s.retries.is_empty() {
@@ -559,7 +559,7 @@ impl Head {
                     });
                     let data = RemoteData::new(loc, link.clone(), lineage, label);
                     if let Some(small) = small {
-                        data.keep_small(small.into());
+                        data.keep_small(small);
                     }
                     self.locate(loc.worker, &data);
                     crate::remote::complete_job(&job, data, run_ns);

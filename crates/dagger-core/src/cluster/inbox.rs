@@ -464,7 +464,7 @@ mod tests {
                 id: task * 10,
                 bytes: 8,
             }),
-            small,
+            small: small.map(Into::into),
         }
     }
 

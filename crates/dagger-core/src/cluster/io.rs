@@ -1010,7 +1010,7 @@ mod tests {
                         Msg::Made(vec![super::super::msg::Made {
                             task: i,
                             result: Err(String::new()),
-                            small: Some(big.clone()),
+                            small: Some(big.clone().into()),
                         }]),
                         true
                     ))

@@ -1,6 +1,6 @@
 //! The messages processes of a cluster exchange (postcard-encoded, one per transport message).
 
-use crate::remote::wire::{Location, WireArg, WireCall};
+use crate::remote::wire::{Location, ValueBytes, WireArg, WireCall};
 use serde::{Deserialize, Serialize};
 
 /// How a remote task failed (mirrors [`ErrorKind`](crate::ErrorKind)).
@@ -77,8 +77,7 @@ pub(crate) struct Done {
     pub(crate) run_ns: u64,
     /// The result's encoding, when it is small (see
     /// [`SMALL_VALUE`](crate::remote::functions::SMALL_VALUE)).
-    #[serde(with = "crate::remote::wire::bytes::option")]
-    pub(crate) small: Option<Vec<u8>>,
+    pub(crate) small: Option<ValueBytes>,
 }
 
 /// What a worker reports about itself on request.
@@ -221,8 +220,7 @@ pub(crate) struct Made {
     /// Where its result is, or why it will not be made there.
     pub(crate) result: Result<Location, String>,
     /// The result's encoding, when it is small.
-    #[serde(with = "crate::remote::wire::bytes::option")]
-    pub(crate) small: Option<Vec<u8>>,
+    pub(crate) small: Option<ValueBytes>,
 }
 
 /// The serialised form of one [`Run`], written without cloning the call. A `Run` batch on
@@ -350,7 +348,7 @@ mod tests {
                     id: 40,
                     bytes: 3,
                 }),
-                small: Some(vec![1, 2, 3]),
+                small: Some(vec![1, 2, 3].into()),
             },
             Made {
                 task: 10,
@@ -428,7 +426,7 @@ mod tests {
                         Ok(Location { worker: 1, id: task, bytes: task / 2 })
                     },
                     run_ns: task / 7,
-                    small: (task % 2 == 0).then(|| task.to_le_bytes().to_vec()),
+                    small: (task % 2 == 0).then(|| task.to_le_bytes()[..].into()),
                 })
                 .collect();
             let runs: Vec<u8> = tasks.iter().flat_map(|&t| run_body(&encode_run(t, &call(t as u32, vec![]), t % 2 == 0)).to_vec()).collect();

@@ -14,7 +14,7 @@ use crate::remote::store::{
     afters_elsewhere, afters_of, resolve_after, resolve_after_on, run_after, run_in_place,
     waits_here, Afters, Claim, Fetch, InputLost, Store,
 };
-use crate::remote::wire::{Location, WireArg};
+use crate::remote::wire::{Location, ValueBytes, WireArg};
 use crate::task::DTask;
 use bytes::Bytes;
 use dagger_net::NetError;
@@ -889,7 +889,7 @@ fn tell_awaiting(
     outbox: Option<&Outbox>,
     task: u64,
     result: Result<Location, String>,
-    small: Option<&Vec<u8>>,
+    small: Option<&ValueBytes>,
     now: bool,
 ) {
     let Some(links) = lock(ahead).awaited.remove(&task) else {

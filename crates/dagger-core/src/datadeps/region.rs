@@ -1942,7 +1942,7 @@ where
                         let label = Label::Task(id.get(), Some(Arc::from(name)));
                         let data = RemoteData::new(loc, link, None, label);
                         if let Some(small) = small {
-                            data.keep_small(small);
+                            data.keep_small(small[..].into());
                         }
                         Outcome::Remote(RemoteValue::new(data, rp.decode_any))
                     }

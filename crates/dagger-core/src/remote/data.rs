@@ -1,6 +1,7 @@
 //! Values that live in other processes, as the process that owns them sees them: where they
 //! are now, and how to make them again if the process holding them dies (their lineage).
 
+use super::wire::ValueBytes;
 use super::wire::{Location, WireCall};
 use crate::error::BoxError;
 use crate::scope::Scope;
@@ -118,7 +119,7 @@ impl Lineage {
         if refs != self.inputs.len() {
             return;
         }
-        let small: Vec<Option<bytes::Bytes>> = self
+        let small: Vec<Option<ValueBytes>> = self
             .inputs
             .iter()
             .map(|i| i.data.upgrade().and_then(|d| d.small().cloned()))
@@ -207,7 +208,7 @@ pub struct RemoteData {
     label: Label,
     /// Its encoding, kept here too when it is small: reading it needs no round trip, and a
     /// call sent to another worker carries it.
-    small: std::sync::OnceLock<bytes::Bytes>,
+    small: std::sync::OnceLock<ValueBytes>,
 }
 
 /// What a remote value is, for messages (made into text only when a message needs it).
@@ -479,12 +480,12 @@ impl RemoteData {
     }
 
     /// Keeps `bytes`, its (small) encoding, here too.
-    pub fn keep_small(&self, bytes: bytes::Bytes) {
+    pub fn keep_small(&self, bytes: ValueBytes) {
         let _ = self.small.set(bytes);
     }
 
     /// Its encoding, if it is small and kept here.
-    pub fn small(&self) -> Option<&bytes::Bytes> {
+    pub fn small(&self) -> Option<&ValueBytes> {
         self.small.get()
     }
 
@@ -533,7 +534,7 @@ mod tests {
             Label::Text(format!("v{id}")),
         );
         if let Some(b) = small {
-            d.keep_small(bytes::Bytes::copy_from_slice(b));
+            d.keep_small(ValueBytes::from(b));
         }
         d
     }

@@ -7,6 +7,7 @@
 //! binary in the handshake.
 
 use crate::error::BoxError;
+use crate::remote::wire::ValueBytes;
 use crate::shared_bytes::encode_parts;
 pub use crate::shared_bytes::Encoding;
 use serde::de::DeserializeOwned;
@@ -27,7 +28,7 @@ pub struct Stored {
     pub encode_parts: fn(&dyn Any) -> Result<Encoding, BoxError>,
     /// Encodes `value` if its encoding is at most [`SMALL_VALUE`] bytes (stops early
     /// otherwise).
-    pub encode_small: fn(&dyn Any) -> Option<Vec<u8>>,
+    pub encode_small: fn(&dyn Any) -> Option<ValueBytes>,
     /// `std::any::type_name` of the value.
     pub type_name: &'static str,
 }
@@ -244,11 +245,11 @@ pub fn encode_parts_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Encoding,
 
 /// Encodes a `T` given as `&dyn Any` if it takes at most [`SMALL_VALUE`] bytes (the encoder
 /// stops at the first byte past that).
-pub fn encode_small_any<T: Serialize + 'static>(v: &dyn Any) -> Option<Vec<u8>> {
+pub fn encode_small_any<T: Serialize + 'static>(v: &dyn Any) -> Option<ValueBytes> {
     let v = v.downcast_ref::<T>()?;
     let mut buf = [0u8; SMALL_VALUE];
     let len = encode_on_stack(v, &mut buf).ok().flatten()?;
-    Some(buf[..len].to_vec())
+    Some(ValueBytes::from(&buf[..len]))
 }
 
 /// Decodes bytes into a shareable `T`.
@@ -281,7 +282,7 @@ pub struct Codec {
     /// Encodes a value of the type as pieces (see [`Stored::encode_parts`]).
     pub encode_parts: fn(&dyn Any) -> Result<Encoding, BoxError>,
     /// Encodes a value of the type if it takes at most [`SMALL_VALUE`] bytes.
-    pub encode_small: fn(&dyn Any) -> Option<Vec<u8>>,
+    pub encode_small: fn(&dyn Any) -> Option<ValueBytes>,
     /// Decodes a value of the type.
     pub decode: fn(&[u8]) -> Result<AnyValue, BoxError>,
 }
@@ -751,10 +752,10 @@ mod tests {
         let fits = vec![7u8; SMALL_VALUE - 2]; // a two-byte length, then the bytes
         assert_eq!(
             (c.encode_small)(&vec![1u32, 2, 3]),
-            Some(postcard::to_allocvec(&vec![1u32, 2, 3]).unwrap())
+            Some(postcard::to_allocvec(&vec![1u32, 2, 3]).unwrap().into())
         );
         let small = encode_small_any::<Vec<u8>>(&fits).unwrap();
-        assert_eq!(small, postcard::to_allocvec(&fits).unwrap());
+        assert_eq!(small[..], postcard::to_allocvec(&fits).unwrap()[..]);
         assert_eq!(small.len(), SMALL_VALUE);
         assert_eq!(
             encode_small_any::<Vec<u8>>(&vec![7u8; SMALL_VALUE - 1]),

@@ -2,6 +2,7 @@
 //! processes.
 
 use super::functions::{table, AnyValue, ArgValue, Args, Codec, Encoding, MutArg, Stored, TaskFn};
+use super::wire::ValueBytes;
 use super::wire::{Location, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
@@ -196,12 +197,14 @@ impl Store {
 
     /// The encoding of the value with id `id` if it takes at most
     /// [`SMALL_VALUE`](super::functions::SMALL_VALUE) bytes.
-    pub fn small_encoding(&self, id: u64) -> Option<Vec<u8>> {
+    pub fn small_encoding(&self, id: u64) -> Option<ValueBytes> {
         use super::functions::SMALL_VALUE;
         let values = self.map();
         match values.map.get(&id)? {
-            Entry::Typed(_, Some(e)) => (e.len() <= SMALL_VALUE).then(|| e.to_bytes().to_vec()),
-            Entry::Raw(b) => (b.len() <= SMALL_VALUE).then(|| b.to_vec()),
+            Entry::Typed(_, Some(e)) => {
+                (e.len() <= SMALL_VALUE).then(|| ValueBytes::from(&e.to_bytes()[..]))
+            }
+            Entry::Raw(b) => (b.len() <= SMALL_VALUE).then(|| ValueBytes::from(&b[..])),
             Entry::Typed(s, None) => (s.encode_small)(s.value.as_ref()),
         }
     }

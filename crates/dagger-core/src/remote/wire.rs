@@ -168,19 +168,11 @@ impl WireArg {
     }
 }
 
-/// Byte strings encoded as such (`serialize_bytes`): postcard writes them as it writes a
-/// sequence of `u8` (a length, then the bytes), but reads them with one copy instead of a
-/// push per byte.
-pub(crate) mod bytes {
-    use serde::{de, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        d.deserialize_byte_buf(Bytes)
-    }
+/// Reading a byte string ([`ValueBytes`]): postcard writes `serialize_bytes` as it writes a
+/// sequence of `u8` (a length, then the bytes), but reads it with one copy instead of a push
+/// per byte.
+mod bytes {
+    use serde::de;
 
     pub(super) struct Bytes;
 
@@ -205,38 +197,6 @@ pub(crate) mod bytes {
                 v.push(b);
             }
             Ok(v)
-        }
-    }
-
-    /// The same for an optional byte string.
-    pub(crate) mod option {
-        use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-        #[derive(Serialize, Deserialize)]
-        struct Wrapped(#[serde(with = "super")] Vec<u8>);
-
-        pub(crate) fn serialize<S: Serializer>(
-            v: &Option<Vec<u8>>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match v {
-                Some(b) => s.serialize_some(&Borrowed(b)),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Vec<u8>>, D::Error> {
-            Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
-        }
-
-        struct Borrowed<'a>(&'a [u8]);
-
-        impl Serialize for Borrowed<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(self.0)
-            }
         }
     }
 }
@@ -323,10 +283,7 @@ mod tests {
     }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    struct AsBytes(
-        #[serde(with = "bytes")] Vec<u8>,
-        #[serde(with = "bytes::option")] Option<Vec<u8>>,
-    );
+    struct AsBytes(ValueBytes, Option<ValueBytes>);
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct AsSeq(Vec<u8>, Option<Vec<u8>>);
@@ -339,12 +296,10 @@ mod tests {
             ((0..=255).collect(), Some(vec![7; 300])),
         ] {
             let seq = postcard::to_allocvec(&AsSeq(v.clone(), o.clone())).unwrap();
-            let bytes = postcard::to_allocvec(&AsBytes(v.clone(), o.clone())).unwrap();
+            let as_bytes = AsBytes(v.into(), o.map(ValueBytes::from));
+            let bytes = postcard::to_allocvec(&as_bytes).unwrap();
             assert_eq!(seq, bytes);
-            assert_eq!(
-                postcard::from_bytes::<AsBytes>(&seq).unwrap(),
-                AsBytes(v, o)
-            );
+            assert_eq!(postcard::from_bytes::<AsBytes>(&seq).unwrap(), as_bytes);
         }
         // A length beyond the input is an error, not an allocation.
         assert!(postcard::from_bytes::<AsBytes>(&[0xff, 0xff, 0xff, 0x7f, 1]).is_err());

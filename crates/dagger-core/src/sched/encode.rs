@@ -119,7 +119,7 @@ pub(crate) fn encode_for(target: u32, job: &JobRef) -> Encoded {
 /// While a call is encoded for a worker: the encoding of `data`, an input of the call, if it
 /// is small, kept here, and held by another process (the call carries it instead of the
 /// worker fetching it; an input held by that worker is read there, shared).
-pub(crate) fn small_value(data: &RemoteData) -> Option<&bytes::Bytes> {
+pub(crate) fn small_value(data: &RemoteData) -> Option<&crate::remote::wire::ValueBytes> {
     let target = TARGET.with(Cell::get);
     if target == 0 {
         return None;

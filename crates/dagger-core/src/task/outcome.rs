@@ -66,7 +66,7 @@ impl<T: Send + Sync + 'static> RemoteValue<T> {
 /// the value to be marked lost and recovered, then fetches it from its new place.
 fn fetch(data: &Arc<RemoteData>) -> Result<bytes::Bytes, BoxError> {
     if let Some(small) = data.small() {
-        return Ok(small.clone());
+        return Ok(bytes::Bytes::copy_from_slice(small));
     }
     let mut last = None;
     for _ in 0..8 {
