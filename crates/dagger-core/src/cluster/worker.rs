@@ -11,8 +11,8 @@ use crate::error::TaskError;
 use crate::hash::IdMap;
 use crate::remote::data::DataLink;
 use crate::remote::store::{
-    afters_elsewhere, afters_of, resolve_after, resolve_after_on, run_after, run_in_place,
-    waits_here, Afters, Claim, Fetch, InputLost, Store,
+    afters_elsewhere, resolve_after, resolve_after_on, run_after, run_in_place, waits_here,
+    AfterList, Afters, Claim, Fetch, InputLost, Store,
 };
 use crate::remote::wire::{Location, ValueBytes, WireArg};
 use crate::task::DTask;
@@ -307,12 +307,11 @@ impl Worker {
         mut call: Call,
         started: &mut Vec<Started>,
     ) {
-        let mut afters = Vec::new();
-        afters_of(&call.run.call.args, &mut afters);
+        let afters = AfterList::of(&call.run.call.args);
         let mut deps: Afters = Vec::with_capacity(afters.len());
         {
             let mut ahead = lock(&self.ahead);
-            for &t in &afters {
+            for t in afters.iter() {
                 match ahead.made.get_mut(&t) {
                     Some(Made::Ended(loc)) => resolve_after(&mut call.run.call.args, t, *loc),
                     Some(Made::Running(dtask, _)) => deps.push((t, dtask.clone())),

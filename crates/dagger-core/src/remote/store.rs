@@ -595,12 +595,44 @@ pub(crate) fn waits_here(args: &[WireArg]) -> bool {
     found
 }
 
-/// The head's tasks a call waits for (its `After` arguments, depth first, each once).
-pub(crate) fn afters_of(args: &[WireArg], out: &mut Vec<u64>) {
-    WireArg::each(args, &mut |a| match a {
-        WireArg::After(t) if !out.contains(t) => out.push(*t),
-        _ => {}
-    });
+/// The head's tasks a call waits for (its `After` arguments, depth first, each once), the
+/// first eight held without an allocation.
+pub(crate) struct AfterList {
+    first: [u64; 8],
+    len: usize,
+    rest: Vec<u64>,
+}
+
+impl AfterList {
+    pub(crate) fn of(args: &[WireArg]) -> AfterList {
+        let mut list = AfterList {
+            first: [0; 8],
+            len: 0,
+            rest: Vec::new(),
+        };
+        WireArg::each(args, &mut |a| match a {
+            WireArg::After(t) if !list.iter().any(|u| u == *t) => list.push(*t),
+            _ => {}
+        });
+        list
+    }
+
+    fn push(&mut self, task: u64) {
+        match self.first.get_mut(self.len) {
+            Some(slot) => *slot = task,
+            None => self.rest.push(task),
+        }
+        self.len += 1;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let held = self.len.min(self.first.len());
+        self.first[..held].iter().chain(&self.rest).copied()
+    }
 }
 
 /// The head's tasks, being made on other workers, that a call waits for (its `AfterOn`
@@ -724,6 +756,23 @@ pub fn run_in_place(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_awaited_here_are_listed_once_in_order_past_eight() {
+        let after = WireArg::After;
+        for n in [0u64, 1, 8, 9, 20] {
+            // Each task twice, some inside a collection, between other arguments.
+            let mut args = vec![WireArg::Value(vec![1u8][..].into())];
+            for t in 0..n {
+                args.push(after(t));
+                args.push(WireArg::Many(vec![after(t), WireArg::After(100 + t)]));
+            }
+            let list = AfterList::of(&args);
+            let want: Vec<u64> = (0..n).flat_map(|t| [t, 100 + t]).collect();
+            assert_eq!(list.iter().collect::<Vec<_>>(), want);
+            assert_eq!(list.len(), want.len());
+        }
+    }
 
     #[test]
     fn inputs_made_elsewhere_are_listed_once_and_resolved_by_task_and_worker() {
