@@ -264,7 +264,6 @@ pub(crate) fn run_body(encoded: &[u8]) -> &[u8] {
     &encoded[ONE_RUN_HEADER..]
 }
 
-/// Appends `v` as postcard writes integers and lengths: LEB128, 7 bits a byte.
 /// The encoded `Msg::Run` of `count` tasks whose [`run_body`] forms are `runs`,
 /// concatenated.
 #[cfg(test)]
