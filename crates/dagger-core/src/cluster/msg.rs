@@ -282,8 +282,9 @@ pub(crate) fn run_batch_start(count: usize, len: usize) -> Vec<u8> {
     out
 }
 
-/// The bytes before the [`run_body`] forms in a `Msg::Run` of `count` tasks: the first
-/// `n` of the array.
+/// The bytes before the [`run_body`] forms in a `Msg::Run` of `count` tasks (the message's
+/// tag and the number of calls, as postcard writes them: LEB128): the first `n` of the
+/// array.
 pub(crate) fn run_batch_header(count: usize) -> ([u8; 11], usize) {
     let mut header = [0u8; 11];
     let mut n = 0;
