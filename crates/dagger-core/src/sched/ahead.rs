@@ -225,23 +225,20 @@ impl Registry {
         // Most tasks have no dependents: no allocation for them.
         let mut next = Some(job);
         let mut work = Vec::new();
+        // One list for the dependents of every task of the walk.
+        let mut dependents: Vec<JobRef> = Vec::new();
         while let Some(job) = next.take().or_else(|| work.pop()) {
             let Some(m) = ahead_of(job.header()) else {
                 continue;
             };
-            let dependents: Vec<JobRef> = {
-                let mut a = lock(m);
-                let mut live = Vec::new();
-                a.dependents.retain(|w| match w.upgrade() {
-                    Some(d) if d.header().state.load() == state::WAITING => {
-                        live.push(d);
-                        true
-                    }
-                    _ => false,
-                });
-                live
-            };
-            for d in dependents {
+            lock(m).dependents.retain(|w| match w.upgrade() {
+                Some(d) if d.header().state.load() == state::WAITING => {
+                    dependents.push(d);
+                    true
+                }
+                _ => false,
+            });
+            for d in dependents.drain(..) {
                 match self.try_ahead(&d, &mut busy) {
                     Sent::Yes => work.push(d),
                     Sent::Busy => self.keep_for_later(&d),
