@@ -144,7 +144,7 @@ pub(crate) trait Job: Send + Sync + 'static {
     /// owns it, before it tells the waiters ([`Finished::notify`]): once a dependent can run,
     /// no thread of the runtime holds the task (a last handle moves its value into a later
     /// task rather than copying it).
-    #[must_use = "the waiters of the task are told only through `Finished::notify`"]
+    #[must_use = "the waiters of the task are told when the result is notified or dropped"]
     fn run(&self, me: &JobRef) -> Finished;
 
     /// Completes the task with `err` unless it is already completing; on success returns the
@@ -582,7 +582,7 @@ where
     }
 }
 
-/// Completes a task whose body ran (or was restored) and notifies its waiters.
+/// Completes a task whose body ran (or was restored): its waiters, to tell.
 fn finish<T, F>(task: &TaskInner<T, F>, result: Outcome<T>) -> Finished
 where
     T: Send + Sync + 'static,
@@ -596,14 +596,21 @@ where
     Finished(Some((waiters, task.outcome_error())))
 }
 
-/// A task that [`Job::run`] completed: its waiters, told by [`notify`](Finished::notify).
-#[must_use = "the waiters of the task are told only through `Finished::notify`"]
+/// A task that [`Job::run`] completed: its waiters, told by [`notify`](Finished::notify),
+/// or when it is dropped (also while a panic unwinds: no waiter is left behind).
+#[must_use = "the waiters of the task are told when it is notified or dropped"]
 pub(crate) struct Finished(Option<(Drain<Waiter>, Option<TaskError>)>);
 
 impl Finished {
     /// Tells the task's waiters that it completed (dependents may run from now on).
     pub(crate) fn notify(self) {
-        if let Some((waiters, err)) = self.0 {
+        drop(self);
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some((waiters, err)) = self.0.take() {
             notify(waiters, err.as_ref());
         }
     }
