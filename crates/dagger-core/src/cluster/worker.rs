@@ -272,7 +272,7 @@ impl Worker {
         started: &mut Vec<Started>,
     ) {
         if waits_here(&call.run.call.args) {
-            return self.start_ahead(node, link, call, started);
+            return self.start_ahead(node, link, call, here, started);
         }
         let Call { run: r, claim } = call;
         let mut remote = Vec::new();
@@ -305,6 +305,7 @@ impl Worker {
         node: &Arc<Node>,
         link: &Link,
         mut call: Call,
+        here: &Arc<dyn Fetch>,
         started: &mut Vec<Started>,
     ) {
         let afters = AfterList::of(&call.run.call.args);
@@ -331,9 +332,8 @@ impl Worker {
                 }
             }
         }
-        let fetch: Arc<dyn Fetch> = Arc::new(NodeLink(node.clone()));
         let Call { run, claim } = call;
-        started.extend(self.start(node, link, run, fetch, claim, deps));
+        started.extend(self.start(node, link, run, here.clone(), claim, deps));
     }
 
     /// Parks a call sent ahead of inputs being made on other workers (`elsewhere`: each
@@ -656,8 +656,10 @@ impl Worker {
     /// link on the I/O thread's stack.
     fn start_waiting(self: &Arc<Self>, node: &Arc<Node>, link: &Link, calls: Vec<Call>) {
         let mut started = Vec::new();
+        let here = std::cell::OnceCell::new();
         let outermost = crate::unnest::unnested(&STARTING, calls, |call| {
-            self.start_ahead(node, link, call, &mut started)
+            let here = here.get_or_init(|| Arc::new(NodeLink(node.clone())) as Arc<dyn Fetch>);
+            self.start_ahead(node, link, call, here, &mut started)
         });
         if outermost {
             self.report_when_done(node, link, started);
