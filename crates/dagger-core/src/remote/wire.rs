@@ -101,12 +101,18 @@ impl<'de> Deserialize<'de> for ValueBytes {
 
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
-                seq: A,
+                mut seq: A,
             ) -> Result<ValueBytes, A::Error> {
-                bytes::Bytes.visit_seq(seq).map(ValueBytes::from)
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element()? {
+                    v.push(b);
+                }
+                Ok(v.into())
             }
         }
 
+        // Postcard writes `serialize_bytes` as it writes a sequence of `u8` (a length, then
+        // the bytes), but reads it with one copy instead of a push per byte.
         d.deserialize_bytes(Visitor)
     }
 }
@@ -164,39 +170,6 @@ impl WireArg {
                 WireArg::Many(items) => WireArg::each_mut(items, f),
                 other => f(other),
             }
-        }
-    }
-}
-
-/// Reading a byte string ([`ValueBytes`]): postcard writes `serialize_bytes` as it writes a
-/// sequence of `u8` (a length, then the bytes), but reads it with one copy instead of a push
-/// per byte.
-mod bytes {
-    use serde::de;
-
-    pub(super) struct Bytes;
-
-    impl<'de> de::Visitor<'de> for Bytes {
-        type Value = Vec<u8>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string")
-        }
-
-        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-            Ok(v.to_vec())
-        }
-
-        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-            Ok(v)
-        }
-
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-            while let Some(b) = seq.next_element()? {
-                v.push(b);
-            }
-            Ok(v)
         }
     }
 }
