@@ -461,7 +461,7 @@ fn encode_cell<T: Send + Sync + 'static>(
     }
     if let Some(data) = cell.remote_data() {
         if let Some(small) = crate::sched::encode::small_value(data) {
-            return Ok(WireArg::Value(small[..].into()));
+            return Ok(WireArg::Value(small.clone()));
         }
         // It lives in a worker: the receiver fetches it from there (or has it already).
         return match data.try_location() {

@@ -1,8 +1,7 @@
 //! Values that live in other processes, as the process that owns them sees them: where they
 //! are now, and how to make them again if the process holding them dies (their lineage).
 
-use super::wire::ValueBytes;
-use super::wire::{Location, WireCall};
+use super::wire::{Location, ValueBytes, WireCall};
 use crate::error::BoxError;
 use crate::scope::Scope;
 use crate::task::JobRef;
@@ -131,7 +130,7 @@ impl Lineage {
         WireArg::each_mut(&mut self.call.args, &mut |a| {
             if matches!(a, WireArg::Ref(_)) {
                 if let Some(bytes) = &small[i] {
-                    *a = WireArg::Value(bytes[..].into());
+                    *a = WireArg::Value(bytes.clone());
                 }
                 i += 1;
             }

@@ -74,13 +74,9 @@ pub fn encode_any<T: Serialize + 'static>(v: &dyn Any) -> Result<Vec<u8>, BoxErr
 }
 
 /// Encodes a `T` given as `&dyn Any` as a call's argument (short encodings in place).
-pub fn encode_value_any<T: Serialize + 'static>(
-    v: &dyn Any,
-) -> Result<crate::remote::wire::ValueBytes, BoxError> {
-    with_encoded(downcast_for_encoding::<T>(v)?, |b| {
-        crate::remote::wire::ValueBytes::from(b)
-    })
-    .map_err(encoding_failed::<T>)
+pub fn encode_value_any<T: Serialize + 'static>(v: &dyn Any) -> Result<ValueBytes, BoxError> {
+    with_encoded(downcast_for_encoding::<T>(v)?, |b| ValueBytes::from(b))
+        .map_err(encoding_failed::<T>)
 }
 
 fn downcast_for_encoding<T: 'static>(v: &dyn Any) -> Result<&T, BoxError> {
@@ -278,7 +274,7 @@ pub struct Codec {
     /// Encodes a value of the type.
     pub encode: fn(&dyn Any) -> Result<Vec<u8>, BoxError>,
     /// Encodes a value of the type as a call's argument.
-    pub encode_value: fn(&dyn Any) -> Result<crate::remote::wire::ValueBytes, BoxError>,
+    pub encode_value: fn(&dyn Any) -> Result<ValueBytes, BoxError>,
     /// Encodes a value of the type as pieces (see [`Stored::encode_parts`]).
     pub encode_parts: fn(&dyn Any) -> Result<Encoding, BoxError>,
     /// Encodes a value of the type if it takes at most [`SMALL_VALUE`] bytes.

@@ -2,8 +2,7 @@
 //! processes.
 
 use super::functions::{table, AnyValue, ArgValue, Args, Codec, Encoding, MutArg, Stored, TaskFn};
-use super::wire::ValueBytes;
-use super::wire::{Location, WireArg, WireCall, WireOptions};
+use super::wire::{Location, ValueBytes, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
 use crate::hash::IdMap;

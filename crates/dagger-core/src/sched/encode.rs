@@ -8,7 +8,7 @@
 //! for a lineage (to make a lost value again) names every input by where it is or was.
 
 use crate::remote::data::{Input, RemoteData};
-use crate::remote::wire::{WireArg, WireCall};
+use crate::remote::wire::{ValueBytes, WireArg, WireCall};
 use crate::task::{Header, JobRef};
 use std::cell::Cell;
 use std::sync::{Arc, Weak};
@@ -64,7 +64,7 @@ pub(crate) fn ahead_lineage(
                 return;
             };
             if let Some(small) = data.small() {
-                *arg = WireArg::Value(small[..].into());
+                *arg = WireArg::Value(small.clone());
             } else if let Ok(loc) = data.try_location() {
                 new.push(Input {
                     data: Arc::downgrade(&data),
@@ -119,7 +119,7 @@ pub(crate) fn encode_for(target: u32, job: &JobRef) -> Encoded {
 /// While a call is encoded for a worker: the encoding of `data`, an input of the call, if it
 /// is small, kept here, and held by another process (the call carries it instead of the
 /// worker fetching it; an input held by that worker is read there, shared).
-pub(crate) fn small_value(data: &RemoteData) -> Option<&crate::remote::wire::ValueBytes> {
+pub(crate) fn small_value(data: &RemoteData) -> Option<&ValueBytes> {
     let target = TARGET.with(Cell::get);
     if target == 0 {
         return None;
