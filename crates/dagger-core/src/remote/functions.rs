@@ -453,10 +453,64 @@ pub fn table() -> &'static FnTable {
 pub enum ArgValue {
     /// A single value.
     One(Arc<dyn Any + Send + Sync>),
+    /// A single value as the call carried it, decoded when the function asks for it.
+    Encoded(EncodedArg),
     /// The values of a collection of tasks or chunks, in order.
     Many(Vec<Arc<dyn Any + Send + Sync>>),
     /// A value the function changes in place (a `&mut T` parameter).
     Mut(MutArg),
+}
+
+/// An argument's encoding, decoded on first use: straight into the parameter when the
+/// function takes it by value (no shared copy is made, and none is cloned), or once into a
+/// shared value when it borrows it.
+pub struct EncodedArg {
+    bytes: ValueBytes,
+    codec: &'static Codec,
+    shared: std::cell::OnceCell<AnyValue>,
+}
+
+impl EncodedArg {
+    /// The encoding `bytes` of a value of `codec`'s type.
+    pub fn new(bytes: ValueBytes, codec: &'static Codec) -> Self {
+        EncodedArg {
+            bytes,
+            codec,
+            shared: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The value, decoded into a shared one the first time.
+    fn shared(&self) -> Result<&AnyValue, BoxError> {
+        if let Some(v) = self.shared.get() {
+            return Ok(v);
+        }
+        let v = (self.codec.decode)(&self.bytes)?;
+        Ok(self.shared.get_or_init(|| v))
+    }
+
+    /// The value decoded as a `P`, without a shared copy; `None` when it is not a `P` or was
+    /// decoded into a shared value already.
+    fn decode_owned<P: DeserializeOwned + 'static>(&self) -> Option<Result<P, BoxError>> {
+        if self.shared.get().is_some() || !self.codec.is(TypeId::of::<P>()) {
+            return None;
+        }
+        Some(
+            postcard::from_bytes(&self.bytes)
+                .map_err(|e| format!("cannot decode a {}: {e}", std::any::type_name::<P>()).into()),
+        )
+    }
+}
+
+impl fmt::Debug for EncodedArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "EncodedArg({} bytes of {:?})",
+            self.bytes.len(),
+            self.codec
+        )
+    }
 }
 
 /// A value lent to one call for changing (a `&mut T` parameter): borrowed mutably at most
@@ -538,6 +592,7 @@ impl<'a> Args<'a> {
     fn one(&self, i: usize) -> Result<&'a Arc<dyn Any + Send + Sync>, BoxError> {
         match self.values.get(i) {
             Some(ArgValue::One(v)) => Ok(v),
+            Some(ArgValue::Encoded(e)) => e.shared(),
             Some(ArgValue::Mut(_)) => Err(format!(
                 "argument {} of task function {} is lent for changing (`&mut`), not for reading",
                 i + 1,
@@ -591,8 +646,14 @@ impl<'a> Args<'a> {
         }
     }
 
-    /// Argument `i` as an owned `P` (a copy of the shared value).
-    pub fn take<P: Clone + 'static>(&self, i: usize) -> Result<P, BoxError> {
+    /// Argument `i` as an owned `P`: decoded into it when the call carried its encoding,
+    /// else a copy of the shared value.
+    pub fn take<P: DeserializeOwned + Clone + 'static>(&self, i: usize) -> Result<P, BoxError> {
+        if let Some(ArgValue::Encoded(e)) = self.values.get(i) {
+            if let Some(v) = e.decode_owned::<P>() {
+                return v;
+            }
+        }
         self.borrow::<P>(i).cloned()
     }
 
@@ -607,8 +668,9 @@ impl<'a> Args<'a> {
                 })
                 .collect(),
             Some(ArgValue::Mut(_)) => Err(type_error::<Vec<P>>(self.fn_name, i)),
-            Some(ArgValue::One(v)) => {
-                let all = v
+            Some(ArgValue::One(_) | ArgValue::Encoded(_)) => {
+                let all = self
+                    .one(i)?
                     .downcast_ref::<Vec<P>>()
                     .ok_or_else(|| type_error::<Vec<P>>(self.fn_name, i))?;
                 Ok(all.iter().collect())
@@ -617,8 +679,17 @@ impl<'a> Args<'a> {
         }
     }
 
-    /// Argument `i` as an owned `Vec<P>`, from one `Vec<P>` value or from a collection.
-    pub fn take_vec<P: Clone + 'static>(&self, i: usize) -> Result<Vec<P>, BoxError> {
+    /// Argument `i` as an owned `Vec<P>`, from one `Vec<P>` value (decoded into it when the
+    /// call carried its encoding) or from a collection.
+    pub fn take_vec<P: DeserializeOwned + Clone + 'static>(
+        &self,
+        i: usize,
+    ) -> Result<Vec<P>, BoxError> {
+        if let Some(ArgValue::Encoded(e)) = self.values.get(i) {
+            if let Some(v) = e.decode_owned::<Vec<P>>() {
+                return v;
+            }
+        }
         Ok(self.borrow_many::<P>(i)?.into_iter().cloned().collect())
     }
 }
@@ -778,5 +849,58 @@ mod tests {
             .contains("argument 1"));
         assert!(args.borrow::<u32>(1).is_err());
         assert!(args.borrow::<u32>(5).is_err());
+    }
+
+    /// An argument that came encoded is decoded straight into a by-value parameter, once
+    /// into a shared value when borrowed (later takes copy that one), and never as another
+    /// type.
+    #[test]
+    fn encoded_args_decode_on_first_use() {
+        static STRING: Codec = Codec::of::<String>();
+        static BYTES: Codec = Codec::of::<Vec<u8>>();
+        let encoded = |v: &dyn Any, codec: &'static Codec| {
+            ArgValue::Encoded(EncodedArg::new((codec.encode_value)(v).unwrap(), codec))
+        };
+        let values = vec![
+            encoded(&"hello".to_string(), &STRING),
+            encoded(
+                &"a long text, past what is kept in place".to_string(),
+                &STRING,
+            ),
+            encoded(&vec![1u8, 2, 3], &BYTES),
+            ArgValue::Encoded(EncodedArg::new(ValueBytes::from(&[200u8][..]), &STRING)),
+        ];
+        let args = Args::new("f", &values);
+        let EncodedArg { shared, .. } = match &values[0] {
+            ArgValue::Encoded(e) => e,
+            _ => unreachable!(),
+        };
+        assert_eq!(args.take::<String>(0).unwrap(), "hello");
+        assert!(shared.get().is_none(), "taken by value: no shared copy");
+        assert_eq!(args.borrow::<String>(0).unwrap(), "hello");
+        assert!(shared.get().is_some(), "borrowed: decoded once, shared");
+        assert_eq!(args.take::<String>(0).unwrap(), "hello");
+        assert!(std::ptr::eq(
+            args.borrow::<String>(0).unwrap(),
+            args.borrow::<String>(0).unwrap()
+        ));
+
+        assert_eq!(
+            args.take::<String>(1).unwrap(),
+            "a long text, past what is kept in place"
+        );
+        assert_eq!(args.take_vec::<u8>(2).unwrap(), vec![1, 2, 3]);
+        assert_eq!(args.borrow_many::<u8>(2).unwrap(), vec![&1, &2, &3]);
+
+        let wrong = args.take::<u64>(0).unwrap_err().to_string();
+        assert!(
+            wrong.contains("argument 1") && wrong.contains("u64"),
+            "{wrong}"
+        );
+        assert!(args.take::<u64>(1).is_err());
+        assert!(args.borrow_many::<u32>(2).is_err());
+        let garbled = args.take::<String>(3).unwrap_err().to_string();
+        assert!(garbled.contains("cannot decode"), "{garbled}");
+        assert!(args.borrow::<String>(3).is_err());
     }
 }

@@ -1,7 +1,9 @@
 //! The values a process holds for others, and running calls that arrive from other
 //! processes.
 
-use super::functions::{table, AnyValue, ArgValue, Args, Codec, Encoding, MutArg, Stored, TaskFn};
+use super::functions::{
+    table, AnyValue, ArgValue, Args, Codec, EncodedArg, Encoding, MutArg, Param, Stored, TaskFn,
+};
 use super::wire::{Location, ValueBytes, WireArg, WireCall, WireOptions};
 use crate::context::Context;
 use crate::error::BoxError;
@@ -335,8 +337,8 @@ impl std::error::Error for InputLost {}
 
 /// Decodes the arguments of a call of `entry`.
 pub fn resolve_args(
-    entry: &TaskFn,
-    args: &[WireArg],
+    entry: &'static TaskFn,
+    args: &mut [WireArg],
     store: &Store,
     fetch: &dyn Fetch,
 ) -> Result<Vec<ArgValue>, BoxError> {
@@ -358,14 +360,19 @@ pub fn resolve_args(
 }
 
 /// Argument `a` of a call of `name`, for parameter `p`: one value, or a collection of values.
+/// An encoded value is moved out of `a`, to be decoded when the function asks for it.
 fn resolve_arg(
     name: &str,
-    p: &super::functions::Param,
-    a: &WireArg,
+    p: &'static Param,
+    a: &mut WireArg,
     store: &Store,
     fetch: &dyn Fetch,
 ) -> Result<ArgValue, BoxError> {
     match a {
+        WireArg::Value(bytes) => Ok(ArgValue::Encoded(EncodedArg::new(
+            std::mem::take(bytes),
+            &p.codec,
+        ))),
         WireArg::Many(items) => {
             let elem = p
                 .elem
@@ -554,7 +561,7 @@ pub(crate) fn run_after(
             let (loc, _) = made.fetch()?;
             resolve_after(&mut call.args, *task, loc);
         }
-        let values = resolve_args(entry, &call.args, &store, &*fetch)?;
+        let values = resolve_args(entry, &mut call.args, &store, &*fetch)?;
         let started = std::time::Instant::now();
         let stored = (entry.invoke)(&Args::new(entry.name, &values))?;
         let run_ns = started.elapsed().as_nanos() as u64;
@@ -677,7 +684,7 @@ pub(crate) fn resolve_after_on(
 /// the function ran (nanoseconds).
 pub fn run_in_place(
     ctx: &Context,
-    call: WireCall,
+    mut call: WireCall,
     writes: Vec<bool>,
     store: Arc<Store>,
     fetch: Arc<dyn Fetch>,
@@ -699,7 +706,8 @@ pub fn run_in_place(
         let mut values = Vec::with_capacity(call.args.len());
         let mut lent: Vec<(usize, u64)> = Vec::new();
         let mut failed = None;
-        for (i, ((p, a), &w)) in entry.params.iter().zip(&call.args).zip(&writes).enumerate() {
+        let params = entry.params.iter().zip(&mut call.args).zip(&writes);
+        for (i, ((p, a), &w)) in params.enumerate() {
             let v = match (w, a) {
                 (true, WireArg::Ref(loc)) if loc.worker == store.worker() => {
                     store.take_unique(loc.id, &p.codec).map(|v| {

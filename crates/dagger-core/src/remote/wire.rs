@@ -46,6 +46,13 @@ impl std::ops::Deref for ValueBytes {
     }
 }
 
+/// The empty encoding, kept in place.
+impl Default for ValueBytes {
+    fn default() -> ValueBytes {
+        ValueBytes(ValueRepr::Inline(0, [0; INLINE_BYTES]))
+    }
+}
+
 impl From<&[u8]> for ValueBytes {
     fn from(v: &[u8]) -> ValueBytes {
         if v.len() <= INLINE_BYTES {
