@@ -19,6 +19,7 @@ mod context;
 mod cpu;
 mod datadeps;
 mod error;
+mod few;
 mod hash;
 mod id;
 mod options;

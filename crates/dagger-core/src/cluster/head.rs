@@ -5,6 +5,7 @@ use super::io::Link;
 use super::msg::{encode_run, Done, FailKind, Msg, PeerInfo, Run, WorkerStats};
 use super::node::{Node, NodeLink, Role};
 use crate::error::ErrorKind;
+use crate::few::Few;
 use crate::hash::IdMap;
 use crate::id::NodeId;
 use crate::remote::data::{DataLink, Label, Lineage};
@@ -105,41 +106,6 @@ enum Completed {
     /// A task sent ahead of its inputs: its value, where it is, its run time, and its
     /// encoding if small.
     Ahead(Box<RemoteTask>, Location, u64, Option<ValueBytes>),
-}
-
-/// Items of a batch, held without an allocation while there is only one: most batches
-/// taken are a single report that came early ([`KeptReport`]).
-enum Few<T> {
-    None,
-    One(T),
-    Many(Vec<T>),
-}
-
-impl<T> Few<T> {
-    fn push(&mut self, item: T) {
-        *self = match std::mem::replace(self, Few::None) {
-            Few::None => Few::One(item),
-            Few::One(first) => Few::Many(vec![first, item]),
-            Few::Many(mut items) => {
-                items.push(item);
-                Few::Many(items)
-            }
-        };
-    }
-}
-
-impl<T> IntoIterator for Few<T> {
-    type Item = T;
-    type IntoIter = std::iter::Chain<std::option::IntoIter<T>, std::vec::IntoIter<T>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        let (one, many) = match self {
-            Few::None => (None, Vec::new()),
-            Few::One(item) => (Some(item), Vec::new()),
-            Few::Many(items) => (None, items),
-        };
-        one.into_iter().chain(many)
-    }
 }
 
 /// How many times a task (or a recomputation) is tried again after losing its worker or an
@@ -1280,23 +1246,4 @@ fn substitute(args: &mut [WireArg], locs: &mut impl Iterator<Item = Location>) {
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Few;
-
-    #[test]
-    fn few_items_come_back_in_the_order_pushed() {
-        for n in 0..5 {
-            let mut few = Few::None;
-            for i in 0..n {
-                few.push(i);
-            }
-            assert_eq!(
-                few.into_iter().collect::<Vec<_>>(),
-                (0..n).collect::<Vec<_>>()
-            );
-        }
-    }
 }

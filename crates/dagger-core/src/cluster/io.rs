@@ -1,6 +1,7 @@
 //! The I/O thread of a process (a current-thread tokio runtime) and connections to peers.
 
 use super::msg::{run_batch_header, run_batch_start, run_body, Done, Msg};
+use crate::few::Few;
 use crate::shared_bytes::Encoding;
 use bytes::Bytes;
 use dagger_net::{Connection, DirectWriter, NetError, Receiver, Sender};
@@ -254,17 +255,16 @@ impl Link {
     /// than one per task), unless `idle` (the worker has nothing else in hand: nothing
     /// would come to send them with) or [`MAX_HELD`] are held. The reports of a link keep
     /// their order.
-    pub(crate) fn report_done(&self, done: Vec<Done>, idle: bool) -> bool {
+    pub(crate) fn report_done(&self, done: Few<Done>, idle: bool) -> bool {
         let queue = &self.senders.0;
         let mut state = queue.lock();
         if !state.open {
             return false;
         }
-        if state.held.is_empty() {
-            // Kept as it is: no allocation for the usual single report.
-            state.held = done;
-        } else {
-            state.held.extend(done);
+        match done {
+            // Kept as it is: no copy.
+            Few::Many(done) if state.held.is_empty() => state.held = done,
+            done => state.held.extend(done),
         }
         let now = std::time::Instant::now();
         let next_turn = state.reported.map(|t| t + REPORT_INTERVAL);
@@ -936,7 +936,7 @@ mod tests {
         let (link, server) = connected_link(&io);
         let n = 1000u64;
         for task in 0..n {
-            assert!(link.report_done(vec![failed(task)], false));
+            assert!(link.report_done(vec![failed(task)].into(), false));
         }
         let messages = receive_reports(&io, server, n as usize);
         assert_eq!(messages.concat(), (0..n).collect::<Vec<_>>());
@@ -954,10 +954,10 @@ mod tests {
     fn idle_and_closing_links_send_held_reports() {
         let io = Io::start("test-io").unwrap();
         let (link, server) = connected_link(&io);
-        assert!(link.report_done(vec![failed(1)], false));
-        assert!(link.report_done(vec![failed(2), failed(3)], false));
-        assert!(link.report_done(vec![failed(4)], true));
-        assert!(link.report_done(vec![failed(5)], false));
+        assert!(link.report_done(vec![failed(1)].into(), false));
+        assert!(link.report_done(vec![failed(2), failed(3)].into(), false));
+        assert!(link.report_done(vec![failed(4)].into(), true));
+        assert!(link.report_done(vec![failed(5)].into(), false));
         link.close();
         let messages = receive_reports(&io, server, 5);
         assert_eq!(messages.concat(), [1, 2, 3, 4, 5]);
@@ -978,8 +978,8 @@ mod tests {
         let io = Io::start("test-io").unwrap();
         let (link, server) = connected_link(&io);
         link.senders.0.lock().writer = None;
-        assert!(link.report_done(vec![failed(1), failed(2), failed(3)], true));
-        assert!(link.report_done(vec![failed(4)], true));
+        assert!(link.report_done(vec![failed(1), failed(2), failed(3)].into(), true));
+        assert!(link.report_done(vec![failed(4)].into(), true));
         assert_eq!(receive_reports(&io, server, 4).concat(), [1, 2, 3, 4]);
     }
 

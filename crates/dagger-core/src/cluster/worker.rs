@@ -8,6 +8,7 @@ use super::node::{Node, NodeLink, Role};
 use crate::context::Context;
 use crate::error::BoxError;
 use crate::error::TaskError;
+use crate::few::Few;
 use crate::hash::IdMap;
 use crate::remote::data::DataLink;
 use crate::remote::store::{
@@ -636,12 +637,12 @@ impl Worker {
                 lock(&self.claims).remove(&task);
                 self.report_done(
                     link,
-                    vec![Done {
+                    Few::One(Done {
                         task,
                         result: Err((FailKind::Runtime, e.to_string())),
                         run_ns: 0,
                         small: None,
-                    }],
+                    }),
                 );
                 if feeds {
                     self.forget(link, task);
@@ -683,12 +684,12 @@ impl Worker {
         }
         self.report_done(
             link,
-            vec![Done {
+            Few::One(Done {
                 task,
                 result: Err((kind, message)),
                 run_ns: 0,
                 small: None,
-            }],
+            }),
         );
         call.run.feeds.then_some(task)
     }
@@ -707,7 +708,7 @@ impl Worker {
                 None,
                 false,
             );
-            let mut send = Vec::new();
+            let mut send = Few::None;
             let waiting = {
                 let mut ahead = lock(&self.ahead);
                 match ahead.made.remove(&task) {
@@ -776,7 +777,7 @@ impl Worker {
             }
         };
         if s.afters.is_empty() && !s.feeds {
-            self.report_done(link, vec![done]);
+            self.report_done(link, Few::One(done));
             return;
         }
         if s.feeds {
@@ -801,7 +802,7 @@ impl Worker {
             feeds: s.feeds,
             afters: s.afters,
         };
-        let mut released = Vec::new();
+        let mut released = Few::None;
         release(&mut lock(&self.ahead), report, &mut released);
         if !released.is_empty() {
             self.report_done(link, released);
@@ -810,7 +811,7 @@ impl Worker {
 
     /// Reports ended calls to the head, at once if this process has no other call in hand
     /// (see [`Link::report_done`]).
-    fn report_done(&self, link: &Link, done: Vec<Done>) {
+    fn report_done(&self, link: &Link, done: Few<Done>) {
         let idle = lock(&self.claims).is_empty();
         link.report_done(done, idle);
     }
@@ -918,7 +919,7 @@ fn tell_awaiting(
 /// ahead of was not reported yet (it then waits for that report), then the reports that
 /// waited for it (and, recursively, for those). A task calls may be sent ahead of is marked
 /// ended (its result kept for them) or forgotten.
-fn release(ahead: &mut Ahead, report: Report, send: &mut Vec<Done>) {
+fn release(ahead: &mut Ahead, report: Report, send: &mut Few<Done>) {
     // Allocated only if the report lets others go.
     let mut queue = std::collections::VecDeque::new();
     let mut first = Some(report);
