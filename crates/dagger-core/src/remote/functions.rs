@@ -252,9 +252,13 @@ pub fn encode_small_any<T: Serialize + 'static>(v: &dyn Any) -> Option<ValueByte
 pub fn decode_any<T: DeserializeOwned + Send + Sync + 'static>(
     bytes: &[u8],
 ) -> Result<Arc<dyn Any + Send + Sync>, BoxError> {
-    let v: T = postcard::from_bytes(bytes)
-        .map_err(|e| format!("cannot decode a {}: {e}", std::any::type_name::<T>()))?;
-    Ok(Arc::new(v))
+    Ok(Arc::new(decode::<T>(bytes)?))
+}
+
+/// Decodes bytes into a `T`, or says which type they did not make.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BoxError> {
+    postcard::from_bytes(bytes)
+        .map_err(|e| format!("cannot decode a {}: {e}", std::any::type_name::<T>()).into())
 }
 
 fn type_id_of<T: 'static>() -> TypeId {
@@ -495,10 +499,7 @@ impl EncodedArg {
         if self.shared.get().is_some() || !self.codec.is(TypeId::of::<P>()) {
             return None;
         }
-        Some(
-            postcard::from_bytes(&self.bytes)
-                .map_err(|e| format!("cannot decode a {}: {e}", std::any::type_name::<P>()).into()),
-        )
+        Some(decode(&self.bytes))
     }
 }
 
